@@ -1,0 +1,1 @@
+"""Shipped per-device profiles (``<device-key>.yaml``), read after the user's profile dir."""

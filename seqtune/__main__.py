@@ -1,0 +1,3 @@
+from seqtune.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Argument checks for the ops: one clear ValueError/TypeError naming the argument, raised
+before any launch (never a traceback from inside Triton)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def expect_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def expect_float(name: str, tensor: torch.Tensor,
+                 dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
+    if tensor.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                        f"expected one of {allowed}")
+
+
+def expect_shape(name: str, tensor: torch.Tensor, shape: Sequence[int]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def expect_same_dtype(named: dict[str, torch.Tensor]) -> None:
+    dtypes = {name: t.dtype for name, t in named.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in dtypes.items())
+        raise TypeError(f"mixed dtypes: {listed}; pass them all in one dtype")
+
+
+def expect_same_device(named: dict[str, torch.Tensor | None]) -> None:
+    devices = {name: t.device for name, t in named.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors on different devices: {listed}")

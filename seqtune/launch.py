@@ -1,0 +1,69 @@
+"""The two helpers every kernel uses at launch time, so the tool can watch launches without
+knowing a kernel's internals.
+
+- ``launch(kernel, grid, *args, **kwargs)``: every Triton launch goes through it. Normally it is
+  ``kernel[grid](*args, **kwargs)``; under ``capture_launches()`` it records the launch instead
+  of running it (``seqtune check`` compiles the recorded launches for GPU targets).
+- ``new_output(shape, dtype, device)``: every output a kernel writes is allocated through it.
+  Under ``poisoned_outputs()`` it is NaN-filled, so a config that leaves part of an output
+  unwritten fails its correctness check instead of passing on leftover memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import torch
+
+_poison: contextvars.ContextVar[bool] = contextvars.ContextVar("seqtune_poison", default=False)
+_capture: contextvars.ContextVar[list | None] = contextvars.ContextVar("seqtune_capture",
+                                                                       default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One recorded kernel launch: the JIT function, its grid and its arguments."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def launch(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
+    """Launch ``kernel`` on ``grid`` (or record it under ``capture_launches``)."""
+    grid = tuple(int(g) for g in grid)
+    recorded = _capture.get()
+    if recorded is not None:
+        recorded.append(Launch(kernel, grid, args, kwargs))
+        return
+    kernel[grid](*args, **kwargs)
+
+
+def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """An output buffer: uninitialised, or NaN-filled under ``poisoned_outputs()``."""
+    if _poison.get():
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    token = _poison.set(True)
+    try:
+        yield
+    finally:
+        _poison.reset(token)
+
+
+@contextlib.contextmanager
+def capture_launches() -> Iterator[list[Launch]]:
+    """Record launches instead of running them; yields the list they are appended to."""
+    recorded: list[Launch] = []
+    token = _capture.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _capture.reset(token)

@@ -1,0 +1,240 @@
+"""The runtime loader: the tuned config for a problem, with no tuning at run time.
+
+``best_config(kernel, **problem)`` matches categorical fields (dtype, causal, ...) exactly and
+size fields (batch, heads, lengths) by the nearest entry in log2, skips any entry whose config is
+invalid for the actual problem on this device, and otherwise returns the kernel's default.
+Nothing in the launch path raises for a missing, stale or malformed profile: it warns once and
+falls back. Lookups are cached, so a warm one costs a dictionary hit.
+
+``SEQTUNE_LOG=1`` logs which config was chosen and why (once per distinct problem).
+``SEQTUNE_STALE=use|warn|ignore`` (default ``warn``): what to do with entries tuned by another
+Triton version or an older kernel source: use them silently, use them and warn once, or ignore
+them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from seqtune.profile import (ProfileError, profile_path, read_profile, resolve_profile_dir,
+                             shipped_profile_dir)
+from seqtune.spec import Config, KernelSpec, Problem, dtype_name
+
+log = logging.getLogger("seqtune")
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _log_enabled() -> bool:
+    return os.environ.get("SEQTUNE_LOG", "") not in ("", "0")
+
+
+def _log_choice(message: str) -> None:
+    if _log_enabled():
+        if not log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("seqtune: %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        log.info(message)
+
+
+@dataclasses.dataclass
+class Entry:
+    problem: Problem
+    config: Config
+    stale_reason: str | None
+    origin: str
+
+
+class Profile:
+    """Entries of one or more profile files, merged, ready for matching."""
+
+    def __init__(self, entries: dict[str, list[Entry]], sources: list[Path]):
+        self.entries = entries
+        self.sources = sources
+        self._cache: dict[tuple, Config] = {}
+
+    def best_config(self, kernel: str, problem: Mapping[str, Any]) -> Config:
+        cache_key = (kernel, tuple(sorted(problem.items())))
+        cached = self._cache.get(cache_key)
+        if cached is None:
+            cached = self._cache[cache_key] = self._match(kernel, dict(problem))
+        return dict(cached)
+
+    def _match(self, kernel: str, problem: Problem) -> Config:
+        from seqtune.device import runtime_device
+        from seqtune.registry import get_spec
+
+        spec = get_spec(kernel)
+        problem = _normalise(spec, problem)
+        limits = runtime_device()[1]
+        for entry, distance in self._candidates(spec, problem):
+            try:
+                config = spec.validate_config(entry.config)
+            except ValueError as exc:
+                warn_once(f"seqtune: ignoring an entry of {entry.origin}: {exc}")
+                continue
+            reason = spec.check(config, problem, limits)
+            if reason is None:
+                _log_choice(f"{kernel} {problem}: tuned config {config} from {entry.origin} "
+                            f"(entry {entry.problem}, log2 distance {distance:g})")
+                return config
+            _log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
+        _log_choice(f"{kernel} {problem}: default config {dict(spec.default_config)} "
+                    f"(no usable tuned entry)")
+        return dict(spec.default_config)
+
+    def _candidates(self, spec: KernelSpec, problem: Problem) -> list[tuple[Entry, float]]:
+        """Usable entries with the same categorical fields, nearest in log2 first."""
+        policy = os.environ.get("SEQTUNE_STALE", "warn")
+        scored = []
+        for entry in self.entries.get(spec.name, []):
+            distance = _distance(spec, entry.problem, problem)
+            if distance is None:
+                continue
+            if entry.stale_reason:
+                if policy == "ignore":
+                    continue
+                if policy != "use":
+                    warn_once(f"seqtune: using stale entries of {spec.name} from "
+                              f"{entry.origin} ({entry.stale_reason}); re-run `seqtune tune "
+                              f"{spec.name}` or set SEQTUNE_STALE=use|ignore")
+            scored.append((entry, distance))
+        scored.sort(key=lambda pair: pair[1])
+        return scored
+
+
+def _normalise(spec: KernelSpec, problem: Problem) -> Problem:
+    for field, value in spec.problem_defaults.items():
+        problem.setdefault(field, value)
+    if "dtype" in problem:
+        problem["dtype"] = dtype_name(problem["dtype"])
+    return problem
+
+
+def _distance(spec: KernelSpec, entry: Problem, problem: Problem) -> float | None:
+    """Sum of |log2| differences over size fields; None if a categorical field differs."""
+    if set(entry) != set(problem):
+        return None
+    total = 0.0
+    for field, value in problem.items():
+        if field in spec.size_fields:
+            try:
+                total += abs(math.log2(max(int(entry[field]), 1)) - math.log2(max(value, 1)))
+            except (TypeError, ValueError):
+                return None
+        elif entry[field] != value:
+            return None
+    return total
+
+
+def _entries_from(path: Path, current_triton: str) -> dict[str, list[Entry]]:
+    from seqtune.registry import all_specs, source_hash
+
+    data = read_profile(path)
+    triton_version = (data.get("software") or {}).get("triton")
+    found: dict[str, list[Entry]] = {}
+    specs = all_specs()
+    for kernel, section in data.get("kernels", {}).items():
+        if kernel not in specs:
+            warn_once(f"seqtune: {path}: unknown kernel {kernel!r} ignored")
+            continue
+        for raw in section.get("entries", []):
+            entry = _entry(raw, section, triton_version, current_triton, source_hash(kernel),
+                           specs[kernel], path)
+            if entry is not None:
+                found.setdefault(kernel, []).append(entry)
+    return found
+
+
+def _entry(raw: Any, section: dict, profile_triton: str | None, current_triton: str,
+           current_hash: str, spec: KernelSpec, path: Path) -> Entry | None:
+    if not (isinstance(raw, dict) and isinstance(raw.get("problem"), dict)
+            and isinstance(raw.get("config"), dict)):
+        warn_once(f"seqtune: {path}: {spec.name} has an entry without problem/config mappings")
+        return None
+    problem = dict(raw["problem"])
+    try:
+        _normalise(spec, problem)
+    except ValueError as exc:
+        warn_once(f"seqtune: {path}: {spec.name} entry ignored: {exc}")
+        return None
+    stale = None
+    if raw.get("source_hash", section.get("source_hash")) != current_hash:
+        stale = "kernel source changed since tuning"
+    elif raw.get("triton", profile_triton) != current_triton:
+        stale = f"tuned with triton {raw.get('triton', profile_triton)}, running {current_triton}"
+    return Entry(problem, dict(raw["config"]), stale, str(path))
+
+
+def load_profile(path: str | os.PathLike | None = None) -> Profile:
+    """Load the profile the runtime uses and make it active for ``best_config``.
+
+    ``path=None``: ``<device-key>.yaml`` of this device from the profile dir
+    (``$SEQTUNE_PROFILE_DIR`` or the user cache dir), then the shipped ``profiles/``. A file that
+    cannot be read warns once and contributes nothing.
+    """
+    import triton
+
+    global _active
+    if path is not None:
+        paths = [Path(path)]
+    else:
+        from seqtune.device import runtime_device
+
+        key = runtime_device()[0]
+        paths = [profile_path(d, key) for d in (resolve_profile_dir(), shipped_profile_dir())]
+        paths = [p for p in paths if p.exists()]
+    entries: dict[str, list[Entry]] = {}
+    for file in paths:
+        try:
+            found = _entries_from(file, triton.__version__)
+        except ProfileError as exc:
+            warn_once(f"seqtune: {exc}; using default configs")
+            continue
+        for kernel, items in found.items():
+            entries.setdefault(kernel, []).extend(items)
+    _active = Profile(entries, paths)
+    return _active
+
+
+_active: Profile | None = None
+
+
+def active_profile() -> Profile:
+    return _active if _active is not None else load_profile()
+
+
+def best_config(kernel: str, **problem: Any) -> Config:
+    """The tuned config for ``kernel`` on ``problem`` (keys as in the profile's ``problem``;
+    dtype as a name or a torch.dtype), or the kernel's default."""
+    return active_profile().best_config(kernel, problem)
+
+
+def config_for(kernel: str, problem: Problem, config: Mapping[str, Any] | None) -> Config:
+    """What a kernel launches with: ``config`` completed from the default and checked against
+    the problem (ValueError naming the bad knob), or the loader's choice when ``config`` is None."""
+    if config is None:
+        return best_config(kernel, **problem)
+    from seqtune.device import runtime_device
+    from seqtune.registry import get_spec
+
+    spec = get_spec(kernel)
+    full = spec.validate_config(config)
+    problem = _normalise(spec, dict(problem))
+    reason = spec.check(full, problem, runtime_device()[1])
+    if reason is not None:
+        raise ValueError(f"{kernel}: config {config} cannot run {problem}: {reason}")
+    return full

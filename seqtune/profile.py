@@ -1,0 +1,137 @@
+"""Profile files: one YAML per device, ``<profile-dir>/<device-key>.yaml``, schema
+``seqtune-profile/1``. Writes are locked, merged with what is on disk, and atomic."""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from filelock import FileLock
+
+SCHEMA = "seqtune-profile/1"
+ENV_PROFILE_DIR = "SEQTUNE_PROFILE_DIR"
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be read or trusted; the message names the file and the problem."""
+
+
+def user_profile_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("seqtune"))
+
+
+def resolve_profile_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """``--profile-dir``, else ``$SEQTUNE_PROFILE_DIR``, else the user cache dir."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_PROFILE_DIR):
+        return Path(os.environ[ENV_PROFILE_DIR])
+    return user_profile_dir()
+
+
+def shipped_profile_dir() -> Path:
+    import seqtune.profiles
+
+    return Path(seqtune.profiles.__file__).parent
+
+
+def profile_path(profile_dir: Path, device_key: str) -> Path:
+    return Path(profile_dir) / f"{device_key}.yaml"
+
+
+def software_versions() -> dict[str, str | None]:
+    import torch
+    import triton
+
+    import seqtune
+
+    return {"seqtune": seqtune.__version__, "triton": triton.__version__,
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version()}
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    """The parsed profile, or ProfileError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProfileError(f"{path}: not valid YAML ({detail})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise ProfileError(f"{path}: schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    kernels = data.get("kernels", {})
+    if not isinstance(kernels, dict):
+        raise ProfileError(f"{path}: 'kernels' must be a mapping, got {type(kernels).__name__}")
+    for name, section in kernels.items():
+        if not isinstance(section, dict) or not isinstance(section.get("entries", []), list):
+            raise ProfileError(f"{path}: kernels.{name} must be a mapping with a list 'entries'")
+    return data
+
+
+def write_profile_atomic(path: Path, profile: dict[str, Any]) -> None:
+    """Write to a temp file beside ``path``, fsync, then rename over it: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(profile, handle, sort_keys=False, default_flow_style=None, width=100)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_entries(existing: list[dict], new: Iterable[dict]) -> list[dict]:
+    """Existing entries with the new ones replacing those of the same problem."""
+    merged = {_problem_key(e["problem"]): e for e in existing if isinstance(e, dict)
+              and isinstance(e.get("problem"), dict)}
+    for entry in new:
+        merged[_problem_key(entry["problem"])] = entry
+    return list(merged.values())
+
+
+def _problem_key(problem: dict) -> tuple:
+    return tuple(sorted((str(k), str(v)) for k, v in problem.items()))
+
+
+def save_entries(path: Path, device: dict[str, Any], kernel: str, source_hash: str,
+                 entries: list[dict]) -> dict[str, Any]:
+    """Merge one kernel's entries into the profile at ``path`` under a lock; returns the profile.
+
+    Every other kernel and every other problem of this kernel is kept. An unreadable existing
+    file is not silently replaced: ProfileError.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        profile = read_profile(path) if path.exists() else {"schema": SCHEMA}
+        profile["device"] = device
+        profile["software"] = software_versions()
+        kernels = profile.setdefault("kernels", {})
+        section = kernels.setdefault(kernel, {"entries": []})
+        if section.get("source_hash") != source_hash:
+            # Entries from older code keep their own hash so they stay recognisably stale.
+            for entry in section.get("entries", []):
+                entry.setdefault("source_hash", section.get("source_hash"))
+        section["source_hash"] = source_hash
+        section["entries"] = merge_entries(section.get("entries", []), entries)
+        profile["kernels"] = dict(sorted(kernels.items()))
+        write_profile_atomic(path, profile)
+    return profile

@@ -1,0 +1,178 @@
+"""The kernel-spec interface: all that the tool (search, timing, profiles, CLI) knows of a kernel.
+
+Each kernel folder under ``kernels/`` (installed as ``seqtune.kernels``) defines a module
+``spec.py`` with ``SPECS: tuple[KernelSpec, ...]``. The tool never imports anything else from a
+kernel folder: it enumerates ``space``, filters with ``check``, builds inputs with
+``make_inputs``, runs ``run`` and compares with ``reference``.
+
+Problems are flat dicts of plain values (the YAML ``problem`` mapping): integer *size fields*
+(bucketed to powers of two and matched by nearest log2), and categorical fields (bools, strings,
+the dtype as a name such as ``"bfloat16"``) that must match exactly.
+
+Configs are flat dicts. A multi-kernel op namespaces per-stage knobs as ``"<stage>.<param>"``
+(e.g. ``"h.num_warps"``); un-namespaced knobs (e.g. the chunk size ``BT``) are shared by all stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+Config = dict[str, Any]
+Problem = dict[str, Any]
+Inputs = dict[str, Any]
+Outputs = tuple[torch.Tensor, ...]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16``, ``"torch.bfloat16"``, ``"bf16"`` -> ``"bfloat16"``."""
+    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16",
+               "float": "float32"}
+    name = str(dtype).removeprefix("torch.")
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Elementwise bound ``|out - ref| <= atol + rtol * |ref|`` against a float64 reference."""
+
+    atol: float
+    rtol: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLimits:
+    """What a config must fit on the device it runs on."""
+
+    backend: str  # "cuda" or "interpreter"
+    shared_memory_per_block: int  # bytes, the opt-in maximum of one program
+    sm_count: int = 1
+    compute_capability: tuple[int, int] | None = None
+    max_threads_per_block: int = 1024
+    registers_per_sm: int = 65536
+
+
+# The Triton interpreter has no shared memory; hold configs to the largest real GPU's limit so that
+# a space pruned on the CPU looks like one pruned on an H100.
+INTERPRETER_LIMITS = DeviceLimits(backend="interpreter", shared_memory_per_block=232448)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """A tunable kernel (or multi-kernel op) as the tool sees it.
+
+    Attributes:
+        name: the kernel's name on the CLI, in profiles and in ``best_config``.
+        family: a group for listings ("attention", "linear-recurrence", "delta-rule", "scan").
+        description: one line for ``seqtune list``.
+        space: parameter -> allowed values (per-stage knobs as ``"stage.param"``).
+        default_config: the config used when nothing is tuned; must be in ``space``.
+        size_fields: problem fields bucketed to powers of two and matched by nearest log2.
+        presets: preset name ("tiny", "quick", "default", "full") -> problems to tune.
+        verify_cases: odd-shaped problems that ``seqtune verify`` checks every config against.
+        check: ``(config, problem, limits) -> None`` if the config can run the problem on a
+            device with those limits, else a one-line reason (tl.dot dims, tile vs padded
+            problem, estimated shared memory).
+        make_inputs: ``(problem, device, seed) -> inputs`` (keyword arguments for ``run``).
+        run: ``(inputs, config) -> outputs`` launches the kernel(s).
+        reference: ``(inputs) -> outputs`` in float64, computed independently of the kernel.
+        tolerances: dtype name -> Tolerance for the outputs against the reference.
+        flops: ``problem -> float`` useful floating-point operations, for TFLOP/s.
+        bytes_moved: ``problem -> float`` minimum HBM traffic, for GB/s.
+        problem_defaults: values of categorical fields a caller may leave out of a problem
+            (e.g. ``{"score": "softmax"}``), filled in before matching.
+        stages: the namespaces of per-stage knobs, in launch order.
+        stagewise: the stages are nearly independent once the shared knobs are fixed, so the
+            tuner may search one stage at a time instead of the full product.
+        source_dir: the kernel's folder (set by the registry); its sources are hashed to flag
+            profile entries tuned with older code.
+    """
+
+    name: str
+    family: str
+    description: str
+    space: Mapping[str, tuple]
+    default_config: Mapping[str, Any]
+    size_fields: tuple[str, ...]
+    presets: Mapping[str, Sequence[Problem]]
+    verify_cases: Sequence[Problem]
+    check: Callable[[Config, Problem, DeviceLimits], str | None]
+    make_inputs: Callable[[Problem, str, int], Inputs]
+    run: Callable[[Inputs, Config], Outputs]
+    reference: Callable[[Inputs], Outputs]
+    tolerances: Mapping[str, Tolerance]
+    flops: Callable[[Problem], float]
+    bytes_moved: Callable[[Problem], float]
+    problem_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+    stagewise: bool = False
+    source_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in self.default_config.items():
+            if value not in self.space.get(key, ()):
+                raise ValueError(f"{self.name}: default {key}={value!r} is not in its space")
+        if set(self.default_config) != set(self.space):
+            raise ValueError(f"{self.name}: default config must set every parameter of the space")
+
+    @property
+    def space_size(self) -> int:
+        return math.prod(len(v) for v in self.space.values())
+
+    def configs(self) -> list[Config]:
+        """Every point of the space, default first, then in a fixed order."""
+        keys = list(self.space)
+        points = [dict(zip(keys, values)) for values in itertools.product(*self.space.values())]
+        default = dict(self.default_config)
+        return [default] + [p for p in points if p != default]
+
+    def stage_of(self, param: str) -> str | None:
+        """The stage a parameter belongs to, or None for a knob shared by all stages."""
+        prefix, dot, _ = param.partition(".")
+        return prefix if dot and prefix in self.stages else None
+
+    def bucket(self, problem: Problem) -> Problem:
+        """The profile key of a problem: size fields rounded up to powers of two, dtype by name."""
+        key = {**self.problem_defaults, **problem}
+        for field in self.size_fields:
+            key[field] = next_power_of_2(int(key[field]))
+        if "dtype" in key:
+            key["dtype"] = dtype_name(key["dtype"])
+        return key
+
+    def validate_config(self, config: Mapping[str, Any]) -> Config:
+        """A full config from a partial one (missing knobs take the default), or ValueError."""
+        unknown = set(config) - set(self.space)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown config key(s) {sorted(unknown)}; "
+                             f"expected {sorted(self.space)}")
+        full = {**self.default_config, **config}
+        for key, value in full.items():
+            if value not in self.space[key]:
+                raise ValueError(f"{self.name}: {key}={value!r} is not one of {self.space[key]}")
+        return full
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def shared_memory_fits(estimate_bytes: int, limits: DeviceLimits) -> str | None:
+    """The usual last clause of a ``check``: a reason when the estimate exceeds the device."""
+    if estimate_bytes > limits.shared_memory_per_block:
+        return (f"needs ~{estimate_bytes} B of shared memory, device allows "
+                f"{limits.shared_memory_per_block} B")
+    return None
