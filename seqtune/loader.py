@@ -171,12 +171,19 @@ def _entry(raw: Any, section: dict, profile_triton: str | None, current_triton: 
     except ValueError as exc:
         warn_once(f"seqtune: {path}: {spec.name} entry ignored: {exc}")
         return None
-    stale = None
-    if raw.get("source_hash", section.get("source_hash")) != current_hash:
-        stale = "kernel source changed since tuning"
-    elif raw.get("triton", profile_triton) != current_triton:
-        stale = f"tuned with triton {raw.get('triton', profile_triton)}, running {current_triton}"
+    stale = stale_reason(raw, section, profile_triton, current_triton, current_hash)
     return Entry(problem, dict(raw["config"]), stale, str(path))
+
+
+def stale_reason(raw: dict, section: dict, profile_triton: str | None, current_triton: str,
+                 current_hash: str) -> str | None:
+    """Why an entry was tuned by other code than is running now, or None."""
+    if raw.get("source_hash", section.get("source_hash")) != current_hash:
+        return "kernel source changed since tuning"
+    tuned_with = raw.get("triton", profile_triton)
+    if tuned_with != current_triton:
+        return f"tuned with triton {tuned_with}, running {current_triton}"
+    return None
 
 
 def load_profile(path: str | os.PathLike | None = None) -> Profile:

@@ -1,0 +1,215 @@
+"""The ``seqtune`` command line: tune, verify, report, list, info.
+
+Exit codes: 0 ok, 1 failures (a kernel disagrees, a profile cannot be read, nothing tunable),
+2 bad usage. Every error is one line on stderr, never a traceback (``SEQTUNE_DEBUG=1`` shows it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Autotune, verify and profile the Triton kernels of sequence models.")
+out = Console()
+err = Console(stderr=True)
+PRESETS = ("tiny", "quick", "default", "full")
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit 2."""
+
+
+class Failure(Exception):
+    """Something the user asked for failed (unreadable profile, ...): exit 1."""
+
+
+def _prepare_backend() -> None:
+    """Without a CUDA GPU the kernels must run in the Triton interpreter, which Triton reads when
+    a kernel is defined: set it before any kernel module is imported."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _specs(names: list[str] | None):
+    from seqtune.registry import UnknownKernelError, all_specs, get_spec
+
+    try:
+        return [get_spec(n) for n in names] if names else list(all_specs().values())
+    except UnknownKernelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@app.command()
+def tune(
+    kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to tune (default: all)."),
+    preset: Optional[str] = typer.Option(None, help="tiny | quick | default | full "
+                                         "(default: 'default' on a GPU, 'tiny' on the CPU)."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Where profiles are written "
+                                               "(else $SEQTUNE_PROFILE_DIR, else the cache dir)."),
+    max_configs: Optional[int] = typer.Option(None, min=1, help="At most this many configs "
+                                              "evaluated per problem."),
+    budget_s: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget of the whole "
+                                             "tune, seconds; the default config is always run."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+    seed: int = typer.Option(0, help="Seed of the inputs and of the candidate order."),
+) -> None:
+    """Search each kernel's config space on this device and write its profile."""
+    from seqtune.run import run_tune
+
+    _prepare_backend()
+    from seqtune.device import detect_device
+
+    device = detect_device()
+    if preset is None:
+        preset = "tiny" if device.backend == "interpreter" else "default"
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if device.backend == "interpreter" and preset != "tiny":
+        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
+                         "Triton interpreter with --preset tiny")
+    specs = _specs(kernels)
+    if device.backend == "interpreter":
+        err.print("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny preset "
+                  "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
+                  "defaults).")
+    results = run_tune(specs, preset, device, profile_dir, max_configs, budget_s, seed,
+                       console=err if as_json else out)
+    if as_json:
+        _emit_json(results)
+    if any(r["winner"] is None for r in results["problems"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to verify (default: all)."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profiles whose tuned configs are "
+                                               "verified too."),
+    as_json: bool = typer.Option(False, "--json", help="Print the cases as JSON on stdout."),
+) -> None:
+    """Check every kernel (default and tuned configs) against its float64 reference."""
+    from seqtune.run import run_verify
+
+    _prepare_backend()
+    rows = run_verify(_specs(kernels), profile_dir)
+    if as_json:
+        _emit_json(rows)
+    else:
+        table = Table(title="seqtune verify")
+        for column in ("kernel", "case", "config", "max abs err", "max rel err", "result"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["kernel"], row["case"], row["config_source"],
+                          f"{row['max_abs_err']:.2e}", f"{row['max_rel_err']:.2e}",
+                          "[green]ok[/]" if row["ok"] else f"[red]FAIL[/] {row['detail']}")
+        out.print(table)
+    failures = sum(not r["ok"] for r in rows)
+    if failures:
+        err.print(f"{failures} of {len(rows)} cases failed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    files: Optional[list[Path]] = typer.Argument(None, help="Profile files (default: every "
+                                                 "profile in the profile dir)."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir to report."),
+    kernel: Optional[str] = typer.Option(None, help="Only this kernel."),
+    as_json: bool = typer.Option(False, "--json", help="Print rows as JSON on stdout."),
+) -> None:
+    """Show profiles (best configs, time, TFLOP/s, GB/s, % of peak, speedup) and compare them."""
+    from seqtune.run import load_report
+
+    profiles, rows_by_file, compared = load_report(files, profile_dir, kernel)
+    if as_json:
+        _emit_json({"profiles": [{"file": str(p), "rows": r}
+                                 for (p, _), r in zip(profiles, rows_by_file)],
+                    "comparison": compared})
+        return
+    from seqtune.report import comparison_table, profile_table
+
+    for (path, profile), rows in zip(profiles, rows_by_file):
+        out.print(profile_table(profile, path, rows))
+    if compared:
+        out.print(comparison_table(compared))
+
+
+@app.command("list")
+def list_kernels(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the kernels, their config spaces and presets."""
+    from seqtune.registry import all_specs
+
+    rows = [{"kernel": s.name, "family": s.family, "space_size": s.space_size,
+             "parameters": list(s.space), "stages": list(s.stages),
+             "search": "stagewise (one stage at a time)" if s.stagewise else "full product",
+             "presets": {k: len(v) for k, v in s.presets.items()}, "description": s.description}
+            for s in all_specs().values()]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="seqtune kernels")
+    for column in ("kernel", "family", "space", "stages", "search", "presets", "description"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["kernel"], r["family"], str(r["space_size"]),
+                      ", ".join(r["stages"]) or "-", r["search"],
+                      " ".join(f"{k}:{v}" for k, v in r["presets"].items()), r["description"])
+    out.print(table)
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the device, library versions and the active profile."""
+    from seqtune.run import describe_environment
+
+    facts = describe_environment()
+    if as_json:
+        _emit_json(facts)
+        return
+    table = Table(title="seqtune info", show_header=False)
+    for key, value in facts.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list))
+                      else str(value))
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: runs the app, turning known errors into one line and an exit code."""
+    from seqtune.profile import ProfileError
+
+    try:
+        app(standalone_mode=True)
+    except UsageError as exc:
+        err.print(f"seqtune: error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except (Failure, ProfileError) as exc:
+        err.print(f"seqtune: error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("seqtune: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: one line, unless debugging
+        if os.environ.get("SEQTUNE_DEBUG"):
+            raise
+        err.print(f"seqtune: error: {type(exc).__name__}: {exc} (SEQTUNE_DEBUG=1 for a "
+                  "traceback)", markup=False, highlight=False)
+        sys.exit(1)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)

@@ -1,0 +1,271 @@
+"""The tuner: for one kernel and one problem, check every candidate config against the reference,
+time the survivors, and pick a winner that does not flip on noise.
+
+It knows kernels only through ``KernelSpec``; timing is injected (``seqtune.timing``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import math
+import random
+import time
+from typing import Any, Callable
+
+import torch
+
+from seqtune.device import DeviceInfo, telemetry
+from seqtune.spec import Config, KernelSpec, Outputs, Problem
+from seqtune.timing import Timer, Timing
+from seqtune.verify import Agreement, check_case
+
+# Relative differences below this are never trusted as real, however tight the spread.
+MIN_NOISE = 0.03
+RETIME_ROUNDS = 3
+FAILURE_KINDS = ("compile", "resources", "mismatch", "runtime")
+TUNED_PER_INTERPRETER = ("num_warps", "num_stages")
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One evaluated config: status "ok" or one of FAILURE_KINDS."""
+
+    config: Config
+    status: str
+    timing: Timing | None = None
+    agreement: Agreement | None = None
+    error: str = ""
+    telemetry: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return self.timing.median_us if self.timing else math.inf
+
+
+@dataclasses.dataclass
+class ProblemResult:
+    kernel: str
+    problem: Problem
+    winner: Candidate | None
+    default: Candidate | None
+    candidates: list[Candidate]
+    ties: int
+    noise: float
+    skipped_by_budget: int
+
+    @property
+    def failed(self) -> dict[str, int]:
+        counts = {kind: 0 for kind in FAILURE_KINDS}
+        for candidate in self.candidates:
+            if candidate.status in counts:
+                counts[candidate.status] += 1
+        return counts
+
+
+def classify_failure(exc: BaseException) -> str:
+    """compile / resources / runtime, from the exception a launch raised."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    if isinstance(exc, OutOfResources) or isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "resources"
+    if isinstance(exc, CompilationError):
+        return "compile"
+    return "runtime"
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def complexity(config: Config) -> float:
+    """Smaller tiles, fewer warps and stages are simpler: the tie-break after the default."""
+    return sum(math.log2(v) for v in config.values()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+
+
+def pinned_params(spec: KernelSpec, device: DeviceInfo) -> set[str]:
+    """Knobs held at their default: on the interpreter warps and stages change nothing."""
+    if device.backend != "interpreter":
+        return set()
+    return {p for p in spec.space if p.rpartition(".")[2] in TUNED_PER_INTERPRETER}
+
+
+def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
+                    seed: int = 0) -> list[Config]:
+    """Valid configs: the default first, then the rest in a seeded shuffle, so that a
+    ``--max-configs`` cut samples the whole space rather than one corner of it."""
+    pinned = pinned_params(spec, device)
+    default = dict(spec.default_config)
+    configs = [c for c in spec.configs() if all(c[p] == default[p] for p in pinned)]
+    valid = [c for c in configs if spec.check(c, problem, device.limits) is None]
+    head, rest = [c for c in valid if c == default], [c for c in valid if c != default]
+    random.Random(seed).shuffle(rest)
+    return head + rest
+
+
+class Budget:
+    """Wall-clock and per-problem config-count limits shared by a whole tune."""
+
+    def __init__(self, budget_s: float | None, max_configs: int | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.deadline = None if budget_s is None else clock() + budget_s
+        self.max_configs = max_configs
+        self.clock = clock
+
+    def expired(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def allows(self, evaluated: int) -> bool:
+        """One more evaluation? The default (the first) is always evaluated."""
+        if evaluated == 0:
+            return True
+        if self.max_configs is not None and evaluated >= self.max_configs:
+            return False
+        return not self.expired()
+
+
+class Tuner:
+    """Tunes problems of kernels on one device with one timer."""
+
+    def __init__(self, device: DeviceInfo, timer: Timer, budget: Budget,
+                 on_candidate: Callable[[Candidate], None] | None = None, seed: int = 0):
+        self.device = device
+        self.timer = timer
+        self.budget = budget
+        self.on_candidate = on_candidate or (lambda candidate: None)
+        self.seed = seed
+
+    def tune(self, spec: KernelSpec, problem: Problem) -> ProblemResult:
+        inputs = spec.make_inputs(problem, self.device.torch_device, self.seed)
+        reference = spec.reference(inputs)
+        order = candidate_order(spec, problem, self.device, self.seed)
+        evaluated: dict[tuple, Candidate] = {}
+
+        def evaluate(config: Config) -> Candidate | None:
+            key = tuple(sorted(config.items()))
+            if key not in evaluated:
+                if not self.budget.allows(len(evaluated)):
+                    return None
+                evaluated[key] = self._evaluate(spec, problem, inputs, reference, config)
+                self.on_candidate(evaluated[key])
+            return evaluated[key]
+
+        if spec.stagewise and spec.stages:
+            self._search_stagewise(spec, order, evaluate)
+        else:
+            for config in order:
+                if evaluate(config) is None:
+                    break
+        candidates = list(evaluated.values())
+        winner, ties, noise = self._select(spec, inputs, candidates)
+        default = evaluated.get(tuple(sorted(spec.default_config.items())))
+        return ProblemResult(spec.name, problem, winner, default, candidates, ties,
+                             noise, skipped_by_budget=len(order) - len(candidates))
+
+    def _search_stagewise(self, spec: KernelSpec, order: list[Config],
+                          evaluate: Callable[[Config], Candidate | None]) -> None:
+        """For each setting of the shared knobs, tune one stage at a time (the others held at
+        their best so far): sum of the stage spaces instead of their product."""
+        valid = {tuple(sorted(c.items())) for c in order}
+        shared = [p for p in spec.space if spec.stage_of(p) is None]
+        shared_settings = list(dict.fromkeys(tuple(c[p] for p in shared) for c in order))
+        for setting in shared_settings:
+            current = next(c for c in order if tuple(c[p] for p in shared) == setting)
+            for stage in spec.stages:
+                params = [p for p in spec.space if spec.stage_of(p) == stage]
+                options = [{**current, **dict(zip(params, values))}
+                           for values in itertools.product(*(spec.space[p] for p in params))]
+                options = [o for o in options if tuple(sorted(o.items())) in valid]
+                results = []
+                for option in options:
+                    candidate = evaluate(option)
+                    if candidate is None:
+                        return
+                    results.append(candidate)
+                ok = [c for c in results if c.status == "ok"]
+                if ok:
+                    current = min(ok, key=lambda c: c.median).config
+
+    def _evaluate(self, spec: KernelSpec, problem: Problem, inputs: dict, reference: Outputs,
+                  config: Config) -> Candidate:
+        try:
+            agreement = check_case(spec, problem, config, inputs=inputs, reference=reference)
+        except Exception as exc:  # any failure of a candidate is recorded; the tune goes on
+            return Candidate(config, classify_failure(exc), error=one_line(exc))
+        if not agreement.ok:
+            return Candidate(config, "mismatch", agreement=agreement, error=agreement.detail)
+        try:
+            timing = self.timer(lambda: spec.run(inputs, config), config)
+        except Exception as exc:
+            return Candidate(config, classify_failure(exc), agreement=agreement,
+                             error=one_line(exc))
+        return Candidate(config, "ok", timing, agreement, telemetry=telemetry())
+
+    def _select(self, spec: KernelSpec, inputs: dict,
+                candidates: list[Candidate]) -> tuple[Candidate | None, int, float]:
+        """The fastest config, unless others are within the noise: then re-time those near-ties
+        (interleaved, so drift hits all alike) and prefer the default, then the simplest."""
+        ok = [c for c in candidates if c.status == "ok"]
+        if not ok:
+            return None, 0, 0.0
+        near, noise = _near_ties(ok)
+        if len(near) > 1:
+            for _ in range(RETIME_ROUNDS):
+                for candidate in near:
+                    extra = self.timer(lambda c=candidate: spec.run(inputs, c.config),
+                                       candidate.config)
+                    candidate.timing = _combine(candidate.timing, extra)
+            near, noise = _near_ties(ok)
+        default = dict(spec.default_config)
+        winner = min(near, key=lambda c: (c.config != default, complexity(c.config), c.median))
+        return winner, len(near), noise
+
+
+def _near_ties(ok: list[Candidate]) -> tuple[list[Candidate], float]:
+    best = min(ok, key=lambda c: c.median)
+    noise = max(best.timing.spread, MIN_NOISE)
+    return [c for c in ok if c.median <= best.median * (1 + noise)], noise
+
+
+def _combine(first: Timing, extra: Timing) -> Timing:
+    """Pool two measurements of one config: medians and quantiles averaged by sample weight."""
+    weights = (max(first.samples, 1), max(extra.samples, 1))
+    pairs = ((first.median_us, extra.median_us), (first.p20_us, extra.p20_us),
+             (first.p80_us, extra.p80_us))
+    median, p20, p80 = (sum(w * v for w, v in zip(weights, pair)) / sum(weights) for pair in pairs)
+    return Timing(median, p20, p80, first.samples + extra.samples)
+
+
+def entry_for(spec: KernelSpec, result: ProblemResult, timer_label: str, triton_version: str,
+              source_hash: str) -> dict[str, Any]:
+    """The profile entry (YAML mapping) of a tuned problem."""
+    winner = result.winner
+    seconds = winner.median / 1e6
+    problem = result.problem
+    default_us = result.default.median if result.default and result.default.status == "ok" else None
+    return {
+        "problem": spec.bucket(problem),
+        "config": dict(winner.config),
+        "time_us": winner.timing.as_dict(),
+        "default_time_us": None if default_us is None else round(default_us, 3),
+        "speedup_vs_default": None if default_us is None else round(default_us / winner.median, 4),
+        "tflops": _significant(spec.flops(problem) / seconds / 1e12),
+        "gbps": _significant(spec.bytes_moved(problem) / seconds / 1e9),
+        "max_rel_err": _significant(winner.agreement.max_rel_err, 3),
+        "tried": len(result.candidates),
+        "failed": result.failed,
+        "ties": result.ties,
+        "noise": round(result.noise, 4),
+        "timer": timer_label,
+        "telemetry": winner.telemetry,
+        "triton": triton_version,
+        "source_hash": source_hash,
+        "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")

@@ -1,0 +1,33 @@
+import os
+
+# Kernels must be defined under the interpreter: set it before anything imports triton kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import dataclasses  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import seqtune.loader  # noqa: E402
+import seqtune.registry  # noqa: E402
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The registry holding only the toy kernel (with this folder as its source dir)."""
+    from toy_spec import TOY
+
+    spec = dataclasses.replace(TOY, source_dir=Path(__file__).parent)
+    monkeypatch.setattr(seqtune.registry, "all_specs", lambda: {spec.name: spec})
+    seqtune.registry.source_hash.cache_clear()
+    yield spec
+    seqtune.registry.source_hash.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def isolated_profiles(tmp_path, monkeypatch):
+    """No test reads the user's profile dir or leaves a loader state behind."""
+    monkeypatch.setenv("SEQTUNE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setattr(seqtune.loader, "_active", None)
+    seqtune.loader._warned.clear()
+    yield

@@ -1,0 +1,131 @@
+"""Tuner selection and failure handling, driven by an injected timer."""
+import pytest
+
+from seqtune.device import interpreter_device
+from seqtune.timing import Timing, wall_clock_timer
+from seqtune.tuner import Budget, Tuner, candidate_order, complexity, entry_for
+
+
+class FakeTimer:
+    """Times from a table keyed by (BLOCK, num_warps); counts calls per config."""
+
+    def __init__(self, times_us, spread=0.01, later=None):
+        self.times_us = times_us
+        self.spread = spread
+        self.later = later or {}
+        self.calls = {}
+
+    def __call__(self, run, config):
+        key = (config["BLOCK"], config["num_warps"])
+        self.calls[key] = self.calls.get(key, 0) + 1
+        value = self.times_us[key] if self.calls[key] == 1 else self.later.get(key, self.times_us[key])
+        return Timing(value, value * (1 - self.spread), value * (1 + self.spread), samples=10)
+
+
+DEVICE = interpreter_device()
+PROBLEM = {"N": 64, "dtype": "float32"}
+
+
+def tuner(timer, max_configs=None, budget_s=None, clock=None):
+    budget = Budget(budget_s, max_configs, **({"clock": clock} if clock else {}))
+    return Tuner(DEVICE, timer, budget)
+
+
+def test_candidate_order_puts_the_default_first_and_keeps_only_valid(toy_registry):
+    order = candidate_order(toy_registry, {"N": 20, "dtype": "float32"}, DEVICE)
+    assert order[0] == toy_registry.default_config
+    assert all(c["BLOCK"] <= 32 for c in order)  # 64 > padded N=32
+    # warps are pinned to the default in the interpreter
+    assert {c["num_warps"] for c in order} == {1}
+
+
+def test_clear_winner_is_chosen(toy_registry):
+    timer = FakeTimer({(16, 1): 100.0, (32, 1): 50.0, (64, 1): 10.0})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    assert result.winner.config == {"BLOCK": 64, "SKIP_TAIL": False, "num_warps": 1}
+    assert result.ties == 1
+
+
+def test_noise_tie_prefers_the_default(toy_registry):
+    # BLOCK=64 looks 1% faster than the default: within noise, so the default wins.
+    timer = FakeTimer({(16, 1): 100.0, (32, 1): 20.0, (64, 1): 19.8})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    assert result.winner.config == toy_registry.default_config
+    assert result.ties == 2
+    # the near-ties were re-timed, the far one was not
+    assert timer.calls[(32, 1)] > 1 and timer.calls[(64, 1)] > 1 and timer.calls[(16, 1)] == 1
+
+
+def test_noise_tie_without_default_prefers_the_simplest(toy_registry):
+    timer = FakeTimer({(16, 1): 10.1, (32, 1): 50.0, (64, 1): 10.0})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    assert result.winner.config["BLOCK"] == 16
+    assert complexity({"BLOCK": 16}) < complexity({"BLOCK": 64})
+
+
+def test_retiming_separates_a_lucky_first_measurement(toy_registry):
+    # BLOCK=64 first looks tied with the default, re-timing shows it is really slower.
+    timer = FakeTimer({(16, 1): 100.0, (32, 1): 20.0, (64, 1): 19.9}, later={(64, 1): 30.0})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    assert result.winner.config == toy_registry.default_config
+    assert result.ties == 1
+
+
+def test_partial_write_is_a_mismatch_and_tuning_goes_on(toy_registry):
+    timer = FakeTimer({(16, 1): 30.0, (32, 1): 20.0, (64, 1): 25.0})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    statuses = {(c.config["BLOCK"], c.config["SKIP_TAIL"]): c.status for c in result.candidates}
+    assert statuses[(32, True)] == "mismatch"
+    assert statuses[(32, False)] == "ok"
+    assert result.failed["mismatch"] == 3
+    assert result.winner.config["SKIP_TAIL"] is False
+
+
+def test_crashing_config_is_recorded_as_runtime_failure(toy_registry, monkeypatch):
+    import dataclasses
+
+    def run(inputs, config):
+        if config["BLOCK"] == 16:
+            raise RuntimeError("illegal memory access\nat somewhere")
+        return toy_registry.run(inputs, config)
+
+    spec = dataclasses.replace(toy_registry, run=run)
+    result = tuner(FakeTimer({(16, 1): 1.0, (32, 1): 20.0, (64, 1): 25.0})).tune(spec, PROBLEM)
+    crashed = [c for c in result.candidates if c.config["BLOCK"] == 16]
+    assert {c.status for c in crashed} == {"runtime"}
+    assert crashed[0].error == "RuntimeError: at somewhere"  # one line: the last
+    assert result.winner.config["BLOCK"] == 32
+
+
+def test_max_configs_bounds_the_work_and_always_runs_the_default(toy_registry):
+    result = tuner(FakeTimer({(16, 1): 1.0, (32, 1): 2.0, (64, 1): 3.0}), max_configs=2).tune(
+        toy_registry, PROBLEM)
+    assert len(result.candidates) == 2
+    assert result.candidates[0].config == toy_registry.default_config
+    assert result.skipped_by_budget == len(candidate_order(toy_registry, PROBLEM, DEVICE)) - 2
+
+
+def test_expired_budget_still_measures_the_default(toy_registry):
+    ticks = iter(range(0, 1000, 100))
+    result = tuner(FakeTimer({(16, 1): 1.0, (32, 1): 2.0, (64, 1): 3.0}), budget_s=50,
+                   clock=lambda: next(ticks)).tune(toy_registry, PROBLEM)
+    assert [c.config for c in result.candidates] == [toy_registry.default_config]
+    assert result.winner.config == toy_registry.default_config
+
+
+def test_entry_records_speedup_spread_and_failures(toy_registry):
+    timer = FakeTimer({(16, 1): 40.0, (32, 1): 20.0, (64, 1): 10.0})
+    result = tuner(timer).tune(toy_registry, PROBLEM)
+    entry = entry_for(toy_registry, result, "fake", "3.x", "abc")
+    assert entry["problem"] == {"N": 64, "dtype": "float32"}
+    assert entry["speedup_vs_default"] == pytest.approx(2.0)
+    assert entry["time_us"] == {"median": 10.0, "p20": 9.9, "p80": 10.1}
+    assert entry["failed"]["mismatch"] == 3 and entry["tried"] == 6
+    assert entry["tflops"] == pytest.approx(64 / 10e-6 / 1e12, rel=1e-3)
+
+
+def test_wall_clock_timer_measures_real_calls():
+    calls = []
+    timing = wall_clock_timer(lambda: calls.append(1), {}, repeats=4)
+    assert len(calls) == 5 and timing.samples == 4
+    assert timing.p20_us <= timing.median_us <= timing.p80_us
