@@ -50,9 +50,10 @@ def software_versions() -> dict[str, str | None]:
 
     import seqtune
 
-    return {"seqtune": seqtune.__version__, "triton": triton.__version__,
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version()}
+    versions = {"seqtune": seqtune.__version__, "triton": triton.__version__,
+                "torch": torch.__version__, "cuda": torch.version.cuda,
+                "python": platform.python_version()}
+    return {k: None if v is None else str(v) for k, v in versions.items()}
 
 
 def read_profile(path: Path) -> dict[str, Any]:
