@@ -28,6 +28,7 @@ def toy_registry(monkeypatch):
 def isolated_profiles(tmp_path, monkeypatch):
     """No test reads the user's profile dir or leaves a loader state behind."""
     monkeypatch.setenv("SEQTUNE_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables unfolded, so tests can read them
     monkeypatch.setattr(seqtune.loader, "_active", None)
     seqtune.loader._warned.clear()
     yield

@@ -20,7 +20,9 @@ def _scale_kernel(x_ptr, y_ptr, n, alpha, BLOCK: tl.constexpr, SKIP_TAIL: tl.con
         return
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
-    tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * alpha, mask=mask)
+    # fp32 arithmetic: the interpreter mis-multiplies a bf16 tensor by an fp32 scalar
+    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(y_ptr + offsets, (x * alpha).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def scale(x: torch.Tensor, alpha: float, config: dict) -> torch.Tensor:
