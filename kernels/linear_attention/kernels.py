@@ -1,0 +1,335 @@
+"""The chunkwise linear-recurrence kernels shared by ``linear_attention`` and ``ssd``.
+
+Recurrence (per batch and head): S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t.
+The sequence is cut into chunks of BT steps; with b_t the cumulative log decay since the chunk
+start (b_t <= 0, decreasing), the output of step t of a chunk is
+
+    o_t = scale * [ (q_t * exp(b_t))^T S_prev + sum_{s <= t in chunk} A[t, s] v_s ],
+    A[t, s] = sum_k q_t[k] k_s[k] exp(b_t[k] - b_s[k]),
+
+and the state after the chunk is diag(exp(b_last)) S_prev + sum_s (k_s * exp(b_last - b_s)) v_s^T.
+Every exponent above is a sum of log decays over a range of steps, so it is <= 0: nothing is ever
+exponentiated that could overflow, however strong the decay or long the sequence.
+
+Three stages, each its own kernel:
+- ``intra``: A for every chunk (``_intra_kernel`` for no/scalar decay, where A is one masked
+  matmul; ``_intra_channel_kernel`` for per-channel decay, see there).
+- ``h``: the state before every chunk, passed sequentially over the chunks in fp32.
+- ``o``: the outputs of every chunk from its state and its A.
+``run_chunked`` launches the three on prepared tensors.
+
+Gates: ``GATE`` is 0 (none), 1 (scalar per step and head) or 2 (per key channel). The q/k head
+of value head ``h`` is ``h // QK_GROUP`` (grouped B/C in SSD). ``VSCALE`` multiplies v by a
+per-step, per-head factor (SSD's dt) as it is loaded; ``HAS_D`` adds ``D[h] * v`` (unscaled) to
+the output (SSD's skip term).
+
+Batch*head program ids are int64: the per-chunk state buffer passes 2^31 elements for long
+sequences with large heads, and every offset derives from them.
+
+Dots take operands in the input dtype (bf16/fp16 tensor cores) with fp32 accumulation; fp32
+inputs use ``input_precision="ieee"`` (exact fp32, no TF32), so fp32 is a verification dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from seqtune.launch import launch, new_output
+
+GATES = {"none": 0, "scalar": 1, "channel": 2}
+# Rows of the sub-chunks that per-channel decay is computed in: the smallest tl.dot M.
+SUB = 16
+# Channels per step of the elementwise diagonal blocks of per-channel decay ([SUB, SUB, DIAG_BK]
+# products in registers).
+DIAG_BK = 16
+
+
+@triton.jit
+def _intra_kernel(q, k, g, A, T, H, QK_GROUP,
+                  sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh,
+                  K: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  DOT: tl.constexpr):
+    """A of one chunk for no or scalar decay: tril(q k^T) * exp(b_t - b_s). Grid (chunks, B*H)."""
+    chunk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    pos = tl.arange(0, BT)
+    t = chunk * BT + pos
+    t_mask = t < T
+    q_base = b * sqb + (h // QK_GROUP) * sqh
+    k_base = b * skb + (h // QK_GROUP) * skh
+    acc = tl.zeros([BT, BT], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        d = k0 + tl.arange(0, BK)
+        mask = t_mask[:, None] & (d < K)[None, :]
+        q_tile = tl.load(q + q_base + t[:, None] * sqt + d[None, :] * sqd, mask=mask, other=0.0)
+        k_tile = tl.load(k + k_base + t[:, None] * skt + d[None, :] * skd, mask=mask, other=0.0)
+        acc = tl.dot(q_tile.to(DOT), tl.trans(k_tile.to(DOT)), acc, input_precision="ieee")
+    causal = pos[:, None] >= pos[None, :]
+    if GATE == 1:
+        decay = tl.load(g + b * sgb + t * sgt + h * sgh, mask=t_mask, other=0.0).to(tl.float32)
+        cum = tl.cumsum(decay, axis=0)
+        acc *= tl.exp(tl.minimum(cum[:, None] - cum[None, :], 0.0))
+    acc = tl.where(causal, acc, 0.0)
+    a_rows = A + (bh * T + t[:, None]) * BT + pos[None, :]
+    tl.store(a_rows, acc.to(A.dtype.element_ty), mask=t_mask[:, None])
+
+
+@triton.jit
+def _intra_channel_kernel(q, k, g, A, T, H, QK_GROUP,
+                          sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh, sgd,
+                          K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                          SUB: tl.constexpr, DIAG_BK: tl.constexpr, DOT: tl.constexpr):
+    """SUB rows of A of one chunk for per-channel decay. Grid (chunks * BT/SUB, B*H).
+
+    exp(b_t - b_s) does not factor into exp(b_t) * exp(-b_s) safely (exp(-b_s) overflows for
+    strong decay), so the rows are split into sub-chunks. Against the columns s of earlier
+    sub-chunks, take the reference point r = the last step before this sub-chunk (s <= r < t):
+    q_t exp(b_t - b_r) and k_s exp(b_r - b_s) both have exponents <= 0, and their dot is A[t, s].
+    Inside the sub-chunk (the diagonal block) A is summed elementwise over [SUB, SUB, DIAG_BK]
+    products.
+    """
+    pid, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    chunk, row0 = pid // (BT // SUB), (pid % (BT // SUB)) * SUB
+    b, h = bh // H, bh % H
+    pos = tl.arange(0, BT)
+    sub = tl.arange(0, SUB)
+    t_chunk = chunk * BT + pos
+    t_rows = chunk * BT + row0 + sub
+    rows_mask = t_rows < T
+    earlier = (pos < row0) & (t_chunk < T)
+    q_rows_ptr = q + b * sqb + (h // QK_GROUP) * sqh + t_rows[:, None] * sqt
+    k_base = k + b * skb + (h // QK_GROUP) * skh
+    g_base = g + b * sgb + h * sgh
+    acc = tl.zeros([SUB, BT], dtype=tl.float32)
+    if row0 > 0:  # the first sub-chunk has no earlier columns
+        for k0 in range(0, K, BK):
+            d = k0 + tl.arange(0, BK)
+            chunk_mask = earlier[:, None] & (d < K)[None, :]
+            rows_2d = rows_mask[:, None] & (d < K)[None, :]
+            g_earlier = tl.load(g_base + t_chunk[:, None] * sgt + d[None, :] * sgd,
+                                mask=chunk_mask, other=0.0).to(tl.float32)
+            # log decay from step s to the reference point: the sum over the steps after s
+            to_ref = tl.cumsum(g_earlier, axis=0, reverse=True) - g_earlier
+            k_tile = tl.load(k_base + t_chunk[:, None] * skt + d[None, :] * skd,
+                             mask=chunk_mask, other=0.0)
+            k_decayed = (k_tile.to(tl.float32) * tl.exp(tl.minimum(to_ref, 0.0))).to(k_tile.dtype)
+            g_rows = tl.load(g_base + t_rows[:, None] * sgt + d[None, :] * sgd, mask=rows_2d,
+                             other=0.0).to(tl.float32)
+            q_rows = tl.load(q_rows_ptr + d[None, :] * sqd, mask=rows_2d, other=0.0)
+            q_decayed = (q_rows.to(tl.float32) * tl.exp(tl.cumsum(g_rows, axis=0))).to(k_tile.dtype)
+            acc = tl.dot(q_decayed.to(DOT), tl.trans(k_decayed.to(DOT)), acc,
+                         input_precision="ieee")
+    diag = tl.zeros([SUB, SUB], dtype=tl.float32)
+    for k0 in range(0, K, DIAG_BK):
+        d = k0 + tl.arange(0, DIAG_BK)
+        rows_2d = rows_mask[:, None] & (d < K)[None, :]
+        cum = tl.cumsum(tl.load(g_base + t_rows[:, None] * sgt + d[None, :] * sgd, mask=rows_2d,
+                                other=0.0).to(tl.float32), axis=0)
+        q_rows = tl.load(q_rows_ptr + d[None, :] * sqd, mask=rows_2d, other=0.0).to(tl.float32)
+        k_rows = tl.load(k_base + t_rows[:, None] * skt + d[None, :] * skd, mask=rows_2d,
+                         other=0.0).to(tl.float32)
+        decay = tl.exp(tl.minimum(cum[:, None, :] - cum[None, :, :], 0.0))
+        diag += tl.sum(q_rows[:, None, :] * k_rows[None, :, :] * decay, axis=2)
+    diag = tl.where(sub[:, None] >= sub[None, :], diag, 0.0)
+    # Two stores to disjoint columns: the earlier and later ones, then the diagonal block.
+    a_rows = A + (bh * T + t_rows[:, None]) * BT
+    outside = (pos < row0) | (pos >= row0 + SUB)
+    tl.store(a_rows + pos[None, :], acc.to(A.dtype.element_ty),
+             mask=rows_mask[:, None] & outside[None, :])
+    tl.store(a_rows + row0 + sub[None, :], diag.to(A.dtype.element_ty), mask=rows_mask[:, None])
+
+
+@triton.jit
+def _state_kernel(k, v, g, vs, h0, hs, hT, T, H, QK_GROUP, n_chunks,
+                  skb, skt, skh, skd, svb, svt, svh, svd, sgb, sgt, sgh, sgd,
+                  K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
+                  HAS_INITIAL: tl.constexpr, STORE_FINAL: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr):
+    """The [BK, BV] block of the state before each chunk, into ``hs`` [B, H, chunks, K, V];
+    the state after the last one into ``hT`` when STORE_FINAL. Grid (K/BK, V/BV, B*H)."""
+    pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    b, h = bh // H, bh % H
+    d = pid_k * BK + tl.arange(0, BK)
+    e = pid_v * BV + tl.arange(0, BV)
+    d_mask, e_mask = d < K, e < V
+    block = d[:, None] * V + e[None, :]
+    block_mask = d_mask[:, None] & e_mask[None, :]
+    state = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_INITIAL:
+        state = tl.load(h0 + bh * K * V + block, mask=block_mask, other=0.0).to(tl.float32)
+    k_ptr = k + b * skb + (h // QK_GROUP) * skh + d[None, :] * skd
+    v_ptr = v + b * svb + h * svh + e[None, :] * svd
+    g_base = g + b * sgb + h * sgh
+    for chunk in range(n_chunks):
+        tl.store(hs + (bh * n_chunks + chunk) * K * V + block, state.to(hs.dtype.element_ty),
+                 mask=block_mask)
+        t = chunk * BT + tl.arange(0, BT)
+        t_mask = t < T
+        k_tile = tl.load(k_ptr + t[:, None] * skt, mask=t_mask[:, None] & d_mask[None, :],
+                         other=0.0)
+        v_tile = tl.load(v_ptr + t[:, None] * svt, mask=t_mask[:, None] & e_mask[None, :],
+                         other=0.0)
+        if VSCALE:
+            factor = tl.load(vs + (b * T + t) * H + h, mask=t_mask, other=0.0)
+            v_tile = (v_tile.to(tl.float32) * factor[:, None]).to(k_tile.dtype)
+        if GATE == 1:
+            decay = tl.load(g_base + t * sgt, mask=t_mask, other=0.0).to(tl.float32)
+            # log decay from step s to the chunk end: the sum over the steps strictly after s
+            to_end = tl.cumsum(decay, axis=0, reverse=True) - decay
+            state *= tl.exp(tl.sum(decay, axis=0))
+            k_tile = (k_tile.to(tl.float32) * tl.exp(tl.minimum(to_end, 0.0))[:, None])
+        elif GATE == 2:
+            decay = tl.load(g_base + t[:, None] * sgt + d[None, :] * sgd,
+                            mask=t_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+            to_end = tl.cumsum(decay, axis=0, reverse=True) - decay
+            state *= tl.exp(tl.sum(decay, axis=0))[:, None]
+            k_tile = k_tile.to(tl.float32) * tl.exp(tl.minimum(to_end, 0.0))
+        k_tile = k_tile.to(v_tile.dtype)
+        state = tl.dot(tl.trans(k_tile).to(DOT), v_tile.to(DOT), state, input_precision="ieee")
+    if STORE_FINAL:
+        tl.store(hT + bh * K * V + block, state, mask=block_mask)
+
+
+@triton.jit
+def _output_kernel(q, v, g, vs, D, hs, A, o, T, H, QK_GROUP, n_chunks, scale,
+                   sqb, sqt, sqh, sqd, svb, svt, svh, svd, sgb, sgt, sgh, sgd,
+                   sob, sot, soh, sod,
+                   K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
+                   HAS_D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   DOT: tl.constexpr):
+    """A [BT, BV] block of the output of one chunk. Grid (V/BV, chunks, B*H)."""
+    pid_v, chunk, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    b, h = bh // H, bh % H
+    pos = tl.arange(0, BT)
+    t = chunk * BT + pos
+    t_mask = t < T
+    e = pid_v * BV + tl.arange(0, BV)
+    e_mask = e < V
+    q_base = b * sqb + (h // QK_GROUP) * sqh
+    g_base = g + b * sgb + h * sgh
+    state_base = hs + (bh * n_chunks + chunk) * K * V
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        d = k0 + tl.arange(0, BK)
+        d_mask = d < K
+        q_tile = tl.load(q + q_base + t[:, None] * sqt + d[None, :] * sqd,
+                         mask=t_mask[:, None] & d_mask[None, :], other=0.0)
+        state = tl.load(state_base + d[:, None] * V + e[None, :],
+                        mask=d_mask[:, None] & e_mask[None, :], other=0.0)
+        if GATE == 2:
+            decay = tl.load(g_base + t[:, None] * sgt + d[None, :] * sgd,
+                            mask=t_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+            q_tile = (q_tile.to(tl.float32) * tl.exp(tl.cumsum(decay, axis=0))).to(q_tile.dtype)
+        acc = tl.dot(q_tile.to(DOT), state.to(q_tile.dtype).to(DOT), acc, input_precision="ieee")
+    if GATE == 1:
+        decay = tl.load(g_base + t * sgt, mask=t_mask, other=0.0).to(tl.float32)
+        acc *= tl.exp(tl.cumsum(decay, axis=0))[:, None]
+    a_tile = tl.load(A + (bh * T + t[:, None]) * BT + pos[None, :], mask=t_mask[:, None],
+                     other=0.0)
+    v_raw = tl.load(v + b * svb + h * svh + t[:, None] * svt + e[None, :] * svd,
+                    mask=t_mask[:, None] & e_mask[None, :], other=0.0)
+    v_tile = v_raw
+    if VSCALE:
+        factor = tl.load(vs + (b * T + t) * H + h, mask=t_mask, other=0.0)
+        v_tile = (v_raw.to(tl.float32) * factor[:, None]).to(v_raw.dtype)
+    acc = tl.dot(a_tile.to(v_tile.dtype).to(DOT), v_tile.to(DOT), acc, input_precision="ieee")
+    acc *= scale
+    if HAS_D:
+        acc += tl.load(D + h).to(tl.float32) * v_raw.to(tl.float32)
+    tl.store(o + b * sob + h * soh + t[:, None] * sot + e[None, :] * sod,
+             acc.to(o.dtype.element_ty), mask=t_mask[:, None] & e_mask[None, :])
+
+
+@dataclasses.dataclass(frozen=True)
+class Recurrence:
+    """Prepared operands of one chunked run. q, k: [B, T, Hqk, K]; v: [B, T, H, V] with
+    H % Hqk == 0; g: None, [B, T, H] or [B, T, H, K]; v_scale: None or contiguous fp32
+    [B, T, H]; D: None or [H]; initial_state: None or contiguous [B, H, K, V]."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor | None
+    scale: float
+    v_scale: torch.Tensor | None = None
+    D: torch.Tensor | None = None
+    initial_state: torch.Tensor | None = None
+
+    @property
+    def gate(self) -> str:
+        if self.g is None:
+            return "none"
+        return "scalar" if self.g.dim() == 3 else "channel"
+
+
+def _gate_strides(g: torch.Tensor | None) -> tuple[int, int, int, int]:
+    if g is None:
+        return 0, 0, 0, 0
+    strides = tuple(g.stride())
+    return strides if len(strides) == 4 else strides + (0,)
+
+
+def dot_type(dtype: torch.dtype, kernel: object = _state_kernel) -> tl.dtype:
+    """The dtype dot operands are cast to: the input dtype, but fp32 for bf16 under the Triton
+    interpreter, which multiplies bf16 operands as their raw uint16 storage (triton 3.9). The
+    upcast is exact (bf16 products are exact in fp32), so the interpreter computes what the GPU
+    does."""
+    if dtype == torch.bfloat16 and isinstance(kernel, InterpretedFunction):
+        return tl.float32
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def run_chunked(r: Recurrence, config: dict, output_final_state: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch intra, h and o on ``r`` with a full, checked config; returns (o, final_state)."""
+    B, T, Hqk, K = r.q.shape
+    H, V = r.v.shape[2], r.v.shape[3]
+    device, dtype = r.v.device, r.v.dtype
+    BT = config["BT"]
+    n_chunks = triton.cdiv(T, BT)
+    gate = GATES[r.gate]
+    group = H // Hqk
+    dot = dot_type(dtype)
+    g = r.g if r.g is not None else r.q  # never read when GATE == 0
+    g_strides = _gate_strides(r.g)
+    q_strides, k_strides, v_strides = r.q.stride(), r.k.stride(), r.v.stride()
+
+    intra = new_output((B, H, T, BT), dtype, device)
+    if gate == 2:
+        launch(_intra_channel_kernel, (n_chunks * (BT // SUB), B * H),
+               r.q, r.k, g, intra, T, H, group, *q_strides, *k_strides, *g_strides,
+               K=K, BT=BT, BK=config["intra.BK"], SUB=SUB, DIAG_BK=DIAG_BK, DOT=dot,
+               num_warps=config["intra.num_warps"], num_stages=config["intra.num_stages"])
+    else:
+        launch(_intra_kernel, (n_chunks, B * H),
+               r.q, r.k, g, intra, T, H, group, *q_strides, *k_strides, *g_strides[:3],
+               K=K, GATE=gate, BT=BT, BK=config["intra.BK"], DOT=dot,
+               num_warps=config["intra.num_warps"], num_stages=config["intra.num_stages"])
+
+    states = new_output((B, H, n_chunks, K, V), dtype, device)
+    final = new_output((B, H, K, V), torch.float32, device) if output_final_state else None
+    v_scale = r.v_scale if r.v_scale is not None else states  # never read unless VSCALE
+    h_bk, h_bv = config["h.BK"], config["h.BV"]
+    launch(_state_kernel, (triton.cdiv(K, h_bk), triton.cdiv(V, h_bv), B * H),
+           r.k, r.v, g, v_scale,
+           r.initial_state if r.initial_state is not None else states, states,
+           final if final is not None else states, T, H, group, n_chunks,
+           *k_strides, *v_strides, *g_strides,
+           K=K, V=V, GATE=gate, VSCALE=r.v_scale is not None,
+           HAS_INITIAL=r.initial_state is not None, STORE_FINAL=final is not None,
+           BT=BT, BK=h_bk, BV=h_bv, DOT=dot,
+           num_warps=config["h.num_warps"], num_stages=config["h.num_stages"])
+
+    out = new_output((B, T, H, V), dtype, device)
+    o_bv = config["o.BV"]
+    launch(_output_kernel, (triton.cdiv(V, o_bv), n_chunks, B * H),
+           r.q, r.v, g, v_scale, r.D if r.D is not None else states, states, intra, out,
+           T, H, group, n_chunks, float(r.scale), *q_strides, *v_strides, *g_strides,
+           *out.stride(), K=K, V=V, GATE=gate, VSCALE=r.v_scale is not None,
+           HAS_D=r.D is not None, BT=BT, BK=config["o.BK"], BV=o_bv, DOT=dot,
+           num_warps=config["o.num_warps"], num_stages=config["o.num_stages"])
+    return out, final

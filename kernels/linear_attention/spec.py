@@ -1,0 +1,317 @@
+"""Kernel specs of ``linear_attention`` and ``ssd`` (family "linear-recurrence").
+
+Both run the same three kernels (stages ``intra``, ``h``, ``o``; see ``kernels.py``) and share
+one config space: the chunk size ``BT`` is shared, every other knob is per stage. The stages
+only meet through buffers whose layout depends on ``BT`` alone, so given ``BT`` they tune
+independently (``stagewise``).
+
+Problem fields:
+- linear_attention: ``B, T, H`` (sizes, bucketed), ``K, V`` (head dims), ``gate`` ("none",
+  "scalar" or "channel"), ``initial_state`` (bool), ``dtype``.
+- ssd: ``b, T, h`` (sizes, bucketed), ``g`` (groups of B/C), ``n`` (state dim), ``p`` (head
+  dim), ``has_D``, ``initial_state`` (bools), ``dtype``. dt_bias and softplus are applied before
+  the kernels and do not change them, so they are no problem fields; the spec's inputs always
+  use both (as Mamba-2 does).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.kernels.linear_attention.kernels import SUB
+from seqtune.kernels.linear_attention.reference import (linear_attention_reference,
+                                                        ssd_reference)
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, next_power_of_2, shared_memory_fits)
+
+WARPS, STAGES = (2, 4, 8), (1, 2, 3, 4)
+# Every tile is >= 16, so every tl.dot dimension meets Triton's minimum of 16 by construction.
+SPACE: dict[str, tuple] = {
+    "BT": (16, 32, 64, 128),
+    "intra.BK": (32, 64, 128),
+    "intra.num_warps": WARPS,
+    "intra.num_stages": (1, 2, 3),
+    "h.BK": (32, 64, 128),
+    "h.BV": (32, 64, 128),
+    "h.num_warps": WARPS,
+    "h.num_stages": STAGES,
+    "o.BK": (32, 64, 128),
+    "o.BV": (32, 64, 128),
+    "o.num_warps": WARPS,
+    "o.num_stages": STAGES,
+}
+DEFAULT: dict[str, Any] = {
+    "BT": 64, "intra.BK": 64, "intra.num_warps": 4, "intra.num_stages": 2,
+    "h.BK": 64, "h.BV": 64, "h.num_warps": 4, "h.num_stages": 2,
+    "o.BK": 64, "o.BV": 64, "o.num_warps": 4, "o.num_stages": 2,
+}
+STAGE_NAMES = ("intra", "h", "o")
+
+# fp32 runs its dots in exact fp32 (input_precision="ieee"), so only accumulation order differs
+# from float64. bf16/fp16 round the dot operands (decayed q and k, the per-chunk states, A) to
+# 8 / 11 mantissa bits; the outputs are O(1) by construction of the inputs, so the error is a few
+# units of that rounding spread over the summed terms, plus the rounding of the stored output.
+TOLERANCES = {
+    "float32": Tolerance(atol=1e-4, rtol=1e-4),
+    "float16": Tolerance(atol=1e-2, rtol=1e-2),
+    "bfloat16": Tolerance(atol=6e-2, rtol=4e-2),
+}
+
+
+# ---------------------------------------------------------------------------------------- check
+
+def _tile_limit(size: int) -> int:
+    """Largest useful tile over a dim: its next power of two, but never below the smallest
+    tile of the space (a tile wider than a small head dim is masked)."""
+    return max(32, next_power_of_2(size))
+
+
+def _shared_memory(config: Config, gate: str, itemsize: int) -> int:
+    """Estimated shared memory of the largest of the three kernels, in bytes: the dot operands
+    of a loop iteration times its pipeline depth, the decay tiles that ride along, and the
+    layout-conversion scratch of the accumulator."""
+    BT = config["BT"]
+    channel = gate == "channel"
+    decay_bytes = 4 if channel else 0
+    bk, stages = config["intra.BK"], config["intra.num_stages"]
+    if channel:
+        intra = stages * (BT * bk * (itemsize + decay_bytes) + SUB * bk * (2 * itemsize + 4))
+        intra += SUB * BT * 4 + BT * bk * 4
+    else:
+        intra = stages * 2 * BT * bk * itemsize + BT * BT * 4
+    bk, bv, stages = config["h.BK"], config["h.BV"], config["h.num_stages"]
+    state = stages * BT * (bk * (itemsize + decay_bytes) + bv * itemsize) + bk * bv * 4
+    bk, bv, stages = config["o.BK"], config["o.BV"], config["o.num_stages"]
+    output = (stages * (BT * bk * (itemsize + decay_bytes) + bk * bv * itemsize)
+              + BT * (BT + bv) * itemsize + BT * bv * 4)
+    return max(intra, state, output)
+
+
+def _check(config: Config, T: int, K: int, V: int, gate: str, dtype: str,
+           limits: DeviceLimits) -> str | None:
+    if config["BT"] > max(16, next_power_of_2(T)):
+        return f"BT={config['BT']} exceeds the padded sequence length {next_power_of_2(T)}"
+    for knob, size, dim in (("intra.BK", K, "K"), ("h.BK", K, "K"), ("o.BK", K, "K"),
+                            ("h.BV", V, "V"), ("o.BV", V, "V")):
+        if config[knob] > _tile_limit(size):
+            return f"{knob}={config[knob]} exceeds the padded {dim}={_tile_limit(size)}"
+    itemsize = DTYPES[dtype].itemsize
+    return shared_memory_fits(_shared_memory(config, gate, itemsize), limits)
+
+
+def check_linear_attention(config: Config, problem: Problem,
+                           limits: DeviceLimits) -> str | None:
+    return _check(config, problem["T"], problem["K"], problem["V"], problem["gate"],
+                  problem["dtype"], limits)
+
+
+def check_ssd(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    return _check(config, problem["T"], problem["n"], problem["p"], "scalar", problem["dtype"],
+                  limits)
+
+
+# ------------------------------------------------------------------------------ linear attention
+
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator)
+
+
+def _to(tensor: torch.Tensor | None, device: str, dtype: torch.dtype | None = None
+        ) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+
+def make_linear_attention_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """q, k, v ~ N(0, 1) in the problem's dtype; log decays in fp32 that span weak to strong
+    decay (logsigmoid of a wide normal); without decay v is scaled by T^-1/2 so that the
+    outputs stay O(1) however long the sequence."""
+    gen = torch.Generator().manual_seed(seed)
+    B, T, H, K, V = (problem[f] for f in ("B", "T", "H", "K", "V"))
+    dtype = DTYPES[problem["dtype"]]
+    q, k, v = _randn(gen, B, T, H, K), _randn(gen, B, T, H, K), _randn(gen, B, T, H, V)
+    g = None
+    if problem["gate"] == "none":
+        v = v * max(T, 1) ** -0.5
+    elif problem["gate"] == "scalar":
+        g = F.logsigmoid(2 * _randn(gen, B, T, H) + 3)
+    else:
+        g = F.logsigmoid(3 * _randn(gen, B, T, H, K) + 2)
+    state = _randn(gen, B, H, K, V) if problem["initial_state"] else None
+    return {"q": _to(q, device, dtype), "k": _to(k, device, dtype), "v": _to(v, device, dtype),
+            "g": _to(g, device), "initial_state": _to(state, device)}
+
+
+def run_linear_attention(inputs: Inputs, config: Config) -> Outputs:
+    from seqtune.kernels.linear_attention.op import linear_attention
+
+    return linear_attention(**inputs, output_final_state=True, config=config)
+
+
+def reference_linear_attention(inputs: Inputs) -> Outputs:
+    return linear_attention_reference(inputs["q"], inputs["k"], inputs["v"], inputs["g"],
+                                      initial_state=inputs["initial_state"])
+
+
+def flops_linear_attention(problem: Problem) -> float:
+    """The recurrence's work: the rank-1 state update and the read-out, 2*K*V each per step."""
+    return 4.0 * problem["B"] * problem["T"] * problem["H"] * problem["K"] * problem["V"]
+
+
+def bytes_linear_attention(problem: Problem) -> float:
+    """q, k, v and g read once, o written once, the fp32 state read (if given) and written."""
+    B, T, H, K, V = (problem[f] for f in ("B", "T", "H", "K", "V"))
+    itemsize = DTYPES[problem["dtype"]].itemsize
+    gate_elems = {"none": 0, "scalar": B * T * H, "channel": B * T * H * K}[problem["gate"]]
+    states = (1 + int(problem["initial_state"])) * B * H * K * V * 4
+    return itemsize * B * T * H * (2 * K + 2 * V) + 4 * gate_elems + states
+
+
+def _la(B: int, T: int, H: int, K: int, V: int, gate: str, initial: bool = False,
+        dtype: str = "bfloat16") -> Problem:
+    return {"B": B, "T": T, "H": H, "K": K, "V": V, "gate": gate, "initial_state": initial,
+            "dtype": dtype}
+
+
+GATE_KINDS = ("none", "scalar", "channel")
+# Realistic LLM shapes: ~16k tokens per batch, heads 16..32 of K = V = 64..256.
+_LA_DEFAULT = [_la(max(1, 16384 // T), T, H, D, D, gate)
+               for gate in GATE_KINDS for H, D in ((32, 64), (16, 128), (16, 256))
+               for T in (1024, 4096, 32768)]
+_LA_FULL = _LA_DEFAULT + [
+    _la(B, T, H, K, V, gate, initial)
+    for gate in GATE_KINDS
+    for B, T in ((1, 2048), (8, 2048), (2, 16384))
+    for H, K, V in ((8, 128, 128), (32, 128, 128), (16, 128, 256), (4, 256, 512))
+    for initial in (False, True)
+]
+
+LINEAR_ATTENTION = KernelSpec(
+    name="linear_attention",
+    family="linear-recurrence",
+    description="chunkwise linear attention: no, scalar (RetNet) or per-channel (GLA) decay",
+    space=SPACE,
+    default_config=DEFAULT,
+    size_fields=("B", "T", "H"),
+    presets={
+        "tiny": [_la(1, 64, 2, 64, 64, gate, gate == "scalar") for gate in GATE_KINDS],
+        "quick": [_la(4, 4096, 16, 128, 128, gate) for gate in GATE_KINDS],
+        "default": _LA_DEFAULT,
+        "full": _LA_FULL,
+    },
+    verify_cases=[
+        _la(2, 100, 2, 48, 40, "none", True, "float32"),
+        _la(1, 77, 3, 64, 48, "none", False, "bfloat16"),
+        _la(1, 45, 2, 40, 64, "scalar", False, "float32"),
+        _la(2, 99, 2, 56, 36, "scalar", True, "bfloat16"),
+        _la(2, 70, 2, 40, 56, "channel", True, "float32"),
+        _la(1, 130, 2, 64, 40, "channel", False, "bfloat16"),
+    ],
+    check=check_linear_attention,
+    make_inputs=make_linear_attention_inputs,
+    run=run_linear_attention,
+    reference=reference_linear_attention,
+    tolerances=TOLERANCES,
+    flops=flops_linear_attention,
+    bytes_moved=bytes_linear_attention,
+    stages=STAGE_NAMES,
+    stagewise=True,
+)
+
+
+# ------------------------------------------------------------------------------------------- ssd
+
+def make_ssd_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """Mamba-2-like inputs: x, B, C ~ N(0, 1) in the problem's dtype; in fp32 dt ~ N(0, 1/4)
+    around a dt_bias that puts softplus(dt + dt_bias) log-uniformly in [1e-3, 1e-1], A in
+    [-16, -1], D ~ N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    b, T, h, g, n, p = (problem[f] for f in ("b", "T", "h", "g", "n", "p"))
+    dtype = DTYPES[problem["dtype"]]
+    x, B, C = _randn(gen, b, T, h, p), _randn(gen, b, T, g, n), _randn(gen, b, T, g, n)
+    dt = 0.5 * _randn(gen, b, T, h)
+    target_dt = torch.exp(math.log(1e-3) + math.log(100) * torch.rand(h, generator=gen))
+    dt_bias = target_dt + torch.log(-torch.expm1(-target_dt))  # softplus^-1(target_dt)
+    A = -(1 + 15 * torch.rand(h, generator=gen))
+    D = _randn(gen, h) if problem["has_D"] else None
+    state = _randn(gen, b, h, n, p) if problem["initial_state"] else None
+    return {"x": _to(x, device, dtype), "dt": _to(dt, device), "A": _to(A, device),
+            "B": _to(B, device, dtype), "C": _to(C, device, dtype), "D": _to(D, device),
+            "dt_bias": _to(dt_bias, device), "dt_softplus": True,
+            "initial_state": _to(state, device)}
+
+
+def run_ssd(inputs: Inputs, config: Config) -> Outputs:
+    from seqtune.kernels.linear_attention.ssd import ssd
+
+    return ssd(**inputs, output_final_state=True, config=config)
+
+
+def reference_ssd(inputs: Inputs) -> Outputs:
+    return ssd_reference(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
+                         inputs["D"], inputs["dt_bias"], inputs["dt_softplus"],
+                         inputs["initial_state"])
+
+
+def flops_ssd(problem: Problem) -> float:
+    """The recurrence's work: the rank-1 state update and the read-out, 2*n*p each per step."""
+    return 4.0 * problem["b"] * problem["T"] * problem["h"] * problem["n"] * problem["p"]
+
+
+def bytes_ssd(problem: Problem) -> float:
+    """x, B, C and dt read once, y written once, the fp32 state read (if given) and written."""
+    b, T, h, g, n, p = (problem[f] for f in ("b", "T", "h", "g", "n", "p"))
+    itemsize = DTYPES[problem["dtype"]].itemsize
+    states = (1 + int(problem["initial_state"])) * b * h * n * p * 4
+    return itemsize * b * T * (2 * h * p + 2 * g * n) + 4 * b * T * h + states
+
+
+def _ssd(b: int, T: int, h: int, g: int, n: int, p: int, has_D: bool = True,
+         initial: bool = False, dtype: str = "bfloat16") -> Problem:
+    return {"b": b, "T": T, "h": h, "g": g, "n": n, "p": p, "has_D": has_D,
+            "initial_state": initial, "dtype": dtype}
+
+
+# Mamba-2 shapes: head dim p = 64, state n = 64..128, 24..80 heads, 1 or 8 groups.
+_SSD_DEFAULT = [_ssd(max(1, 16384 // T), T, h, g, n, 64)
+                for h, g, n in ((24, 1, 128), (32, 8, 64), (80, 1, 128))
+                for T in (1024, 4096, 32768)]
+_SSD_FULL = _SSD_DEFAULT + [
+    _ssd(B, T, h, g, n, p, True, initial)
+    for B, T in ((1, 2048), (8, 2048), (2, 16384))
+    for h, g, n, p in ((32, 1, 128, 64), (64, 8, 128, 64), (16, 1, 256, 128))
+    for initial in (False, True)
+]
+
+SSD = KernelSpec(
+    name="ssd",
+    family="linear-recurrence",
+    description="Mamba-2 SSD (scalar-decay linear attention with grouped B/C, dt and D)",
+    space=SPACE,
+    default_config=DEFAULT,
+    size_fields=("b", "T", "h"),
+    presets={
+        "tiny": [_ssd(1, 64, 2, 1, 64, 64, True, False, "bfloat16")],
+        "quick": [_ssd(4, 4096, 32, 1, 128, 64)],
+        "default": _SSD_DEFAULT,
+        "full": _SSD_FULL,
+    },
+    verify_cases=[
+        _ssd(2, 70, 4, 2, 40, 48, True, True, "float32"),
+        _ssd(1, 99, 4, 1, 64, 36, False, False, "bfloat16"),
+        _ssd(1, 50, 2, 2, 48, 64, True, False, "bfloat16"),
+    ],
+    check=check_ssd,
+    make_inputs=make_ssd_inputs,
+    run=run_ssd,
+    reference=reference_ssd,
+    tolerances=TOLERANCES,
+    flops=flops_ssd,
+    bytes_moved=bytes_ssd,
+    stages=STAGE_NAMES,
+    stagewise=True,
+)
+
+SPECS = (LINEAR_ATTENTION, SSD)

@@ -1,0 +1,93 @@
+"""``ssd``: Mamba-2's state-space duality layer, run on the linear-attention kernels.
+
+SSD is linear attention with q = C, k = B (grouped: head h reads group h // (h_total / g)),
+v = dt x, a scalar log decay g = dt A and scale 1, plus the skip term D x. dt x is formed inside
+the kernels as v is loaded and D x is added in the output kernel, so x is never copied.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
+                            expect_tensor)
+from seqtune.kernels.linear_attention.kernels import Recurrence, run_chunked
+from seqtune.kernels.linear_attention.op import (empty_result, expect_head_dim,
+                                                 expect_initial_state)
+from seqtune.loader import config_for
+from seqtune.spec import dtype_name
+
+
+def _check_per_head(name: str, value: torch.Tensor | None, heads: int) -> None:
+    if value is not None:
+        expect_tensor(name, value, 1)
+        expect_float(name, value)
+        expect_shape(name, value, (heads,))
+
+
+def _check_inputs(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor, D: torch.Tensor | None, dt_bias: torch.Tensor | None) -> None:
+    for name, tensor, ndim in (("x", x, 4), ("dt", dt, 3), ("A", A, 1), ("B", B, 4), ("C", C, 4)):
+        expect_tensor(name, tensor, ndim)
+        expect_float(name, tensor)
+    expect_same_dtype({"x": x, "B": B, "C": C})
+    batch, T, heads, p = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    expect_shape("dt", dt, (batch, T, heads))
+    expect_shape("A", A, (heads,))
+    expect_shape("B", B, (batch, T, groups, n))
+    expect_shape("C", C, (batch, T, groups, n))
+    if groups == 0 or heads % groups:
+        raise ValueError(f"the heads of x ({heads}) must be a multiple of the groups of B and C "
+                         f"({groups})")
+    expect_head_dim("p (the last dim of x)", p)
+    expect_head_dim("n (the last dim of B and C)", n)
+    _check_per_head("D", D, heads)
+    _check_per_head("dt_bias", dt_bias, heads)
+
+
+def _problem(x: torch.Tensor, B: torch.Tensor, has_D: bool, has_initial: bool) -> dict[str, Any]:
+    batch, T, heads, p = x.shape
+    return {"b": batch, "T": T, "h": heads, "g": B.shape[2], "n": B.shape[3], "p": p,
+            "has_D": has_D, "initial_state": has_initial, "dtype": dtype_name(x.dtype)}
+
+
+def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, *,
+        D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+        dt_softplus: bool = False, initial_state: torch.Tensor | None = None,
+        output_final_state: bool = False, config: Mapping[str, Any] | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mamba-2 SSD: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t^T h_t + D x_t.
+
+    Args:
+        x: [b, T, h, p]; B, C: [b, T, g, n] with h % g == 0; x, B and C in one float dtype.
+        dt: [b, T, h]; A: [h] (negative); D, dt_bias: [h]; any float dtype (used in fp32).
+        dt_softplus: dt <- softplus(dt + dt_bias) rather than dt + dt_bias.
+        initial_state: [b, h, n, p], any float dtype (used in fp32).
+        output_final_state: also return the state after the last step, [b, h, n, p] fp32.
+        config: a (partial) config of the ``ssd`` kernel; None takes the tuned one.
+
+    Returns:
+        (y [b, T, h, p] in x's dtype, final_state or None).
+    """
+    _check_inputs(x, dt, A, B, C, D, dt_bias)
+    expect_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias,
+                        "initial_state": initial_state})
+    batch, T, heads, p = x.shape
+    n = B.shape[3]
+    initial_state = expect_initial_state(initial_state, (batch, heads, n, p))
+    if T == 0 or batch == 0 or heads == 0:
+        return empty_result(x.shape, x, initial_state, (batch, heads, n, p), output_final_state)
+    cfg = config_for("ssd", _problem(x, B, D is not None, initial_state is not None), config)
+    step = dt.to(torch.float32)
+    if dt_bias is not None:
+        step = step + dt_bias.to(torch.float32)
+    if dt_softplus:
+        step = F.softplus(step)
+    step = step.contiguous()
+    log_decay = (step * A.to(torch.float32)).contiguous()
+    recurrence = Recurrence(C, B, x, log_decay, 1.0, v_scale=step,
+                            D=None if D is None else D.contiguous(), initial_state=initial_state)
+    return run_chunked(recurrence, cfg, output_final_state)
