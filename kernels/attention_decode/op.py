@@ -1,0 +1,125 @@
+"""``attention_decode``: one new query token per sequence against a padded KV cache (GQA),
+split-KV (flash-decoding) on Triton."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import triton
+
+from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
+                            expect_tensor)
+from seqtune.kernels.attention_decode.kernel import decode_combine_kernel, decode_split_kernel
+from seqtune.launch import launch, new_output
+from seqtune.loader import config_for
+from seqtune.spec import dtype_name, next_power_of_2
+
+KERNEL_NAME = "attention_decode"
+HEAD_DIMS = (16, 32, 64, 128, 256)
+# tl.dot needs every dimension >= 16: a GQA group is padded to at least this many rows.
+MIN_DOT_ROWS = 16
+
+
+def group_rows(num_q_heads: int, num_kv_heads: int) -> int:
+    """Rows of a split program's query tile: the GQA group size, padded for tl.dot."""
+    return max(MIN_DOT_ROWS, next_power_of_2(num_q_heads // num_kv_heads))
+
+
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_seqlens: torch.Tensor, *, scale: float | None = None,
+                     config: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Attention of one new token per sequence over its KV cache.
+
+    Args:
+        q: ``[B, Hq, D]``, the new tokens' queries.
+        k_cache, v_cache: ``[B, S_max, Hkv, D]`` with ``Hq % Hkv == 0`` (query head ``h`` reads
+            kv head ``h // (Hq // Hkv)``); any strides.
+        cache_seqlens: int32 ``[B]`` on q's device: sequence ``b`` attends to cache positions
+            ``< cache_seqlens[b]``, which must lie in ``[0, S_max]``. A sequence of length 0
+            gets a zero output. Reading the lengths for this range check costs one
+            device-to-host sync per call.
+        scale: the softmax scale, ``D ** -0.5`` by default.
+        config: a (partial) config of the ``attention_decode`` spec; None takes the tuned one
+            for the problem ``{B, Hq, Hkv, D, S = max(cache_seqlens), dtype}``.
+
+    Returns:
+        ``o`` ``[B, Hq, D]`` in q's dtype. D is a power of two in 16..256; dtypes float32,
+        float16, bfloat16 (all three tensors alike).
+    """
+    batch, num_q_heads, num_kv_heads, head_dim = _check_arguments(q, k_cache, v_cache,
+                                                                  cache_seqlens, scale)
+    max_len = _max_cache_length(cache_seqlens, k_cache.shape[1])
+    if batch == 0 or num_q_heads == 0 or max_len == 0:
+        return torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    problem = {"B": batch, "Hq": num_q_heads, "Hkv": num_kv_heads, "D": head_dim, "S": max_len,
+               "dtype": dtype_name(q.dtype)}
+    cfg = config_for(KERNEL_NAME, problem, config)
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    return _launch_stages(q, k_cache, v_cache, cache_seqlens.contiguous(), scale, cfg)
+
+
+def _check_arguments(q, k_cache, v_cache, cache_seqlens, scale) -> tuple[int, int, int, int]:
+    """Shape, dtype and device checks; returns ``(B, Hq, Hkv, D)``."""
+    expect_tensor("q", q, 3)
+    expect_tensor("k_cache", k_cache, 4)
+    expect_tensor("v_cache", v_cache, 4)
+    expect_tensor("cache_seqlens", cache_seqlens, 1)
+    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        expect_float(name, tensor)
+    expect_same_dtype({"q": q, "k_cache": k_cache, "v_cache": v_cache})
+    expect_float("cache_seqlens", cache_seqlens, (torch.int32,))
+    expect_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache,
+                        "cache_seqlens": cache_seqlens})
+    batch, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"q has head dim D={head_dim}, expected a power of two in 16..256")
+    expect_shape("k_cache", k_cache, (batch, k_cache.shape[1], num_kv_heads, head_dim))
+    expect_shape("v_cache", v_cache, tuple(k_cache.shape))
+    expect_shape("cache_seqlens", cache_seqlens, (batch,))
+    if num_kv_heads == 0 or num_q_heads % num_kv_heads:
+        raise ValueError(f"q has Hq={num_q_heads} heads, expected a multiple of k_cache's "
+                         f"Hkv={num_kv_heads} heads")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    return batch, num_q_heads, num_kv_heads, head_dim
+
+
+def _max_cache_length(cache_seqlens: torch.Tensor, capacity: int) -> int:
+    """max(cache_seqlens), after checking every length lies in ``[0, S_max]`` (one sync)."""
+    if cache_seqlens.numel() == 0:
+        return 0
+    low, high = (int(x) for x in torch.aminmax(cache_seqlens))
+    if low < 0 or high > capacity:
+        raise ValueError(f"cache_seqlens must lie in [0, S_max={capacity}], got values in "
+                         f"[{low}, {high}]")
+    return high
+
+
+def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) -> torch.Tensor:
+    batch, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    num_splits = cfg["NUM_SPLITS"]
+    o = new_output(q.shape, q.dtype, q.device)
+    if num_splits == 1:
+        partial, lse = o, o  # the split stage writes o directly; lse is not touched
+        partial_strides = (o.stride(0), o.stride(1), 0, o.stride(2))
+    else:
+        partial = new_output((batch, num_q_heads, num_splits, head_dim), torch.float32, q.device)
+        lse = new_output((batch, num_q_heads, num_splits), torch.float32, q.device)
+        partial_strides = (partial.stride(0), partial.stride(1), partial.stride(2),
+                           partial.stride(3))
+    launch(decode_split_kernel, (batch * num_kv_heads, num_splits),
+           q, k_cache, v_cache, cache_seqlens, partial, lse,
+           *q.stride(), *k_cache.stride(), *v_cache.stride(), *partial_strides,
+           scale * math.log2(math.e), num_kv_heads, num_q_heads // num_kv_heads,
+           HEAD_DIM=head_dim, BLOCK_G=group_rows(num_q_heads, num_kv_heads),
+           BLOCK_N=cfg["split.BLOCK_N"], NUM_SPLITS=num_splits,
+           UPCAST_BF16=triton.knobs.runtime.interpret and q.dtype == torch.bfloat16,
+           num_warps=cfg["split.num_warps"], num_stages=cfg["split.num_stages"])
+    if num_splits > 1:
+        launch(decode_combine_kernel, (batch * num_q_heads,),
+               partial, lse, o, *o.stride(), num_q_heads,
+               HEAD_DIM=head_dim, NUM_SPLITS=num_splits, num_warps=cfg["combine.num_warps"])
+    return o
