@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 import math
 import random
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from seqtune.device import DeviceInfo, telemetry
+from seqtune.search import Exhaustive, SearchSpace, Stagewise, Strategy, config_key
 from seqtune.spec import Config, KernelSpec, Outputs, Problem
 from seqtune.timing import Timer, Timing
 from seqtune.verify import Agreement, check_case
@@ -138,56 +138,33 @@ class Tuner:
         self.on_candidate = on_candidate or (lambda candidate: None)
         self.seed = seed
 
-    def tune(self, spec: KernelSpec, problem: Problem) -> ProblemResult:
+    def tune(self, spec: KernelSpec, problem: Problem,
+             strategy: Strategy | None = None) -> ProblemResult:
+        """Search the problem's valid configs with ``strategy`` (default: stagewise for specs
+        that allow it, else exhaustive) and select the winner."""
         inputs = spec.make_inputs(problem, self.device.torch_device, self.seed)
         reference = spec.reference(inputs)
         order = candidate_order(spec, problem, self.device, self.seed)
         evaluated: dict[tuple, Candidate] = {}
 
-        def evaluate(config: Config) -> Candidate | None:
-            key = tuple(sorted(config.items()))
+        def evaluate(config: Config) -> float | None:
+            key = config_key(config)
             if key not in evaluated:
                 if not self.budget.allows(len(evaluated)):
                     return None
                 evaluated[key] = self._evaluate(spec, problem, inputs, reference, config)
                 self.on_candidate(evaluated[key])
-            return evaluated[key]
+            return evaluated[key].median
 
-        if spec.stagewise and spec.stages:
-            self._search_stagewise(spec, order, evaluate)
-        else:
-            for config in order:
-                if evaluate(config) is None:
-                    break
+        if strategy is None:
+            strategy = Stagewise() if spec.stagewise and spec.stages else Exhaustive()
+        space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages))
+        strategy.search(space, evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())
         winner, ties, noise = self._select(spec, inputs, candidates)
-        default = evaluated.get(tuple(sorted(spec.default_config.items())))
+        default = evaluated.get(config_key(spec.default_config))
         return ProblemResult(spec.name, problem, winner, default, candidates, ties,
                              noise, skipped_by_budget=len(order) - len(candidates))
-
-    def _search_stagewise(self, spec: KernelSpec, order: list[Config],
-                          evaluate: Callable[[Config], Candidate | None]) -> None:
-        """For each setting of the shared knobs, tune one stage at a time (the others held at
-        their best so far): sum of the stage spaces instead of their product."""
-        valid = {tuple(sorted(c.items())) for c in order}
-        shared = [p for p in spec.space if spec.stage_of(p) is None]
-        shared_settings = list(dict.fromkeys(tuple(c[p] for p in shared) for c in order))
-        for setting in shared_settings:
-            current = next(c for c in order if tuple(c[p] for p in shared) == setting)
-            for stage in spec.stages:
-                params = [p for p in spec.space if spec.stage_of(p) == stage]
-                options = [{**current, **dict(zip(params, values))}
-                           for values in itertools.product(*(spec.space[p] for p in params))]
-                options = [o for o in options if tuple(sorted(o.items())) in valid]
-                results = []
-                for option in options:
-                    candidate = evaluate(option)
-                    if candidate is None:
-                        return
-                    results.append(candidate)
-                ok = [c for c in results if c.status == "ok"]
-                if ok:
-                    current = min(ok, key=lambda c: c.median).config
 
     def _evaluate(self, spec: KernelSpec, problem: Problem, inputs: dict, reference: Outputs,
                   config: Config) -> Candidate:

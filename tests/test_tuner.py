@@ -129,3 +129,43 @@ def test_wall_clock_timer_measures_real_calls():
     timing = wall_clock_timer(lambda: calls.append(1), {}, repeats=4)
     assert len(calls) == 5 and timing.samples == 4
     assert timing.p20_us <= timing.median_us <= timing.p80_us
+
+
+def test_stagewise_search_evaluates_the_sum_of_stage_spaces_not_the_product():
+    from seqtune.search import SearchSpace, Stagewise
+    import itertools
+    import random
+
+    params = {"BT": (16, 32), "a.x": (1, 2, 3), "b.y": (1, 2, 3)}
+    candidates = [dict(zip(params, v)) for v in itertools.product(*params.values())]
+    seen = []
+
+    def cost(config):
+        # the best of stage a is x=3, of stage b is y=1, for BT=32
+        return 10 * (config["BT"] == 16) + (3 - config["a.x"]) + config["b.y"]
+
+    def evaluate(config):
+        seen.append(config)
+        return cost(config)
+
+    Stagewise().search(SearchSpace(params, candidates, candidates[:1], ("a", "b")), evaluate,
+                       random.Random(0))
+    assert len(seen) == 2 * (3 + 3)  # not 2 * 3 * 3
+    best = min(seen, key=cost)
+    assert best == {"BT": 32, "a.x": 3, "b.y": 1}
+
+
+def test_exhaustive_stops_when_the_budget_says_so():
+    from seqtune.search import Exhaustive, SearchSpace
+    import random
+
+    candidates = [{"x": i} for i in range(10)]
+    seen = []
+
+    def evaluate(config):
+        seen.append(config)
+        return None if len(seen) == 3 else 1.0
+
+    Exhaustive().search(SearchSpace({"x": tuple(range(10))}, candidates, candidates[:1]),
+                        evaluate, random.Random(0))
+    assert len(seen) == 3
