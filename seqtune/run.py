@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seqtune.device import DeviceInfo, detect_device, runtime_device
+from seqtune.journal import TuningLog, log_path
 from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
 from seqtune.report import entry_rows, format_config, format_problem
@@ -28,7 +30,9 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
     from seqtune.registry import source_hash
 
     timer, label = timer_for(device.backend)
-    path = profile_path(resolve_profile_dir(profile_dir), device.key)
+    folder = resolve_profile_dir(profile_dir)
+    path = profile_path(folder, device.key)
+    log = TuningLog(log_path(folder, device.key), run_id=uuid.uuid4().hex[:12])
     budget = Budget(budget_s, max_configs)
     problems = []
     with progress_bar(console) as progress:
@@ -39,7 +43,8 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
                     total = min(total, max_configs)
                 task = progress.add_task(f"{spec.name} {format_problem(problem)}", total=total)
 
-                def advance(candidate: Candidate, task=task) -> None:
+                def advance(candidate: Candidate, task=task, spec=spec, problem=problem) -> None:
+                    log.record(spec.name, source_hash(spec.name), spec.bucket(problem), candidate)
                     progress.advance(task)
 
                 tuner = Tuner(device, timer, budget, on_candidate=advance, seed=seed)
@@ -58,7 +63,8 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
                 problems.append(summary)
     console.print(_summary_table(problems, label))
     console.print(f"profile: {path}")
-    return {"profile": str(path), "device": device.as_dict(), "timer": label,
+    console.print(f"tuning log: {log.path}")
+    return {"profile": str(path), "log": str(log.path), "device": device.as_dict(), "timer": label,
             "preset": preset, "problems": problems}
 
 

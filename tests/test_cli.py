@@ -118,3 +118,13 @@ def test_unreadable_profile_in_report_is_one_line_exit_1(tmp_path, monkeypatch, 
     assert exit_info.value.code == 1
     stderr = capsys.readouterr().err.strip()
     assert stderr.startswith("seqtune: error:") and str(bad) in stderr and "\n" not in stderr
+
+
+def test_tune_logs_every_evaluated_config(tuned):
+    from seqtune.journal import read_log
+
+    records = list(read_log(tuned / "logs" / "cpu-interpreter.jsonl"))
+    assert len(records) == 12  # 2 problems x 6 configs (warps pinned in the interpreter)
+    assert {r["status"] for r in records} == {"ok", "mismatch"}
+    assert all(r["time_us"] is None for r in records if r["status"] == "mismatch")
+    assert len({r["run"] for r in records}) == 1

@@ -1,0 +1,59 @@
+"""The tuning log: one JSON line per evaluated config, appended and flushed to disk as each
+candidate finishes, so a killed tune loses at most the candidate in flight.
+
+Lines live in ``<profile-dir>/logs/<device-key>.jsonl``; each carries the tune's ``run`` id, the
+kernel, its source hash, the problem's bucket key, the config, the status ("ok" or a failure
+kind), the timing (µs) and the error. ``seqtune replay`` replays them; ``seqtune tune --resume``
+skips what they already measured.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def log_path(profile_dir: Path, device_key: str) -> Path:
+    return Path(profile_dir) / "logs" / f"{device_key}.jsonl"
+
+
+class TuningLog:
+    """Appends candidate records to a JSON-lines file, one ``write`` + fsync each."""
+
+    def __init__(self, path: Path, run_id: str):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, kernel: str, source_hash: str, problem: dict[str, Any],
+               candidate: Any) -> None:
+        line = {
+            "run": self.run_id, "kernel": kernel, "source_hash": source_hash,
+            "problem": problem, "config": candidate.config, "status": candidate.status,
+            "time_us": candidate.timing.as_dict() if candidate.timing else None,
+            "max_rel_err": candidate.agreement.max_rel_err if candidate.agreement else None,
+            "error": candidate.error or None,
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        # One write of one line with O_APPEND: concurrent tunes never interleave inside a line.
+        data = (json.dumps(line, default=str) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_log(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a log; a torn last line (a tune killed mid-write) is skipped."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
