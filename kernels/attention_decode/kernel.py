@@ -19,20 +19,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot(a, b, UPCAST_BF16: tl.constexpr):
-    """``a @ b`` accumulated in fp32; fp32 operands multiply in IEEE fp32, never TF32 (decode is
-    memory-bound, so exactness costs nothing measurable).
-
-    ``UPCAST_BF16`` is for the Triton interpreter only: its tl.dot multiplies bf16 tiles as their
-    raw uint16 bits. bf16 products are exact in fp32, so the upcast dot computes the same thing.
-    """
-    if UPCAST_BF16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision="ieee")
-
-
-@triton.jit
 def decode_split_kernel(
     q_ptr, k_ptr, v_ptr, seqlens_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qh, stride_qd,
@@ -41,14 +27,18 @@ def decode_split_kernel(
     stride_ob, stride_oh, stride_os, stride_od,
     qk_scale_log2, num_kv_heads, group_size,
     HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, UPCAST_BF16: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """Partial attention of one GQA group over one split of one sequence's cache.
 
     ``out_ptr`` is the fp32 scratch ``[B, Hq, NUM_SPLITS, D]`` (strided by ``stride_os`` per
     split) or, with one split, the output ``o`` itself; ``lse_ptr`` is ``[B, Hq, NUM_SPLITS]``
     contiguous and only written with more than one split. ``qk_scale_log2`` is the softmax scale
-    times log2(e), so that the softmax runs on exp2.
+    times log2(e), so that the softmax runs on exp2. ``DOT_DTYPE`` is the dtype of the dot
+    operands: the input dtype, except float32 for bfloat16 under the Triton interpreter, whose
+    tl.dot multiplies bfloat16 tiles as their raw uint16 bits (bfloat16 products are exact in
+    float32, so it computes the same). Dots accumulate in fp32; fp32 operands multiply in IEEE
+    fp32, never TF32 (decode is memory-bound, so exactness costs nothing measurable).
     """
     batch_kv = tl.program_id(0)
     split = tl.program_id(1)
@@ -56,7 +46,9 @@ def decode_split_kernel(
     kv_head = batch_kv % num_kv_heads
 
     seqlen = tl.load(seqlens_ptr + batch)
-    split_len = tl.cdiv(tl.cdiv(seqlen, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    # Plain integer ceil-divisions: tl.cdiv is a nested JIT call, slow in the interpreter.
+    keys_per_split = (seqlen + NUM_SPLITS - 1) // NUM_SPLITS
+    split_len = (keys_per_split + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     split_start = split * split_len
     split_end = tl.minimum(split_start + split_len, seqlen)
 
@@ -65,7 +57,7 @@ def decode_split_kernel(
     row_valid = rows < group_size
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + batch * stride_qb + heads[:, None] * stride_qh + dims[None, :] * stride_qd,
-                mask=row_valid[:, None], other=0.0)
+                mask=row_valid[:, None], other=0.0).to(DOT_DTYPE)
 
     # Block pointers advance by BLOCK_N rows per step, in 64-bit pointer arithmetic.
     k_block = k_ptr + batch * stride_kb + kv_head * stride_kh + split_start.to(tl.int64) * stride_kn
@@ -77,8 +69,8 @@ def decode_split_kernel(
     for block_start in range(split_start, split_end, BLOCK_N):
         key_valid = block_start + keys < split_end
         k_t = tl.load(k_block + keys[None, :] * stride_kn + dims[:, None] * stride_kd,
-                      mask=key_valid[None, :], other=0.0)
-        scores = _dot(q, k_t, UPCAST_BF16) * qk_scale_log2
+                      mask=key_valid[None, :], other=0.0).to(DOT_DTYPE)
+        scores = tl.dot(q, k_t, input_precision="ieee") * qk_scale_log2
         scores = tl.where(key_valid[None, :], scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         rescale = tl.exp2(row_max - new_max)
@@ -86,7 +78,9 @@ def decode_split_kernel(
         row_sum = row_sum * rescale + tl.sum(probs, axis=1)
         v = tl.load(v_block + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
                     mask=key_valid[:, None], other=0.0)
-        acc = acc * rescale[:, None] + _dot(probs.to(v.dtype), v, UPCAST_BF16)
+        # probs round to the input dtype, as the p.v dot of a GPU runs on it.
+        p_v = tl.dot(probs.to(v.dtype).to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision="ieee")
+        acc = acc * rescale[:, None] + p_v
         row_max = new_max
         k_block += BLOCK_N * stride_kn
         v_block += BLOCK_N * stride_vn

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 import triton
+import triton.language as tl
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
@@ -97,6 +98,13 @@ def _max_cache_length(cache_seqlens: torch.Tensor, capacity: int) -> int:
     return high
 
 
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The inputs' dtype, or float32 for bfloat16 under the interpreter (see the split kernel)."""
+    if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
+        return tl.float32
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
 def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -116,7 +124,7 @@ def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) 
            scale * math.log2(math.e), num_kv_heads, num_q_heads // num_kv_heads,
            HEAD_DIM=head_dim, BLOCK_G=group_rows(num_q_heads, num_kv_heads),
            BLOCK_N=cfg["split.BLOCK_N"], NUM_SPLITS=num_splits,
-           UPCAST_BF16=triton.knobs.runtime.interpret and q.dtype == torch.bfloat16,
+           DOT_DTYPE=_dot_dtype(q.dtype),
            num_warps=cfg["split.num_warps"], num_stages=cfg["split.num_stages"])
     if num_splits > 1:
         launch(decode_combine_kernel, (batch * num_q_heads,),

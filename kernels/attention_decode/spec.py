@@ -125,7 +125,7 @@ _SERVING = {"Hq": 32, "Hkv": 8, "D": 128, "dtype": "bfloat16"}
 
 PRESETS = {
     "tiny": [
-        {"B": 2, "Hq": 4, "Hkv": 2, "D": 16, "S": 64, "dtype": "float32"},
+        {"B": 2, "Hq": 2, "Hkv": 1, "D": 16, "S": 64, "dtype": "float32"},
         {"B": 2, "Hq": 4, "Hkv": 1, "D": 32, "S": 64, "dtype": "bfloat16"},
     ],
     "quick": _problems((1, 16, 64), (4096,), **_SERVING),
