@@ -1,0 +1,205 @@
+"""The selective_scan kernel as the tool sees it.
+
+Problem fields: the size fields ``b`` (batch), ``d`` (channels) and ``L`` (sequence length),
+bucketed to powers of two; categorical ``n`` (state size), ``groups`` (of B and C; 1 is Mamba's
+ungrouped [b, n, L] layout), ``has_z``, ``has_D``, ``has_delta_bias``, ``delta_softplus`` and
+``dtype`` (of u, delta, B, C, z). The flags default to Mamba's usual call (all set).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, next_power_of_2, shared_memory_fits)
+
+from seqtune.kernels.selective_scan.op import selective_scan
+
+SPACE = {
+    "BLOCK_D": (4, 8, 16, 32),
+    "BLOCK_N": (8, 16, 32),
+    "BLOCK_T": (16, 32, 64, 128),
+    "num_warps": (2, 4, 8),
+    # The compiler does not software-pipeline these loads (no tl.dot): measured on sm_80/sm_90,
+    # num_stages changes neither registers nor shared memory. Kept as a knob for newer compilers.
+    "num_stages": (1, 2),
+}
+DEFAULT = {"BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 32, "num_warps": 8, "num_stages": 1}
+
+# The [BLOCK_D, BLOCK_N, BLOCK_T] tile lives in registers several times over (decay, drive, their
+# prefixes, x, C). Measured with cuobjdump on sm_80 and sm_90: 16 values of the tile per thread
+# take <= 172 registers without spills; 32 take 168-255 and spill for long BLOCK_T.
+MAX_TILE_VALUES_PER_THREAD = 16
+PROBLEM_DEFAULTS = {"groups": 1, "has_z": True, "has_D": True, "has_delta_bias": True,
+                    "delta_softplus": True}
+
+
+def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    """Tiles within the padded problem, registers without spills, shared memory on the device."""
+    for tile, dim in (("BLOCK_D", "d"), ("BLOCK_N", "n"), ("BLOCK_T", "L")):
+        # A tile past the padded dim only adds masked work, so it is pruned; tiles up to the
+        # default's stay valid so the default runs every problem.
+        if config[tile] > max(next_power_of_2(problem[dim]), DEFAULT[tile]):
+            return f"{tile}={config[tile]} exceeds the padded {dim}={problem[dim]}"
+    tile_values = config["BLOCK_D"] * config["BLOCK_N"] * config["BLOCK_T"]
+    threads = 32 * config["num_warps"]
+    if tile_values > MAX_TILE_VALUES_PER_THREAD * threads:
+        return f"{tile_values} tile values over {threads} threads would spill registers"
+    if tile_values < threads:
+        return f"{threads} threads for {tile_values} tile values leave threads idle"
+    return shared_memory_fits(shared_memory_estimate(config), limits)
+
+
+def shared_memory_estimate(config: Config) -> int:
+    """Bytes: the scan's cross-warp exchange of the fp32 (decay, drive) tile, an upper bound of
+    what sm_80/sm_90 builds use (none when the time axis stays within a warp)."""
+    return 2 * 4 * config["BLOCK_D"] * config["BLOCK_N"] * config["BLOCK_T"]
+
+
+def make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """Mamba-like values: S4D-real A = -(1..n) with per-channel jitter, step sizes around
+    1e-3..1e-1 (through softplus of a bias when asked), unit-normal u, B, C, z, D; fp32
+    parameters (A, D, delta_bias) as Mamba keeps them."""
+    problem = {**PROBLEM_DEFAULTS, **problem}
+    generator = torch.Generator().manual_seed(seed)
+    b, d, L, n, groups = (problem[k] for k in ("b", "d", "L", "n", "groups"))
+    dtype = DTYPES[problem["dtype"]]
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    A = -torch.arange(1, n + 1, dtype=torch.float32) * (0.5 + torch.rand(d, 1, generator=generator))
+    delta_bias = None
+    if problem["delta_softplus"]:
+        delta = 0.5 * normal(b, d, L) - 4.0  # softplus -> ~0.005..0.1
+        if problem["has_delta_bias"]:
+            delta_bias = torch.log(torch.expm1(0.001 + 0.1 * torch.rand(d, generator=generator)))
+    else:
+        delta = 0.001 + 0.1 * torch.rand(b, d, L, generator=generator)
+        if problem["has_delta_bias"]:
+            delta_bias = 0.01 * torch.rand(d, generator=generator)
+    bc_shape = (b, n, L) if groups == 1 else (b, groups, n, L)
+    streams = {"u": normal(b, d, L), "delta": delta, "B": normal(*bc_shape),
+               "C": normal(*bc_shape), "z": normal(b, d, L) if problem["has_z"] else None}
+    inputs = {name: t.to(device, dtype) if t is not None else None for name, t in streams.items()}
+    parameters = {"A": A, "D": normal(d) if problem["has_D"] else None, "delta_bias": delta_bias}
+    inputs.update({name: t.to(device) if t is not None else None for name, t in parameters.items()})
+    inputs["delta_softplus"] = problem["delta_softplus"]
+    return inputs
+
+
+def run(inputs: Inputs, config: Config) -> Outputs:
+    return selective_scan(**inputs, return_last_state=True, config=config)
+
+
+def reference(inputs: Inputs) -> Outputs:
+    """The recurrence stepped one t at a time in float64 on the CPU: (y, last state)."""
+    def f64(name):
+        value = inputs[name]
+        return value.to("cpu", torch.float64) if value is not None else None
+
+    u, delta, A, B, C, D, z, delta_bias = map(f64, ("u", "delta", "A", "B", "C", "D", "z",
+                                                    "delta_bias"))
+    batch, channels, length = u.shape
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if inputs["delta_softplus"]:
+        delta = F.softplus(delta)
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    channels_per_group = channels // B.shape[1]
+    B = B.repeat_interleave(channels_per_group, dim=1)  # [b, d, n, L]
+    C = C.repeat_interleave(channels_per_group, dim=1)
+    x = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
+    y = torch.empty_like(u)
+    for t in range(length):
+        x = torch.exp(delta[:, :, t, None] * A) * x + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
+        y[:, :, t] = (x * C[..., t]).sum(-1)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * z * torch.sigmoid(z)
+    return y, x
+
+
+def flops(problem: Problem) -> float:
+    """Per channel, state and step: delta*A, exp, the affine update (2), delta*u*B (1 with
+    delta*u shared), C*x and its sum (2): 7; per channel and step: D u, softplus, silu gate."""
+    b, d, L, n = (problem[k] for k in ("b", "d", "L", "n"))
+    return float(b * d * L * (7 * n + 8))
+
+
+def bytes_moved(problem: Problem) -> float:
+    """Read u, delta, z, B, C; write y and the fp32 last state; read fp32 A, D, delta_bias."""
+    problem = {**PROBLEM_DEFAULTS, **problem}
+    b, d, L, n, groups = (problem[k] for k in ("b", "d", "L", "n", "groups"))
+    element = DTYPES[problem["dtype"]].itemsize
+    streams = (3 + problem["has_z"]) * b * d * L + 2 * b * groups * n * L
+    parameters = d * n + d * (problem["has_D"] + problem["has_delta_bias"])
+    return float(element * streams + 4 * (parameters + b * d * n))
+
+
+def _problems(shapes, dtypes=("bfloat16",)) -> list[Problem]:
+    return [{"b": b, "d": d, "L": L, "n": 16, "dtype": dtype, **PROBLEM_DEFAULTS}
+            for b, d, L in shapes for dtype in dtypes]
+
+
+PRESETS = {
+    "tiny": [{"b": 1, "d": 16, "L": 32, "n": 16, "dtype": "float32", **PROBLEM_DEFAULTS},
+             {"b": 1, "d": 8, "L": 64, "n": 8, "groups": 2, "has_z": True, "has_D": True,
+              "has_delta_bias": True, "delta_softplus": True, "dtype": "bfloat16"}],
+    "quick": _problems([(2, 2048, 2048), (4, 4096, 4096)]),
+    "default": _problems([(8, 2048, 1024), (4, 2560, 2048), (2, 4096, 4096), (1, 5120, 8192)],
+                         dtypes=("bfloat16", "float32")),
+    "full": _problems([(b, d, L) for b in (1, 8) for d in (2048, 3072, 5120)
+                       for L in (1024, 2048, 4096, 8192)], dtypes=("bfloat16", "float32")),
+}
+
+
+def _case(b, d, L, n, groups, flags, dtype) -> Problem:
+    has_z, has_D, has_delta_bias, delta_softplus = flags
+    return {"b": b, "d": d, "L": L, "n": n, "groups": groups, "has_z": has_z, "has_D": has_D,
+            "has_delta_bias": has_delta_bias, "delta_softplus": delta_softplus, "dtype": dtype}
+
+
+ALL = (True, True, True, True)
+NONE = (False, False, False, False)
+VERIFY_CASES = [
+    _case(1, 3, 1, 4, 1, ALL, "float32"),  # T = 1
+    _case(2, 6, 37, 16, 2, ALL, "bfloat16"),  # grouped, 3 channels per group: tiles span groups
+    _case(2, 12, 100, 16, 4, (True, True, True, False), "float32"),  # bias without softplus
+    _case(1, 16, 67, 12, 2, ALL, "bfloat16"),  # n not a power of two, 8 channels per group
+    _case(1, 4, 50, 24, 1, ALL, "float32"),  # n > BLOCK_N: states split over programs
+    _case(1, 5, 2000, 8, 1, NONE, "float32"),  # long L, plain recurrence
+    _case(1, 2, 1500, 4, 1, ALL, "bfloat16"),  # long L
+]
+
+# No tl.dot: all arithmetic is fp32 on every device. fp32: exp, softplus and sigmoid to a few ulp
+# and the scan's reassociation; measured <= 2.4e-6 absolute on the verify cases (|y| up to ~1).
+# Half types: u, delta, B, C, z are exact in both computations (the reference reads the same
+# rounded values), so the error is the output's rounding, half an ulp (2^-9 bf16, 2^-12 fp16),
+# allowed ~4x.
+TOLERANCES = {
+    "float32": Tolerance(atol=1e-5, rtol=1e-4),
+    "float16": Tolerance(atol=2e-3, rtol=2e-3),
+    "bfloat16": Tolerance(atol=1e-2, rtol=1e-2),
+}
+
+SPECS = (KernelSpec(
+    name="selective_scan",
+    family="scan",
+    description="Mamba selective scan: x_t = exp(delta A) x_{t-1} + delta B u, y = C x + D u",
+    space=SPACE,
+    default_config=DEFAULT,
+    size_fields=("b", "d", "L"),
+    presets=PRESETS,
+    verify_cases=VERIFY_CASES,
+    check=check,
+    make_inputs=make_inputs,
+    run=run,
+    reference=reference,
+    tolerances=TOLERANCES,
+    flops=flops,
+    bytes_moved=bytes_moved,
+    problem_defaults=PROBLEM_DEFAULTS,
+),)
