@@ -1,0 +1,202 @@
+"""The delta rule as the tuner sees it: problems, config space, checks, inputs, reference."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM, delta_rule
+from seqtune.kernels.delta_rule.reference import delta_rule_reference
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, next_power_of_2, shared_memory_fits)
+
+STAGES = ("wy", "h", "o")
+WARPS, PIPELINE = (2, 4, 8), (1, 2, 3)
+SPACE = {
+    "BT": (16, 32, 64),
+    "wy.BK": (16, 32, 64, 128),
+    "wy.BV": (16, 32, 64, 128),
+    "wy.num_warps": WARPS,
+    "wy.num_stages": PIPELINE,
+    "h.BV": (16, 32, 64),
+    "h.num_warps": WARPS,
+    "h.num_stages": PIPELINE,
+    "o.BK": (16, 32, 64, 128),
+    "o.BV": (16, 32, 64, 128),
+    "o.num_warps": WARPS,
+    "o.num_stages": PIPELINE,
+}
+DEFAULT = {
+    "BT": 64,
+    "wy.BK": 64, "wy.BV": 64, "wy.num_warps": 4, "wy.num_stages": 2,
+    "h.BV": 32, "h.num_warps": 4, "h.num_stages": 2,
+    "o.BK": 64, "o.BV": 64, "o.num_warps": 4, "o.num_stages": 2,
+}
+# The state kernel keeps a [K, h.BV] fp32 slice of the state in registers for the whole
+# sequence; beyond this many values per thread it spills on every chunk.
+STATE_VALUES_PER_THREAD = 128
+
+
+def _check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    """Tiles within the padded head dims, the state slice within registers, shared memory within
+    the device. BT is a chunk length, not a tile: a chunk longer than the sequence is one partly
+    filled chunk, still correct, so any BT runs any T. Every tile in the space is >= 16, as
+    tl.dot needs."""
+    key_dim, value_dim = problem["K"], problem["V"]
+    if not (MIN_HEAD_DIM <= key_dim <= MAX_HEAD_DIM and MIN_HEAD_DIM <= value_dim <= MAX_HEAD_DIM):
+        return f"head dims K={key_dim}, V={value_dim} outside [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
+    padded = {"K": next_power_of_2(key_dim), "V": next_power_of_2(value_dim)}
+    for param in ("wy.BK", "wy.BV", "h.BV", "o.BK", "o.BV"):
+        dim = param[-1]
+        if config[param] > padded[dim]:
+            return f"{param}={config[param]} exceeds the padded {dim}={padded[dim]}"
+    per_thread = padded["K"] * config["h.BV"] // (32 * config["h.num_warps"])
+    if per_thread > STATE_VALUES_PER_THREAD:
+        return (f"state slice K x h.BV = {padded['K']} x {config['h.BV']} needs {per_thread} "
+                f"registers per thread with h.num_warps={config['h.num_warps']}")
+    element = DTYPES[problem["dtype"]].itemsize
+    for stage, estimate in (("wy", _wy_shared), ("h", _state_shared), ("o", _output_shared)):
+        reason = shared_memory_fits(estimate(config, padded["K"], element), limits)
+        if reason is not None:
+            return f"{stage}: {reason}"
+    return None
+
+
+def _wy_shared(config: Config, key_dim: int, element: int) -> int:
+    """Pipelined key and value tiles, the dot operands and a [BT, BT] fp32 exchange buffer."""
+    chunk, stages = config["BT"], config["wy.num_stages"]
+    tiles = chunk * (config["wy.BK"] + config["wy.BV"]) * element
+    return stages * tiles + chunk * chunk * (4 + element) + tiles
+
+
+def _state_shared(config: Config, key_dim: int, element: int) -> int:
+    """Pipelined W, K and U0 chunks (all of K) and the state slice as a dot operand."""
+    chunk, width = config["BT"], config["h.BV"]
+    tiles = chunk * (2 * key_dim + width) * element
+    return config["h.num_stages"] * tiles + key_dim * width * (element + 4)
+
+
+def _output_shared(config: Config, key_dim: int, element: int) -> int:
+    """Pipelined q, k and state tiles, the scores and U as dot operands."""
+    chunk, depth, width = config["BT"], config["o.BK"], config["o.BV"]
+    tiles = (2 * chunk * depth + depth * width) * element
+    return config["o.num_stages"] * tiles + chunk * (chunk + width) * (element + 4)
+
+
+def _make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """Normalised q and k (as the models feed them), beta in (0, 1), log decays mostly in
+    [-0.3, 0] (a memory of tens of tokens, spanning several chunks), a unit-scale state."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length, heads = problem["B"], problem["T"], problem["H"]
+    key_dim, value_dim = problem["K"], problem["V"]
+    dtype = DTYPES[problem["dtype"]]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    tensors = {
+        "q": F.normalize(randn(batch, length, heads, key_dim), dim=-1),
+        "k": F.normalize(randn(batch, length, heads, key_dim), dim=-1),
+        "v": randn(batch, length, heads, value_dim),
+        "beta": torch.sigmoid(randn(batch, length, heads)),
+    }
+    gate_shape = {"none": None, "scalar": (batch, length, heads),
+                  "channel": (batch, length, heads, key_dim)}[problem["gate"]]
+    if gate_shape is not None:
+        tensors["g"] = F.logsigmoid(randn(*gate_shape) + 3.0)
+    inputs: Inputs = {name: t.to(device, dtype) for name, t in tensors.items()}
+    inputs["g"] = inputs.get("g")
+    inputs["initial_state"] = (randn(batch, heads, key_dim, value_dim).to(device)
+                               if problem["initial_state"] else None)
+    return inputs
+
+
+def _run(inputs: Inputs, config: Config) -> Outputs:
+    return delta_rule(inputs["q"], inputs["k"], inputs["v"], inputs["beta"], inputs["g"],
+                      initial_state=inputs["initial_state"], output_final_state=True,
+                      config=config)
+
+
+def _reference(inputs: Inputs) -> Outputs:
+    return delta_rule_reference(inputs["q"], inputs["k"], inputs["v"], inputs["beta"],
+                                inputs["g"], initial_state=inputs["initial_state"])
+
+
+def _flops(problem: Problem) -> float:
+    """The recurrence's work per token and head: S'^T k, the rank-1 update and S^T q, each
+    2 K V (the chunkwise form does more, by a BT-dependent amount, which is not counted)."""
+    return 6.0 * problem["B"] * problem["T"] * problem["H"] * problem["K"] * problem["V"]
+
+
+def _bytes_moved(problem: Problem) -> float:
+    """Read q, k, v, beta, g and the initial state; write o and the final state."""
+    tokens = problem["B"] * problem["T"] * problem["H"]
+    element = DTYPES[problem["dtype"]].itemsize
+    gate_width = {"none": 0, "scalar": 1, "channel": problem["K"]}[problem["gate"]]
+    per_token = 2 * problem["K"] + 2 * problem["V"] + 1 + gate_width
+    state = 4 * problem["B"] * problem["H"] * problem["K"] * problem["V"]
+    return tokens * per_token * element + state * (2 if problem["initial_state"] else 1)
+
+
+def _problem(batch: int, length: int, heads: int, dim: int, gate: str, initial_state: bool,
+             dtype: str = "bfloat16", value_dim: int | None = None) -> Problem:
+    return {"B": batch, "T": length, "H": heads, "K": dim, "V": value_dim or dim, "gate": gate,
+            "initial_state": initial_state, "dtype": dtype}
+
+
+GATE_KINDS = ("none", "scalar", "channel")
+PRESETS = {
+    "tiny": [_problem(1, 64, 2, 32, "none", False, "float32"),
+             _problem(1, 64, 2, 32, "scalar", True, "bfloat16"),
+             _problem(1, 64, 2, 32, "channel", True, "float32")],
+    "quick": [_problem(4, 2048, 16, 128, gate, False) for gate in GATE_KINDS],
+    "default": [problem for gate in GATE_KINDS for problem in (
+        _problem(8, 1024, 16, 128, gate, False),
+        _problem(2, 8192, 32, 128, gate, False),
+        _problem(1, 32768, 16, 128, gate, False),
+        _problem(4, 4096, 32, 64, gate, True),
+        _problem(2, 4096, 16, 256, gate, True))],
+    "full": [_problem(max(1, 32768 // length), length, heads, dim, gate, initial_state)
+             for gate, dim, length, heads, initial_state in itertools.product(
+                 GATE_KINDS, (64, 128, 256), (1024, 4096, 16384, 32768), (16, 32), (False, True))
+             if not (dim == 256 and heads == 32 and length == 32768)],
+}
+VERIFY_CASES = [
+    _problem(1, 45, 2, 48, gate, initial_state, dtype, value_dim)
+    for gate, initial_state, dtype, value_dim in (
+        ("none", False, "float32", 40), ("scalar", True, "float32", 64),
+        ("channel", True, "float32", 40), ("none", True, "bfloat16", 64),
+        ("scalar", False, "bfloat16", 40), ("channel", False, "bfloat16", 64))
+]
+
+# fp32: every dot runs in full fp32 (input_precision="ieee"), so only rounding through the
+# triangular solve and the chunk recurrence remains. bf16: inputs are exact for the reference,
+# but W, U, the chunk states, the inverse and the scores are rounded to bf16 (8 bits) for the
+# tensor cores, a few ulps of outputs of order one.
+TOLERANCES = {
+    "float32": Tolerance(atol=2e-4, rtol=2e-4),
+    "float16": Tolerance(atol=1e-2, rtol=1e-2),
+    "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
+}
+
+SPECS = (KernelSpec(
+    name="delta_rule",
+    family="delta-rule",
+    description="chunkwise delta rule (DeltaNet / Gated DeltaNet / KDA): WY solve, state "
+                "recurrence, output; stages tuned one at a time",
+    space=SPACE,
+    default_config=DEFAULT,
+    size_fields=("B", "T", "H"),
+    presets=PRESETS,
+    verify_cases=VERIFY_CASES,
+    check=_check,
+    make_inputs=_make_inputs,
+    run=_run,
+    reference=_reference,
+    tolerances=TOLERANCES,
+    flops=_flops,
+    bytes_moved=_bytes_moved,
+    stages=STAGES,
+    stagewise=True,
+),)
