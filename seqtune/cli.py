@@ -66,6 +66,8 @@ def tune(
                                              "tune, seconds; the default config is always run."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     seed: int = typer.Option(0, help="Seed of the inputs and of the candidate order."),
+    keep_spilling: bool = typer.Option(False, "--keep-spilling", help="On a GPU, also time "
+                                       "configs whose registers spill (skipped by default)."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile."""
     from seqtune.run import run_tune
@@ -87,7 +89,7 @@ def tune(
                   "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
                   "defaults).")
     results = run_tune(specs, preset, device, profile_dir, max_configs, budget_s, seed,
-                       console=err if as_json else out)
+                       console=err if as_json else out, keep_spilling=keep_spilling)
     if as_json:
         _emit_json(results)
     if any(r["winner"] is None for r in results["problems"]):
@@ -185,6 +187,84 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list))
                       else str(value))
     out.print(table)
+
+
+@app.command()
+def check(
+    kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to check (default: all)."),
+    target: Optional[list[str]] = typer.Option(None, help="GPU target, repeatable: sm_80, "
+                                               "sm_86, sm_89, sm_90 (default: sm_80 and sm_90)."),
+    all_configs: bool = typer.Option(False, "--all-configs", help="Every valid config, not "
+                                     "just the default."),
+    preset: str = typer.Option("default", help="Preset whose problems (sizes capped) are "
+                               "compiled."),
+    jobs: int = typer.Option(1, min=1, help="Compile in this many processes."),
+    config: Optional[list[str]] = typer.Option(None, help="KEY=VALUE, repeatable: check this "
+                                               "config (completed from the default) instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+) -> None:
+    """Compile kernels for GPU targets without a GPU: registers, spills, shared memory, fit."""
+    # Compiling needs real @triton.jit kernels, which TRITON_INTERPRET would replace.
+    os.environ.pop("TRITON_INTERPRET", None)
+    from seqtune.check import run_check, target_named
+
+    try:
+        targets = [target_named(t) for t in (target or ["sm_80", "sm_90"])]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    specs = _specs(kernels)
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    overrides = _parse_config(config or [])
+    if overrides and len(specs) != 1:
+        raise UsageError("--config needs exactly one kernel")
+    try:
+        chosen = specs[0].validate_config(overrides) if overrides else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    results = run_check(specs, targets, all_configs, preset, jobs, config=chosen)
+    defaults = {s.name: dict(s.default_config) for s in specs}
+    bad_defaults = [r for r in results
+                    if r.config == defaults[r.kernel] and (not r.fits or r.spills)]
+    if as_json:
+        _emit_json([r.as_dict() for r in results])
+    else:
+        out.print(_check_table(results, defaults))
+    if bad_defaults:
+        err.print(f"{len(bad_defaults)} default-config checks failed, spill or do not fit")
+        raise typer.Exit(1)
+
+
+def _parse_config(pairs: list[str]) -> dict[str, Any]:
+    """``["BLOCK_M=128", "causal=true"]`` -> ``{"BLOCK_M": 128, "causal": True}`` (YAML scalars)."""
+    import yaml
+
+    parsed = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--config {pair!r}: expected KEY=VALUE")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def _check_table(results, defaults) -> Table:
+    from seqtune.report import format_config, format_problem
+
+    table = Table(title="seqtune check (compiled for GPU targets, no GPU needed)")
+    for column in ("kernel", "target", "problem", "config", "regs", "spill B", "smem B",
+                   "result"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        info = r.as_dict()
+        verdict = ("[red]does not fit[/] " + "; ".join(r.reasons) if r.reasons else
+                   "[red]compile error[/] " + (r.error or "") if not r.compiled else
+                   "[yellow]spills[/]" if r.spills else "[green]ok[/]")
+        label = "default" if r.config == defaults[r.kernel] else format_config(r.config)
+        table.add_row(r.kernel, r.target, format_problem(r.problem), label,
+                      str(info["registers"]), str(info["spill_bytes"]),
+                      str(info["shared_bytes"]), verdict)
+    return table
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from seqtune.tuner import Budget, Candidate, Tuner, candidate_order, entry_for
 
 def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_dir: Path | None,
              max_configs: int | None, budget_s: float | None, seed: int,
-             console: Console) -> dict[str, Any]:
+             console: Console, keep_spilling: bool = False) -> dict[str, Any]:
     """Tune every problem of the preset for each kernel; each problem's entry is merged into the
     profile as soon as it is tuned, so an interrupted tune keeps what it finished."""
     import triton
@@ -34,6 +34,7 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
     path = profile_path(folder, device.key)
     log = TuningLog(log_path(folder, device.key), run_id=uuid.uuid4().hex[:12])
     budget = Budget(budget_s, max_configs)
+    pruner = _gpu_pruner(device, keep_spilling)
     problems = []
     with progress_bar(console) as progress:
         for spec in specs:
@@ -47,7 +48,8 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
                     log.record(spec.name, source_hash(spec.name), spec.bucket(problem), candidate)
                     progress.advance(task)
 
-                tuner = Tuner(device, timer, budget, on_candidate=advance, seed=seed)
+                tuner = Tuner(device, timer, budget, on_candidate=advance, seed=seed,
+                              prune=pruner)
                 result = tuner.tune(spec, problem)
                 progress.update(task, total=len(result.candidates))
                 summary = {"kernel": spec.name, "problem": spec.bucket(problem),
@@ -66,6 +68,18 @@ def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_d
     console.print(f"tuning log: {log.path}")
     return {"profile": str(path), "log": str(log.path), "device": device.as_dict(), "timer": label,
             "preset": preset, "problems": problems}
+
+
+def _gpu_pruner(device: DeviceInfo, keep_spilling: bool):
+    """On a GPU, configs are compiled (cached) and checked against the device before launch;
+    the interpreter has no resources to exceed."""
+    if device.backend != "cuda":
+        return None
+    from seqtune.check import resource_pruner, target_of_device
+
+    target = target_of_device(device.name, device.compute_capability,
+                              device.shared_memory_per_block)
+    return resource_pruner(target, keep_spilling)
 
 
 def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:

@@ -106,6 +106,10 @@ def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     return head + rest
 
 
+# (spec, problem, config, inputs) -> None to run the config, or (failure kind, reason) to skip.
+Pruner = Callable[[KernelSpec, Problem, Config, dict], "tuple[str, str] | None"]
+
+
 class Budget:
     """Wall-clock and per-problem config-count limits shared by a whole tune."""
 
@@ -131,12 +135,14 @@ class Tuner:
     """Tunes problems of kernels on one device with one timer."""
 
     def __init__(self, device: DeviceInfo, timer: Timer, budget: Budget,
-                 on_candidate: Callable[[Candidate], None] | None = None, seed: int = 0):
+                 on_candidate: Callable[[Candidate], None] | None = None, seed: int = 0,
+                 prune: Pruner | None = None):
         self.device = device
         self.timer = timer
         self.budget = budget
         self.on_candidate = on_candidate or (lambda candidate: None)
         self.seed = seed
+        self.prune = prune
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
@@ -168,6 +174,10 @@ class Tuner:
 
     def _evaluate(self, spec: KernelSpec, problem: Problem, inputs: dict, reference: Outputs,
                   config: Config) -> Candidate:
+        if self.prune is not None:
+            verdict = self.prune(spec, problem, config, inputs)
+            if verdict is not None:  # never launched: it would not compile, fit or run well
+                return Candidate(config, verdict[0], error=verdict[1])
         try:
             agreement = check_case(spec, problem, config, inputs=inputs, reference=reference)
         except Exception as exc:  # any failure of a candidate is recorded; the tune goes on

@@ -169,3 +169,23 @@ def test_exhaustive_stops_when_the_budget_says_so():
     Exhaustive().search(SearchSpace({"x": tuple(range(10))}, candidates, candidates[:1]),
                         evaluate, random.Random(0))
     assert len(seen) == 3
+
+
+def test_pruned_configs_are_recorded_and_never_launched(toy_registry):
+    import dataclasses
+
+    launched = []
+
+    def run(inputs, config):
+        launched.append(config["BLOCK"])
+        return toy_registry.run(inputs, config)
+
+    def prune(spec, problem, config, inputs):
+        return ("resources", "shared memory 300000 B > 232448 B") if config["BLOCK"] == 64 else None
+
+    spec = dataclasses.replace(toy_registry, run=run)
+    result = Tuner(DEVICE, FakeTimer({(16, 1): 1.0, (32, 1): 2.0, (64, 1): 0.5}),
+                   Budget(None, None), prune=prune).tune(spec, PROBLEM)
+    assert 64 not in launched
+    assert result.failed["resources"] == 2
+    assert result.winner.config["BLOCK"] == 16

@@ -1,0 +1,293 @@
+"""Compile kernels for real GPU targets without a GPU, and read their resource usage.
+
+A config's launches are recorded (``seqtune.launch.capture_launches``) instead of run, then each
+recorded launch is specialised exactly as Triton's own launcher would (its binder, on the
+target's backend) and compiled with ``triton.compile(..., target=GPUTarget(...))``. The cuobjdump
+bundled with Triton reads registers, stack (spills) and shared memory from the cubin. Results are
+cached on disk, keyed by the compiled source's hash (kernel source, signature, constexprs,
+specialisation), the target, the options and the Triton version.
+
+The kernels must be real ``@triton.jit`` functions here, so this module must run in a process
+where ``TRITON_INTERPRET`` was not set when the kernels were imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from seqtune.launch import Launch, capture_launches
+from seqtune.spec import Config, DeviceLimits, KernelSpec, Problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A GPU architecture and the per-block limits a config must fit."""
+
+    name: str
+    capability: int
+    shared_memory_per_block: int  # bytes, opt-in maximum
+    gpus: str
+    max_registers_per_thread: int = 255
+    registers_per_sm: int = 65536
+    max_threads_per_block: int = 1024
+
+    @property
+    def limits(self) -> DeviceLimits:
+        return DeviceLimits(backend="cuda", shared_memory_per_block=self.shared_memory_per_block,
+                            compute_capability=divmod(self.capability, 10))
+
+
+TARGETS: dict[str, Target] = {
+    "sm_80": Target("sm_80", 80, 166912, "A100"),
+    "sm_86": Target("sm_86", 86, 101376, "RTX 30xx, A10, A40"),
+    "sm_89": Target("sm_89", 89, 101376, "RTX 40xx, L4, L40"),
+    "sm_90": Target("sm_90", 90, 232448, "H100, H200"),
+}
+
+# Representative problems keep every categorical field of the preset (dtype, head dims, flags)
+# but cap sizes: code generation depends on those fields and on alignment, not on length.
+REPRESENTATIVE_SIZE_CAP = 512
+
+
+def target_named(name: str) -> Target:
+    key = name.lower().replace("sm", "sm_").replace("__", "_")
+    if key not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    return TARGETS[key]
+
+
+def target_for_capability(major: int, minor: int) -> Target | None:
+    return next((t for t in TARGETS.values() if t.capability == major * 10 + minor), None)
+
+
+@dataclasses.dataclass
+class LaunchResources:
+    """What one compiled kernel of a config needs per program."""
+
+    kernel: str
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    threads: int
+
+
+@dataclasses.dataclass
+class CheckResult:
+    kernel: str
+    target: str
+    problem: Problem
+    config: Config
+    compiled: bool
+    error: str | None = None
+    launches: list[LaunchResources] = dataclasses.field(default_factory=list)
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def spills(self) -> bool:
+        return any(r.spill_bytes > 0 for r in self.launches)
+
+    @property
+    def fits(self) -> bool:
+        return self.compiled and not self.reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "target": self.target, "problem": self.problem,
+                "config": self.config, "compiled": self.compiled, "error": self.error,
+                "fits": self.fits, "spills": self.spills, "reasons": self.reasons,
+                "launches": [dataclasses.asdict(r) for r in self.launches],
+                "registers": max((r.registers for r in self.launches), default=None),
+                "spill_bytes": max((r.spill_bytes for r in self.launches), default=None),
+                "shared_bytes": max((r.shared_bytes for r in self.launches), default=None)}
+
+
+def representative_problems(spec: KernelSpec, preset: str = "default") -> list[Problem]:
+    """The preset's problems with sizes capped, without duplicates."""
+    problems = []
+    for problem in spec.presets.get(preset) or spec.presets.get("tiny", ()):
+        capped = {k: min(v, REPRESENTATIVE_SIZE_CAP) if k in spec.size_fields else v
+                  for k, v in problem.items()}
+        if capped not in problems:
+            problems.append(capped)
+    return problems
+
+
+def check_config(spec: KernelSpec, problem: Problem, config: Config, target: Target,
+                 cache_dir: Path | None = None, inputs: dict | None = None) -> CheckResult:
+    """Compile every launch of ``config`` on ``problem`` for ``target``; never raises for a
+    config that does not compile (the compiler's last line is the error). ``inputs`` (e.g. the
+    tuner's, already on the GPU) save making CPU inputs."""
+    result = CheckResult(spec.name, target.name, problem, dict(config), compiled=True)
+    try:
+        launches = record_launches(spec, problem, config, inputs)
+    except ValueError as exc:  # the op's own config check refused it: it does not fit
+        result.compiled = False
+        result.reasons = [_last_line(exc)]
+        return result
+    try:
+        for launch in launches:
+            result.launches.append(compile_launch(launch, target, cache_dir))
+    except Exception as exc:  # a config that cannot compile is a finding, not a crash
+        result.compiled = False
+        result.error = _last_line(exc)
+        return result
+    result.reasons = fit_reasons(result.launches, target)
+    return result
+
+
+def record_launches(spec: KernelSpec, problem: Problem, config: Config,
+                    inputs: dict | None = None) -> list[Launch]:
+    if inputs is None:
+        inputs = spec.make_inputs(problem, "cpu", 0)
+    with capture_launches() as launches:
+        spec.run(inputs, config)
+    if not launches:
+        raise RuntimeError(f"{spec.name} launched nothing through seqtune.launch.launch")
+    return launches
+
+
+def fit_reasons(resources: list[LaunchResources], target: Target) -> list[str]:
+    reasons = []
+    for r in resources:
+        if r.shared_bytes > target.shared_memory_per_block:
+            reasons.append(f"{r.kernel}: shared memory {r.shared_bytes} B > "
+                           f"{target.shared_memory_per_block} B on {target.name}")
+        if r.threads > target.max_threads_per_block:
+            reasons.append(f"{r.kernel}: {r.threads} threads > {target.max_threads_per_block}")
+        if r.registers * r.threads > target.registers_per_sm:
+            reasons.append(f"{r.kernel}: {r.registers} registers x {r.threads} threads > "
+                           f"{target.registers_per_sm} per SM")
+    return reasons
+
+
+def compile_launch(launch: Launch, target: Target, cache_dir: Path | None) -> LaunchResources:
+    """Specialise a recorded launch as Triton's launcher would, compile it, read resources."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    kernel = launch.kernel
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError("kernels were imported under TRITON_INTERPRET=1; run the check in a "
+                           "process without it")
+    gpu_target = GPUTarget("cuda", target.capability, 32)
+    backend = make_backend(gpu_target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    kwargs = {"debug": False, **launch.kwargs}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
+                                                              specialization, options)
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    key = hashlib.sha256(json.dumps([source.hash(), target.name, repr(sorted(
+        options.__dict__.items())), triton.__version__]).encode()).hexdigest()[:32]
+    cache_file = (cache_dir or default_cache_dir()) / f"{key}.json"
+    if cache_file.exists():
+        return LaunchResources(**json.loads(cache_file.read_text()))
+    compiled = triton.compile(source, target=gpu_target, options=options.__dict__)
+    registers, spills = _cubin_usage(compiled.asm["cubin"])
+    resources = LaunchResources(kernel.__name__, registers, spills,
+                                int(compiled.metadata.shared),
+                                int(compiled.metadata.num_warps) * 32)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(dataclasses.asdict(resources)))
+    return resources
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("seqtune")) / "compile"
+
+
+def _cubin_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes) of the kernel in a cubin, via Triton's cuobjdump."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([str(tool), "--dump-resource-usage", str(path)], check=True,
+                              capture_output=True, text=True).stdout
+    match = re.search(r"REG:(\d+)\s+STACK:(\d+)", text)
+    if match is None:
+        raise RuntimeError(f"cannot read cuobjdump's resource usage: {text.strip()[:200]}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"[:300]
+
+
+def configs_to_check(spec: KernelSpec, problem: Problem, target: Target, all_configs: bool,
+                     config: Config | None = None) -> list[Config]:
+    """``config`` if given (unfiltered: to see what the compiler says of it), else the default,
+    or every config of the space that the spec deems valid on the target."""
+    if config is not None:
+        return [config]
+    if not all_configs:
+        return [dict(spec.default_config)]
+    return [c for c in spec.configs() if spec.check(c, problem, target.limits) is None]
+
+
+def run_check(specs: list[KernelSpec], targets: list[Target], all_configs: bool,
+              preset: str = "default", jobs: int = 1,
+              config: Config | None = None) -> list[CheckResult]:
+    """Every (kernel, target, representative problem, config), compiled ``jobs`` at a time."""
+    work = [(spec, problem, candidate, target)
+            for spec in specs for target in targets
+            for problem in representative_problems(spec, preset)
+            for candidate in configs_to_check(spec, problem, target, all_configs, config)]
+    if jobs <= 1:
+        return [check_config(*item) for item in work]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as pool:
+        return list(pool.map(_check_by_name, [(s.name, p, c, t) for s, p, c, t in work]))
+
+
+def _worker_init() -> None:
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def _check_by_name(item: tuple[str, Problem, Config, Target]) -> CheckResult:
+    from seqtune.registry import get_spec
+
+    name, problem, config, target = item
+    return check_config(get_spec(name), problem, config, target)
+
+
+def resource_pruner(target: Target, keep_spilling: bool = False):
+    """A tuner pruner: configs that do not compile or fit ``target`` (or spill, unless
+    ``keep_spilling``) are skipped before launch, from cached compile facts."""
+
+    def prune(spec: KernelSpec, problem: Problem, config: Config,
+              inputs: dict) -> tuple[str, str] | None:
+        result = check_config(spec, problem, config, target, inputs=inputs)
+        if result.reasons:
+            return "resources", "; ".join(result.reasons)
+        if not result.compiled:
+            return "compile", result.error or "does not compile"
+        if result.spills and not keep_spilling:
+            spilled = max(r.spill_bytes for r in result.launches)
+            return "resources", f"spills {spilled} B of registers on {target.name}"
+        return None
+
+    return prune
+
+
+def target_of_device(name: str, capability: str, shared_memory_per_block: int) -> Target:
+    """The known target of a device's compute capability, or one built from its own facts."""
+    major, minor = (int(x) for x in capability.split("."))
+    known = target_for_capability(major, minor)
+    if known is not None:
+        return dataclasses.replace(known, shared_memory_per_block=shared_memory_per_block)
+    return Target(f"sm_{major}{minor}", major * 10 + minor, shared_memory_per_block, name)
