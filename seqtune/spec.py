@@ -94,6 +94,9 @@ class KernelSpec:
         bytes_moved: ``problem -> float`` minimum HBM traffic, for GB/s.
         problem_defaults: values of categorical fields a caller may leave out of a problem
             (e.g. ``{"score": "softmax"}``), filled in before matching.
+        baselines: name -> ``(inputs) -> outputs`` other implementations of the same op to
+            compare speed with in ``seqtune bench`` (plain PyTorch, SDPA, flash-linear-attention
+            when installed); a baseline that cannot run raises and is reported as unavailable.
         stages: the namespaces of per-stage knobs, in launch order.
         stagewise: the stages are nearly independent once the shared knobs are fixed, so the
             tuner may search one stage at a time instead of the full product.
@@ -117,6 +120,7 @@ class KernelSpec:
     flops: Callable[[Problem], float]
     bytes_moved: Callable[[Problem], float]
     problem_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    baselines: Mapping[str, Callable[[Inputs], Outputs]] = dataclasses.field(default_factory=dict)
     stages: tuple[str, ...] = ()
     stagewise: bool = False
     source_dir: Path | None = None
