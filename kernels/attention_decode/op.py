@@ -44,9 +44,11 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         config: a (partial) config of the ``attention_decode`` spec; None takes the tuned one
             for the problem ``{B, Hq, Hkv, D, S = max(cache_seqlens), dtype}``.
 
+    D is a power of two in 16..256; q and the caches share one dtype: float32, float16 or
+    bfloat16. Bad arguments raise ValueError/TypeError before any launch.
+
     Returns:
-        ``o`` ``[B, Hq, D]`` in q's dtype. D is a power of two in 16..256; dtypes float32,
-        float16, bfloat16 (all three tensors alike).
+        ``o`` ``[B, Hq, D]`` in q's dtype.
     """
     batch, num_q_heads, num_kv_heads, head_dim = _check_arguments(q, k_cache, v_cache,
                                                                   cache_seqlens, scale)
@@ -98,14 +100,20 @@ def _max_cache_length(cache_seqlens: torch.Tensor, capacity: int) -> int:
     return high
 
 
+TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16,
+                 torch.bfloat16: tl.bfloat16}
+
+
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
     """The inputs' dtype, or float32 for bfloat16 under the interpreter (see the split kernel)."""
     if dtype == torch.bfloat16 and triton.knobs.runtime.interpret:
         return tl.float32
-    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+    return TRITON_DTYPES[dtype]
 
 
 def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) -> torch.Tensor:
+    """The split stage into fp32 scratch, then the combine stage into ``o`` (or, with one
+    split, the split stage straight into ``o``)."""
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     num_splits = cfg["NUM_SPLITS"]
@@ -116,8 +124,7 @@ def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) 
     else:
         partial = new_output((batch, num_q_heads, num_splits, head_dim), torch.float32, q.device)
         lse = new_output((batch, num_q_heads, num_splits), torch.float32, q.device)
-        partial_strides = (partial.stride(0), partial.stride(1), partial.stride(2),
-                           partial.stride(3))
+        partial_strides = partial.stride()
     launch(decode_split_kernel, (batch * num_kv_heads, num_splits),
            q, k_cache, v_cache, cache_seqlens, partial, lse,
            *q.stride(), *k_cache.stride(), *v_cache.stride(), *partial_strides,
