@@ -1,24 +1,17 @@
 """seqtune's Triton kernels, one folder each: the op, its float64 reference, its config space
 and shape buckets (``spec.py``). Installed as ``seqtune.kernels``.
 
-The ops are imported lazily, so ``import seqtune.kernels`` stays cheap.
+The ops are bound here explicitly: most share their folder's name, and importing a folder
+(e.g. by the registry) would otherwise make ``seqtune.kernels.attention`` the folder, not the op.
 """
-import importlib
+from seqtune.kernels.attention.op import attention
+from seqtune.kernels.attention_decode.op import attention_decode
+from seqtune.kernels.delta_rule.op import delta_rule
+from seqtune.kernels.linear_attention.op import linear_attention
+from seqtune.kernels.linear_attention.ssd import ssd
+from seqtune.kernels.linear_scan.op import linear_scan
+from seqtune.kernels.prefix_attention.op import prefix_attention
+from seqtune.kernels.selective_scan.op import selective_scan
 
-_OPS = {
-    "attention": "attention.op",
-    "attention_decode": "attention_decode.op",
-    "linear_attention": "linear_attention.op",
-    "ssd": "linear_attention.ssd",
-    "delta_rule": "delta_rule.op",
-    "selective_scan": "selective_scan.op",
-    "linear_scan": "linear_scan.op",
-    "prefix_attention": "prefix_attention.op",
-}
-__all__ = list(_OPS)
-
-
-def __getattr__(name):
-    if name not in _OPS:
-        raise AttributeError(f"module 'seqtune.kernels' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"seqtune.kernels.{_OPS[name]}"), name)
+__all__ = ["attention", "attention_decode", "delta_rule", "linear_attention", "ssd",
+           "linear_scan", "prefix_attention", "selective_scan"]

@@ -74,6 +74,10 @@ def read_profile(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
     if data.get("schema") != SCHEMA:
         raise ProfileError(f"{path}: schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    for field in ("device", "software"):
+        if not isinstance(data.get(field, {}), dict):
+            raise ProfileError(f"{path}: '{field}' must be a mapping, "
+                               f"got {type(data[field]).__name__}")
     kernels = data.get("kernels", {})
     if not isinstance(kernels, dict):
         raise ProfileError(f"{path}: 'kernels' must be a mapping, got {type(kernels).__name__}")
