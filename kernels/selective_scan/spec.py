@@ -107,19 +107,26 @@ def reference(inputs: Inputs) -> Outputs:
         delta = F.softplus(delta)
     if B.dim() == 3:
         B, C = B[:, None], C[:, None]
-    channels_per_group = channels // B.shape[1]
-    B = B.repeat_interleave(channels_per_group, dim=1)  # [b, d, n, L]
-    C = C.repeat_interleave(channels_per_group, dim=1)
-    x = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
-    y = torch.empty_like(u)
+    groups, state_dim = B.shape[1], A.shape[1]
+    # Channels as [group, channel in group] so that B and C broadcast over a group's channels;
+    # time-major so that each step reads contiguous slices.
+    by_group = (batch, groups, channels // groups)
+    u_steps, delta_steps = (x.reshape(*by_group, length).permute(3, 0, 1, 2).contiguous()
+                            for x in (u, delta))
+    B_steps, C_steps = (x.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous() for x in (B, C))
+    A = A.reshape(groups, channels // groups, state_dim)
+    x = torch.zeros(*by_group, state_dim, dtype=torch.float64)
+    y = torch.empty(length, *by_group, dtype=torch.float64)
     for t in range(length):
-        x = torch.exp(delta[:, :, t, None] * A) * x + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
-        y[:, :, t] = (x * C[..., t]).sum(-1)
+        x = (torch.exp(delta_steps[t, ..., None] * A) * x
+             + (delta_steps[t] * u_steps[t])[..., None] * B_steps[t])
+        y[t] = (x * C_steps[t]).sum(-1)
+    y = y.permute(1, 2, 3, 0).reshape(batch, channels, length)
     if D is not None:
         y = y + D[:, None] * u
     if z is not None:
         y = y * z * torch.sigmoid(z)
-    return y, x
+    return y, x.reshape(batch, channels, state_dim)
 
 
 def flops(problem: Problem) -> float:
