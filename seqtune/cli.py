@@ -68,9 +68,15 @@ def tune(
     seed: int = typer.Option(0, help="Seed of the inputs and of the candidate order."),
     keep_spilling: bool = typer.Option(False, "--keep-spilling", help="On a GPU, also time "
                                        "configs whose registers spill (skipped by default)."),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Run candidates in a "
+                                 "worker process, so a crash or hang costs only that candidate."),
+    timeout_s: float = typer.Option(600.0, min=1, help="Abandon a candidate (isolated) after "
+                                    "this many seconds."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse what the last (interrupted) tune "
+                                "measured, from the tuning log."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile."""
-    from seqtune.run import run_tune
+    from seqtune.run import TuneOptions, run_tune
 
     _prepare_backend()
     from seqtune.device import detect_device
@@ -88,8 +94,14 @@ def tune(
         err.print("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny preset "
                   "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
                   "defaults).")
-    results = run_tune(specs, preset, device, profile_dir, max_configs, budget_s, seed,
-                       console=err if as_json else out, keep_spilling=keep_spilling)
+    options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
+                          isolate, timeout_s, resume)
+    try:
+        results = run_tune(specs, device, options, console=err if as_json else out)
+    except KeyboardInterrupt:
+        err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
+                  "finished problem in the profile; continue with the same command plus --resume.")
+        raise typer.Exit(130) from None
     if as_json:
         _emit_json(results)
     if any(r["winner"] is None for r in results["problems"]):

@@ -34,7 +34,7 @@ class TuningLog:
             "problem": problem, "config": candidate.config, "status": candidate.status,
             "time_us": candidate.timing.as_dict() if candidate.timing else None,
             "max_rel_err": candidate.agreement.max_rel_err if candidate.agreement else None,
-            "error": candidate.error or None,
+            "error": candidate.error or None, "reused": candidate.reused,
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         # One write of one line with O_APPEND: concurrent tunes never interleave inside a line.

@@ -1,11 +1,16 @@
 """Finds the kernel specs: every folder under ``seqtune.kernels`` with a ``spec.py`` that
-defines ``SPECS``. Adding a kernel means adding a folder; nothing here changes."""
+defines ``SPECS``. Adding a kernel means adding a folder; nothing here changes.
+
+Kernels from outside seqtune plug in through ``SEQTUNE_KERNEL_MODULES``: comma-separated
+importable modules, each defining ``SPECS`` like a kernel folder's ``spec.py``.
+"""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
 import importlib
+import os
 import pkgutil
 from pathlib import Path
 
@@ -27,10 +32,16 @@ def all_specs() -> dict[str, KernelSpec]:
             if exc.name == f"seqtune.kernels.{info.name}.spec":
                 continue
             raise
-        folder = Path(module.__file__).parent
-        for spec in module.SPECS:
-            specs[spec.name] = dataclasses.replace(spec, source_dir=folder)
+        _add(specs, module)
+    for name in filter(None, os.environ.get("SEQTUNE_KERNEL_MODULES", "").split(",")):
+        _add(specs, importlib.import_module(name.strip()))
     return dict(sorted(specs.items()))
+
+
+def _add(specs: dict[str, KernelSpec], module) -> None:
+    folder = Path(module.__file__).parent
+    for spec in module.SPECS:
+        specs[spec.name] = dataclasses.replace(spec, source_dir=folder)
 
 
 class UnknownKernelError(ValueError):

@@ -10,76 +10,133 @@ from rich.console import Console
 from rich.table import Table
 
 from seqtune.device import DeviceInfo, detect_device, runtime_device
-from seqtune.journal import TuningLog, log_path
+from seqtune.journal import TuningLog, log_path, read_log
+from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup, pruner_for
+from seqtune.search import config_key, make_strategy
 from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
 from seqtune.report import entry_rows, format_config, format_problem
 from seqtune.spec import KernelSpec
-from seqtune.timing import INTERPRETER_NOTE, timer_for
-from seqtune.tuner import Budget, Candidate, Tuner, candidate_order, entry_for
+from seqtune.timing import INTERPRETER_NOTE, Timing, timer_for
+from seqtune.tuner import Budget, Candidate, Tuner, candidate_order, entry_for, problem_key
+from seqtune.verify import Agreement
 
 
-def run_tune(specs: list[KernelSpec], preset: str, device: DeviceInfo, profile_dir: Path | None,
-             max_configs: int | None, budget_s: float | None, seed: int,
-             console: Console, keep_spilling: bool = False) -> dict[str, Any]:
-    """Tune every problem of the preset for each kernel; each problem's entry is merged into the
-    profile as soon as it is tuned, so an interrupted tune keeps what it finished."""
-    import triton
+@dataclasses.dataclass(frozen=True)
+class TuneOptions:
+    """How a tune runs (the ``seqtune tune`` flags)."""
 
+    preset: str
+    profile_dir: Path | None = None
+    max_configs: int | None = None
+    budget_s: float | None = None
+    seed: int = 0
+    keep_spilling: bool = False
+    isolate: bool = True
+    timeout_s: float = 600.0
+    resume: bool = False
+    strategy: str | None = None
+
+
+def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
+             console: Console) -> dict[str, Any]:
+    """Tune every problem of the preset for each kernel. Every candidate is journaled as it
+    finishes and each problem's entry is merged into the profile as soon as it is tuned, so an
+    interrupted tune keeps what it measured and ``--resume`` skips it."""
     from seqtune.cli import progress_bar
-    from seqtune.registry import source_hash
 
     timer, label = timer_for(device.backend)
-    folder = resolve_profile_dir(profile_dir)
+    folder = resolve_profile_dir(options.profile_dir)
     path = profile_path(folder, device.key)
     log = TuningLog(log_path(folder, device.key), run_id=uuid.uuid4().hex[:12])
-    budget = Budget(budget_s, max_configs)
-    pruner = _gpu_pruner(device, keep_spilling)
+    known = resumable_candidates(log.path) if options.resume else {}
+    budget = Budget(options.budget_s, options.max_configs)
+    setup = WorkerSetup(device, options.seed, options.keep_spilling)
+    worker = CandidateWorker(setup, options.timeout_s) if options.isolate else None
+    tuner = Tuner(device, timer, budget, seed=options.seed, prune=pruner_for(setup),
+                  make_runner=(lambda spec, problem: IsolatedRunner(worker, spec, problem))
+                  if worker else None, known=known)
     problems = []
-    with progress_bar(console) as progress:
-        for spec in specs:
-            for problem in spec.presets.get(preset, ()):
-                total = len(candidate_order(spec, problem, device, seed))
-                if max_configs is not None:
-                    total = min(total, max_configs)
-                task = progress.add_task(f"{spec.name} {format_problem(problem)}", total=total)
-
-                def advance(candidate: Candidate, task=task, spec=spec, problem=problem) -> None:
-                    log.record(spec.name, source_hash(spec.name), spec.bucket(problem), candidate)
-                    progress.advance(task)
-
-                tuner = Tuner(device, timer, budget, on_candidate=advance, seed=seed,
-                              prune=pruner)
-                result = tuner.tune(spec, problem)
-                progress.update(task, total=len(result.candidates))
-                summary = {"kernel": spec.name, "problem": spec.bucket(problem),
-                           "winner": None, "tried": len(result.candidates),
-                           "failed": result.failed}
-                if result.winner is not None:
-                    entry = entry_for(spec, result, label, triton.__version__,
-                                      source_hash(spec.name))
-                    save_entries(path, device.as_dict(), spec.name, source_hash(spec.name),
-                                 [entry])
-                    summary.update(winner=entry["config"], time_us=entry["time_us"],
-                                   speedup_vs_default=entry["speedup_vs_default"])
-                problems.append(summary)
+    try:
+        with progress_bar(console) as progress:
+            for spec in specs:
+                for problem in spec.presets.get(options.preset, ()):
+                    problems.append(_tune_problem(tuner, spec, problem, device, options, log,
+                                                  path, progress, label))
+    finally:
+        if worker is not None:
+            worker.close()
     console.print(_summary_table(problems, label))
     console.print(f"profile: {path}")
     console.print(f"tuning log: {log.path}")
-    return {"profile": str(path), "log": str(log.path), "device": device.as_dict(), "timer": label,
-            "preset": preset, "problems": problems}
+    return {"profile": str(path), "log": str(log.path), "device": device.as_dict(),
+            "timer": label, "preset": options.preset, "problems": problems}
 
 
-def _gpu_pruner(device: DeviceInfo, keep_spilling: bool):
-    """On a GPU, configs are compiled (cached) and checked against the device before launch;
-    the interpreter has no resources to exceed."""
-    if device.backend != "cuda":
-        return None
-    from seqtune.check import resource_pruner, target_of_device
+def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceInfo,
+                  options: TuneOptions, log: TuningLog, path: Path, progress: Any,
+                  label: str) -> dict[str, Any]:
+    """Tune one problem with a progress bar; journal each candidate; save the entry."""
+    import triton
 
-    target = target_of_device(device.name, device.compute_capability,
-                              device.shared_memory_per_block)
-    return resource_pruner(target, keep_spilling)
+    from seqtune.registry import source_hash
+
+    total = len(candidate_order(spec, problem, device, options.seed))
+    if options.max_configs is not None:
+        total = min(total, options.max_configs)
+    task = progress.add_task(f"{spec.name} {format_problem(problem)}", total=total)
+
+    def journal(candidate: Candidate) -> None:
+        log.record(spec.name, source_hash(spec.name), spec.bucket(problem), candidate)
+        progress.advance(task)
+
+    tuner.on_candidate = journal
+    strategy = make_strategy(options.strategy) if options.strategy else None
+    result = tuner.tune(spec, problem, strategy)
+    progress.update(task, total=len(result.candidates))
+    summary = {"kernel": spec.name, "problem": spec.bucket(problem), "winner": None,
+               "tried": len(result.candidates), "failed": result.failed}
+    if result.winner is not None:
+        entry = entry_for(spec, result, label, triton.__version__, source_hash(spec.name))
+        save_entries(path, device.as_dict(), spec.name, source_hash(spec.name), [entry])
+        summary.update(winner=entry["config"], time_us=entry["time_us"],
+                       speedup_vs_default=entry["speedup_vs_default"])
+    return summary
+
+
+def resumable_candidates(path: Path) -> dict[tuple, dict[tuple, Candidate]]:
+    """The candidates journaled by the latest tune in the log whose kernel source is unchanged,
+    by (kernel, problem key) then config key."""
+    from seqtune.registry import all_specs, source_hash
+
+    if not path.exists():
+        return {}
+    records = list(read_log(path))
+    if not records:
+        return {}
+    latest = records[-1]["run"]
+    specs = all_specs()
+    known: dict[tuple, dict[tuple, Candidate]] = {}
+    for record in records:
+        kernel = record.get("kernel")
+        if (record.get("run") != latest or kernel not in specs
+                or record.get("source_hash") != source_hash(kernel)):
+            continue
+        candidate = candidate_from_record(record)
+        known.setdefault((kernel, problem_key(record["problem"])), {})[
+            config_key(candidate.config)] = candidate
+    return known
+
+
+def candidate_from_record(record: dict[str, Any]) -> Candidate:
+    timing = record.get("time_us")
+    agreement = None
+    if record.get("max_rel_err") is not None:
+        agreement = Agreement(record["status"] != "mismatch", float("nan"),
+                              record["max_rel_err"])
+    return Candidate(dict(record["config"]), record["status"],
+                     Timing(timing["median"], timing["p20"], timing["p80"], 1) if timing else None,
+                     agreement, record.get("error") or "", reused=True)
 
 
 def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:

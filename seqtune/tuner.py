@@ -12,35 +12,17 @@ import random
 import time
 from typing import Any, Callable
 
-import torch
-
-from seqtune.device import DeviceInfo, telemetry
+from seqtune.device import DeviceInfo
+from seqtune.runner import Candidate, InProcessRunner, Pruner, Runner
 from seqtune.search import Exhaustive, SearchSpace, Stagewise, Strategy, config_key
-from seqtune.spec import Config, KernelSpec, Outputs, Problem
+from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.timing import Timer, Timing
-from seqtune.verify import Agreement, check_case
 
 # Relative differences below this are never trusted as real, however tight the spread.
 MIN_NOISE = 0.03
 RETIME_ROUNDS = 3
-FAILURE_KINDS = ("compile", "resources", "mismatch", "runtime")
+FAILURE_KINDS = ("compile", "resources", "mismatch", "runtime", "timeout")
 TUNED_PER_INTERPRETER = ("num_warps", "num_stages")
-
-
-@dataclasses.dataclass
-class Candidate:
-    """One evaluated config: status "ok" or one of FAILURE_KINDS."""
-
-    config: Config
-    status: str
-    timing: Timing | None = None
-    agreement: Agreement | None = None
-    error: str = ""
-    telemetry: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def median(self) -> float:
-        return self.timing.median_us if self.timing else math.inf
 
 
 @dataclasses.dataclass
@@ -63,21 +45,8 @@ class ProblemResult:
         return counts
 
 
-def classify_failure(exc: BaseException) -> str:
-    """compile / resources / runtime, from the exception a launch raised."""
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources
-
-    if isinstance(exc, OutOfResources) or isinstance(exc, torch.cuda.OutOfMemoryError):
-        return "resources"
-    if isinstance(exc, CompilationError):
-        return "compile"
-    return "runtime"
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+def problem_key(problem: Problem) -> tuple:
+    return tuple(sorted((str(k), str(v)) for k, v in problem.items()))
 
 
 def complexity(config: Config) -> float:
@@ -106,10 +75,6 @@ def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     return head + rest
 
 
-# (spec, problem, config, inputs) -> None to run the config, or (failure kind, reason) to skip.
-Pruner = Callable[[KernelSpec, Problem, Config, dict], "tuple[str, str] | None"]
-
-
 class Budget:
     """Wall-clock and per-problem config-count limits shared by a whole tune."""
 
@@ -136,29 +101,36 @@ class Tuner:
 
     def __init__(self, device: DeviceInfo, timer: Timer, budget: Budget,
                  on_candidate: Callable[[Candidate], None] | None = None, seed: int = 0,
-                 prune: Pruner | None = None):
+                 prune: Pruner | None = None,
+                 make_runner: Callable[[KernelSpec, Problem], Runner] | None = None,
+                 known: dict[tuple, dict[tuple, Candidate]] | None = None):
+        """``make_runner`` decides where candidates run (default: in this process, timed by
+        ``timer``, pruned by ``prune``); ``known`` holds candidates measured by an earlier,
+        interrupted tune, keyed by ``(kernel, problem key)`` then config key: they are reused,
+        not measured again."""
         self.device = device
-        self.timer = timer
         self.budget = budget
         self.on_candidate = on_candidate or (lambda candidate: None)
         self.seed = seed
-        self.prune = prune
+        self.make_runner = make_runner or (lambda spec, problem: InProcessRunner(
+            spec, problem, device, timer, seed, prune))
+        self.known = known or {}
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
         """Search the problem's valid configs with ``strategy`` (default: stagewise for specs
         that allow it, else exhaustive) and select the winner."""
-        inputs = spec.make_inputs(problem, self.device.torch_device, self.seed)
-        reference = spec.reference(inputs)
+        runner = self.make_runner(spec, problem)
         order = candidate_order(spec, problem, self.device, self.seed)
         evaluated: dict[tuple, Candidate] = {}
+        known = self.known.get((spec.name, problem_key(spec.bucket(problem))), {})
 
         def evaluate(config: Config) -> float | None:
             key = config_key(config)
             if key not in evaluated:
                 if not self.budget.allows(len(evaluated)):
                     return None
-                evaluated[key] = self._evaluate(spec, problem, inputs, reference, config)
+                evaluated[key] = known.get(key) or runner.evaluate(config)
                 self.on_candidate(evaluated[key])
             return evaluated[key].median
 
@@ -167,31 +139,12 @@ class Tuner:
         space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages))
         strategy.search(space, evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())
-        winner, ties, noise = self._select(spec, inputs, candidates)
+        winner, ties, noise = self._select(spec, runner, candidates)
         default = evaluated.get(config_key(spec.default_config))
         return ProblemResult(spec.name, problem, winner, default, candidates, ties,
                              noise, skipped_by_budget=len(order) - len(candidates))
 
-    def _evaluate(self, spec: KernelSpec, problem: Problem, inputs: dict, reference: Outputs,
-                  config: Config) -> Candidate:
-        if self.prune is not None:
-            verdict = self.prune(spec, problem, config, inputs)
-            if verdict is not None:  # never launched: it would not compile, fit or run well
-                return Candidate(config, verdict[0], error=verdict[1])
-        try:
-            agreement = check_case(spec, problem, config, inputs=inputs, reference=reference)
-        except Exception as exc:  # any failure of a candidate is recorded; the tune goes on
-            return Candidate(config, classify_failure(exc), error=one_line(exc))
-        if not agreement.ok:
-            return Candidate(config, "mismatch", agreement=agreement, error=agreement.detail)
-        try:
-            timing = self.timer(lambda: spec.run(inputs, config), config)
-        except Exception as exc:
-            return Candidate(config, classify_failure(exc), agreement=agreement,
-                             error=one_line(exc))
-        return Candidate(config, "ok", timing, agreement, telemetry=telemetry())
-
-    def _select(self, spec: KernelSpec, inputs: dict,
+    def _select(self, spec: KernelSpec, runner: Runner,
                 candidates: list[Candidate]) -> tuple[Candidate | None, int, float]:
         """The fastest config, unless others are within the noise: then re-time those near-ties
         (interleaved, so drift hits all alike) and prefer the default, then the simplest."""
@@ -202,9 +155,7 @@ class Tuner:
         if len(near) > 1:
             for _ in range(RETIME_ROUNDS):
                 for candidate in near:
-                    extra = self.timer(lambda c=candidate: spec.run(inputs, c.config),
-                                       candidate.config)
-                    candidate.timing = _combine(candidate.timing, extra)
+                    candidate.timing = _combine(candidate.timing, runner.retime(candidate.config))
             near, noise = _near_ties(ok)
         default = dict(spec.default_config)
         winner = min(near, key=lambda c: (c.config != default, complexity(c.config), c.median))

@@ -18,7 +18,9 @@ def invoke(*args):
 
 @pytest.fixture
 def tuned(tmp_path, toy_registry):
-    result = invoke("tune", "toy_scale", "--preset", "tiny", "--profile-dir", str(tmp_path))
+    # in-process: the toy kernel exists only in this test process's registry
+    result = invoke("tune", "toy_scale", "--preset", "tiny", "--profile-dir", str(tmp_path),
+                    "--no-isolate")
     assert result.exit_code == 0, result.output
     return tmp_path
 
@@ -38,7 +40,7 @@ def test_tune_writes_one_profile_whose_entries_the_loader_returns(tuned):
 
 def test_tune_json_and_interpreter_notice(tmp_path, toy_registry):
     result = runner.invoke(app, ["tune", "toy_scale", "--profile-dir", str(tmp_path), "--json",
-                                 "--max-configs", "2"])
+                                 "--max-configs", "2", "--no-isolate"])
     assert result.exit_code == 0
     payload = json.loads(result.stdout)
     assert payload["timer"] == "interpreter-wall-clock" and payload["preset"] == "tiny"
