@@ -207,6 +207,17 @@ def test_visible_pairs_counts_the_causal_mask(T, S):
     assert visible_pairs({**problem, "causal": False}) == T * S
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_baseline_computes_the_same_op(causal):
+    problem = {"B": 1, "T": 21, "S": 40, "Hq": 4, "Hkv": 2, "D": 16, "causal": causal,
+               "dtype": "float32", "score": "softmax"}
+    inputs = SPEC.make_inputs(problem, "cpu", seed=4)
+    baseline = SPEC.baselines["torch_sdpa"]
+    assert compare(baseline(inputs), SPEC.reference(inputs), Tolerance(1e-5, 1e-5)).ok
+    with pytest.raises(ValueError, match="softmax attention only"):
+        baseline({**inputs, "score": "sigmoid"})
+
+
 def test_default_sigmoid_bias_is_minus_log_keys():
     q, k, v = _qkv(T=16, S=24, D=16)
     default = attention(q, k, v, score="sigmoid", config=SMALL_TILES)
