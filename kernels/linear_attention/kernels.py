@@ -101,39 +101,40 @@ def _intra_channel_kernel(q, k, g, A, T, H, QK_GROUP,
     t_rows = chunk * BT + row0 + sub
     rows_mask = t_rows < T
     earlier = (pos < row0) & (t_chunk < T)
-    q_rows_ptr = q + b * sqb + (h // QK_GROUP) * sqh + t_rows[:, None] * sqt
-    k_base = k + b * skb + (h // QK_GROUP) * skh
-    g_base = g + b * sgb + h * sgh
+    q_rows = q + b * sqb + (h // QK_GROUP) * sqh + t_rows[:, None] * sqt
+    k_chunk = k + b * skb + (h // QK_GROUP) * skh + t_chunk[:, None] * skt
+    k_rows = k + b * skb + (h // QK_GROUP) * skh + t_rows[:, None] * skt
+    g_chunk = g + b * sgb + h * sgh + t_chunk[:, None] * sgt
+    g_rows = g + b * sgb + h * sgh + t_rows[:, None] * sgt
     acc = tl.zeros([SUB, BT], dtype=tl.float32)
     if row0 > 0:  # the first sub-chunk has no earlier columns
         for k0 in range(0, K, BK):
             d = k0 + tl.arange(0, BK)
             chunk_mask = earlier[:, None] & (d < K)[None, :]
             rows_2d = rows_mask[:, None] & (d < K)[None, :]
-            g_earlier = tl.load(g_base + t_chunk[:, None] * sgt + d[None, :] * sgd,
-                                mask=chunk_mask, other=0.0).to(tl.float32)
+            g_earlier = tl.load(g_chunk + d[None, :] * sgd, mask=chunk_mask,
+                                other=0.0).to(tl.float32)
             # log decay from step s to the reference point: the sum over the steps after s
             to_ref = tl.cumsum(g_earlier, axis=0, reverse=True) - g_earlier
-            k_tile = tl.load(k_base + t_chunk[:, None] * skt + d[None, :] * skd,
-                             mask=chunk_mask, other=0.0)
-            k_decayed = (k_tile.to(tl.float32) * tl.exp(tl.minimum(to_ref, 0.0))).to(k_tile.dtype)
-            g_rows = tl.load(g_base + t_rows[:, None] * sgt + d[None, :] * sgd, mask=rows_2d,
-                             other=0.0).to(tl.float32)
-            q_rows = tl.load(q_rows_ptr + d[None, :] * sqd, mask=rows_2d, other=0.0)
-            q_decayed = (q_rows.to(tl.float32) * tl.exp(tl.cumsum(g_rows, axis=0))).to(k_tile.dtype)
-            acc = tl.dot(q_decayed.to(DOT), tl.trans(k_decayed.to(DOT)), acc,
+            k_tile = tl.load(k_chunk + d[None, :] * skd, mask=chunk_mask, other=0.0)
+            k_decayed = k_tile.to(tl.float32) * tl.exp(tl.minimum(to_ref, 0.0))
+            g_tile = tl.load(g_rows + d[None, :] * sgd, mask=rows_2d, other=0.0).to(tl.float32)
+            q_tile = tl.load(q_rows + d[None, :] * sqd, mask=rows_2d, other=0.0)
+            q_decayed = q_tile.to(tl.float32) * tl.exp(tl.cumsum(g_tile, axis=0))
+            # operands rounded to the input dtype, as the GPU's tensor cores take them
+            acc = tl.dot(q_decayed.to(k_tile.dtype).to(DOT),
+                         tl.trans(k_decayed.to(k_tile.dtype).to(DOT)), acc,
                          input_precision="ieee")
     diag = tl.zeros([SUB, SUB], dtype=tl.float32)
     for k0 in range(0, K, DIAG_BK):
         d = k0 + tl.arange(0, DIAG_BK)
         rows_2d = rows_mask[:, None] & (d < K)[None, :]
-        cum = tl.cumsum(tl.load(g_base + t_rows[:, None] * sgt + d[None, :] * sgd, mask=rows_2d,
-                                other=0.0).to(tl.float32), axis=0)
-        q_rows = tl.load(q_rows_ptr + d[None, :] * sqd, mask=rows_2d, other=0.0).to(tl.float32)
-        k_rows = tl.load(k_base + t_rows[:, None] * skt + d[None, :] * skd, mask=rows_2d,
-                         other=0.0).to(tl.float32)
+        g_tile = tl.load(g_rows + d[None, :] * sgd, mask=rows_2d, other=0.0).to(tl.float32)
+        cum = tl.cumsum(g_tile, axis=0)
+        q_tile = tl.load(q_rows + d[None, :] * sqd, mask=rows_2d, other=0.0).to(tl.float32)
+        k_tile = tl.load(k_rows + d[None, :] * skd, mask=rows_2d, other=0.0).to(tl.float32)
         decay = tl.exp(tl.minimum(cum[:, None, :] - cum[None, :, :], 0.0))
-        diag += tl.sum(q_rows[:, None, :] * k_rows[None, :, :] * decay, axis=2)
+        diag += tl.sum(q_tile[:, None, :] * k_tile[None, :, :] * decay, axis=2)
     diag = tl.where(sub[:, None] >= sub[None, :], diag, 0.0)
     # Two stores to disjoint columns: the earlier and later ones, then the diagonal block.
     a_rows = A + (bh * T + t_rows[:, None]) * BT
