@@ -67,7 +67,9 @@ class Profile:
         self._cache: dict[tuple, Config] = {}
 
     def best_config(self, kernel: str, problem: Mapping[str, Any]) -> Config:
-        cache_key = (kernel, tuple(sorted(problem.items())))
+        # Keyed in the caller's field order (no sort: this is the launch path's hot line); the
+        # same problem spelled in another order only costs one more cache entry.
+        cache_key = (kernel, *problem.items())
         cached = self._cache.get(cache_key)
         if cached is None:
             cached = self._cache[cache_key] = self._match(kernel, dict(problem))
@@ -267,7 +269,7 @@ def active_profile() -> Profile:
 def best_config(kernel: str, **problem: Any) -> Config:
     """The tuned config for ``kernel`` on ``problem`` (keys as in the profile's ``problem``;
     dtype as a name or a torch.dtype), or the kernel's default."""
-    return active_profile().best_config(kernel, problem)
+    return (_active or load_profile()).best_config(kernel, problem)
 
 
 def config_for(kernel: str, problem: Problem, config: Mapping[str, Any] | None) -> Config:
