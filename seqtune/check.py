@@ -229,12 +229,13 @@ def _last_line(exc: BaseException) -> str:
 
 def configs_to_check(spec: KernelSpec, problem: Problem, target: Target, all_configs: bool,
                      config: Config | None = None) -> list[Config]:
-    """``config`` if given (unfiltered: to see what the compiler says of it), else the default,
-    or every config of the space that the spec deems valid on the target."""
+    """``config`` if given (unfiltered: to see what the compiler says of it), else the default
+    for this problem on this target (``KernelSpec.default_for``), or every config of the space
+    that the spec deems valid on the target."""
     if config is not None:
         return [config]
     if not all_configs:
-        return [dict(spec.default_config)]
+        return [spec.default_for(problem, target.limits)]
     return [c for c in spec.configs() if spec.check(c, problem, target.limits) is None]
 
 

@@ -235,13 +235,16 @@ def check(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     results = run_check(specs, targets, all_configs, preset, jobs, config=chosen)
-    defaults = {s.name: dict(s.default_config) for s in specs}
-    bad_defaults = [r for r in results
-                    if r.config == defaults[r.kernel] and (not r.fits or r.spills)]
+    by_name = {s.name: s for s in specs}
+
+    def is_default(r) -> bool:
+        return r.config == by_name[r.kernel].default_for(r.problem, target_named(r.target).limits)
+
+    bad_defaults = [r for r in results if is_default(r) and (not r.fits or r.spills)]
     if as_json:
         _emit_json([r.as_dict() for r in results])
     else:
-        out.print(_check_table(results, defaults))
+        out.print(_check_table(results, is_default))
     if bad_defaults:
         err.print(f"{len(bad_defaults)} default-config checks failed, spill or do not fit")
         raise typer.Exit(1)
@@ -260,7 +263,7 @@ def _parse_config(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _check_table(results, defaults) -> Table:
+def _check_table(results, is_default) -> Table:
     from seqtune.report import format_config, format_problem
 
     table = Table(title="seqtune check (compiled for GPU targets, no GPU needed)")
@@ -272,7 +275,7 @@ def _check_table(results, defaults) -> Table:
         verdict = ("[red]does not fit[/] " + "; ".join(r.reasons) if r.reasons else
                    "[red]compile error[/] " + (r.error or "") if not r.compiled else
                    "[yellow]spills[/]" if r.spills else "[green]ok[/]")
-        label = "default" if r.config == defaults[r.kernel] else format_config(r.config)
+        label = "default" if is_default(r) else format_config(r.config)
         table.add_row(r.kernel, r.target, format_problem(r.problem), label,
                       str(info["registers"]), str(info["spill_bytes"]),
                       str(info["shared_bytes"]), verdict)

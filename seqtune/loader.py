@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from seqtune.profile import (ProfileError, profile_path, read_profile, resolve_profile_dir,
                              shipped_profile_dir)
-from seqtune.spec import Config, DeviceLimits, KernelSpec, Problem, dtype_name
+from seqtune.spec import Config, KernelSpec, Problem, dtype_name
 
 log = logging.getLogger("seqtune")
 _warned: set[str] = set()
@@ -94,7 +94,7 @@ class Profile:
                             f"(entry {entry.problem}, log2 distance {distance:g})")
                 return config
             _log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
-        config = fallback_config(spec, problem, limits)
+        config = spec.default_for(problem, limits)
         why = "the default" if config == spec.default_config else "nearest valid to the default"
         _log_choice(f"{kernel} {problem}: {why} {config} (no usable tuned entry)")
         return config
@@ -117,45 +117,6 @@ class Profile:
             scored.append((entry, distance))
         scored.sort(key=lambda pair: pair[1])
         return scored
-
-
-def fallback_config(spec: KernelSpec, problem: Problem, limits: DeviceLimits) -> Config:
-    """The default config if it is valid for ``problem``, else a valid one close to it: first
-    one knob changed (nearest values first), then knobs moved to their smallest values one
-    after another (what makes a config invalid is nearly always too large a tile or too many
-    stages). A few dozen checks at most, so a new shape never stalls the launch path."""
-    default = dict(spec.default_config)
-    if _is_valid(spec, default, problem, limits):
-        return default
-    for param, values in spec.space.items():
-        for value in sorted(values, key=lambda v: _value_distance(v, default[param])):
-            trial = {**default, param: value}
-            if _is_valid(spec, trial, problem, limits):
-                return trial
-    shrunk = dict(default)
-    for param, values in spec.space.items():
-        shrunk[param] = min(values, key=_smallness)
-        if _is_valid(spec, shrunk, problem, limits):
-            return shrunk
-    return default
-
-
-def _is_valid(spec: KernelSpec, config: Config, problem: Problem, limits: DeviceLimits) -> bool:
-    try:
-        return spec.check(config, problem, limits) is None
-    except Exception:  # a check that cannot judge this problem does not vouch for the config
-        return False
-
-
-def _value_distance(value: Any, default: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 < default:
-        return abs(math.log2(value) - math.log2(default))
-    return 0.0 if value == default else math.inf
-
-
-def _smallness(value: Any) -> tuple:
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (0, value) if numeric else (1, str(value))
 
 
 def _normalise(spec: KernelSpec, problem: Problem) -> Problem:

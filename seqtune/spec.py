@@ -157,6 +157,33 @@ class KernelSpec:
             key["dtype"] = dtype_name(key["dtype"])
         return key
 
+    def default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
+        """What runs without tuning: the default config if it is valid for ``problem`` on a
+        device with ``limits``, else a valid one close to it (first one knob changed, nearest
+        values first; then knobs moved to their smallest values one after another, since what
+        makes a config invalid is nearly always too large a tile or too many stages). A few
+        dozen checks at most, so a new shape never stalls the launch path."""
+        default = dict(self.default_config)
+        if self._is_valid(default, problem, limits):
+            return default
+        for param, values in self.space.items():
+            for value in sorted(values, key=lambda v: _value_distance(v, default[param])):
+                trial = {**default, param: value}
+                if self._is_valid(trial, problem, limits):
+                    return trial
+        shrunk = dict(default)
+        for param, values in self.space.items():
+            shrunk[param] = min(values, key=_smallness)
+            if self._is_valid(shrunk, problem, limits):
+                return shrunk
+        return default
+
+    def _is_valid(self, config: Config, problem: Problem, limits: DeviceLimits) -> bool:
+        try:
+            return self.check(config, problem, limits) is None
+        except Exception:  # a check that cannot judge this problem does not vouch for it
+            return False
+
     def validate_config(self, config: Mapping[str, Any]) -> Config:
         """A full config from a partial one (missing knobs take the default), or ValueError."""
         unknown = set(config) - set(self.space)
@@ -168,6 +195,17 @@ class KernelSpec:
             if value not in self.space[key]:
                 raise ValueError(f"{self.name}: {key}={value!r} is not one of {self.space[key]}")
         return full
+
+
+def _value_distance(value: Any, default: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 < default:
+        return abs(math.log2(value) - math.log2(default))
+    return 0.0 if value == default else math.inf
+
+
+def _smallness(value: Any) -> tuple:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value) if numeric else (1, str(value))
 
 
 def next_power_of_2(n: int) -> int:

@@ -67,7 +67,7 @@ def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     """Valid configs: the default first, then the rest in a seeded shuffle, so that a
     ``--max-configs`` cut samples the whole space rather than one corner of it."""
     pinned = pinned_params(spec, device)
-    default = dict(spec.default_config)
+    default = spec.default_for(problem, device.limits)
     configs = [c for c in spec.configs() if all(c[p] == default[p] for p in pinned)]
     valid = [c for c in configs if spec.check(c, problem, device.limits) is None]
     head, rest = [c for c in valid if c == default], [c for c in valid if c != default]
@@ -139,12 +139,13 @@ class Tuner:
         space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages))
         strategy.search(space, evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())
-        winner, ties, noise = self._select(spec, runner, candidates)
-        default = evaluated.get(config_key(spec.default_config))
+        winner, ties, noise = self._select(spec.default_for(problem, self.device.limits), runner,
+                                           candidates)
+        default = evaluated.get(config_key(spec.default_for(problem, self.device.limits)))
         return ProblemResult(spec.name, problem, winner, default, candidates, ties,
                              noise, skipped_by_budget=len(order) - len(candidates))
 
-    def _select(self, spec: KernelSpec, runner: Runner,
+    def _select(self, default: Config, runner: Runner,
                 candidates: list[Candidate]) -> tuple[Candidate | None, int, float]:
         """The fastest config, unless others are within the noise: then re-time those near-ties
         (interleaved, so drift hits all alike) and prefer the default, then the simplest."""
@@ -157,7 +158,6 @@ class Tuner:
                 for candidate in near:
                     candidate.timing = _combine(candidate.timing, runner.retime(candidate.config))
             near, noise = _near_ties(ok)
-        default = dict(spec.default_config)
         winner = min(near, key=lambda c: (c.config != default, complexity(c.config), c.median))
         return winner, len(near), noise
 
