@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from seqtune.launch import Launch, capture_launches
-from seqtune.spec import Config, DeviceLimits, KernelSpec, Problem
+from seqtune.spec import INTERPRETER_LIMITS, Config, DeviceLimits, KernelSpec, Problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +201,11 @@ def compile_launch(launch: Launch, target: Target, cache_dir: Path | None) -> La
 
 
 def default_cache_dir() -> Path:
+    """``$SEQTUNE_COMPILE_CACHE`` or the user cache dir's ``compile/``."""
     import platformdirs
 
+    if os.environ.get("SEQTUNE_COMPILE_CACHE"):
+        return Path(os.environ["SEQTUNE_COMPILE_CACHE"])
     return Path(platformdirs.user_cache_dir("seqtune")) / "compile"
 
 
@@ -266,23 +269,71 @@ def _check_by_name(item: tuple[str, Problem, Config, Target]) -> CheckResult:
     return check_config(get_spec(name), problem, config, target)
 
 
-def resource_pruner(target: Target, keep_spilling: bool = False):
-    """A tuner pruner: configs that do not compile or fit ``target`` (or spill, unless
-    ``keep_spilling``) are skipped before launch, from cached compile facts."""
+class CompileAhead:
+    """Compiles a problem's candidate configs for a target in a pool of ``jobs`` processes
+    before any is timed (they share Triton's on-disk cache, so the launch that follows finds its
+    binary ready and a GPU never waits on the compiler), then answers the tuner's pruning
+    questions from the results: configs that do not compile, do not fit the target, or spill
+    (unless ``keep_spilling``) are never launched. ``compile_s`` is the wall time spent here."""
 
-    def prune(spec: KernelSpec, problem: Problem, config: Config,
-              inputs: dict) -> tuple[str, str] | None:
-        result = check_config(spec, problem, config, target, inputs=inputs)
+    def __init__(self, target: Target, jobs: int, keep_spilling: bool = False):
+        self.target, self.jobs, self.keep_spilling = target, jobs, keep_spilling
+        self.results: dict[tuple, CheckResult] = {}
+        self.compile_s = 0.0
+        self._pool = None
+
+    def prepare(self, spec: KernelSpec, problem: Problem, configs: list[Config]) -> None:
+        import time
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        todo = [c for c in configs if self._key(spec, problem, c) not in self.results]
+        if not todo:
+            return
+        start = time.perf_counter()
+        if self._pool is None:
+            # spawn: children start clean, without this process's interpreted kernels
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
+                                             initializer=_worker_init)
+        work = [(spec.name, compile_problem(spec, problem, c), c, self.target) for c in todo]
+        for config, result in zip(todo, self._pool.map(_check_by_name, work)):
+            self.results[self._key(spec, problem, config)] = result
+        self.compile_s += time.perf_counter() - start
+
+    def verdict(self, spec: KernelSpec, problem: Problem,
+                config: Config) -> tuple[str, str] | None:
+        """None to launch ``config``, else (failure kind, reason) to skip it."""
+        result = self.results.get(self._key(spec, problem, config))
+        if result is None:
+            return None
         if result.reasons:
             return "resources", "; ".join(result.reasons)
         if not result.compiled:
             return "compile", result.error or "does not compile"
-        if result.spills and not keep_spilling:
+        if result.spills and not self.keep_spilling:
             spilled = max(r.spill_bytes for r in result.launches)
-            return "resources", f"spills {spilled} B of registers on {target.name}"
+            return "resources", f"spills {spilled} B of registers on {self.target.name}"
         return None
 
-    return prune
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    @staticmethod
+    def _key(spec: KernelSpec, problem: Problem, config: Config) -> tuple:
+        return spec.name, tuple(sorted(problem.items())), tuple(sorted(config.items()))
+
+
+def compile_problem(spec: KernelSpec, problem: Problem, config: Config) -> Problem:
+    """A smaller problem that compiles to the same code as ``problem`` for ``config``: sizes
+    capped (code depends on dtypes, flags and alignment, not on lengths), with the cap raised
+    until the config is valid for it, so no one pays for full-size inputs just to compile."""
+    for cap in (REPRESENTATIVE_SIZE_CAP, 4 * REPRESENTATIVE_SIZE_CAP, 16 * REPRESENTATIVE_SIZE_CAP):
+        capped = {k: min(v, cap) if k in spec.size_fields else v for k, v in problem.items()}
+        if spec._is_valid(config, capped, INTERPRETER_LIMITS):
+            return capped
+    return problem
 
 
 def target_of_device(name: str, capability: str, shared_memory_per_block: int) -> Target:

@@ -74,6 +74,11 @@ def tune(
                                     "this many seconds."),
     resume: bool = typer.Option(False, "--resume", help="Reuse what the last (interrupted) tune "
                                 "measured, from the tuning log."),
+    jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Processes compiling candidates "
+                             "ahead of timing."),
+    compile_target: Optional[str] = typer.Option(None, help="On the interpreter: also compile "
+                                                 "every candidate for this GPU target (sm_80, "
+                                                 "sm_90, ...) and skip what would not fit it."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile."""
     from seqtune.run import TuneOptions, run_tune
@@ -94,8 +99,15 @@ def tune(
         err.print("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny preset "
                   "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
                   "defaults).")
+    if compile_target is not None:
+        from seqtune.check import target_named
+
+        try:
+            target_named(compile_target)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
-                          isolate, timeout_s, resume)
+                          isolate, timeout_s, resume, jobs=jobs, compile_target=compile_target)
     try:
         results = run_tune(specs, device, options, console=err if as_json else out)
     except KeyboardInterrupt:

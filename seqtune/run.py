@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from rich.table import Table
 
 from seqtune.device import DeviceInfo, detect_device, runtime_device
 from seqtune.journal import TuningLog, log_path, read_log
-from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup, pruner_for
+from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup
 from seqtune.search import config_key, make_strategy
 from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
@@ -36,6 +38,8 @@ class TuneOptions:
     timeout_s: float = 600.0
     resume: bool = False
     strategy: str | None = None
+    jobs: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    compile_target: str | None = None
 
 
 def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
@@ -51,11 +55,12 @@ def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
     log = TuningLog(log_path(folder, device.key), run_id=uuid.uuid4().hex[:12])
     known = resumable_candidates(log.path) if options.resume else {}
     budget = Budget(options.budget_s, options.max_configs)
-    setup = WorkerSetup(device, options.seed, options.keep_spilling)
-    worker = CandidateWorker(setup, options.timeout_s) if options.isolate else None
-    tuner = Tuner(device, timer, budget, seed=options.seed, prune=pruner_for(setup),
+    worker = (CandidateWorker(WorkerSetup(device, options.seed), options.timeout_s)
+              if options.isolate else None)
+    compile_ahead = _compile_ahead(device, options)
+    tuner = Tuner(device, timer, budget, seed=options.seed,
                   make_runner=(lambda spec, problem: IsolatedRunner(worker, spec, problem))
-                  if worker else None, known=known)
+                  if worker else None, known=known, compile_ahead=compile_ahead)
     problems = []
     try:
         with progress_bar(console) as progress:
@@ -66,6 +71,8 @@ def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
     finally:
         if worker is not None:
             worker.close()
+        if compile_ahead is not None:
+            compile_ahead.close()
     console.print(_summary_table(problems, label))
     console.print(f"profile: {path}")
     console.print(f"tuning log: {log.path}")
@@ -92,16 +99,36 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
 
     tuner.on_candidate = journal
     strategy = make_strategy(options.strategy) if options.strategy else None
+    compiled_before = tuner.compile_ahead.compile_s if tuner.compile_ahead else 0.0
+    started = time.perf_counter()
     result = tuner.tune(spec, problem, strategy)
+    compile_s = (tuner.compile_ahead.compile_s if tuner.compile_ahead else 0.0) - compiled_before
     progress.update(task, total=len(result.candidates))
     summary = {"kernel": spec.name, "problem": spec.bucket(problem), "winner": None,
-               "tried": len(result.candidates), "failed": result.failed}
+               "tried": len(result.candidates), "failed": result.failed,
+               "compile_s": round(compile_s, 3),
+               "benchmark_s": round(time.perf_counter() - started - compile_s, 3)}
     if result.winner is not None:
         entry = entry_for(spec, result, label, triton.__version__, source_hash(spec.name))
         save_entries(path, device.as_dict(), spec.name, source_hash(spec.name), [entry])
         summary.update(winner=entry["config"], time_us=entry["time_us"],
                        speedup_vs_default=entry["speedup_vs_default"])
     return summary
+
+
+def _compile_ahead(device: DeviceInfo, options: TuneOptions):
+    """Parallel compilation ahead of timing: always on a GPU (for its own target); on the
+    interpreter only when asked (``--compile-target``), to prune by a real GPU's limits."""
+    from seqtune.check import CompileAhead, target_named, target_of_device
+
+    if device.backend == "cuda":
+        target = target_of_device(device.name, device.compute_capability,
+                                  device.shared_memory_per_block)
+    elif options.compile_target:
+        target = target_named(options.compile_target)
+    else:
+        return None
+    return CompileAhead(target, options.jobs, options.keep_spilling)
 
 
 def resumable_candidates(path: Path) -> dict[tuple, dict[tuple, Candidate]]:
@@ -143,20 +170,25 @@ def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:
     from seqtune.timing import INTERPRETER_LABEL
 
     caption = f"times are {INTERPRETER_NOTE}" if label == INTERPRETER_LABEL else "do_bench median"
+    compile_s = sum(p["compile_s"] for p in problems)
+    benchmark_s = sum(p["benchmark_s"] for p in problems)
+    caption += f"; compiling {compile_s:.1f} s, benchmarking {benchmark_s:.1f} s"
     table = Table(title="seqtune tune: summary", caption=caption)
     for column in ("kernel", "problem", "best config", "median µs", "vs default", "tried",
-                   "failed"):
+                   "failed", "compile s", "bench s"):
         table.add_column(column, overflow="fold")
     for p in problems:
         failed = ", ".join(f"{k} {v}" for k, v in p["failed"].items() if v) or "-"
+        seconds = (f"{p['compile_s']:.1f}", f"{p['benchmark_s']:.1f}")
         if p["winner"] is None:
             table.add_row(p["kernel"], format_problem(p["problem"]), "[red]no valid config[/]",
-                          "-", "-", str(p["tried"]), failed)
+                          "-", "-", str(p["tried"]), failed, *seconds)
             continue
         speedup = p["speedup_vs_default"]
         table.add_row(p["kernel"], format_problem(p["problem"]), format_config(p["winner"]),
                       f"{p['time_us']['median']:.1f}",
-                      "n/a" if speedup is None else f"{speedup:.2f}x", str(p["tried"]), failed)
+                      "n/a" if speedup is None else f"{speedup:.2f}x", str(p["tried"]), failed,
+                      *seconds)
     return table
 
 

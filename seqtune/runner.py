@@ -34,8 +34,8 @@ class Candidate:
         return self.timing.median_us if self.timing else float("inf")
 
 
-# (spec, problem, config, inputs) -> None to run the config, or (failure kind, reason) to skip.
-Pruner = Callable[[KernelSpec, Problem, Config, dict], "tuple[str, str] | None"]
+# (spec, problem, config) -> None to run the config, or (failure kind, reason) to skip it.
+Pruner = Callable[[KernelSpec, Problem, Config], "tuple[str, str] | None"]
 
 
 class Runner(Protocol):
@@ -68,17 +68,13 @@ class InProcessRunner:
     """Checks each config against the reference with NaN-poisoned outputs, then times it."""
 
     def __init__(self, spec: KernelSpec, problem: Problem, device: DeviceInfo, timer: Timer,
-                 seed: int = 0, prune: Pruner | None = None):
-        self.spec, self.problem, self.timer, self.prune = spec, problem, timer, prune
+                 seed: int = 0):
+        self.spec, self.problem, self.timer = spec, problem, timer
         self.inputs = spec.make_inputs(problem, device.torch_device, seed)
         self.reference = spec.reference(self.inputs)
 
     def evaluate(self, config: Config) -> Candidate:
         spec, inputs = self.spec, self.inputs
-        if self.prune is not None:
-            verdict = self.prune(spec, self.problem, config, inputs)
-            if verdict is not None:  # never launched: it would not compile, fit or run well
-                return Candidate(config, verdict[0], error=verdict[1])
         try:
             agreement = check_case(spec, self.problem, config, inputs=inputs,
                                    reference=self.reference)
@@ -103,7 +99,6 @@ class WorkerSetup:
 
     device: DeviceInfo
     seed: int
-    keep_spilling: bool
 
 
 class CandidateWorker:
@@ -185,7 +180,6 @@ def _serve(connection, setup: WorkerSetup) -> None:
     from seqtune.timing import timer_for
 
     timer = timer_for(setup.device.backend)[0]
-    prune = pruner_for(setup)
     runners: dict[str, InProcessRunner] = {}
     while True:
         try:
@@ -197,22 +191,9 @@ def _serve(connection, setup: WorkerSetup) -> None:
             if key not in runners:
                 runners.clear()  # one problem at a time: free the previous inputs
                 runners[key] = InProcessRunner(get_spec(kernel), problem, setup.device, timer,
-                                               setup.seed, prune)
+                                               setup.seed)
             runner = runners[key]
             answer = runner.evaluate(config) if kind == "evaluate" else runner.retime(config)
         except Exception as exc:
             answer = (classify_failure(exc), one_line(exc))
         connection.send(answer)
-
-
-def pruner_for(setup: WorkerSetup) -> Pruner | None:
-    """On a GPU, configs are compiled (cached) and checked against the device before launch;
-    the interpreter has no resources to exceed."""
-    device = setup.device
-    if device.backend != "cuda":
-        return None
-    from seqtune.check import resource_pruner, target_of_device
-
-    target = target_of_device(device.name, device.compute_capability,
-                              device.shared_memory_per_block)
-    return resource_pruner(target, setup.keep_spilling)

@@ -103,18 +103,23 @@ class Tuner:
                  on_candidate: Callable[[Candidate], None] | None = None, seed: int = 0,
                  prune: Pruner | None = None,
                  make_runner: Callable[[KernelSpec, Problem], Runner] | None = None,
-                 known: dict[tuple, dict[tuple, Candidate]] | None = None):
+                 known: dict[tuple, dict[tuple, Candidate]] | None = None,
+                 compile_ahead: Any = None):
         """``make_runner`` decides where candidates run (default: in this process, timed by
-        ``timer``, pruned by ``prune``); ``known`` holds candidates measured by an earlier,
-        interrupted tune, keyed by ``(kernel, problem key)`` then config key: they are reused,
-        not measured again."""
+        ``timer``); ``prune`` skips configs before they are launched; ``known`` holds candidates
+        measured by an earlier, interrupted tune, keyed by ``(kernel, problem key)`` then config
+        key: they are reused, not measured again; ``compile_ahead`` (a
+        ``seqtune.check.CompileAhead``) compiles a problem's candidates in parallel first and
+        prunes by what the compiler says."""
         self.device = device
         self.budget = budget
         self.on_candidate = on_candidate or (lambda candidate: None)
         self.seed = seed
         self.make_runner = make_runner or (lambda spec, problem: InProcessRunner(
-            spec, problem, device, timer, seed, prune))
+            spec, problem, device, timer, seed))
         self.known = known or {}
+        self.prunes = [p for p in (prune, compile_ahead and compile_ahead.verdict) if p]
+        self.compile_ahead = compile_ahead
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
@@ -122,6 +127,8 @@ class Tuner:
         that allow it, else exhaustive) and select the winner."""
         runner = self.make_runner(spec, problem)
         order = candidate_order(spec, problem, self.device, self.seed)
+        if self.compile_ahead is not None:
+            self.compile_ahead.prepare(spec, problem, order)
         evaluated: dict[tuple, Candidate] = {}
         known = self.known.get((spec.name, problem_key(spec.bucket(problem))), {})
 
@@ -130,7 +137,8 @@ class Tuner:
             if key not in evaluated:
                 if not self.budget.allows(len(evaluated)):
                     return None
-                evaluated[key] = known.get(key) or runner.evaluate(config)
+                evaluated[key] = (known.get(key) or self._pruned(spec, problem, config)
+                                  or runner.evaluate(config))
                 self.on_candidate(evaluated[key])
             return evaluated[key].median
 
@@ -144,6 +152,14 @@ class Tuner:
         default = evaluated.get(config_key(spec.default_for(problem, self.device.limits)))
         return ProblemResult(spec.name, problem, winner, default, candidates, ties,
                              noise, skipped_by_budget=len(order) - len(candidates))
+
+    def _pruned(self, spec: KernelSpec, problem: Problem, config: Config) -> Candidate | None:
+        """A failed candidate for a config that must not be launched, else None."""
+        for prune in self.prunes:
+            verdict = prune(spec, problem, config)
+            if verdict is not None:  # never launched: it would not compile, fit or run well
+                return Candidate(config, verdict[0], error=verdict[1])
+        return None
 
     def _select(self, default: Config, runner: Runner,
                 candidates: list[Candidate]) -> tuple[Candidate | None, int, float]:

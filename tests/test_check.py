@@ -41,26 +41,28 @@ def test_oversized_config_is_reported_as_not_fitting():
         assert "shared memory" in " ".join(r["reasons"])
 
 
-def test_tuner_pruner_skips_the_oversized_config_before_launch():
+def test_compile_ahead_prunes_the_oversized_config_before_launch():
     script = textwrap.dedent("""
         import json
-        from seqtune.check import TARGETS, resource_pruner
+        from seqtune.check import TARGETS, CompileAhead
         from seqtune.registry import get_spec
         spec = get_spec("attention")
         problem = {"B": 1, "T": 512, "S": 512, "Hq": 4, "Hkv": 2, "D": 128, "causal": True,
                    "dtype": "bfloat16", "score": "softmax"}
-        inputs = spec.make_inputs(problem, "cpu", 0)
-        prune = resource_pruner(TARGETS["sm_80"])
         big = spec.validate_config({"BLOCK_M": 128, "BLOCK_N": 128, "num_stages": 4})
-        print(json.dumps([prune(spec, problem, big, inputs),
-                          prune(spec, problem, dict(spec.default_config), inputs)]))
+        default = dict(spec.default_config)
+        ahead = CompileAhead(TARGETS["sm_80"], jobs=2)
+        ahead.prepare(spec, problem, [big, default])
+        print(json.dumps([ahead.verdict(spec, problem, big),
+                          ahead.verdict(spec, problem, default), ahead.compile_s > 0]))
+        ahead.close()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=ENV, timeout=600)
+                          env={**ENV, "TRITON_INTERPRET": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    oversized, default = json.loads(done.stdout.strip().splitlines()[-1])
+    oversized, default, timed = json.loads(done.stdout.strip().splitlines()[-1])
     assert oversized[0] == "resources" and "shared memory" in oversized[1]
-    assert default is None
+    assert default is None and timed
 
 
 @pytest.mark.parametrize("args, message", [

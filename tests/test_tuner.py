@@ -180,7 +180,7 @@ def test_pruned_configs_are_recorded_and_never_launched(toy_registry):
         launched.append(config["BLOCK"])
         return toy_registry.run(inputs, config)
 
-    def prune(spec, problem, config, inputs):
+    def prune(spec, problem, config):
         return ("resources", "shared memory 300000 B > 232448 B") if config["BLOCK"] == 64 else None
 
     spec = dataclasses.replace(toy_registry, run=run)
