@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from seqtune.device import DeviceInfo, telemetry
 from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.timing import Timer, Timing
-from seqtune.verify import check_case
+from seqtune.verify import check_case, reference_outputs
 
 
 @dataclasses.dataclass
@@ -71,13 +71,15 @@ class InProcessRunner:
                  seed: int = 0):
         self.spec, self.problem, self.timer = spec, problem, timer
         self.inputs = spec.make_inputs(problem, device.torch_device, seed)
-        self.reference = spec.reference(self.inputs)
+        self.reference, self.tolerance = reference_outputs(spec, problem, self.inputs,
+                                                           device.limits, device.torch_device,
+                                                           seed)
 
     def evaluate(self, config: Config) -> Candidate:
         spec, inputs = self.spec, self.inputs
         try:
             agreement = check_case(spec, self.problem, config, inputs=inputs,
-                                   reference=self.reference)
+                                   reference=self.reference, tolerance=self.tolerance)
         except Exception as exc:  # any failure of a candidate is recorded; the tune goes on
             return Candidate(config, classify_failure(exc), error=one_line(exc))
         if not agreement.ok:

@@ -7,7 +7,8 @@ from typing import Mapping
 import torch
 
 from seqtune.launch import poisoned_outputs
-from seqtune.spec import Config, KernelSpec, Outputs, Problem, Tolerance, dtype_name
+from seqtune.spec import (Config, DeviceLimits, KernelSpec, Outputs, Problem, Tolerance,
+                          dtype_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +56,45 @@ def tolerance_for(spec: KernelSpec, problem: Problem) -> Tolerance:
 
 def check_case(spec: KernelSpec, problem: Problem, config: Config, device: str = "cpu",
                seed: int = 0, reference: Outputs | None = None,
-               inputs: Mapping | None = None) -> Agreement:
-    """Run ``config`` on ``problem`` with NaN-poisoned outputs and compare to the reference."""
+               inputs: Mapping | None = None, tolerance: Tolerance | None = None) -> Agreement:
+    """Run ``config`` on ``problem`` with NaN-poisoned outputs and compare to the reference
+    (the spec's float64 reference unless given), within the dtype's tolerance unless given."""
     inputs = dict(inputs) if inputs is not None else spec.make_inputs(problem, device, seed)
     if reference is None:
         reference = spec.reference(inputs)
     with poisoned_outputs():
         outputs = spec.run(inputs, config)
-    return compare(outputs, reference, tolerance_for(spec, problem))
+    return compare(outputs, reference, tolerance or tolerance_for(spec, problem))
+
+
+# Above this many FLOPs the float64 reference (naive, often on the CPU) would take minutes to
+# hours; such problems are checked against the verified untuned config instead.
+REFERENCE_FLOP_LIMIT = 2e10
+# Size cap of the small twin problem on which the untuned config is checked in float64.
+TWIN_SIZE_CAP = 256
+
+
+class ReferenceError(RuntimeError):
+    """The untuned config disagrees with the float64 reference: nothing can be trusted."""
+
+
+def reference_outputs(spec: KernelSpec, problem: Problem, inputs: Mapping, limits: DeviceLimits,
+                      device: str, seed: int = 0) -> tuple[Outputs, Tolerance | None]:
+    """What candidates are compared with, and the tolerance (None: the dtype's).
+
+    Small problems: the spec's float64 reference. Large ones: the output of the untuned config
+    (``spec.default_for``) on the same inputs, after that config was itself checked against the
+    float64 reference on a small twin problem (same dtypes and flags, sizes capped); candidate
+    and untuned config both carry rounding error, so the tolerance is doubled."""
+    if spec.flops(problem) <= REFERENCE_FLOP_LIMIT:
+        return spec.reference(inputs), None
+    twin = {k: min(v, TWIN_SIZE_CAP) if k in spec.size_fields else v for k, v in problem.items()}
+    untuned_twin = spec.default_for(twin, limits)
+    agreement = check_case(spec, twin, untuned_twin, device=device, seed=seed)
+    if not agreement.ok:
+        raise ReferenceError(f"{spec.name}: untuned config {untuned_twin} disagrees with the "
+                             f"float64 reference on {twin}: {agreement.detail}")
+    with poisoned_outputs():
+        outputs = spec.run(dict(inputs), spec.default_for(problem, limits))
+    tol = tolerance_for(spec, problem)
+    return tuple(o.detach().double() for o in outputs), Tolerance(2 * tol.atol, 2 * tol.rtol)

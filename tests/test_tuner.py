@@ -189,3 +189,31 @@ def test_pruned_configs_are_recorded_and_never_launched(toy_registry):
     assert 64 not in launched
     assert result.failed["resources"] == 2
     assert result.winner.config["BLOCK"] == 16
+
+
+def test_large_problems_are_checked_against_the_verified_untuned_config(toy_registry):
+    import dataclasses
+    import torch
+    from seqtune.verify import reference_outputs
+
+    big = dataclasses.replace(toy_registry, flops=lambda problem: 1e15)
+    problem = {"N": 4096, "dtype": "bfloat16"}
+    inputs = big.make_inputs(problem, "cpu", 0)
+    reference, tolerance = reference_outputs(big, problem, inputs, DEVICE.limits, "cpu")
+    assert reference[0].dtype == torch.float64
+    assert tolerance.rtol == 2 * big.tolerances["bfloat16"].rtol
+    # the untuned output on bf16 inputs, not the float64 product
+    expected = big.run(inputs, big.default_for(problem, DEVICE.limits))[0].double()
+    assert torch.equal(reference[0], expected)
+
+
+def test_a_wrong_untuned_config_stops_a_large_problem(toy_registry):
+    import dataclasses
+    from seqtune.verify import ReferenceError, reference_outputs
+
+    broken = dataclasses.replace(toy_registry, flops=lambda problem: 1e15,
+                                 default_config={**toy_registry.default_config, "SKIP_TAIL": True})
+    problem = {"N": 4096, "dtype": "float32"}
+    with pytest.raises(ReferenceError, match="disagrees with the float64 reference"):
+        reference_outputs(broken, problem, broken.make_inputs(problem, "cpu", 0), DEVICE.limits,
+                          "cpu")
