@@ -23,8 +23,10 @@ of value head ``h`` is ``h // QK_GROUP`` (grouped B/C in SSD). ``VSCALE`` multip
 per-step, per-head factor (SSD's dt) as it is loaded; ``HAS_D`` adds ``D[h] * v`` (unscaled) to
 the output (SSD's skip term).
 
-Batch*head program ids are int64: the per-chunk state buffer passes 2^31 elements for long
-sequences with large heads, and every offset derives from them.
+The states before each chunk are stored in the input dtype (the output kernel's dot takes them
+in it anyway); the running state and the final state are fp32. Batch*head program ids are
+int64: that buffer passes 2^31 elements for long sequences with large heads, and every offset
+derives from them.
 
 Dots take operands in the input dtype (bf16/fp16 tensor cores) with fp32 accumulation; fp32
 inputs use ``input_precision="ieee"`` (exact fp32, no TF32), so fp32 is a verification dtype.
@@ -274,14 +276,17 @@ def _gate_strides(g: torch.Tensor | None) -> tuple[int, int, int, int]:
     return strides if len(strides) == 4 else strides + (0,)
 
 
-def dot_type(dtype: torch.dtype, kernel: object = _state_kernel) -> tl.dtype:
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def dot_type(dtype: torch.dtype) -> tl.dtype:
     """The dtype dot operands are cast to: the input dtype, but fp32 for bf16 under the Triton
     interpreter, which multiplies bf16 operands as their raw uint16 storage (triton 3.9). The
     upcast is exact (bf16 products are exact in fp32), so the interpreter computes what the GPU
     does."""
-    if dtype == torch.bfloat16 and isinstance(kernel, InterpretedFunction):
+    if dtype == torch.bfloat16 and isinstance(_state_kernel, InterpretedFunction):
         return tl.float32
-    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+    return _TL_DTYPES[dtype]
 
 
 def run_chunked(r: Recurrence, config: dict, output_final_state: bool

@@ -27,9 +27,10 @@ from seqtune.kernels.linear_attention.reference import (linear_attention_referen
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
-# Pipelining depths per stage: the state loop runs over the chunks, the others over K tiles.
-# Two warps and unpipelined loops (one stage) lose on tensor-core tiles and are left out, which
-# keeps the space at ~62k configs.
+# Pipelining depths per stage: intra's loop runs over a few K tiles (1 or 2 stages), the state
+# loop over every chunk and the output loop over K tiles feeding its dots (2 or 3 stages). Two
+# warps are left out (too few for the tensor-core tiles here), which keeps the space at ~62k
+# configs.
 WARPS = (4, 8)
 # Every tile is >= 16, so every tl.dot dimension meets Triton's minimum of 16 by construction.
 SPACE: dict[str, tuple] = {
@@ -78,11 +79,11 @@ def _tile_limit(size: int, smallest: int) -> int:
 def _shared_memory(config: Config, K: int, gate: str, itemsize: int) -> int:
     """Estimated shared memory of the largest of the three kernels, in bytes.
 
-    Per kernel, the larger of its main loop and its epilogue (Triton reuses the buffers): the
-    loop holds num_stages - 1 buffers of each iteration's loads (none when the loop is not
+    Per kernel, the larger of its main loop and its epilogue (Triton reuses the buffers): a loop
+    over K holds num_stages - 1 buffers of each iteration's loads (none when it is not
     pipelined: one stage, or a single iteration) plus the dot operands staged once; the
-    epilogue holds its operands and the fp32 accumulator for layout conversion. Matches the
-    sm_90/sm_80 compiler's figures on sampled configs, or overestimates them.
+    epilogue holds its operands and the fp32 accumulator for layout conversion. Fitted to the
+    sm_90/sm_80 compiler's figures on sampled configs, which it matches or overestimates.
     """
     BT = config["BT"]
     decay = 0 if gate == "none" else 4  # bytes per element of a (fp32) log-decay tile
@@ -98,8 +99,11 @@ def _shared_memory(config: Config, K: int, gate: str, itemsize: int) -> int:
     else:
         intra = max((buffers("intra", k_steps) + 1) * 2 * BT * bk * itemsize, BT * BT * 4)
     bk, bv = config["h.BK"], config["h.BV"]
-    loads = BT * (bk + bv) * itemsize + BT * (bk if gate == "channel" else 1) * decay
-    state = max(buffers("h", 2) * loads + BT * (bk + bv) * itemsize, bk * bv * 4)
+    # the state loop keeps num_stages buffers of k and v, one fewer of g, and a transposed k
+    g_tile = BT * (bk if gate == "channel" else 1) * decay
+    kv_tile = BT * (bk + bv) * itemsize
+    state = max(config["h.num_stages"] * kv_tile + (config["h.num_stages"] - 1) * g_tile
+                + BT * bk * itemsize, bk * bv * 4)
     bk, bv = config["o.BK"], config["o.BV"]
     loads = (BT * bk + bk * bv) * itemsize + (BT * bk * decay if gate == "channel" else 0)
     output = max(buffers("o", -(-K // bk)) * loads + (BT * bk + bk * bv) * itemsize,
@@ -107,21 +111,31 @@ def _shared_memory(config: Config, K: int, gate: str, itemsize: int) -> int:
     return max(intra, state, output)
 
 
-# Threads hold a stage's fp32 accumulator tile; past this many elements per thread the compiler
-# spills (seen on sm_90/sm_80 for a [128, 128] tile on 4 warps).
-MAX_ACCUMULATOR_PER_THREAD = 64
+# Threads hold a stage's fp32 tiles (accumulator, and the decay tile of per-channel decay), and
+# for fp32 inputs the dot operands too (exact fp32 dots run on FMA units from registers); past
+# this many values per thread the compiler spills (seen on sm_90/sm_80: a [128, 128] state on 4
+# warps, or on 8 warps beside a [128, 128] decay tile; fp32 [128, 128] dots spill tens of KB).
+MAX_FP32_PER_THREAD = 80
 
 
-def _registers(config: Config, gate: str) -> str | None:
-    """A reason when a stage's fp32 accumulator needs more registers per thread than fit."""
+def _registers(config: Config, gate: str, itemsize: int) -> str | None:
+    """A reason when a stage's fp32 tiles need more registers per thread than fit."""
     BT = config["BT"]
-    tiles = {"intra": (SUB if gate == "channel" else BT) * BT,
-             "h": config["h.BK"] * config["h.BV"], "o": BT * config["o.BV"]}
-    for stage, elements in tiles.items():
-        per_thread = elements // (32 * config[f"{stage}.num_warps"])
-        if per_thread > MAX_ACCUMULATOR_PER_THREAD:
-            return (f"the {stage} accumulator needs {per_thread} registers per thread "
-                    f"(more than {MAX_ACCUMULATOR_PER_THREAD}): more warps or smaller tiles")
+    channel = gate == "channel"
+    fma_dots = itemsize == 4
+    bk = config["intra.BK"]
+    intra = (SUB * BT + BT * bk + fma_dots * (SUB + BT) * bk if channel
+             else BT * BT + fma_dots * 2 * BT * bk)
+    bk, bv = config["h.BK"], config["h.BV"]
+    state = bk * bv + channel * BT * bk + fma_dots * BT * (bk + bv)
+    bk, bv = config["o.BK"], config["o.BV"]
+    output = (BT * bv + channel * BT * bk
+              + fma_dots * max(BT * bk + bk * bv, BT * BT + BT * bv))
+    for stage, values in (("intra", intra), ("h", state), ("o", output)):
+        per_thread = values // (32 * config[f"{stage}.num_warps"])
+        if per_thread > MAX_FP32_PER_THREAD:
+            return (f"the {stage} stage holds {per_thread} fp32 values per thread (more than "
+                    f"{MAX_FP32_PER_THREAD}): more warps or smaller tiles")
     return None
 
 
@@ -135,10 +149,10 @@ def _check(config: Config, T: int, K: int, V: int, gate: str, dtype: str,
         limit = _tile_limit(size, min(SPACE[knob]))
         if config[knob] > limit:
             return f"{knob}={config[knob]} exceeds the padded {dim}={limit}"
-    reason = _registers(config, gate)
+    itemsize = DTYPES[dtype].itemsize
+    reason = _registers(config, gate, itemsize)
     if reason is not None:
         return reason
-    itemsize = DTYPES[dtype].itemsize
     return shared_memory_fits(_shared_memory(config, K, gate, itemsize), limits)
 
 
