@@ -11,6 +11,7 @@ import torch
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
+from seqtune.kernels.linear_scan.baselines import BASELINES
 from seqtune.kernels.linear_scan.op import linear_scan
 
 SPACE = {
@@ -145,4 +146,5 @@ SPECS = (KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     problem_defaults={"initial_state": False},
+    baselines=BASELINES,
 ),)
