@@ -79,14 +79,29 @@ def tune(
     compile_target: Optional[str] = typer.Option(None, help="On the interpreter: also compile "
                                                  "every candidate for this GPU target (sm_80, "
                                                  "sm_90, ...) and skip what would not fit it."),
+    gpus: Optional[str] = typer.Option(None, help="all | 0,1,...: one worker process per local "
+                                       "GPU, each tuning its share of the problems; GPUs of "
+                                       "one name share one profile."),
+    shard: Optional[str] = typer.Option(None, help="I/N: tune only share I (from 0) of N of the "
+                                        "problems, e.g. in a job array; combine the profiles "
+                                        "with `seqtune merge`."),
+    interpreter_devices: Optional[int] = typer.Option(None, min=1, hidden=True, help="Tests: "
+                                                      "run this many interpreter workers as if "
+                                                      "they were GPUs."),
 ) -> None:
-    """Search each kernel's config space on this device and write its profile."""
-    from seqtune.run import TuneOptions, run_tune
+    """Search each kernel's config space on this device and write its profile.
+
+    Under torchrun (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) each
+    rank tunes its share and rank 0 writes the profiles."""
+    launch = _distributed_launch(gpus, shard, interpreter_devices)  # before CUDA initialises
+    from seqtune.run import TuneOptions
 
     _prepare_backend()
     from seqtune.device import detect_device
 
     device = detect_device()
+    fleet = _local_fleet(gpus, interpreter_devices, shard)
+    share = _shard(shard)
     if preset is None:
         preset = "tiny" if device.backend == "interpreter" else "default"
     if preset not in PRESETS:
@@ -107,17 +122,78 @@ def tune(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
-                          isolate, timeout_s, resume, jobs=jobs, compile_target=compile_target)
+                          isolate, timeout_s, resume, jobs=jobs, compile_target=compile_target,
+                          shard=share)
     try:
-        results = run_tune(specs, device, options, console=err if as_json else out)
+        results = _run_tune_mode(specs, device, options, launch, fleet,
+                                 console=err if as_json else out)
     except KeyboardInterrupt:
         err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
                   "finished problem in the profile; continue with the same command plus --resume.")
         raise typer.Exit(130) from None
-    if as_json:
+    if as_json and results.get("rank", 0) == 0:  # under torchrun rank 0 speaks for all
         _emit_json(results)
-    if any(r["winner"] is None for r in results["problems"]):
+    if results.get("errors") or any(r["winner"] is None for r in results["problems"]):
         raise typer.Exit(1)
+
+
+def _distributed_launch(gpus: str | None, shard: str | None, interpreter_devices: int | None):
+    """The torch.distributed launch this tune is part of, with this rank's GPU pinned; None
+    outside one."""
+    from seqtune.distributed import launch_env, pin_local_gpu
+
+    try:
+        launch = launch_env()
+        if launch is not None and (gpus or shard or interpreter_devices):
+            raise UsageError("--gpus and --shard do not combine with a torch.distributed launch: "
+                             "the launcher starts one rank per GPU and the ranks share the work")
+        if launch is not None:
+            pin_local_gpu(launch)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return launch
+
+
+def _local_fleet(gpus: str | None, interpreter_devices: int | None, shard: str | None):
+    """The devices of ``--gpus`` (or of the hidden ``--interpreter-devices``), or None."""
+    from seqtune.fleet import interpreter_devices as interpreter_fleet, local_gpus
+
+    if gpus is None and interpreter_devices is None:
+        return None
+    if gpus is not None and interpreter_devices is not None:
+        raise UsageError("--gpus and --interpreter-devices are exclusive")
+    if shard is not None:
+        raise UsageError("--shard and --gpus are exclusive: --gpus shares the work itself")
+    if interpreter_devices is not None:
+        return interpreter_fleet(interpreter_devices)
+    try:
+        return local_gpus(gpus)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from seqtune.shard import parse_shard
+
+    try:
+        return None if text is None else parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_tune_mode(specs, device, options, launch, fleet, console: Console) -> dict[str, Any]:
+    """One process, one process per local device, or one rank of a distributed launch."""
+    from seqtune.run import run_tune
+
+    if launch is not None:
+        from seqtune.distributed import run_distributed
+
+        return run_distributed(specs, device, options, launch, console)
+    if fleet is not None:
+        from seqtune.fleet import run_local_fleet
+
+        return run_local_fleet(specs, options, fleet, console)
+    return run_tune(specs, device, options, console)
 
 
 @app.command()
@@ -172,6 +248,39 @@ def report(
         out.print(profile_table(profile, path, rows))
     if compared:
         out.print(comparison_table(compared))
+
+
+@app.command()
+def merge(
+    files: list[Path] = typer.Argument(..., help="Profiles of one device to merge."),
+    output: Optional[Path] = typer.Option(None, help="Merged profile (default: "
+                                          "<profile-dir>/<device-key>.yaml); merged into when "
+                                          "it exists."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir of the default output."),
+    force: bool = typer.Option(False, "--force", help="Merge profiles of different device "
+                               "keys, under the first file's device."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Merge profiles of one device: per problem the fastest fresh entry wins, with its origin."""
+    from seqtune.merge import DeviceMismatch, merge_into
+
+    try:
+        summary = merge_into(files, output, profile_dir, force)
+    except DeviceMismatch as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        _emit_json(summary.as_dict())
+        return
+    table = Table(title=f"seqtune merge: {summary.device_key}")
+    for column in ("kernel", "entries", "in several files", "stale kept"):
+        table.add_column(column)
+    for kernel, count in summary.entries.items():
+        table.add_row(kernel, str(count), str(summary.contested[kernel]),
+                      str(summary.stale_kept[kernel]))
+    out.print(table)
+    for source, count in summary.kept_from.items():
+        out.print(f"{count} entries from {source}", highlight=False)
+    out.print(f"merged profile: {summary.output}", highlight=False)
 
 
 @app.command("list")
@@ -301,10 +410,11 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except UsageError as exc:
-        err.print(f"seqtune: error: {exc}", markup=False, highlight=False)
+        # soft_wrap: an error is one line however long its paths, not wrapped at the width
+        err.print(f"seqtune: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (Failure, ProfileError) as exc:
-        err.print(f"seqtune: error: {exc}", markup=False, highlight=False)
+        err.print(f"seqtune: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("seqtune: interrupted")
@@ -313,7 +423,7 @@ def main() -> None:
         if os.environ.get("SEQTUNE_DEBUG"):
             raise
         err.print(f"seqtune: error: {type(exc).__name__}: {exc} (SEQTUNE_DEBUG=1 for a "
-                  "traceback)", markup=False, highlight=False)
+                  "traceback)", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -15,6 +15,7 @@ from seqtune.device import DeviceInfo, detect_device, runtime_device
 from seqtune.journal import TuningLog, log_path, read_log
 from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup
 from seqtune.search import config_key, make_strategy
+from seqtune.shard import shard_work
 from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
 from seqtune.report import entry_rows, format_config, format_problem
@@ -40,6 +41,8 @@ class TuneOptions:
     strategy: str | None = None
     jobs: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     compile_target: str | None = None
+    shard: tuple[int, int] | None = None  # (index, count): tune only this shard of the work
+    run_id: str | None = None  # shared by the workers of a fleet, so --resume sees them as one
 
 
 def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
@@ -52,8 +55,8 @@ def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
     timer, label = timer_for(device.backend)
     folder = resolve_profile_dir(options.profile_dir)
     path = profile_path(folder, device.key)
-    log = TuningLog(log_path(folder, device.key), run_id=uuid.uuid4().hex[:12])
-    known = resumable_candidates(log.path) if options.resume else {}
+    log = TuningLog(log_path(folder, device.key), run_id=options.run_id or uuid.uuid4().hex[:12])
+    known = resumable_candidates(log.path, skip_run=log.run_id) if options.resume else {}
     budget = Budget(options.budget_s, options.max_configs)
     worker = (CandidateWorker(WorkerSetup(device, options.seed), options.timeout_s)
               if options.isolate else None)
@@ -64,10 +67,10 @@ def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
     problems = []
     try:
         with progress_bar(console) as progress:
-            for spec in specs:
-                for problem in spec.presets.get(options.preset, ()):
-                    problems.append(_tune_problem(tuner, spec, problem, device, options, log,
-                                                  path, progress, label))
+            for spec, problem in shard_work(specs, options.preset, options.max_configs,
+                                            options.shard):
+                problems.append(_tune_problem(tuner, spec, problem, device, options, log,
+                                              path, progress, label))
     finally:
         if worker is not None:
             worker.close()
@@ -131,8 +134,10 @@ def _compile_ahead(device: DeviceInfo, options: TuneOptions):
     return CompileAhead(target, options.jobs, options.keep_spilling)
 
 
-def resumable_candidates(path: Path) -> dict[tuple, dict[tuple, Candidate]]:
-    """The candidates journaled by the latest tune in the log whose kernel source is unchanged,
+def resumable_candidates(path: Path, skip_run: str | None = None
+                         ) -> dict[tuple, dict[tuple, Candidate]]:
+    """The candidates journaled by the latest tune in the log (other than ``skip_run``: the
+    fleet workers of this tune may already be logging) whose kernel source is unchanged,
     by (kernel, problem key) then config key."""
     from seqtune.registry import all_specs, source_hash
 
@@ -141,7 +146,9 @@ def resumable_candidates(path: Path) -> dict[tuple, dict[tuple, Candidate]]:
     records = list(read_log(path))
     if not records:
         return {}
-    latest = records[-1]["run"]
+    latest = next((r.get("run") for r in reversed(records) if r.get("run") != skip_run), None)
+    if latest is None:
+        return {}
     specs = all_specs()
     known: dict[tuple, dict[tuple, Candidate]] = {}
     for record in records:
