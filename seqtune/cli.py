@@ -371,6 +371,59 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to bench (default: all)."),
+    preset: Optional[str] = typer.Option(None, help="tiny | quick | default | full "
+                                         "(default: 'default' on a GPU, 'tiny' on the CPU)."),
+    lengths: Optional[str] = typer.Option(None, help="Comma-separated sequence lengths (512, "
+                                          "1k = 1024, ..., 32k): every problem's T/S/L is set "
+                                          "to each."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir whose tuned configs are "
+                                               "timed (else $SEQTUNE_PROFILE_DIR, else the "
+                                               "cache dir; then the shipped profiles)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout "
+                                 "(sorted keys, stable for CI diffs)."),
+) -> None:
+    """Time tuned configs, default configs and baselines (PyTorch, SDPA, fla) across lengths."""
+    from seqtune.bench import (BenchOptions, bench_tables, bench_work, chart_lines, failed,
+                               parse_lengths, run_bench, to_json)
+
+    _prepare_backend()
+    from seqtune.device import detect_device
+
+    device = detect_device()
+    preset = preset or ("tiny" if device.backend == "interpreter" else "default")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if device.backend == "interpreter" and preset != "tiny":
+        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
+                         "Triton interpreter with --preset tiny")
+    try:
+        parsed_lengths = parse_lengths(lengths) if lengths is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    specs = _specs(kernels)
+    options = BenchOptions(preset, parsed_lengths, profile_dir)
+    with progress_bar(err) as progress:
+        task = progress.add_task("bench", total=len(bench_work(specs, options)))
+        payload = run_bench(specs, device, options, on_problem=lambda done, label: progress.update(
+            task, completed=done, description=label))
+        progress.update(task, completed=len(payload["results"]), description="bench")
+    if as_json:
+        sys.stdout.write(to_json(payload))
+    else:
+        for table in bench_tables(payload):
+            out.print(table)
+        out.print(f"time against length ({payload['timer']}; one log scale for all lines)")
+        for line in chart_lines(payload):
+            out.print(line, markup=False, highlight=False)
+    broken = failed(payload)
+    if broken:
+        err.print(f"{len(broken)} seqtune runs failed; first: {broken[0]}", markup=False)
+        raise typer.Exit(1)
+
+
 def _parse_config(pairs: list[str]) -> dict[str, Any]:
     """``["BLOCK_M=128", "causal=true"]`` -> ``{"BLOCK_M": 128, "causal": True}`` (YAML scalars)."""
     import yaml

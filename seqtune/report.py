@@ -27,12 +27,19 @@ def format_config(config: dict[str, Any]) -> str:
 def percent_of_peak(entry: dict[str, Any], device_name: str) -> float | None:
     """Share of the roofline-attainable speed: the time the device's peak compute or bandwidth
     (whichever binds) would need, over the measured time. None where the peak is unknown."""
-    peak = peak_for(device_name)
     problem = entry.get("problem", {})
-    tflops, gbps = entry.get("tflops"), entry.get("gbps")
+    return roofline_percent(entry.get("tflops"), entry.get("gbps"),
+                            problem.get("dtype", "bfloat16"), device_name)
+
+
+def roofline_percent(tflops: float | None, gbps: float | None, dtype: Any,
+                     device_name: str) -> float | None:
+    """``percent_of_peak`` from achieved TFLOP/s and GB/s of a ``dtype`` problem (shared with
+    ``seqtune bench``)."""
+    peak = peak_for(device_name)
     if peak is None or not tflops or not gbps:
         return None
-    peak_tflops = peak.tflops.get(str(problem.get("dtype", "bfloat16")), peak.tflops["bfloat16"])
+    peak_tflops = peak.tflops.get(str(dtype), peak.tflops["bfloat16"])
     # tflops/peak and gbps/peak are each "achieved over peak"; the binding one is the larger.
     return 100.0 * max(tflops / peak_tflops, gbps / peak.gbps)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from seqtune.kernels.attention.baselines import BASELINES
 from seqtune.kernels.attention.op import HEAD_DIMS, attention
 from seqtune.kernels.attention.reference import attention_reference
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
@@ -77,21 +78,6 @@ def run(inputs: Inputs, config: Config) -> Outputs:
 
 def reference(inputs: Inputs) -> Outputs:
     return (attention_reference(**inputs),)
-
-
-def sdpa_baseline(inputs: Inputs) -> Outputs:
-    """PyTorch's scaled_dot_product_attention on the same inputs (softmax only)."""
-    if inputs["score"] != "softmax":
-        raise ValueError("scaled_dot_product_attention computes softmax attention only")
-    q, k, v = (inputs[name].transpose(1, 2) for name in ("q", "k", "v"))
-    queries, keys = q.shape[2], k.shape[2]
-    mask = None
-    if inputs["causal"]:
-        # Bottom-right aligned: query i sees keys j <= i + S - T.
-        mask = torch.ones(queries, keys, dtype=torch.bool, device=q.device).tril(keys - queries)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-    return (out.transpose(1, 2),)
 
 
 def visible_pairs(problem: Problem) -> int:
@@ -196,6 +182,6 @@ SPECS = (
         flops=flops,
         bytes_moved=bytes_moved,
         problem_defaults={"score": "softmax"},
-        baselines={"torch_sdpa": sdpa_baseline},
+        baselines=BASELINES,
     ),
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from seqtune.kernels.attention_decode.baselines import BASELINES
 from seqtune.kernels.attention_decode.op import MIN_DOT_ROWS, attention_decode, group_rows
 from seqtune.kernels.attention_decode.reference import attention_decode_reference
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Problem, Tolerance,
@@ -177,5 +178,6 @@ SPECS = (
         bytes_moved=_bytes_moved,
         stages=("split", "combine"),
         stagewise=True,
+        baselines=BASELINES,
     ),
 )

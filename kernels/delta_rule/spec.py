@@ -6,6 +6,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from seqtune.kernels.delta_rule.baselines import BASELINES
 from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM, delta_rule
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
@@ -199,4 +200,5 @@ SPECS = (KernelSpec(
     bytes_moved=_bytes_moved,
     stages=STAGES,
     stagewise=True,
+    baselines=BASELINES,
 ),)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from seqtune.kernels.linear_attention.baselines import BASELINES, SSD_BASELINES
 from seqtune.kernels.linear_attention.kernels import SUB
 from seqtune.kernels.linear_attention.reference import (linear_attention_reference,
                                                         ssd_reference)
@@ -272,6 +273,7 @@ LINEAR_ATTENTION = KernelSpec(
     bytes_moved=bytes_linear_attention,
     stages=STAGE_NAMES,
     stagewise=True,
+    baselines=BASELINES,
 )
 
 
@@ -366,6 +368,7 @@ SSD = KernelSpec(
     bytes_moved=bytes_ssd,
     stages=STAGE_NAMES,
     stagewise=True,
+    baselines=SSD_BASELINES,
 )
 
 SPECS = (LINEAR_ATTENTION, SSD)

@@ -1,0 +1,84 @@
+"""Baselines of ``attention`` for ``seqtune bench``: the same computation by other means.
+
+- ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / cuDNN /
+  memory-efficient backends on a GPU, chosen by PyTorch), softmax scores only.
+- ``torch``: the plain PyTorch formula a user writes without a fused kernel: scores by a matmul
+  in the inputs' dtype, softmax (or sigmoid) in float32, weights back to the inputs' dtype for
+  the second matmul. Queries go in blocks so long sequences fit in memory.
+
+Both take the spec's inputs (``q [B, T, Hq, D]``, ``k, v [B, S, Hkv, D]``, ``causal``,
+``score``, optional ``sigmoid_bias``) and return ``(o [B, T, Hq, D],)`` like ``spec.run``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.spec import Inputs, Outputs
+
+# Float32 score elements formed at once by the plain baseline (1 GiB): bounds its memory, not
+# its arithmetic, at long sequence lengths.
+SCORE_BLOCK_ELEMENTS = 1 << 28
+
+
+def visible_keys(queries: int, keys: int, causal: bool, device: torch.device) -> torch.Tensor:
+    """``[T, S]`` bool: query i sees key j (causal attention is bottom-right aligned: j <= i +
+    S - T, as the kernel defines it)."""
+    if not causal:
+        return torch.ones(queries, keys, dtype=torch.bool, device=device)
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+
+
+def sdpa_attention(inputs: Inputs) -> Outputs:
+    """PyTorch's scaled_dot_product_attention on the same inputs (softmax only)."""
+    if inputs["score"] != "softmax":
+        raise ValueError("scaled_dot_product_attention computes softmax attention only")
+    q, k, v = (inputs[name].transpose(1, 2) for name in ("q", "k", "v"))
+    queries, keys = q.shape[2], k.shape[2]
+    grouped = q.shape[1] != k.shape[1]
+    if inputs["causal"] and queries == keys:
+        # Top-left and bottom-right alignment agree here; is_causal keeps the flash backend.
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+    else:
+        mask = visible_keys(queries, keys, inputs["causal"], q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
+        if inputs["causal"] and queries > keys:
+            # The first T - S queries see no key: SDPA gives NaN there, the op defines 0.
+            out[:, :, :queries - keys] = 0
+    return (out.transpose(1, 2),)
+
+
+def plain_attention(inputs: Inputs) -> Outputs:
+    """Scores, mask, softmax or sigmoid, weighted sum: matmuls in the inputs' dtype."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    batch, queries, heads, head_dim = q.shape
+    keys, kv_heads = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    q = q.transpose(1, 2)  # [B, Hq, T, D]
+    k_t = k.repeat_interleave(group, dim=2).permute(0, 2, 3, 1)  # [B, Hq, D, S]
+    v = v.repeat_interleave(group, dim=2).transpose(1, 2)  # [B, Hq, S, D]
+    visible = visible_keys(queries, keys, inputs["causal"], q.device)
+    bias = inputs.get("sigmoid_bias")
+    bias = -math.log(max(keys, 1)) if bias is None else float(bias)
+    out = torch.empty(batch, heads, queries, head_dim, dtype=q.dtype, device=q.device)
+    rows = max(1, SCORE_BLOCK_ELEMENTS // max(1, batch * heads * keys))
+    for first in range(0, queries, rows):
+        last = min(first + rows, queries)
+        scores = (q[:, :, first:last] @ k_t).float() * head_dim ** -0.5
+        weights = _weights(scores, visible[first:last], inputs["score"], bias)
+        out[:, :, first:last] = weights.to(v.dtype) @ v
+    return (out.transpose(1, 2),)
+
+
+def _weights(scores: torch.Tensor, visible: torch.Tensor, score: str,
+             bias: float) -> torch.Tensor:
+    if score == "softmax":
+        weights = torch.softmax(scores.masked_fill(~visible, -math.inf), dim=-1)
+        # A query that sees no key has the empty sum, 0 (softmax gives NaN there).
+        return weights.nan_to_num(0.0)
+    return torch.sigmoid(scores + bias) * visible
+
+
+BASELINES = {"torch_sdpa": sdpa_attention, "torch": plain_attention}
