@@ -146,7 +146,7 @@ def telemetry(index: int = 0) -> dict[str, Any]:
         return {}
     try:
         with _nvml() as nvml:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            handle = _nvml_handle(nvml, index)
             reasons = nvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
             return {
                 "sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
@@ -156,6 +156,15 @@ def telemetry(index: int = 0) -> dict[str, Any]:
             }
     except Exception:  # telemetry is informative only; a tune must not fail for it
         return {}
+
+
+def _nvml_handle(nvml: Any, index: int) -> Any:
+    """NVML's handle of torch's device ``index``: by UUID, since NVML numbers GPUs physically
+    and ignores CUDA_VISIBLE_DEVICES, which torch honours."""
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    if uuid:
+        return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    return nvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def _throttle_names(nvml: Any, mask: int) -> list[str]:

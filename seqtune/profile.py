@@ -97,10 +97,17 @@ def write_profile_atomic(path: Path, profile: dict[str, Any]) -> None:
             yaml.safe_dump(profile, handle, sort_keys=False, default_flow_style=None, width=100)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared profile
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def merge_entries(existing: list[dict], new: Iterable[dict]) -> list[dict]:
