@@ -8,22 +8,26 @@ with pseudo-values u solving the unit lower-triangular system
     (I + A) U = diag(beta) V - diag(beta) (K * exp(gam)) S_0,
     A[t, i] = beta_t k_t^T diag(exp(gam_t - gam_i)) k_i   (i < t).
 
-So with T = (I + A)^-1 (forward substitution in-kernel), W = T diag(beta) (K * exp(gam)) and
-U0 = T diag(beta) V, each chunk needs U = U0 - W S_0, and
+So with T = (I + A)^-1, W = T diag(beta) (K * exp(gam)) and U0 = T diag(beta) V, each chunk
+needs U = U0 - W S_0, and
 
     S_next = diag(exp(gam_last)) S_0 + (K * exp(gam_last - gam))^T U,
-    O = scale * ((Q * exp(gam)) S_0 + Aqk U),  Aqk[t, i] = q_t^T diag(exp(gam_t - gam_i)) k_i (i <= t).
+    O = scale * ((Q * exp(gam)) S_0 + P U),  P[t, i] = q_t^T diag(exp(gam_t - gam_i)) k_i (i <= t).
 
 Every exponent above is a decay over a forward time span (<= 0 for g <= 0), so nothing
-overflows however strong the decay. For the per-channel decay the pairwise factors cannot be
-pulled out of the k-k and q-k products as one matrix; ``_channel_gram`` splits the chunk into
-16-row blocks: across blocks both sides are decayed to the boundary between them (each factor
-<= 1, then a tensor-core product), within a block the 16 columns are summed exactly.
+overflows however strong the decay. A per-channel decay cannot be pulled out of the k-k and
+q-k products as one matrix: ``_channel_grams`` decays both sides of a pair to a boundary between
+them (two levels of blocks, 16 then 4 rows, each factor <= 1, then a tensor-core product) and
+sums only the pairs inside a 4-row block elementwise.
+
+Stages: ``wy_kernel`` (per chunk: both grams, the solve, W, U0, the scores P, and for gated
+decays the keys decayed to the chunk's end and exp(gam_last)), ``state_kernel`` (sequential over
+chunks: U and the state entering every chunk), ``output_kernel`` (per chunk and V tile: O).
 
 Layouts: q, k, g (channel), w, kd [B, T, H, K]; v, u0, u, o [B, T, H, V]; beta, g (scalar)
-[B, T, H]; chunk states [B * H, NT, K, V]; chunk_decay [B * H, NT, K] fp32; initial/final
-state [B, H, K, V] fp32. ``w``, ``kd``, ``u0``, ``u`` and the chunk states are scratch in the
-input dtype (what the tensor cores take).
+[B, T, H]; scores [B, T, H, BT]; chunk states [B * H, NT, K, V]; chunk_decay [B * H, NT, K]
+fp32; initial/final state [B, H, K, V] fp32. ``w``, ``kd``, ``u0``, ``u``, ``scores`` and the
+chunk states are scratch in the input dtype (what the tensor cores take).
 """
 from __future__ import annotations
 
@@ -35,23 +39,36 @@ import triton.language as tl
 GATE_NONE = tl.constexpr(0)
 GATE_SCALAR = tl.constexpr(1)
 GATE_CHANNEL = tl.constexpr(2)
-# Rows per block of the per-channel gram: the smallest tile tl.dot accepts.
-SUB = tl.constexpr(16)
-# fp32 dots in full fp32 (not TF32): fp32 is the dtype a caller picks for accuracy.
-PRECISION = tl.constexpr("ieee")
+# Block sizes of the per-channel grams and of the triangular solve: 16 is the smallest tl.dot
+# tile; 4-row blocks are what is left to do elementwise.
+BLOCK = tl.constexpr(16)
+SUB = tl.constexpr(4)
 # Triton reads TRITON_INTERPRET when kernels are defined, so it is fixed for this import too.
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
 def _mma(a, b):
-    """a @ b with fp32 accumulation. The interpreter multiplies bf16 operands as their integer
-    bit patterns, so there the (already bf16-rounded) operands go in as fp32, which is the
-    same arithmetic as the tensor cores' exact products."""
+    """a @ b with fp32 accumulation, operands in the input dtype. fp32 operands go through
+    3xTF32 (fp32 accuracy on tensor cores; plain fp32 dots spill badly at these sizes). The
+    interpreter multiplies bf16 operands as their integer bit patterns, so there the (already
+    rounded) operands go in as fp32: the same arithmetic as the tensor cores' exact products."""
     if INTERPRETED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    elif a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="tf32x3")
     else:
-        return tl.dot(a, b, input_precision=PRECISION)
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _mm_f32(a, b, EXACT: tl.constexpr):
+    """a @ b of fp32 operands: 3xTF32 when EXACT (fp32 problems), else TF32 (the result is
+    rounded to 16 bits anyway)."""
+    if EXACT:
+        return tl.dot(a, b, input_precision="tf32x3")
+    else:
+        return tl.dot(a, b, input_precision="tf32")
 
 
 @triton.jit
@@ -76,6 +93,73 @@ def _load_per_token(ptr, bos, rows, head, H, T):
 
 
 @triton.jit
+def _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos, rows, head, H, K, cols, T,
+                       BT: tl.constexpr, BK: tl.constexpr):
+    """Adds the pairs inside one SUB-row block, summed exactly, to near_kk (k-k, i < t) and
+    near_qk (q-k, i <= t), [BT, SUB] with column j for row j of t's block. Column j of every
+    block at a time, its key row and the decays re-read from memory (cache hits) rather than
+    gathered from registers."""
+    idx = tl.arange(0, BT)
+    local = idx % SUB
+    first = rows - local
+    column = tl.arange(0, SUB)[None, :]
+    q32, k32 = q_tile.to(tl.float32), k_tile.to(tl.float32)
+    # span = sum of g over rows j+1 .. t of t's block = gam_t - gam_j, built as j descends
+    span = tl.zeros([BT, BK], dtype=tl.float32)
+    for step in range(SUB):
+        j = SUB - 1 - step
+        # rows past t's block are masked out (for j = SUB - 1 they are all of them)
+        g_next = _load_rows(g, bos, first + j + 1, head, H, K, cols, T).to(tl.float32)
+        span += tl.where((local > j)[:, None], g_next, 0.0)
+        k_j = _load_rows(k, bos, first + j, head, H, K, cols, T).to(tl.float32)
+        # masked before exp: rows above j would be a growth and may overflow
+        weighted = k_j * tl.exp(tl.where((local >= j)[:, None], span, float("-inf")))
+        near_kk += tl.where((column == j) & (local > j)[:, None],
+                            tl.sum(k32 * weighted, axis=1)[:, None], 0.0)
+        near_qk += tl.where(column == j, tl.sum(q32 * weighted, axis=1)[:, None], 0.0)
+    return near_kk, near_qk
+
+
+@triton.jit
+def _spread_sub_blocks(near, BT: tl.constexpr):
+    """[BT, SUB] (column j: row j of t's SUB-row block) -> [BT, BT] block diagonal."""
+    idx = tl.arange(0, BT)
+    column = tl.arange(0, SUB)[None, :]
+    spread = tl.zeros([BT, BT], dtype=tl.float32)
+    for j in tl.static_range(SUB):
+        near_j = tl.sum(tl.where(column == j, near, 0.0), axis=1)
+        spread += tl.where(idx[None, :] == (idx - idx % SUB + j)[:, None], near_j[:, None], 0.0)
+    return spread
+
+
+@triton.jit
+def _across_blocks(kk, qk, q, k, gam, INNER: tl.constexpr, OUTER: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr):
+    """Adds to (kk: k-k, qk: q-k) the pairs (t, i) in the same OUTER-row block with i in an
+    earlier INNER-row block than t. For t's INNER block s, both sides are decayed to the last row
+    before it, t by exp(gam_t - gam_ref) and i by exp(gam_ref - gam_i), each a decay over a
+    forward span (<= 1), then multiplied on tensor cores."""
+    idx = tl.arange(0, BT)
+    part = (idx % OUTER) // INNER
+    q32, k32 = q.to(tl.float32), k.to(tl.float32)
+    same = (idx // OUTER)[:, None] == (idx // OUTER)[None, :]
+    for s in tl.static_range(1, OUTER // INNER):
+        ref = tl.zeros([BT, BK], dtype=tl.float32)
+        for outer in range(BT // OUTER):
+            ref_row = tl.sum(tl.where(idx[:, None] == outer * OUTER + s * INNER - 1, gam, 0.0),
+                             axis=0)
+            ref += tl.where((idx // OUTER == outer)[:, None], ref_row[None, :], 0.0)
+        late = (part == s)[:, None]
+        early = (part < s)[:, None]
+        to_ref = tl.exp(tl.where(late, gam - ref, 0.0))
+        from_ref = tl.where(early, k32 * tl.exp(tl.where(early, ref - gam, 0.0)), 0.0)
+        from_ref = tl.trans(from_ref.to(k.dtype))
+        kk += tl.where(same, _mma(tl.where(late, k32 * to_ref, 0.0).to(k.dtype), from_ref), 0.0)
+        qk += tl.where(same, _mma(tl.where(late, q32 * to_ref, 0.0).to(q.dtype), from_ref), 0.0)
+    return kk, qk
+
+
+@triton.jit
 def _pair_decay(gam, INCLUSIVE: tl.constexpr, BT: tl.constexpr):
     """exp(gam_t - gam_i) for i < t (i <= t if INCLUSIVE), else 0, for a scalar gate."""
     idx = tl.arange(0, BT)
@@ -88,157 +172,101 @@ def _pair_decay(gam, INCLUSIVE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _gram_across_blocks(a, b, gam, BT: tl.constexpr, BK: tl.constexpr):
-    """sum_k a[t,k] b[i,k] exp(gam[t,k] - gam[i,k]) for i in an earlier 16-row block than t.
+def _grams(q, k, g, bos, rows, head, H, K, T, GATE: tl.constexpr, BT: tl.constexpr,
+           BK: tl.constexpr):
+    """The chunk's decayed k-k gram (i < t) and q-k scores (i <= t) over all of K, fp32.
 
-    Both sides are decayed to the last row before t's block: a by exp(gam_t - gam_ref) and b by
-    exp(gam_ref - gam_i), each a decay over a forward span, then multiplied on tensor cores.
-    """
+    Per-channel decay: pairs in different 16-row blocks, then in different 4-row blocks, via
+    products decayed to a boundary between them; pairs inside a 4-row block elementwise, kept
+    apart as [BT, SUB] so the big accumulators only ever take products."""
     idx = tl.arange(0, BT)
-    a32, b32 = a.to(tl.float32), b.to(tl.float32)
-    gram = tl.zeros([BT, BT], dtype=tl.float32)
-    for block in tl.static_range(1, BT // SUB):
-        ref_row = block * SUB - 1
-        gam_ref = tl.sum(tl.where(idx[:, None] == ref_row, gam, 0.0), axis=0)
-        in_block = (idx // SUB == block)[:, None]
-        before = (idx <= ref_row)[:, None]
-        a_dec = tl.where(in_block, a32 * tl.exp(tl.where(in_block, gam - gam_ref[None, :], 0.0)),
-                         0.0)
-        b_dec = tl.where(before, b32 * tl.exp(tl.where(before, gam_ref[None, :] - gam, 0.0)), 0.0)
-        gram += _mma(a_dec.to(b.dtype), tl.trans(b_dec.to(b.dtype)))
-    return gram
-
-
-@triton.jit
-def _gram_within_blocks(a, b, gam, INCLUSIVE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """sum_k a[t,k] b[i,k] exp(gam[t,k] - gam[i,k]) for i < t (i <= t) in t's 16-row block,
-    one column of every block at a time, exactly (no factor is ever > 1)."""
-    NB: tl.constexpr = BT // SUB
-    a3 = tl.reshape(a.to(tl.float32), [NB, SUB, BK])
-    b3 = tl.reshape(b.to(tl.float32), [NB, SUB, BK])
-    gam3 = tl.reshape(gam, [NB, SUB, BK])
-    row3 = tl.arange(0, SUB)[None, :, None]
-    col3 = tl.arange(0, SUB)[None, None, :]
-    blocks = tl.zeros([NB, SUB, SUB], dtype=tl.float32)
-    for j in tl.static_range(SUB):
-        pick = row3 == j
-        b_j = tl.sum(tl.where(pick, b3, 0.0), axis=1)
-        gam_j = tl.sum(tl.where(pick, gam3, 0.0), axis=1)
-        if INCLUSIVE:
-            keep = row3 >= j
+    kk = tl.zeros([BT, BT], dtype=tl.float32)
+    qk = tl.zeros([BT, BT], dtype=tl.float32)
+    near_kk = tl.zeros([BT, SUB], dtype=tl.float32)
+    near_qk = tl.zeros([BT, SUB], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        cols = k0 + tl.arange(0, BK)
+        q_tile = _load_rows(q, bos, rows, head, H, K, cols, T)
+        k_tile = _load_rows(k, bos, rows, head, H, K, cols, T)
+        if GATE == GATE_CHANNEL:
+            gam = tl.cumsum(_load_rows(g, bos, rows, head, H, K, cols, T).to(tl.float32), axis=0)
+            near_kk, near_qk = _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos,
+                                                  rows, head, H, K, cols, T, BT, BK)
+            kk, qk = _across_blocks(kk, qk, q_tile, k_tile, gam, SUB, BLOCK, BT, BK)
+            if BT > BLOCK:
+                kk, qk = _across_blocks(kk, qk, q_tile, k_tile, gam, BLOCK, BT, BT, BK)
         else:
-            keep = row3 > j
-        decay = tl.exp(tl.where(keep, gam3 - gam_j[:, None, :], float("-inf")))
-        column = tl.sum(a3 * b_j[:, None, :] * decay, axis=2)
-        blocks += tl.where(col3 == j, column[:, :, None], 0.0)
-    return _block_diagonal(blocks, BT)
+            kk += _mma(k_tile, tl.trans(k_tile))
+            qk += _mma(q_tile, tl.trans(k_tile))
+    if GATE == GATE_CHANNEL:
+        kk += _spread_sub_blocks(near_kk, BT)
+        qk += _spread_sub_blocks(near_qk, BT)
+    else:
+        if GATE == GATE_SCALAR:
+            gam = tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0)
+            kk *= _pair_decay(gam, False, BT)
+            qk *= _pair_decay(gam, True, BT)
+        kk = tl.where(idx[:, None] > idx[None, :], kk, 0.0)
+        qk = tl.where(idx[:, None] >= idx[None, :], qk, 0.0)
+    return kk, qk
 
 
 @triton.jit
-def _channel_gram(a, b, gam, INCLUSIVE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """[BT, BT]: sum_k a[t,k] b[i,k] exp(gam[t,k] - gam[i,k]) for i < t (i <= t if INCLUSIVE)."""
-    gram = _gram_within_blocks(a, b, gam, INCLUSIVE, BT, BK)
-    if BT > SUB:
-        gram += _gram_across_blocks(a, b, gam, BT, BK)
-    return gram
-
-
-@triton.jit
-def _block_diagonal(blocks, BT: tl.constexpr):
-    """[NB, SUB, SUB] diagonal blocks -> the [BT, BT] block-diagonal matrix."""
-    NB: tl.constexpr = BT // SUB
-    flat = tl.reshape(blocks, [BT, SUB])
-    row_block = (tl.arange(0, BT) // SUB)[:, None, None]
-    col_block = tl.arange(0, NB)[None, :, None]
-    return tl.reshape(tl.where(row_block == col_block, flat[:, None, :], 0.0), [BT, BT])
-
-
-@triton.jit
-def _diagonal_blocks(matrix, BT: tl.constexpr):
-    """The [NB, SUB, SUB] diagonal blocks of a [BT, BT] matrix."""
-    NB: tl.constexpr = BT // SUB
-    grid = tl.reshape(matrix, [NB, SUB, NB, SUB])
-    same = tl.arange(0, NB)[:, None, None, None] == tl.arange(0, NB)[None, None, :, None]
-    return tl.sum(tl.where(same, grid, 0.0), axis=2)
+def _merge_block_rows(inverse, a, INNER: tl.constexpr, OUTER: tl.constexpr,
+                      EXACT: tl.constexpr, BT: tl.constexpr):
+    """(I + a)^-1 on the OUTER-row diagonal blocks, from ``inverse`` holding it on the
+    INNER-row ones: block row r is X_r = D_r^-1 (E_r - L_r X), L the part of a below the INNER
+    blocks, formed top-down from the rows already done (block forward substitution)."""
+    idx = tl.arange(0, BT)
+    part = (idx % OUTER) // INNER
+    below = ((idx // OUTER)[:, None] == (idx // OUTER)[None, :]) & \
+        ((idx // INNER)[:, None] > (idx // INNER)[None, :])
+    below = tl.where(below, a, 0.0)
+    diagonal_inverse = inverse
+    for r in range(1, OUTER // INNER):
+        done = _mm_f32(below, inverse, EXACT)
+        if INNER > 1:
+            done = _mm_f32(diagonal_inverse, done, EXACT)
+        inverse -= tl.where((part == r)[:, None], done, 0.0)
+    return inverse
 
 
 @triton.jit
 def _unit_lower_inverse(a, EXACT: tl.constexpr, BT: tl.constexpr):
-    """(I + a)^-1 for a strictly lower-triangular [BT, BT] a, in fp32.
-
-    The 16x16 diagonal blocks are inverted together by forward substitution (row i of a
-    block's inverse is e_i - sum_{j<i} a[i, j] row_j); then block row r of the inverse, X_r =
-    D_r^-1 (E_r - L_r X) with L the part below the diagonal blocks, is formed top-down from
-    the rows already done. EXACT keeps those products in full fp32 (fp32 problems)."""
-    NB: tl.constexpr = BT // SUB
-    idx = tl.arange(0, SUB)
-    # a block's row i sits in a column of the transposed blocks: no layout change in the loop
-    blocks_t = tl.permute(_diagonal_blocks(a, BT), (0, 2, 1))
-    inverse = tl.broadcast_to((idx[:, None] == idx[None, :]).to(tl.float32)[None, :, :],
-                              [NB, SUB, SUB])
-    for i in range(1, SUB):
-        a_row = tl.sum(tl.where(idx[None, None, :] == i, blocks_t, 0.0), axis=2)
-        update = tl.sum(a_row[:, :, None] * inverse, axis=1)
-        inverse -= tl.where(idx[None, :, None] == i, update[:, None, :], 0.0)
-    diagonal_inverse = _block_diagonal(inverse, BT)
-    full = diagonal_inverse
-    if NB > 1:
-        block = tl.arange(0, BT) // SUB
-        below = tl.where(block[:, None] > block[None, :], a, 0.0)
-        for r in tl.static_range(1, NB):
-            done = _mm_f32(diagonal_inverse, _mm_f32(below, full, EXACT), EXACT)
-            full -= tl.where((block == r)[:, None], done, 0.0)
-    return full
+    """(I + a)^-1 for a strictly lower-triangular [BT, BT] a, in fp32: row by row inside
+    4-row blocks, then 4-row blocks into 16-row ones, then those into the whole chunk; every
+    step one or two products on tensor cores."""
+    idx = tl.arange(0, BT)
+    inverse = (idx[:, None] == idx[None, :]).to(tl.float32)
+    inverse = _merge_block_rows(inverse, a, 1, SUB, EXACT, BT)
+    inverse = _merge_block_rows(inverse, a, SUB, BLOCK, EXACT, BT)
+    if BT > BLOCK:
+        inverse = _merge_block_rows(inverse, a, BLOCK, BT, EXACT, BT)
+    return inverse
 
 
 @triton.jit
-def _mm_f32(a, b, EXACT: tl.constexpr):
-    """a @ b for fp32 operands: full fp32, or TF32 where the result is rounded to 16 bits
-    anyway."""
-    if EXACT:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision="tf32")
-
-
-@triton.jit
-def _key_gram(k, g, bos, rows, head, H, K, T, GATE: tl.constexpr, BT: tl.constexpr,
-              BK: tl.constexpr):
-    """sum_k k_t[k] k_i[k] (decayed per channel for KDA) for i < t, over all of K."""
-    gram = tl.zeros([BT, BT], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
-        k_tile = _load_rows(k, bos, rows, head, H, K, cols, T)
-        if GATE == GATE_CHANNEL:
-            gam = tl.cumsum(_load_rows(g, bos, rows, head, H, K, cols, T).to(tl.float32), axis=0)
-            gram += _channel_gram(k_tile, k_tile, gam, False, BT, BK)
-        else:
-            gram += _mma(k_tile, tl.trans(k_tile))
-    return gram
-
-
-@triton.jit
-def wy_kernel(k, v, beta, g, w, u0, kd, chunk_decay, T, H, K, V, NT, GATE: tl.constexpr,
-              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk: W = (I + A)^-1 diag(beta) (K * exp(gam)), U0 = (I + A)^-1 diag(beta) V and,
-    gated, the keys decayed to the chunk's end K * exp(gam_last - gam) and exp(gam_last), so
-    that the sequential state kernel does no decay arithmetic of its own.
+def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, T, H, K, V, NT,
+              GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """One chunk: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
+    U0 = (I + A)^-1 diag(beta) V and, gated, the keys decayed to the chunk's end
+    K * exp(gam_last - gam) and exp(gam_last), so the sequential state kernel does no decay
+    arithmetic of its own.
 
     Grid (chunks, B * H)."""
     chunk, bh = tl.program_id(0), tl.program_id(1)
     bos = (bh // H).to(tl.int64) * T
     head = bh % H
-    rows = chunk * BT + tl.arange(0, BT)
+    idx = tl.arange(0, BT)
+    rows = chunk * BT + idx
+    kk, qk = _grams(q, k, g, bos, rows, head, H, K, T, GATE, BT, BK)
+    _store_rows(scores, qk, bos, rows, head, H, BT, idx, T)
     beta_rows = _load_per_token(beta, bos, rows, head, H, T)
-    gram = _key_gram(k, g, bos, rows, head, H, K, T, GATE, BT, BK)
+    inverse = _unit_lower_inverse(kk * beta_rows[:, None], k.dtype.element_ty == tl.float32, BT)
+    inverse = inverse.to(k.dtype.element_ty)
     gam = tl.zeros([BT], dtype=tl.float32)
     if GATE == GATE_SCALAR:
         gam = tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0)
-        gram *= _pair_decay(gam, False, BT)
-    idx = tl.arange(0, BT)
-    a = tl.where(idx[:, None] > idx[None, :], gram * beta_rows[:, None], 0.0)
-    inverse = _unit_lower_inverse(a, k.dtype.element_ty == tl.float32, BT)
-    inverse = inverse.to(k.dtype.element_ty)
     decay_base = (bh.to(tl.int64) * NT + chunk) * K
     for k0 in range(0, K, BK):
         cols = k0 + tl.arange(0, BK)
@@ -301,39 +329,30 @@ def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, T, H, K, V, NT,
 
 
 @triton.jit
-def output_kernel(q, k, g, u, states, o, scale, T, H, K, V, NT, GATE: tl.constexpr,
+def output_kernel(q, g, u, states, scores, o, scale, T, H, K, V, NT, GATE: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk and V tile: O = scale * ((Q * exp(gam)) S + Aqk U).
+    """One chunk and V tile: O = scale * ((Q * exp(gam)) S + P U).
 
     Grid (V tiles, chunks, B * H)."""
     v_tile, chunk, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = (bh // H).to(tl.int64) * T
     head = bh % H
-    rows = chunk * BT + tl.arange(0, BT)
+    idx = tl.arange(0, BT)
+    rows = chunk * BT + idx
     vcols = v_tile * BV + tl.arange(0, BV)
     chunk_base = (bh.to(tl.int64) * NT + chunk) * K * V
     from_state = tl.zeros([BT, BV], dtype=tl.float32)
-    scores = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, K, BK):
         kcols = k0 + tl.arange(0, BK)
         q_tile = _load_rows(q, bos, rows, head, H, K, kcols, T)
-        k_tile = _load_rows(k, bos, rows, head, H, K, kcols, T)
         state = tl.load(states + chunk_base + kcols[:, None] * V + vcols[None, :],
                         mask=(kcols < K)[:, None] & (vcols < V)[None, :], other=0.0)
         if GATE == GATE_CHANNEL:
             gam = tl.cumsum(_load_rows(g, bos, rows, head, H, K, kcols, T).to(tl.float32), axis=0)
-            decayed_q = (q_tile.to(tl.float32) * tl.exp(gam)).to(q_tile.dtype)
-            from_state += _mma(decayed_q, state)
-            scores += _channel_gram(q_tile, k_tile, gam, True, BT, BK)
-        else:
-            from_state += _mma(q_tile, state)
-            scores += _mma(q_tile, tl.trans(k_tile))
-    idx = tl.arange(0, BT)
+            q_tile = (q_tile.to(tl.float32) * tl.exp(gam)).to(q_tile.dtype)
+        from_state += _mma(q_tile, state)
     if GATE == GATE_SCALAR:
-        gam = tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0)
-        from_state *= tl.exp(gam)[:, None]
-        scores *= _pair_decay(gam, True, BT)
-    scores = tl.where(idx[:, None] >= idx[None, :], scores, 0.0)
+        from_state *= tl.exp(tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0))[:, None]
+    p = _load_rows(scores, bos, rows, head, H, BT, idx, T)
     u_c = _load_rows(u, bos, rows, head, H, V, vcols, T)
-    out = scale * (from_state + _mma(scores.to(u_c.dtype), u_c))
-    _store_rows(o, out, bos, rows, head, H, V, vcols, T)
+    _store_rows(o, scale * (from_state + _mma(p, u_c)), bos, rows, head, H, V, vcols, T)

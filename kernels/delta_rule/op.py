@@ -27,7 +27,9 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
 
     Recurrence (S_0 = initial_state or zeros)::
 
-        S' = diag(exp(g_t)) S_{t-1};  S_t = S' + beta_t k_t (v_t - S'^T k_t)^T;  o_t = scale S_t^T q_t
+        S' = diag(exp(g_t)) S_{t-1}
+        S_t = S' + beta_t k_t (v_t - S'^T k_t)^T
+        o_t = scale S_t^T q_t
 
     Args:
         q, k: [B, T, H, K] (keys L2-normalised, as the models use them); v: [B, T, H, V];
@@ -120,10 +122,14 @@ def _run_stages(q, k, v, beta, g, gate, scale, h0, output_final_state, cfg):
     g_arg = g if gated else beta
     w = new_output((batch, length, heads, key_dim), dtype, device)
     u0 = new_output((batch, length, heads, value_dim), dtype, device)
-    decayed_keys = new_output((batch, length, heads, key_dim), dtype, device) if gated else k
-    chunk_decay = new_output((batch * heads, chunks, key_dim), torch.float32, device) if gated else w
-    launch(wy_kernel, (chunks, batch * heads), k, v, beta, g_arg, w, u0, decayed_keys,
-           chunk_decay, length, heads, key_dim, value_dim, chunks, GATE=gate, BT=chunk,
+    if gated:
+        decayed_keys = new_output((batch, length, heads, key_dim), dtype, device)
+        chunk_decay = new_output((batch * heads, chunks, key_dim), torch.float32, device)
+    else:
+        decayed_keys, chunk_decay = k, w
+    scores = new_output((batch, length, heads, chunk), dtype, device)
+    launch(wy_kernel, (chunks, batch * heads), q, k, v, beta, g_arg, w, u0, decayed_keys,
+           chunk_decay, scores, length, heads, key_dim, value_dim, chunks, GATE=gate, BT=chunk,
            BK=cfg["wy.BK"], BV=cfg["wy.BV"], num_warps=cfg["wy.num_warps"],
            num_stages=cfg["wy.num_stages"])
 
@@ -138,8 +144,8 @@ def _run_stages(q, k, v, beta, g, gate, scale, h0, output_final_state, cfg):
            num_warps=cfg["h.num_warps"], num_stages=cfg["h.num_stages"])
 
     out = new_output((batch, length, heads, value_dim), dtype, device)
-    launch(output_kernel, (triton.cdiv(value_dim, cfg["o.BV"]), chunks, batch * heads), q, k,
-           g_arg, u, states, out, scale, length, heads, key_dim, value_dim, chunks, GATE=gate,
-           BT=chunk, BK=cfg["o.BK"], BV=cfg["o.BV"], num_warps=cfg["o.num_warps"],
+    launch(output_kernel, (triton.cdiv(value_dim, cfg["o.BV"]), chunks, batch * heads), q,
+           g_arg, u, states, scores, out, scale, length, heads, key_dim, value_dim, chunks,
+           GATE=gate, BT=chunk, BK=cfg["o.BK"], BV=cfg["o.BV"], num_warps=cfg["o.num_warps"],
            num_stages=cfg["o.num_stages"])
     return out, final

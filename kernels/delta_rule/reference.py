@@ -3,7 +3,7 @@
 Deliberately shares nothing with the chunked kernels: one token at a time, exactly as the
 issue states it,
 
-    S' = diag(exp(g_t)) S_{t-1} ;  S_t = S' + beta_t k_t (v_t - S'^T k_t)^T ;  o_t = scale S_t^T q_t.
+    S' = diag(exp(g_t)) S_{t-1};  S_t = S' + beta_t k_t (v_t - S'^T k_t)^T;  o_t = scale S_t^T q_t
 """
 from __future__ import annotations
 

@@ -30,9 +30,9 @@ SPACE = {
 }
 DEFAULT = {
     "BT": 64,
-    "wy.BK": 64, "wy.BV": 64, "wy.num_warps": 4, "wy.num_stages": 2,
+    "wy.BK": 32, "wy.BV": 32, "wy.num_warps": 4, "wy.num_stages": 2,
     "h.BV": 32, "h.num_warps": 4, "h.num_stages": 2,
-    "o.BK": 64, "o.BV": 64, "o.num_warps": 4, "o.num_stages": 2,
+    "o.BK": 32, "o.BV": 32, "o.num_warps": 4, "o.num_stages": 2,
 }
 # The state kernel keeps a [K, h.BV] fp32 slice of the state in registers for the whole
 # sequence; beyond this many values per thread it spills on every chunk.
@@ -65,24 +65,24 @@ def _check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None
 
 
 def _wy_shared(config: Config, key_dim: int, element: int) -> int:
-    """Pipelined key and value tiles, the dot operands and a [BT, BT] fp32 exchange buffer."""
+    """Pipelined q, k and v tiles, the dot operands and a [BT, BT] fp32 exchange buffer."""
     chunk, stages = config["BT"], config["wy.num_stages"]
-    tiles = chunk * (config["wy.BK"] + config["wy.BV"]) * element
+    tiles = chunk * (2 * config["wy.BK"] + config["wy.BV"]) * element
     return stages * tiles + chunk * chunk * (4 + element) + tiles
 
 
 def _state_shared(config: Config, key_dim: int, element: int) -> int:
-    """Pipelined W, K and U0 chunks (all of K) and the state slice as a dot operand."""
+    """Pipelined W and K chunks (all of K) and U0 tiles, plus the state slice as a dot operand
+    (what sm_90 builds allocate exactly)."""
     chunk, width = config["BT"], config["h.BV"]
-    tiles = chunk * (2 * key_dim + width) * element
-    return config["h.num_stages"] * tiles + key_dim * width * (element + 4)
+    return element * (config["h.num_stages"] * chunk * (2 * key_dim + width) + key_dim * width)
 
 
 def _output_shared(config: Config, key_dim: int, element: int) -> int:
-    """Pipelined q, k and state tiles, the scores and U as dot operands."""
+    """Pipelined q and state tiles, the scores and U as dot operands."""
     chunk, depth, width = config["BT"], config["o.BK"], config["o.BV"]
-    tiles = (2 * chunk * depth + depth * width) * element
-    return config["o.num_stages"] * tiles + chunk * (chunk + width) * (element + 4)
+    tiles = (chunk * depth + depth * width) * element
+    return config["o.num_stages"] * tiles + chunk * (chunk + width) * element
 
 
 def _make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
@@ -148,9 +148,9 @@ def _problem(batch: int, length: int, heads: int, dim: int, gate: str, initial_s
 
 GATE_KINDS = ("none", "scalar", "channel")
 PRESETS = {
-    "tiny": [_problem(1, 64, 2, 32, "none", False, "float32"),
-             _problem(1, 64, 2, 32, "scalar", True, "bfloat16"),
-             _problem(1, 64, 2, 32, "channel", True, "float32")],
+    "tiny": [_problem(1, 32, 1, 32, "none", False, "float32"),
+             _problem(1, 32, 1, 32, "scalar", True, "bfloat16"),
+             _problem(1, 32, 1, 32, "channel", True, "float32")],
     "quick": [_problem(4, 2048, 16, 128, gate, False) for gate in GATE_KINDS],
     "default": [problem for gate in GATE_KINDS for problem in (
         _problem(8, 1024, 16, 128, gate, False),
