@@ -78,6 +78,15 @@ def test_non_contiguous_inputs():
     assert_matches_reference(outputs, inputs)
 
 
+def test_one_group_in_the_grouped_layout_equals_the_ungrouped_layout():
+    inputs = _random_inputs()
+    ungrouped = selective_scan(**inputs, return_last_state=True)
+    grouped = selective_scan(**{**inputs, "B": inputs["B"][:, None], "C": inputs["C"][:, None]},
+                             return_last_state=True)
+    for expected, actual in zip(ungrouped, grouped):
+        torch.testing.assert_close(actual, expected)
+
+
 def test_parameters_in_the_input_dtype():
     inputs = _random_inputs()
     inputs.update({name: inputs[name].bfloat16() for name in ("u", "delta", "B", "C", "z", "A",

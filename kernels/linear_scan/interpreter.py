@@ -7,7 +7,8 @@ a scan is elementwise by definition, so the same left fold can be applied to who
 combine call per position along the scan axis, with identical arithmetic and results.
 
 ``sliced_interpreter_scans()`` installs that fold for the duration of a launch and restores the
-original afterwards. It only touches the interpreter; compiled launches never consult it.
+original afterwards. It only touches the interpreter; compiled launches never consult it. The
+three scan ops (linear_scan, selective_scan, prefix_attention) launch under it.
 """
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, *, initial_state: torch.Tensor
                "dtype": dtype_name(b.dtype)}
     cfg = config_for("linear_scan", problem, config)
     a, b = _unit_stride_channels(a), _unit_stride_channels(b)
+    # Without an initial state the kernel never reads h0; any tensor serves as the argument.
     h0 = _unit_stride_channels(initial_state) if initial_state is not None else h
     grid = (triton.cdiv(channels, cfg["BLOCK_D"]), batch)
     with sliced_interpreter_scans():

@@ -47,8 +47,8 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     if values > MAX_TILE_VALUES_PER_THREAD * threads:
         return f"{values} tile values over {threads} threads would spill registers"
     if config["BLOCK_T"] * config["BLOCK_DV"] < threads:
-        return f"{threads} threads for a {config['BLOCK_T']}x{config['BLOCK_DV']} tile leave " \
-               f"threads idle"
+        return (f"{threads} threads for a {config['BLOCK_T']}x{config['BLOCK_DV']} tile leave "
+                f"threads idle")
     return shared_memory_fits(shared_memory_estimate(config, problem), limits)
 
 
