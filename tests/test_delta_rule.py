@@ -81,12 +81,31 @@ def test_check_rejects_tiles_beyond_the_head_dims_and_oversized_state_slices():
     problem = SPEC.presets["tiny"][0]
     assert "wy.BK" in SPEC.check({**SPEC.default_config, "wy.BK": 64}, problem, H100)
     assert "o.BV" in SPEC.check({**SPEC.default_config, "o.BV": 128}, problem, H100)
+    assert "h.BV" in SPEC.check({**SPEC.default_config, "h.BV": 64}, problem, H100)
     wide = {**problem, "K": 256, "V": 256}
     assert "registers" in SPEC.check(
         {**SPEC.default_config, "h.BV": 64, "h.num_warps": 2}, wide, H100)
+    assert "shared memory" in SPEC.check(
+        {**SPEC.default_config, "h.BV": 64, "h.num_warps": 8, "h.num_stages": 3}, wide, A100)
 
 
-def _inputs(batch=1, length=37, heads=2, key_dim=32, value_dim=24, gate="scalar",
+WIDE_TILES = {"wy.BK": 64, "wy.BV": 64, "h.BV": 64, "o.BK": 64, "o.BV": 64}
+
+
+@pytest.mark.parametrize("problem", SPEC.verify_cases[:3], ids=_label)
+def test_whole_head_tiles_agree(problem):
+    """Tiles covering all of K and V at once (the tiny preset only reaches the narrow ones)."""
+    agreement = check_case(SPEC, problem, SPEC.validate_config(WIDE_TILES))
+    assert agreement.ok, agreement.detail
+
+
+def test_float16_agrees():
+    problem = {**SPEC.verify_cases[2], "dtype": "float16"}
+    agreement = check_case(SPEC, problem, dict(SPEC.default_config))
+    assert agreement.ok, agreement.detail
+
+
+def _inputs(batch=1, length=37, heads=2, key_dim=32, value_dim=40, gate="scalar",
             dtype=torch.float32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     q = F.normalize(torch.randn(batch, length, heads, key_dim, generator=generator), dim=-1)
@@ -110,15 +129,15 @@ def test_no_final_state_unless_asked():
     q, k, v, beta, g = _inputs(length=20, gate="none")
     out, final = delta_rule(q, k, v, beta, g)
     assert final is None
-    assert out.shape == (1, 20, 2, 24) and out.dtype == torch.float32
+    assert out.shape == (1, 20, 2, 40) and out.dtype == torch.float32
 
 
 def test_non_contiguous_inputs_and_an_explicit_scale():
     """Head-major tensors seen as [B, T, H, D], and a strided state."""
-    q, k, v, beta, g = _inputs(length=37, key_dim=32, value_dim=24, gate="channel")
+    q, k, v, beta, g = _inputs(length=37, gate="channel")
     strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, g)]
     beta_strided = beta.transpose(1, 2).contiguous().transpose(1, 2)
-    state = torch.randn(1, 2, 24, 32).transpose(2, 3)
+    state = torch.randn(1, 2, 40, 32).transpose(2, 3)
     assert not any(t.is_contiguous() for t in (*strided, beta_strided, state))
     q_s, k_s, v_s, g_s = strided
     outputs = delta_rule(q_s, k_s, v_s, beta_strided, g_s, scale=0.3, initial_state=state,
@@ -131,10 +150,10 @@ def test_non_contiguous_inputs_and_an_explicit_scale():
 def test_empty_sequence_returns_empty_outputs_without_launching(monkeypatch, with_state):
     monkeypatch.setattr(delta_op, "launch", _refuse_launch)
     q, k, v, beta, g = _inputs(length=0, gate="scalar", dtype=torch.bfloat16)
-    state = torch.randn(1, 2, 32, 24) if with_state else None
+    state = torch.randn(1, 2, 32, 40) if with_state else None
     out, final = delta_rule(q, k, v, beta, g, initial_state=state, output_final_state=True)
-    assert out.shape == (1, 0, 2, 24) and out.dtype == torch.bfloat16
-    expected = state if with_state else torch.zeros(1, 2, 32, 24)
+    assert out.shape == (1, 0, 2, 40) and out.dtype == torch.bfloat16
+    expected = state if with_state else torch.zeros(1, 2, 32, 40)
     assert final.dtype == torch.float32 and torch.equal(final, expected)
 
 
@@ -146,9 +165,9 @@ def _bad_arguments():
     """(case id, function of the good inputs returning call arguments, error, message part)."""
     def replace(**changes):
         def build(q, k, v, beta, g):
-            args = {"q": q, "k": k, "v": v, "beta": beta, "g": g} | changes
-            return {name: value(args) if callable(value) else value
-                    for name, value in args.items()}
+            good = {"q": q, "k": k, "v": v, "beta": beta, "g": g}
+            return good | {name: change(good) if callable(change) else change
+                           for name, change in changes.items()}
         return build
 
     def with_option(**options):
@@ -162,8 +181,8 @@ def _bad_arguments():
         ("v-shape", replace(v=lambda a: a["v"][:, :, :1]), ValueError, "v must have shape"),
         ("beta-shape", replace(beta=lambda a: a["beta"][..., None]), ValueError, "beta must"),
         ("g-shape", replace(g=lambda a: a["g"][:, :, :1]), ValueError, "g must have shape"),
-        ("head-dim-small", replace(q=lambda a: a["q"][..., :8], k=lambda a: a["k"][..., :8],
-                                   g=None), ValueError, "head dim K=8 unsupported"),
+        ("head-dim-small", replace(q=lambda a: a["q"][..., :16], k=lambda a: a["k"][..., :16],
+                                   g=None), ValueError, "head dim K=16 unsupported"),
         ("head-dim-large", replace(v=lambda a: torch.zeros(*a["v"].shape[:3], 320)),
          ValueError, "head dim V=320 unsupported"),
         ("integer", replace(q=lambda a: a["q"].to(torch.int32)), TypeError, "q has dtype int32"),
@@ -171,9 +190,9 @@ def _bad_arguments():
         ("gate-dtype", replace(g=lambda a: a["g"].double()), TypeError, "mixed dtypes"),
         ("device", replace(beta=lambda a: a["beta"].to("meta")), ValueError,
          "different devices"),
-        ("state-shape", with_option(initial_state=torch.zeros(1, 2, 24, 32)), ValueError,
-         "initial_state must have shape (1, 2, 32, 24)"),
-        ("state-dtype", with_option(initial_state=torch.zeros(1, 2, 32, 24,
+        ("state-shape", with_option(initial_state=torch.zeros(1, 2, 40, 32)), ValueError,
+         "initial_state must have shape (1, 2, 32, 40)"),
+        ("state-dtype", with_option(initial_state=torch.zeros(1, 2, 32, 40,
                                                                 dtype=torch.bfloat16)),
          TypeError, "initial_state has dtype bfloat16"),
         ("scale-type", with_option(scale="big"), TypeError, "scale must be a real number"),
@@ -188,7 +207,7 @@ def _bad_arguments():
 def test_bad_arguments_raise_one_line_errors_before_launching(monkeypatch, build, error,
                                                               message):
     monkeypatch.setattr(delta_op, "launch", _refuse_launch)
-    kwargs = build(*_inputs(length=5, key_dim=32, value_dim=24, gate="scalar"))
+    kwargs = build(*_inputs(length=5, gate="scalar"))
     with pytest.raises(error) as caught:
         delta_rule(**kwargs)
     assert message in str(caught.value)
@@ -209,14 +228,13 @@ def test_unnormalised_keys_give_finite_agreeing_outputs():
 def test_long_sequence_with_strong_decay_and_beta_near_one(gate):
     """T in the thousands, log decays down to -30 per step (factors to 1e-13) and beta ~ 1:
     every exponent the kernels take is a decay, so nothing overflows."""
-    q, k, v, beta, _ = _inputs(length=2000, heads=1, key_dim=16, value_dim=16, gate="none",
+    q, k, v, beta, _ = _inputs(length=2000, heads=1, key_dim=32, value_dim=32, gate="none",
                                seed=1)
     generator = torch.Generator().manual_seed(2)
-    gate_shape = (1, 2000, 1) if gate == "scalar" else (1, 2000, 1, 16)
+    gate_shape = (1, 2000, 1) if gate == "scalar" else (1, 2000, 1, 32)
     g = -30.0 * torch.rand(*gate_shape, generator=generator) ** 4
     beta = torch.full_like(beta, 0.999)
-    narrow = {"wy.BK": 16, "wy.BV": 16, "h.BV": 16, "o.BK": 16, "o.BV": 16}
-    outputs = delta_rule(q, k, v, beta, g, output_final_state=True, config=narrow)
+    outputs = delta_rule(q, k, v, beta, g, output_final_state=True)
     assert all(torch.isfinite(t).all() for t in outputs)
     agreement = _agreement(outputs, q, k, v, beta, g)
     assert agreement.ok, agreement.detail

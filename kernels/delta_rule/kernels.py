@@ -143,7 +143,7 @@ def _across_blocks(kk, qk, q, k, gam, INNER: tl.constexpr, OUTER: tl.constexpr,
     part = (idx % OUTER) // INNER
     q32, k32 = q.to(tl.float32), k.to(tl.float32)
     same = (idx // OUTER)[:, None] == (idx // OUTER)[None, :]
-    for s in tl.static_range(1, OUTER // INNER):
+    for s in range(1, OUTER // INNER):
         ref = tl.zeros([BT, BK], dtype=tl.float32)
         for outer in range(BT // OUTER):
             ref_row = tl.sum(tl.where(idx[:, None] == outer * OUTER + s * INNER - 1, gam, 0.0),

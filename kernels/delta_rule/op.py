@@ -15,8 +15,9 @@ from seqtune.spec import Config, dtype_name, next_power_of_2
 
 KERNEL = "delta_rule"
 GATES = {"none": 0, "scalar": 1, "channel": 2}
-# The state kernel holds all of K (padded) in registers; head dims below 16 cannot be tl.dot tiles.
-MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+# The state kernel holds all of K (padded) in registers; below 32 the default config's tiles
+# would exceed the head (and no model uses such heads).
+MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
 
 
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -33,7 +34,7 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
 
     Args:
         q, k: [B, T, H, K] (keys L2-normalised, as the models use them); v: [B, T, H, V];
-            beta: [B, T, H] in (0, 1); all one float dtype, 16 <= K, V <= 256.
+            beta: [B, T, H] in (0, 1); all one float dtype, 32 <= K, V <= 256.
         g: log decay: None (DeltaNet), [B, T, H] (Gated DeltaNet) or [B, T, H, K] (KDA).
         scale: defaults to K ** -0.5.
         initial_state: [B, H, K, V] float32, or None for zeros.
