@@ -16,9 +16,9 @@ needs U = U0 - W S_0, and
 
 Every exponent above is a decay over a forward time span (<= 0 for g <= 0), so nothing
 overflows however strong the decay. A per-channel decay cannot be pulled out of the k-k and
-q-k products as one matrix: ``_channel_grams`` decays both sides of a pair to a boundary between
-them (two levels of blocks, 16 then 4 rows, each factor <= 1, then a tensor-core product) and
-sums only the pairs inside a 4-row block elementwise.
+q-k products as one matrix: ``_grams`` decays both sides of a pair to a boundary between them
+(two levels of blocks, 16 then 4 rows, each factor <= 1, then a tensor-core product) and sums
+only the pairs inside a 4-row block elementwise. The triangular solve is blocked the same way.
 
 Stages: ``wy_kernel`` (per chunk: both grams, the solve, W, U0, the scores P, and for gated
 decays the keys decayed to the chunk's end and exp(gam_last)), ``state_kernel`` (sequential over
