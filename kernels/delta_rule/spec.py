@@ -58,33 +58,36 @@ def _check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None
     if per_thread > STATE_VALUES_PER_THREAD:
         return (f"state slice K x h.BV = {padded['K']} x {config['h.BV']} needs {per_thread} "
                 f"registers per thread with h.num_warps={config['h.num_warps']}")
-    element = DTYPES[problem["dtype"]].itemsize
     for stage, estimate in (("wy", _wy_shared), ("h", _state_shared), ("o", _output_shared)):
-        reason = shared_memory_fits(estimate(config, padded["K"], element), limits)
+        reason = shared_memory_fits(estimate(config, problem), limits)
         if reason is not None:
             return f"{stage}: {reason}"
     return None
 
 
-def _wy_shared(config: Config, key_dim: int, element: int) -> int:
-    """Pipelined q, k and v tiles, the dot operands and a [BT, BT] fp32 exchange buffer."""
-    chunk, stages = config["BT"], config["wy.num_stages"]
-    tiles = chunk * (2 * config["wy.BK"] + config["wy.BV"]) * element
-    return stages * tiles + chunk * chunk * (4 + element) + tiles
+def _wy_shared(config: Config, problem: Problem) -> int:
+    """Pipelined q, k, g and v tiles and two [BT, BT] fp32 operands of the solve (above every
+    sm_90 build measured: 16-98 KB at BT=64)."""
+    chunk, element = config["BT"], DTYPES[problem["dtype"]].itemsize
+    tiles = chunk * (3 * config["wy.BK"] + config["wy.BV"]) * element
+    return config["wy.num_stages"] * tiles + 8 * chunk * chunk
 
 
-def _state_shared(config: Config, key_dim: int, element: int) -> int:
+def _state_shared(config: Config, problem: Problem) -> int:
     """Pipelined W and K chunks (all of K) and U0 tiles, the state slice and U as dot operands
     (what sm_90 builds allocate, to the byte, at 4 and 8 warps)."""
     chunk, width = config["BT"], config["h.BV"]
+    key_dim, element = next_power_of_2(problem["K"]), DTYPES[problem["dtype"]].itemsize
     pipelined = config["h.num_stages"] * chunk * (2 * key_dim + width)
     return element * (pipelined + key_dim * width + chunk * width)
 
 
-def _output_shared(config: Config, key_dim: int, element: int) -> int:
-    """Pipelined q and state tiles, the scores and U as dot operands."""
+def _output_shared(config: Config, problem: Problem) -> int:
+    """Pipelined q, state and (per-channel decay) g tiles, the scores and U as dot operands."""
     chunk, depth, width = config["BT"], config["o.BK"], config["o.BV"]
-    tiles = (chunk * depth + depth * width) * element
+    element = DTYPES[problem["dtype"]].itemsize
+    row_tiles = 2 if problem["gate"] == "channel" else 1
+    tiles = (row_tiles * chunk * depth + depth * width) * element
     return config["o.num_stages"] * tiles + chunk * (chunk + width) * element
 
 
