@@ -2,6 +2,8 @@ import os
 
 # Kernels must be defined under the interpreter: set it before anything imports triton kernels.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# rich reads the width when seqtune.cli creates its consoles: wide, unfolded tables for the tests.
+os.environ["COLUMNS"] = "250"
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +30,6 @@ def toy_registry(monkeypatch):
 def isolated_profiles(tmp_path, monkeypatch):
     """No test reads the user's profile dir or leaves a loader state behind."""
     monkeypatch.setenv("SEQTUNE_PROFILE_DIR", str(tmp_path / "profiles"))
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables unfolded, so tests can read them
     monkeypatch.setattr(seqtune.loader, "_active", None)
     seqtune.loader._warned.clear()
     yield
