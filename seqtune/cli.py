@@ -66,6 +66,9 @@ def tune(
                                              "tune, seconds; the default config is always run."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     seed: int = typer.Option(0, help="Seed of the inputs and of the candidate order."),
+    strategy: str = typer.Option("auto", help="Search strategy: auto (by space size and "
+                                 "budget), exhaustive, stagewise, random, halving, local or "
+                                 "model; compare them offline with `seqtune replay`."),
     keep_spilling: bool = typer.Option(False, "--keep-spilling", help="On a GPU, also time "
                                        "configs whose registers spill (skipped by default)."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Run candidates in a "
@@ -110,6 +113,7 @@ def tune(
         raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
                          "Triton interpreter with --preset tiny")
     specs = _specs(kernels)
+    _check_strategy(strategy)
     if device.backend == "interpreter":
         err.print("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny preset "
                   "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
@@ -122,8 +126,8 @@ def tune(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
-                          isolate, timeout_s, resume, jobs=jobs, compile_target=compile_target,
-                          shard=share)
+                          isolate, timeout_s, resume, strategy=strategy, jobs=jobs,
+                          compile_target=compile_target, shard=share)
     try:
         results = _run_tune_mode(specs, device, options, launch, fleet,
                                  console=err if as_json else out)
@@ -135,6 +139,13 @@ def tune(
         _emit_json(results)
     if results.get("errors") or any(r["winner"] is None for r in results["problems"]):
         raise typer.Exit(1)
+
+
+def _check_strategy(name: str) -> None:
+    from seqtune.search import STRATEGIES
+
+    if name not in STRATEGIES:
+        raise UsageError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
 def _distributed_launch(gpus: str | None, shard: str | None, interpreter_devices: int | None):
@@ -320,6 +331,33 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list))
                       else str(value))
     out.print(table)
+
+
+@app.command()
+def replay(
+    logs: list[Path] = typer.Argument(..., help="Tuning logs (.jsonl) or Kernel Tuner cache "
+                                      "files (.json, .json.gz)."),
+    strategy: str = typer.Option("auto", help="A strategy, a comma-separated list, or 'all'."),
+    budget: str = typer.Option("5%", help="Configs per run: a count, or a share of each "
+                               "space such as 5%."),
+    repeats: int = typer.Option(50, min=1, help="Seeded runs per strategy and space."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+) -> None:
+    """Replay search strategies on recorded tuning spaces instead of running kernels: how often
+    each reaches within 3% of the best valid config within the budget, and how fast."""
+    from seqtune.replay import ReplayError, replay_table, run_replay, strategy_names
+
+    try:
+        names = strategy_names(strategy)
+        payload = run_replay(logs, names, budget, repeats)
+    except ReplayError as exc:
+        raise Failure(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        _emit_json(payload)
+    else:
+        out.print(replay_table(payload))
 
 
 @app.command()

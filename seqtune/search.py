@@ -2,9 +2,17 @@
 
 A strategy sees only a ``SearchSpace`` and an ``evaluate`` callback, so the same strategy drives
 a real tune (evaluate = check against the reference, then time) and an offline replay of a
-recorded tuning log (evaluate = look the time up). ``evaluate`` memoises (a config is never
-evaluated twice), returns the run time in µs (``inf`` for a config that failed) and returns None
-once the budget is spent: a strategy stops at the first None.
+recorded tuning log (evaluate = look the time up). ``evaluate(config)`` memoises (a config is
+never evaluated twice), returns the run time in µs (``inf`` for a config that failed) and returns
+None once the budget is spent: a strategy stops at the first None.
+
+``evaluate(config, fidelity=f)`` with ``0 < f < 1`` asks for a cheaper, noisier timing (fewer
+repetitions); only successive halving asks for one, and an evaluate may ignore it. Every other
+strategy calls ``evaluate(config)`` alone, so a one-argument evaluate still drives them.
+
+Strategies: exhaustive, stagewise, random, halving, local, model, and auto (which picks one of
+the others from the space's size and the budget). Every strategy remembers what it asked, so it
+never spends budget on a config twice.
 """
 from __future__ import annotations
 
@@ -14,9 +22,12 @@ import math
 import random
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 from seqtune.spec import Config
 
-Evaluate = Callable[[Config], "float | None"]
+Evaluate = Callable[..., "float | None"]
+FULL_FIDELITY = 1.0
 
 
 def config_key(config: Config) -> tuple:
@@ -32,12 +43,19 @@ class SearchSpace:
         candidates: the valid configs of this problem, the default first.
         starts: where local searches begin (the default, then nearest tuned configs).
         stages: per-stage namespaces, for stagewise search.
+        stagewise: the kernel's stages may be tuned one at a time (``KernelSpec.stagewise``).
+        max_evaluations: the most configs the budget allows (None: no count limit).
+        limited_by_time: the budget also ends at a wall-clock deadline, so the search may stop
+            before ``max_evaluations``. ``auto`` reads both to pick a strategy.
     """
 
     params: dict[str, tuple]
     candidates: list[Config]
     starts: list[Config]
     stages: tuple[str, ...] = ()
+    stagewise: bool = False
+    max_evaluations: int | None = None
+    limited_by_time: bool = False
 
     def stage_of(self, param: str) -> str | None:
         prefix, dot, _ = param.partition(".")
@@ -47,6 +65,182 @@ class SearchSpace:
         if not hasattr(self, "_keys"):
             self._keys = {config_key(c) for c in self.candidates}
         return config_key(config) in self._keys
+
+    def geometry(self) -> "SpaceGeometry":
+        """The candidates as numbers (built once per space, shared by every search of it)."""
+        if not hasattr(self, "_geometry"):
+            self._geometry = SpaceGeometry(self)
+        return self._geometry
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class SpaceGeometry:
+    """Candidates as arrays: each varying parameter's value rank, the features a surrogate model
+    reads, and one-parameter neighbourhoods.
+
+    A parameter whose values are all numbers is ordinal (its values sorted; neighbours are the
+    nearest smaller and larger value); any other (bools, strings) is categorical (every other
+    value is a neighbour). Ranks, not raw values, are the coordinates, so 16..256 in steps of 16
+    and 1, 2, 4, ... 32 are both evenly spaced. Memory is O(candidates × parameters): features
+    are built only for the configs a model asks about.
+    """
+
+    def __init__(self, space: SearchSpace):
+        candidates = space.candidates
+        self.params: list[str] = []
+        self.ordinal: list[bool] = []
+        self.ranking: list[dict[Any, int]] = []
+        self.constants: dict[str, Any] = {}
+        columns = []
+        for param in dict.fromkeys(itertools.chain(space.params, *candidates)):
+            values = list(dict.fromkeys(
+                itertools.chain(space.params.get(param, ()), (c[param] for c in candidates))))
+            seen = {c[param] for c in candidates}
+            if len(seen) < 2:  # a constant parameter neither separates nor connects configs
+                self.constants.update((param, v) for v in seen)
+                continue
+            ordinal = all(_is_number(v) for v in values)
+            rank = {v: r for r, v in enumerate(sorted(values) if ordinal else values)}
+            self.params.append(param)
+            self.ordinal.append(ordinal)
+            self.ranking.append(rank)
+            columns.append(np.fromiter((rank[c[param]] for c in candidates), np.int32,
+                                       count=len(candidates)))
+        self.ranks = (np.stack(columns, axis=1) if columns
+                      else np.zeros((len(candidates), 0), np.int32))
+        self.levels = [len(rank) for rank in self.ranking]
+        self.feature_groups = self._feature_groups()
+        self._lines = [self._line(j) for j in range(len(self.params))]
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def _one_hot(self, j: int) -> bool:
+        """Whether parameter j gets one-hot features: every categorical one, and every ordinal
+        one with more than two values, whose values may matter each on its own (a block size
+        that fits the hardware) beyond the smooth trend of its rank."""
+        return not self.ordinal[j] or self.levels[j] > 2
+
+    def _feature_groups(self) -> list[np.ndarray]:
+        """The feature columns of each length scale of the model: a rank column per ordinal
+        parameter, a block of one-hot columns per ``_one_hot`` parameter."""
+        groups, used = [], 0
+        for j, ordinal in enumerate(self.ordinal):
+            if ordinal:
+                groups.append(np.arange(used, used + 1))
+                used += 1
+            if self._one_hot(j):
+                groups.append(np.arange(used, used + self.levels[j]))
+                used += self.levels[j]
+        return groups
+
+    def features(self, indices: np.ndarray) -> np.ndarray:
+        """Features of the given candidates: ordinal ranks scaled to [0, 1]; one-hot values
+        scaled so that two different values are as far apart as the ends of an ordinal axis."""
+        parts = []
+        for j, ordinal in enumerate(self.ordinal):
+            column = self.ranks[indices, j]
+            if ordinal:
+                parts.append((column / max(self.levels[j] - 1, 1))[:, None])
+            if self._one_hot(j):
+                parts.append(np.eye(self.levels[j])[column] / math.sqrt(2))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(indices), 0))
+
+    def _line(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates that differ only in parameter j, grouped into lines sorted by its rank:
+        (candidates in line order, each candidate's position in it, line start, line end)."""
+        others = [self.ranks[:, k] for k in range(self.ranks.shape[1]) if k != j]
+        order = np.lexsort([self.ranks[:, j]] + others[::-1])
+        if others:
+            sorted_others = np.stack(others, axis=1)[order]
+            new_line = np.any(sorted_others[1:] != sorted_others[:-1], axis=1)
+        else:
+            new_line = np.zeros(max(len(order) - 1, 0), bool)
+        line = np.concatenate([[0], np.cumsum(new_line)]) if len(order) else np.zeros(0, int)
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))
+        starts = np.searchsorted(line, line, side="left")
+        ends = np.searchsorted(line, line, side="right")
+        return order, position, starts, ends
+
+    def neighbours(self, i: int, adjacent_only: bool = False) -> list[int]:
+        """Candidates that differ from candidate i in one parameter: any other value of it, or
+        (``adjacent_only``) the nearest smaller and larger value of an ordinal one."""
+        result = []
+        for j, (order, position, starts, ends) in enumerate(self._lines):
+            at = position[i]
+            low, high = starts[at], ends[at]
+            if adjacent_only and self.ordinal[j]:
+                result.extend(int(order[p]) for p in (at - 1, at + 1) if low <= p < high)
+            else:
+                result.extend(int(order[p]) for p in range(low, high) if p != at)
+        return result
+
+    def distances(self, indices: np.ndarray, center: int) -> np.ndarray:
+        """How many parameters each of the given candidates sets differently from ``center``."""
+        return (self.ranks[indices] != self.ranks[center]).sum(axis=1)
+
+    def indices_of(self, configs: list[Config]) -> list[int]:
+        """The candidate indices of those configs that are candidates, in order, once each
+        (a scan per config: meant for the few starts, not for every lookup)."""
+        found = []
+        for config in configs:
+            if any(config.get(p) != v for p, v in self.constants.items()):
+                continue
+            try:
+                row = [rank[config[p]] for p, rank in zip(self.params, self.ranking)]
+            except (KeyError, TypeError):
+                continue
+            match = np.flatnonzero((self.ranks == np.asarray(row, np.int32)).all(axis=1))
+            found.extend(int(i) for i in match[:1])
+        return list(dict.fromkeys(found))
+
+
+class Session:
+    """One search's view of ``evaluate``: asks each (candidate, fidelity) once, remembers the
+    latest time of every candidate, and notices when the budget is spent."""
+
+    def __init__(self, space: SearchSpace, evaluate: Evaluate):
+        self.space = space
+        self.evaluate = evaluate
+        self.times: dict[int, float] = {}
+        self.fidelity: dict[int, float] = {}
+        self.spent = False
+
+    def ask(self, index: int, fidelity: float = FULL_FIDELITY) -> float | None:
+        """The time of candidate ``index`` at least at ``fidelity``; None once the budget ends."""
+        if self.spent:
+            return None
+        if self.fidelity.get(index, 0.0) >= fidelity:
+            return self.times[index]
+        config = self.space.candidates[index]
+        value = (self.evaluate(config) if fidelity >= FULL_FIDELITY
+                 else self.evaluate(config, fidelity=fidelity))
+        if value is None:
+            self.spent = True
+            return None
+        self.times[index] = float(value)
+        self.fidelity[index] = fidelity
+        return self.times[index]
+
+    def asked(self, index: int) -> bool:
+        return index in self.times
+
+    def best(self) -> tuple[int | None, float]:
+        """The fastest candidate measured so far and its time (None, inf before any)."""
+        if not self.times:
+            return None, math.inf
+        index = min(self.times, key=self.times.__getitem__)
+        return index, self.times[index]
+
+    def random_order(self, rng: random.Random) -> list[int]:
+        """The starts first, then every other candidate in a seeded random order."""
+        starts = self.space.geometry().indices_of(self.space.starts)
+        rest = rng.sample(range(len(self.space.candidates)), len(self.space.candidates))
+        return list(dict.fromkeys(starts + rest))
 
 
 class Strategy(Protocol):
@@ -70,11 +264,15 @@ class Exhaustive:
 class Stagewise:
     """For each setting of the shared knobs, tune one stage at a time with the other stages held
     at their best so far: the sum of the stage spaces instead of their product. Right when the
-    stages are nearly independent once the shared knobs (e.g. the chunk size) are fixed."""
+    stages are nearly independent once the shared knobs (e.g. the chunk size) are fixed. A space
+    without stages is searched exhaustively."""
 
     name = "stagewise"
 
     def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        if not space.stages:
+            Exhaustive().search(space, evaluate, rng)
+            return
         shared = [p for p in space.params if space.stage_of(p) is None]
         settings = list(dict.fromkeys(tuple(c[p] for p in shared) for c in space.candidates))
         for setting in settings:
@@ -102,7 +300,445 @@ class Stagewise:
         return best
 
 
-STRATEGIES: dict[str, Any] = {"exhaustive": Exhaustive, "stagewise": Stagewise}
+class RandomSearch:
+    """The starts (the default), then candidates uniformly at random without repetition: the
+    baseline every other strategy must beat."""
+
+    name = "random"
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        session = Session(space, evaluate)
+        for index in session.random_order(rng):
+            if session.ask(index) is None:
+                return
+
+
+class SuccessiveHalving:
+    """Successive halving in brackets: time a batch of fresh candidates cheaply (few
+    repetitions), keep the fastest third, time those more precisely, and so on up to full
+    fidelity; then start the next bracket. Cheap timings cost wall time, not configs: a config
+    re-timed at a higher fidelity is still one config of ``--max-configs``."""
+
+    name = "halving"
+
+    def __init__(self, eta: int = 3, rungs: int = 3):
+        self.eta = eta
+        self.rungs = rungs
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        session = Session(space, evaluate)
+        order = session.random_order(rng)
+        bracket_size = self.eta ** self.rungs
+        for first in range(0, len(order), bracket_size):
+            if not self._bracket(session, order[first:first + bracket_size]):
+                return
+
+    def _bracket(self, session: Session, survivors: list[int]) -> bool:
+        """Runs one bracket; False once the budget is spent."""
+        for rung in range(self.rungs):
+            fidelity = float(self.eta) ** (rung + 1 - self.rungs)
+            for index in survivors:
+                if session.ask(index, fidelity) is None:
+                    return False
+            keep = max(1, math.ceil(len(survivors) / self.eta))
+            survivors = sorted(survivors, key=session.times.__getitem__)[:keep]
+        return True
+
+
+class LocalSearch:
+    """Iterated local search: first-improvement hill climbing over one-parameter moves from each
+    start (the default, then the nearest tuned configs); at a local optimum (no untried neighbour
+    is faster), restart from a perturbation of the best config so far: a few of its parameters
+    set to random values. Neighbours already measured cost nothing to compare against."""
+
+    name = "local"
+
+    def __init__(self, perturbed_params: int = 2, adjacent_only: bool = False):
+        self.perturbed_params = perturbed_params
+        self.adjacent_only = adjacent_only
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        if not space.candidates:
+            return
+        session = Session(space, evaluate)
+        geometry = space.geometry()
+        starts = geometry.indices_of(space.starts)
+        shuffled = session.random_order(rng)
+        while not session.spent:
+            start = next((s for s in starts if not session.asked(s)), None)
+            if start is None:
+                start = self._restart(session, geometry, rng, shuffled)
+            if start is None:
+                return
+            self._climb(session, geometry, start, rng)
+
+    def _climb(self, session: Session, geometry: SpaceGeometry, current: int,
+               rng: random.Random) -> None:
+        """Hill-climbs from ``current`` until no neighbour is faster or the budget ends."""
+        current_time = session.ask(current)
+        while current_time is not None:
+            neighbours = geometry.neighbours(current, self.adjacent_only)
+            known = [n for n in neighbours if session.asked(n)]
+            better_known = min(known, key=session.times.__getitem__, default=None)
+            if better_known is not None and session.times[better_known] < current_time:
+                current, current_time = better_known, session.times[better_known]
+                continue
+            untried = [n for n in neighbours if not session.asked(n)]
+            rng.shuffle(untried)
+            for neighbour in untried:
+                elapsed = session.ask(neighbour)
+                if elapsed is None:
+                    return
+                if elapsed < current_time:
+                    current, current_time = neighbour, elapsed
+                    break
+            else:
+                return  # a local optimum: every neighbour is known and none is faster
+
+    def _restart(self, session: Session, geometry: SpaceGeometry, rng: random.Random,
+                 shuffled: list[int]) -> int | None:
+        """An untried candidate near the best so far, else any untried candidate."""
+        best, _ = session.best()
+        if best is not None and geometry.params:
+            for _ in range(64):
+                jump = self._perturb(geometry, best, rng)
+                if jump is not None and not session.asked(jump):
+                    return jump
+        return next((i for i in shuffled if not session.asked(i)), None)
+
+    def _perturb(self, geometry: SpaceGeometry, index: int, rng: random.Random) -> int | None:
+        """Candidate ``index`` with a few parameters moved, one neighbour step at a time."""
+        for _ in range(min(self.perturbed_params, len(geometry.params))):
+            neighbours = geometry.neighbours(index)
+            if not neighbours:
+                return None
+            index = rng.choice(neighbours)
+        return index
+
+
+# The most candidates a model scores at once: larger spaces are scored on a random sample of
+# this many untried candidates, drawn afresh at each refit (plus the best config's neighbours).
+MAX_POOL = 20000
+
+
+class ModelBased:
+    """Bayesian optimisation over the finite candidate set, numpy only: a Gaussian process on
+    log run times (``GaussianProcess``) proposes the untried candidate of largest expected
+    improvement; every ``local_period``-th proposal is the best one among the neighbours of the
+    fastest config so far, which refines the incumbent even where the model is unsure of it.
+
+    Starts from the starts and a few random configs; a failed config counts as the slowest time
+    seen when it failed, so the model learns to avoid failing regions."""
+
+    name = "model"
+
+    def __init__(self, initial_fraction: float = 0.1, max_initial: int = 20,
+                 min_initial: int = 5, local_period: int = 2):
+        self.initial_fraction = initial_fraction
+        self.max_initial = max_initial
+        self.min_initial = min_initial
+        self.local_period = local_period
+
+    def initial_samples(self, space: SearchSpace) -> int:
+        """How many configs to measure before trusting the model: a tenth of the budget,
+        between ``min_initial`` and ``max_initial``."""
+        budget = space.max_evaluations or len(space.candidates)
+        return int(min(self.max_initial, max(self.min_initial, self.initial_fraction * budget)))
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        session = Session(space, evaluate)
+        geometry = space.geometry()
+        order = session.random_order(rng)
+        initial = self.initial_samples(space)
+        for index in order[:initial]:
+            if session.ask(index) is None:
+                return
+        sampler = np.random.default_rng(rng.getrandbits(64))
+
+        def pool() -> np.ndarray:
+            if len(geometry) <= MAX_POOL:
+                return np.arange(len(geometry))
+            untried = np.ones(len(geometry), bool)
+            untried[list(session.times)] = False
+            return np.sort(sampler.choice(np.flatnonzero(untried), MAX_POOL, replace=False))
+
+        model = GaussianProcess(geometry.features, geometry.feature_groups, pool)
+        untried = iter(order[initial:])
+        for step in itertools.count():
+            if len(session.times) >= len(geometry):
+                return
+            local = self.local_period > 0 and step % self.local_period == self.local_period - 1
+            proposal = self._propose(session, model, geometry, local)
+            if proposal is None:  # nothing to learn from yet, or nothing to gain: explore
+                proposal = next(i for i in untried if not session.asked(i))
+            if session.ask(proposal) is None:
+                return
+
+    @staticmethod
+    def _propose(session: Session, model: "GaussianProcess", geometry: SpaceGeometry,
+                 local: bool) -> int | None:
+        """The untried candidate of largest expected improvement of the log time: on a local
+        step, among the nearest untried configs to the best so far (its neighbours, else those
+        differing in two parameters, ...), else among the model's pool. None before any config
+        ran or when no candidate is expected to improve."""
+        model.update(session.times)
+        if not model.observed:
+            return None
+        best_target = min(model.targets)
+        incumbent = session.best()[0]
+        if local:
+            neighbours = [n for n in geometry.neighbours(incumbent) if not session.asked(n)]
+            if neighbours:
+                improvement = expected_improvement(*model.predict_at(np.array(neighbours)),
+                                                   best_target)
+                return neighbours[int(np.argmax(improvement))]
+        improvement = expected_improvement(*model.predict(), best_target)
+        tried = [p for p in map(model.pool_position.get, session.times) if p is not None]
+        improvement[tried] = -np.inf
+        if local:
+            distance = geometry.distances(model.pool, incumbent)
+            untried = np.isfinite(improvement)
+            if untried.any():
+                nearest = untried & (distance == distance[untried].min())
+                improvement = np.where(nearest, improvement, -np.inf)
+        proposal = int(np.argmax(improvement))
+        return int(model.pool[proposal]) if improvement[proposal] > 0.0 else None
+
+
+def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> np.ndarray:
+    """E[max(best - Y, 0)] for Y ~ N(mean, std²), elementwise (minimisation)."""
+    gap = best - mean
+    u = gap / std
+    cdf = 0.5 * (1.0 + _erf(u / math.sqrt(2.0)))
+    pdf = np.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+    return np.maximum(gap * cdf + std * pdf, 0.0)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to 1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has none and scipy is not required."""
+    sign = np.sign(x)
+    x = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                                                        + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-x * x))
+
+
+class GaussianProcess:
+    """A Gaussian process on candidate indices, observed at a growing subset of them and
+    predicting at a pool of them (every candidate, unless the space is very large).
+
+    Matérn-5/2 kernel with one length scale per feature group (automatic relevance
+    determination: a parameter that barely matters gets a long one). Keeps the Cholesky factor
+    L of the observed kernel matrix and V = L⁻¹·K(observed, pool), so an observation adds one
+    row to each (O(n·pool)); the length scales and noise are re-chosen by marginal likelihood,
+    the pool redrawn and everything recomputed whenever the observation count doubles. The
+    constant mean and the signal variance are their maximum-likelihood estimates.
+    """
+
+    LENGTH_SCALES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)  # per √(groups)
+    NOISES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # relative to the signal variance
+    RELEVANCE_STEPS = (0.25, 0.5, 2.0, 4.0, 1e3)  # tried per group, on top of the shared one
+    RELEVANCE_SWEEPS = 2
+    CAP_QUANTILE = 0.5
+    REFIT_GROWTH = 2.0  # refit when the observations grow by this factor
+
+    def __init__(self, features_of: Callable[[np.ndarray], np.ndarray],
+                 groups: list[np.ndarray], pool: Callable[[], np.ndarray]):
+        self.features_of = features_of
+        self.groups = groups
+        self.draw_pool = pool
+        self.width = int(max((g.max() + 1 for g in groups), default=0))
+        self.length_scales = np.full(len(groups), 0.35 * math.sqrt(max(len(groups), 1)))
+        self.noise = 1e-4
+        self.observed: list[int] = []
+        self.targets: list[float] = []
+        self.fitted_at = 0
+
+    def _column_scales(self, lengths: np.ndarray) -> np.ndarray:
+        per_column = np.ones(self.width)
+        for group, length in zip(self.groups, lengths):
+            per_column[group] = length
+        return math.sqrt(5.0) / per_column
+
+    @staticmethod
+    def kernel(rows: np.ndarray, columns: np.ndarray,
+               column_norms: np.ndarray | None = None) -> np.ndarray:
+        """Matérn-5/2 correlation between two sets of already scaled feature rows."""
+        if column_norms is None:
+            column_norms = (columns * columns).sum(1)
+        squared = (rows * rows).sum(1)[:, None] + column_norms[None, :] - 2.0 * rows @ columns.T
+        r = np.sqrt(np.maximum(squared, 0.0))
+        return (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+    def update(self, times: dict[int, float]) -> None:
+        """Brings the model up to date with every measured time: log times, capped at a
+        quantile of those measured (failures count as the cap)."""
+        finite = [math.log(t) for t in times.values() if math.isfinite(t) and t > 0]
+        if not finite:
+            return
+        seen = set(self.observed)
+        new = [i for i in times if i not in seen]
+        if not self.observed or len(self.observed) + len(new) >= self.REFIT_GROWTH * self.fitted_at:
+            self.cap = float(np.quantile(finite, self.CAP_QUANTILE))
+            everything = self.observed + new
+            self._refit(everything, [self._target(times[i]) for i in everything])
+            return
+        for index in new:
+            self._extend(index, self._target(times[index]))
+
+    def _target(self, elapsed: float) -> float:
+        # Capped: how slow a slow config is does not help find the fast ones, and an uncapped
+        # bulk of slow configs would drown the differences among the fast in the likelihood.
+        if not (math.isfinite(elapsed) and elapsed > 0):
+            return self.cap
+        return min(math.log(elapsed), self.cap)
+
+    def _refit(self, observed: list[int], targets: list[float]) -> None:
+        self.observed, self.targets = list(observed), list(targets)
+        self.observed_features = self.features_of(np.array(observed))
+        self._choose_hyperparameters()
+        self._factorise()
+        self.fitted_at = len(self.observed)
+
+    def _likelihood(self, lengths: np.ndarray, noise: float) -> float:
+        points = self.observed_features * self._column_scales(lengths)
+        correlation = self.kernel(points, points) + noise * np.eye(len(points))
+        return _profile_log_likelihood(correlation, np.asarray(self.targets))
+
+    def _choose_hyperparameters(self) -> None:
+        """A shared length scale and the noise on a grid, then each group's own length scale
+        by coordinate search: all by marginal likelihood."""
+        unit = math.sqrt(max(len(self.groups), 1))
+        best, lengths, noise = -math.inf, self.length_scales, self.noise
+        for length, candidate_noise in itertools.product(self.LENGTH_SCALES, self.NOISES):
+            trial = np.full(len(self.groups), length * unit)
+            likelihood = self._likelihood(trial, candidate_noise)
+            if likelihood > best:
+                best, lengths, noise = likelihood, trial, candidate_noise
+        for _ in range(self.RELEVANCE_SWEEPS):
+            for j in range(len(self.groups)):
+                for step in self.RELEVANCE_STEPS:
+                    trial = lengths.copy()
+                    trial[j] *= step
+                    likelihood = self._likelihood(trial, noise)
+                    if likelihood > best:
+                        best, lengths = likelihood, trial
+        self.length_scales, self.noise = lengths, noise
+        self.scales = self._column_scales(lengths)
+
+    def _factorise(self) -> None:
+        self.pool = self.draw_pool()
+        self.pool_position = {int(i): k for k, i in enumerate(self.pool)}
+        self.pool_scaled = self.features_of(self.pool) * self.scales
+        self.pool_norms = (self.pool_scaled * self.pool_scaled).sum(1)
+        self.observed_scaled = self.observed_features * self.scales
+        n = len(self.observed)
+        correlation = self.kernel(self.observed_scaled, self.observed_scaled)
+        self.cholesky = np.linalg.cholesky(correlation + (self.noise + 1e-10) * np.eye(n))
+        self._projection = np.linalg.solve(
+            self.cholesky, self.kernel(self.observed_scaled, self.pool_scaled, self.pool_norms))
+        self.whitened_y = np.linalg.solve(self.cholesky, np.asarray(self.targets))
+        self.whitened_one = np.linalg.solve(self.cholesky, np.ones(n))
+        self.explained = np.einsum("ij,ij->j", self._projection, self._projection)
+
+    @property
+    def projection(self) -> np.ndarray:
+        """V: one row per observation (the array beyond them is room to grow)."""
+        return self._projection[:len(self.observed)]
+
+    def _extend(self, index: int, target: float) -> None:
+        """Adds one observation: a new last row of L, of V and of the whitened vectors."""
+        point = self.features_of(np.array([index])) * self.scales
+        position = self.pool_position.get(index)
+        link = (self.projection[:, position] if position is not None else
+                np.linalg.solve(self.cholesky, self.kernel(self.observed_scaled, point)[:, 0]))
+        pivot = math.sqrt(max(1.0 + self.noise - float(link @ link), 1e-12))
+        row = (self.kernel(point, self.pool_scaled, self.pool_norms)[0]
+               - link @ self.projection) / pivot
+        n = len(self.observed)
+        grown = np.zeros((n + 1, n + 1))
+        grown[:n, :n] = self.cholesky
+        grown[n, :n] = link
+        grown[n, n] = pivot
+        self.cholesky = grown
+        if len(self._projection) == n:  # room for the next rows, so a step costs O(n·pool)
+            self._projection = np.concatenate([self._projection, np.empty_like(self._projection)])
+        self._projection[n] = row
+        self.whitened_y = np.append(self.whitened_y, (target - link @ self.whitened_y) / pivot)
+        self.whitened_one = np.append(self.whitened_one, (1.0 - link @ self.whitened_one) / pivot)
+        self.explained = self.explained + row * row
+        self.observed.append(index)
+        self.targets.append(target)
+        self.observed_scaled = np.vstack([self.observed_scaled, point])
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation at every point of the pool."""
+        return self._posterior(self.projection, self.explained)
+
+    def predict_at(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation at any candidates."""
+        points = self.features_of(indices) * self.scales
+        projection = np.linalg.solve(self.cholesky, self.kernel(self.observed_scaled, points))
+        return self._posterior(projection, np.einsum("ij,ij->j", projection, projection))
+
+    def _posterior(self, projection: np.ndarray,
+                   explained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        level = float(self.whitened_one @ self.whitened_y) / float(
+            self.whitened_one @ self.whitened_one)
+        residual = self.whitened_y - level * self.whitened_one
+        variance = float(residual @ residual) / max(len(self.observed), 1)
+        mean = level + residual @ projection
+        std = np.sqrt(np.maximum(1.0 - explained, 1e-12) * max(variance, 1e-12))
+        return mean, std
+
+
+def _profile_log_likelihood(correlation: np.ndarray, y: np.ndarray) -> float:
+    """Log marginal likelihood of y with the constant mean and signal variance profiled out."""
+    try:
+        lower = np.linalg.cholesky(correlation)
+    except np.linalg.LinAlgError:
+        return -math.inf
+    n = len(y)
+    whitened_y, whitened_one = np.linalg.solve(lower, np.stack([y, np.ones(n)], axis=1)).T
+    level = float(whitened_one @ whitened_y) / float(whitened_one @ whitened_one)
+    residual = whitened_y - level * whitened_one
+    variance = max(float(residual @ residual) / n, 1e-300)
+    return -0.5 * n * math.log(variance) - float(np.log(np.diag(lower)).sum())
+
+
+class Auto:
+    """Picks a strategy from the space and the budget (see ``choose``)."""
+
+    name = "auto"
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        choose(space).search(space, evaluate, rng)
+
+
+# Spaces this small are measured whole: a model or a walk cannot save enough configs to matter.
+SMALL_SPACE = 32
+
+
+def choose(space: SearchSpace) -> Strategy:
+    """The strategy ``auto`` runs: stagewise where the kernel allows it; exhaustive when the
+    space is small or the budget surely covers it (no deadline, enough configs); otherwise
+    the model-based search, which spends a partial budget best (see
+    benchmarks/results/replay.md)."""
+    size = len(space.candidates)
+    if space.stagewise and space.stages:
+        return Stagewise()
+    covered = (not space.limited_by_time
+               and (space.max_evaluations is None or space.max_evaluations >= size))
+    if covered or size <= SMALL_SPACE:
+        return Exhaustive()
+    return ModelBased()
+
+
+STRATEGIES: dict[str, Any] = {
+    "auto": Auto, "exhaustive": Exhaustive, "stagewise": Stagewise, "random": RandomSearch,
+    "halving": SuccessiveHalving, "local": LocalSearch, "model": ModelBased,
+}
 
 
 def make_strategy(name: str) -> Strategy:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from seqtune.device import DeviceInfo
 from seqtune.runner import Candidate, InProcessRunner, Pruner, Runner
-from seqtune.search import Exhaustive, SearchSpace, Stagewise, Strategy, config_key
+from seqtune.search import Auto, SearchSpace, Strategy, config_key
 from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.timing import Timer, Timing
 
@@ -123,8 +123,9 @@ class Tuner:
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
-        """Search the problem's valid configs with ``strategy`` (default: stagewise for specs
-        that allow it, else exhaustive) and select the winner."""
+        """Search the problem's valid configs with ``strategy`` (default: ``auto``, which picks
+        stagewise for specs that allow it, exhaustive where the budget covers the space, else a
+        model-based search) and select the winner."""
         runner = self.make_runner(spec, problem)
         order = candidate_order(spec, problem, self.device, self.seed)
         if self.compile_ahead is not None:
@@ -132,7 +133,8 @@ class Tuner:
         evaluated: dict[tuple, Candidate] = {}
         known = self.known.get((spec.name, problem_key(spec.bucket(problem))), {})
 
-        def evaluate(config: Config) -> float | None:
+        def evaluate(config: Config, fidelity: float = 1.0) -> float | None:
+            # Timers take no repetition count: a cheap timing asked for is a full one.
             key = config_key(config)
             if key not in evaluated:
                 if not self.budget.allows(len(evaluated)):
@@ -143,8 +145,10 @@ class Tuner:
             return evaluated[key].median
 
         if strategy is None:
-            strategy = Stagewise() if spec.stagewise and spec.stages else Exhaustive()
-        space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages))
+            strategy = Auto()
+        space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages),
+                            stagewise=spec.stagewise, max_evaluations=self.budget.max_configs,
+                            limited_by_time=self.budget.deadline is not None)
         strategy.search(space, evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())
         winner, ties, noise = self._select(spec.default_for(problem, self.device.limits), runner,
