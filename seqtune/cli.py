@@ -49,6 +49,18 @@ def _specs(names: list[str] | None):
         raise UsageError(str(exc)) from None
 
 
+def _preset_for(device, preset: str | None) -> str:
+    """The preset to run: 'default' on a GPU and 'tiny' on the interpreter unless named; the
+    interpreter runs nothing bigger than tiny."""
+    preset = preset or ("tiny" if device.backend == "interpreter" else "default")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if device.backend == "interpreter" and preset != "tiny":
+        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
+                         "Triton interpreter with --preset tiny")
+    return preset
+
+
 def _emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -105,13 +117,7 @@ def tune(
     device = detect_device()
     fleet = _local_fleet(gpus, interpreter_devices, shard)
     share = _shard(shard)
-    if preset is None:
-        preset = "tiny" if device.backend == "interpreter" else "default"
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    if device.backend == "interpreter" and preset != "tiny":
-        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
-                         "Triton interpreter with --preset tiny")
+    preset = _preset_for(device, preset)
     specs = _specs(kernels)
     _check_strategy(strategy)
     if device.backend == "interpreter":
@@ -431,12 +437,7 @@ def bench(
     from seqtune.device import detect_device
 
     device = detect_device()
-    preset = preset or ("tiny" if device.backend == "interpreter" else "default")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    if device.backend == "interpreter" and preset != "tiny":
-        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
-                         "Triton interpreter with --preset tiny")
+    preset = _preset_for(device, preset)
     try:
         parsed_lengths = parse_lengths(lengths) if lengths is not None else None
     except ValueError as exc:
