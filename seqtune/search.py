@@ -113,7 +113,7 @@ class SpaceGeometry:
                       else np.zeros((len(candidates), 0), np.int32))
         self.levels = [len(rank) for rank in self.ranking]
         self.feature_groups = self._feature_groups()
-        self._lines = [self._line(j) for j in range(len(self.params))]
+        self._lines: list | None = None  # built on the first neighbourhood asked for
 
     def __len__(self) -> int:
         return len(self.ranks)
@@ -169,6 +169,8 @@ class SpaceGeometry:
     def neighbours(self, i: int, adjacent_only: bool = False) -> list[int]:
         """Candidates that differ from candidate i in one parameter: any other value of it, or
         (``adjacent_only``) the nearest smaller and larger value of an ordinal one."""
+        if self._lines is None:
+            self._lines = [self._line(j) for j in range(len(self.params))]
         result = []
         for j, (order, position, starts, ends) in enumerate(self._lines):
             at = position[i]
@@ -470,8 +472,8 @@ class ModelBased:
             local = self.local_period > 0 and step % self.local_period == self.local_period - 1
             proposal = self._propose(session, model, geometry, local)
             if proposal is None:  # nothing to learn from yet, or nothing to gain: explore
-                proposal = next(i for i in untried if not session.asked(i))
-            if session.ask(proposal) is None:
+                proposal = next((i for i in untried if not session.asked(i)), None)
+            if proposal is None or session.ask(proposal) is None:
                 return
 
     @staticmethod
