@@ -24,6 +24,8 @@ from seqtune.search import STRATEGIES, SearchSpace, choose, config_key, make_str
 from seqtune.spec import Config
 
 TOLERANCE = 0.03
+# Mean final gaps closer than this (0.01% of the optimum's time) are a tie.
+GAP_RESOLUTION = 1e-4
 
 
 class ReplayError(Exception):
@@ -209,23 +211,34 @@ def budget_for(budget: str, size: int) -> int:
     return min(max(count, 1), size)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """One seeded run: the configs measured when the pick reached the optimum (None: never),
+    and how much slower than the optimum the final pick is (0.0 for the optimum itself)."""
+
+    reached_at: int | None
+    final_gap: float
+
+
 def replay_runs(recorded: RecordedSpace, strategy: str, budget: int,
-                repeats: int) -> list[int | None]:
-    """For each seeded run: the configs measured when the optimum was reached (None: never)."""
+                repeats: int) -> list[RunOutcome]:
+    """The outcome of each seeded run (seeds 0..repeats-1)."""
     space = recorded.search_space(budget)
     outcomes = []
     for seed in range(repeats):
         evaluate = ReplayEvaluate(recorded, budget)
         make_strategy(strategy).search(space, evaluate, random.Random(seed))
-        outcomes.append(evaluate.reached_at)
+        gap = (math.inf if evaluate.pick is None
+               else recorded.times_us[evaluate.pick] / recorded.best_us - 1.0)
+        outcomes.append(RunOutcome(evaluate.reached_at, gap))
     return outcomes
 
 
 def summarise(recorded: RecordedSpace, strategy: str, budget: int,
-              outcomes: list[int | None]) -> dict[str, Any]:
-    """One result row: the share of runs that reached the optimum and the median configs they
-    needed (over the runs that reached it)."""
-    reached = [n for n in outcomes if n is not None]
+              outcomes: list[RunOutcome]) -> dict[str, Any]:
+    """One result row: the share of runs that reached the optimum, the median configs they
+    needed (over the runs that reached it) and the mean gap of the final picks."""
+    reached = [o.reached_at for o in outcomes if o.reached_at is not None]
     space = recorded.search_space(budget)
     return {
         "source": recorded.source, "problem": recorded.label, "strategy": strategy,
@@ -234,6 +247,7 @@ def summarise(recorded: RecordedSpace, strategy: str, budget: int,
         "budget_share": round(budget / len(recorded.configs), 4), "repeats": len(outcomes),
         "reached": len(reached), "reached_share": round(len(reached) / len(outcomes), 4),
         "median_evaluations": statistics.median(reached) if reached else None,
+        "mean_final_gap": round(statistics.fmean(o.final_gap for o in outcomes), 6),
         "best_us": round(recorded.best_us, 4),
     }
 
@@ -257,7 +271,7 @@ def run_replay(paths: list[Path], strategies: list[str], budget: str,
     rows = []
     for recorded in spaces:
         count = budget_for(budget, len(recorded.configs))
-        runs: dict[str, list[int | None]] = {}
+        runs: dict[str, list[RunOutcome]] = {}
         for strategy in strategies:
             # auto replays exactly as the strategy it picks (same seeds): measured once
             picked = choose(recorded.search_space(count)).name if strategy == "auto" else strategy
@@ -280,9 +294,10 @@ def replay_table(payload: dict[str, Any]):
     table = Table(title=f"seqtune replay: budget {payload['budget']}, {payload['repeats']} "
                         f"seeded runs each", caption=f"reached: the share of runs whose pick is "
                   f"within {payload['tolerance']:.0%} of the best valid config; evaluations: "
-                  "the median configs measured to get there")
+                  "the median configs measured to get there; final gap: how much slower than the best "
+                  "the final picks are, on average")
     for column in ("source", "problem", "strategy", "space", "budget", "reached",
-                   "median evaluations", "beats random"):
+                   "median evaluations", "final gap", "beats random"):
         table.add_column(column, overflow="fold")
     for row in payload["results"]:
         strategy = row["strategy"] + (f" ({row['runs_as']})" if row["runs_as"] != row["strategy"]
@@ -293,15 +308,18 @@ def replay_table(payload: dict[str, Any]):
                       str(row["space"]),
                       f"{row['budget']} ({row['budget_share']:.1%})",
                       f"{row['reached_share']:.0%}", "-" if median is None else f"{median:g}",
-                      verdict)
+                      f"{row['mean_final_gap']:.2%}", verdict)
     return table
 
 
 def beats(row: dict[str, Any], other: dict[str, Any]) -> bool:
     """Whether a result is better than another at the same budget: reaches the optimum in more
-    runs, or as often with a smaller median of configs."""
+    runs; as often, with final picks closer to the optimum on average (by more than rounding);
+    or as close, with a smaller median of configs."""
     if row["reached_share"] != other["reached_share"]:
         return row["reached_share"] > other["reached_share"]
+    if abs(row["mean_final_gap"] - other["mean_final_gap"]) > GAP_RESOLUTION:
+        return row["mean_final_gap"] < other["mean_final_gap"]
     if row["median_evaluations"] is None or other["median_evaluations"] is None:
         return False
     return row["median_evaluations"] < other["median_evaluations"]

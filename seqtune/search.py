@@ -181,6 +181,28 @@ class SpaceGeometry:
                 result.extend(int(order[p]) for p in range(low, high) if p != at)
         return result
 
+    def switches(self) -> list[int]:
+        """The parameters that pick a code path rather than a size: categorical ones and
+        two-valued ones (shared memory on or off, a read-only cache or not)."""
+        return [j for j, ordinal in enumerate(self.ordinal) if not ordinal or self.levels[j] == 2]
+
+    def branch_leaders(self, times: dict[int, float]) -> list[int]:
+        """The fastest measured config of every branch the fastest overall is not on: for each
+        switch, for each value the fastest config does not set, the fastest config that sets
+        it (failed configs never lead)."""
+        measured = np.fromiter(times, np.int64, count=len(times))
+        elapsed = np.fromiter(times.values(), float, count=len(times))
+        if not len(measured):
+            return []
+        best = int(measured[np.argmin(elapsed)])
+        leaders = []
+        for j in self.switches():
+            for value in range(self.levels[j]):
+                on_branch = (self.ranks[measured, j] == value) & np.isfinite(elapsed)
+                if value != self.ranks[best, j] and on_branch.any():
+                    leaders.append(int(measured[on_branch][np.argmin(elapsed[on_branch])]))
+        return list(dict.fromkeys(leaders))
+
     def distances(self, indices: np.ndarray, center: int) -> np.ndarray:
         """How many parameters each of the given candidates sets differently from ``center``."""
         return (self.ranks[indices] != self.ranks[center]).sum(axis=1)
@@ -426,15 +448,23 @@ MAX_POOL = 20000
 class ModelBased:
     """Bayesian optimisation over the finite candidate set, numpy only: a Gaussian process on
     log run times (``GaussianProcess``) proposes the untried candidate of largest expected
-    improvement; every ``local_period``-th proposal is the best one among the neighbours of the
-    fastest config so far, which refines the incumbent even where the model is unsure of it.
+    improvement. Every ``local_period``-th proposal is local instead: the best one among the
+    neighbours of a centre, which refines a good config even where the model is unsure of it.
 
-    Starts from the starts and a few random configs; a failed config counts as the slowest time
+    Local centres alternate between the fastest config so far and the branch leaders
+    (``SpaceGeometry.branch_leaders``), in turn: a switch such as shared memory on or off
+    changes which sizes are best, so the best config of the branch the incumbent is not on is
+    refined too before the model writes that branch off (on a space where shared memory helps
+    most configs but the fastest few do without it, refining the incumbent alone settles on
+    the best shared-memory config).
+
+    Starts from the starts and random configs (a fifth of the budget, which keeps the model
+    from settling on the first good region it sees); a failed config counts as the slowest time
     seen when it failed, so the model learns to avoid failing regions."""
 
     name = "model"
 
-    def __init__(self, initial_fraction: float = 0.1, max_initial: int = 20,
+    def __init__(self, initial_fraction: float = 0.2, max_initial: int = 40,
                  min_initial: int = 5, local_period: int = 2):
         self.initial_fraction = initial_fraction
         self.max_initial = max_initial
@@ -442,8 +472,8 @@ class ModelBased:
         self.local_period = local_period
 
     def initial_samples(self, space: SearchSpace) -> int:
-        """How many configs to measure before trusting the model: a tenth of the budget,
-        between ``min_initial`` and ``max_initial``."""
+        """How many configs to measure before trusting the model: ``initial_fraction`` of the
+        budget, between ``min_initial`` and ``max_initial``."""
         budget = space.max_evaluations or len(space.candidates)
         return int(min(self.max_initial, max(self.min_initial, self.initial_fraction * budget)))
 
@@ -466,30 +496,43 @@ class ModelBased:
 
         model = GaussianProcess(geometry.features, geometry.feature_groups, pool)
         untried = iter(order[initial:])
+        local_steps = 0
         for step in itertools.count():
             if len(session.times) >= len(geometry):
                 return
-            local = self.local_period > 0 and step % self.local_period == self.local_period - 1
-            proposal = self._propose(session, model, geometry, local)
+            centre = None
+            if self.local_period > 0 and step % self.local_period == self.local_period - 1:
+                centre = self._centre(session, geometry, local_steps)
+                local_steps += 1
+            proposal = self._propose(session, model, geometry, centre)
             if proposal is None:  # nothing to learn from yet, or nothing to gain: explore
                 proposal = next((i for i in untried if not session.asked(i)), None)
             if proposal is None or session.ask(proposal) is None:
                 return
 
     @staticmethod
+    def _centre(session: Session, geometry: SpaceGeometry, local_steps: int) -> int | None:
+        """Where the ``local_steps``-th local step looks: every other one at the fastest config,
+        the rest at the branch leaders in turn."""
+        best = session.best()[0]
+        leaders = geometry.branch_leaders(session.times)
+        if local_steps % 2 == 0 or not leaders:
+            return best
+        return leaders[(local_steps // 2) % len(leaders)]
+
+    @staticmethod
     def _propose(session: Session, model: "GaussianProcess", geometry: SpaceGeometry,
-                 local: bool) -> int | None:
-        """The untried candidate of largest expected improvement of the log time: on a local
-        step, among the nearest untried configs to the best so far (its neighbours, else those
-        differing in two parameters, ...), else among the model's pool. None before any config
-        ran or when no candidate is expected to improve."""
+                 centre: int | None) -> int | None:
+        """The untried candidate of largest expected improvement of the log time: with a
+        ``centre`` (a local step), among the nearest untried configs to it (its neighbours,
+        else those differing in two parameters, ...), else among the model's pool. None before
+        any config ran or when no candidate is expected to improve."""
         model.update(session.times)
         if not model.observed:
             return None
         best_target = min(model.targets)
-        incumbent = session.best()[0]
-        if local:
-            neighbours = [n for n in geometry.neighbours(incumbent) if not session.asked(n)]
+        if centre is not None:
+            neighbours = [n for n in geometry.neighbours(centre) if not session.asked(n)]
             if neighbours:
                 improvement = expected_improvement(*model.predict_at(np.array(neighbours)),
                                                    best_target)
@@ -497,8 +540,8 @@ class ModelBased:
         improvement = expected_improvement(*model.predict(), best_target)
         tried = [p for p in map(model.pool_position.get, session.times) if p is not None]
         improvement[tried] = -np.inf
-        if local:
-            distance = geometry.distances(model.pool, incumbent)
+        if centre is not None:
+            distance = geometry.distances(model.pool, centre)
             untried = np.isfinite(improvement)
             if untried.any():
                 nearest = untried & (distance == distance[untried].min())
@@ -542,6 +585,7 @@ class GaussianProcess:
     NOISES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # relative to the signal variance
     RELEVANCE_STEPS = (0.25, 0.5, 2.0, 4.0, 1e3)  # tried per group, on top of the shared one
     RELEVANCE_SWEEPS = 2
+    RELEVANCE_PRIOR = 2.0  # sd of log(group length / shared length): a factor e² is 1 sd
     CAP_QUANTILE = 0.5
     REFIT_GROWTH = 2.0  # refit when the observations grow by this factor
 
@@ -609,8 +653,11 @@ class GaussianProcess:
         return _profile_log_likelihood(correlation, np.asarray(self.targets))
 
     def _choose_hyperparameters(self) -> None:
-        """A shared length scale and the noise on a grid, then each group's own length scale
-        by coordinate search: all by marginal likelihood."""
+        """A shared length scale and the noise on a grid by marginal likelihood, then each
+        group's own length scale by coordinate search, by marginal likelihood plus a
+        log-normal prior around the shared one (``RELEVANCE_PRIOR``): with a few dozen
+        observations the likelihood alone readily calls a parameter irrelevant that only
+        matters together with another (shared memory pays only with a read-only cache)."""
         unit = math.sqrt(max(len(self.groups), 1))
         best, lengths, noise = -math.inf, self.length_scales, self.noise
         for length, candidate_noise in itertools.product(self.LENGTH_SCALES, self.NOISES):
@@ -618,14 +665,21 @@ class GaussianProcess:
             likelihood = self._likelihood(trial, candidate_noise)
             if likelihood > best:
                 best, lengths, noise = likelihood, trial, candidate_noise
+        shared = lengths.copy()
+
+        def posterior(trial: np.ndarray) -> float:
+            deviation = np.log(trial / shared) / self.RELEVANCE_PRIOR
+            return self._likelihood(trial, noise) - 0.5 * float(deviation @ deviation)
+
+        best = posterior(lengths)
         for _ in range(self.RELEVANCE_SWEEPS):
             for j in range(len(self.groups)):
                 for step in self.RELEVANCE_STEPS:
                     trial = lengths.copy()
                     trial[j] *= step
-                    likelihood = self._likelihood(trial, noise)
-                    if likelihood > best:
-                        best, lengths = likelihood, trial
+                    score = posterior(trial)
+                    if score > best:
+                        best, lengths = score, trial
         self.length_scales, self.noise = lengths, noise
         self.scales = self._column_scales(lengths)
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from seqtune.cli import app, main
-from seqtune.replay import (ReplayEvaluate, ReplayError, beats, budget_for, kernel_tuner_space,
-                            load, replay_runs, run_replay, strategy_names)
+from seqtune.replay import (ReplayEvaluate, ReplayError, RunOutcome, beats, budget_for,
+                            kernel_tuner_space, load, replay_runs, run_replay, strategy_names)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tuning-spaces"
 CONVOLUTION_A100 = SHARED / "convolution" / "A100.json.gz"
@@ -51,8 +51,11 @@ def test_exhaustive_replay_reaches_the_optimum_where_the_order_puts_it(tmp_path)
     first = load(write_log(tmp_path / "log.jsonl"))[0]
     outcomes = replay_runs(first, "exhaustive", budget=7, repeats=3)
     order = [c for c in first.configs]
-    assert outcomes == [order.index({"BLOCK": 64, "W": 1}) + 1] * 3
-    assert replay_runs(first, "exhaustive", budget=2, repeats=2) == [None, None]
+    assert outcomes == [RunOutcome(order.index({"BLOCK": 64, "W": 1}) + 1, 0.0)] * 3
+    missed = replay_runs(first, "exhaustive", budget=2, repeats=2)
+    assert [o.reached_at for o in missed] == [None, None]
+    # the first two configs in order: BLOCK=32 with W=1 (11 µs) and W=2 (12 µs), against 3 µs
+    assert [o.final_gap for o in missed] == [pytest.approx(11.0 / 3.0 - 1.0)] * 2
 
 
 def test_evaluate_counts_distinct_configs_and_follows_the_pick():
@@ -119,11 +122,16 @@ def test_strategy_names_expand_all_and_refuse_unknown_ones():
         strategy_names("annealing")
 
 
-def test_beats_compares_reach_then_median():
-    row = {"reached_share": 1.0, "median_evaluations": 10}
-    assert beats(row, {"reached_share": 0.5, "median_evaluations": 5})
-    assert beats(row, {"reached_share": 1.0, "median_evaluations": 12})
-    assert not beats(row, {"reached_share": 1.0, "median_evaluations": 10})
+def test_beats_compares_reach_then_final_gap_then_median():
+    row = {"reached_share": 1.0, "median_evaluations": 10, "mean_final_gap": 0.001}
+    assert beats(row, {"reached_share": 0.5, "median_evaluations": 5, "mean_final_gap": 0.0})
+    assert beats(row, {"reached_share": 1.0, "median_evaluations": 4, "mean_final_gap": 0.002})
+    assert not beats(row, {"reached_share": 1.0, "median_evaluations": 12,
+                           "mean_final_gap": 0.0005})
+    assert beats(row, {"reached_share": 1.0, "median_evaluations": 12,
+                       "mean_final_gap": 0.00105})  # a tie in gap: the median decides
+    assert not beats(row, {"reached_share": 1.0, "median_evaluations": 10,
+                           "mean_final_gap": 0.001})
 
 
 def test_a_file_that_is_no_record_is_an_error(tmp_path):
