@@ -4,22 +4,12 @@ import torch
 
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.spec import INTERPRETER_LIMITS
 from seqtune.verify import check_case
+from tile_cases import assert_configs_agree, distinct_tiles
 import seqtune.kernels
 from seqtune.kernels.linear_scan.op import linear_scan
 
 SPEC = get_spec("linear_scan")
-
-
-def distinct_tiles(problem):
-    """Valid configs of a problem, one per tile shape: num_warps and num_stages do not change
-    what the interpreter computes."""
-    tiles = {}
-    for config in SPEC.configs():
-        if SPEC.check(config, problem, INTERPRETER_LIMITS) is None:
-            tiles.setdefault((config["BLOCK_D"], config["BLOCK_T"]), config)
-    return list(tiles.values())
 
 
 @pytest.mark.parametrize("problem", SPEC.verify_cases, ids=str)
@@ -30,13 +20,9 @@ def test_default_config_agrees_on_odd_shapes(problem):
 
 @pytest.mark.parametrize("problem", SPEC.presets["tiny"], ids=str)
 def test_every_tiny_preset_tile_agrees(problem):
-    inputs = SPEC.make_inputs(problem, "cpu", 0)
-    reference = SPEC.reference(inputs)
-    configs = distinct_tiles(problem)
+    configs = distinct_tiles(SPEC, problem, ("BLOCK_D", "BLOCK_T"))
     assert len(configs) > 1
-    for config in configs:
-        agreement = check_case(SPEC, problem, config, reference=reference, inputs=inputs)
-        assert agreement.ok, f"{config}: {agreement.detail}"
+    assert_configs_agree(SPEC, problem, configs)
 
 
 def test_ignores_steps_past_T_in_the_last_block():

@@ -5,22 +5,12 @@ import torch
 import seqtune.kernels
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.spec import INTERPRETER_LIMITS
 from seqtune.verify import check_case
+from tile_cases import assert_configs_agree, distinct_tiles
 from seqtune.kernels.selective_scan.op import selective_scan
 
 SPEC = get_spec("selective_scan")
 TILES = ("BLOCK_D", "BLOCK_N", "BLOCK_T")
-
-
-def distinct_tiles(problem):
-    """Valid configs of a problem, one per tile shape: num_warps and num_stages do not change
-    what the interpreter computes."""
-    tiles = {}
-    for config in SPEC.configs():
-        if SPEC.check(config, problem, INTERPRETER_LIMITS) is None:
-            tiles.setdefault(tuple(config[t] for t in TILES), config)
-    return list(tiles.values())
 
 
 def assert_matches_reference(outputs, inputs, dtype="float32"):
@@ -38,13 +28,9 @@ def test_default_config_agrees_on_odd_shapes(problem):
 
 @pytest.mark.parametrize("problem", SPEC.presets["tiny"], ids=str)
 def test_every_tiny_preset_tile_agrees(problem):
-    inputs = SPEC.make_inputs(problem, "cpu", 0)
-    reference = SPEC.reference(inputs)
-    configs = distinct_tiles(problem)
+    configs = distinct_tiles(SPEC, problem, TILES)
     assert len({config["BLOCK_N"] for config in configs}) > 1  # fused and split over states
-    for config in configs:
-        agreement = check_case(SPEC, problem, config, reference=reference, inputs=inputs)
-        assert agreement.ok, f"{config}: {agreement.detail}"
+    assert_configs_agree(SPEC, problem, configs)
 
 
 def test_grouped_tiles_spanning_groups_with_split_states():
