@@ -14,14 +14,14 @@ from rich.table import Table
 from seqtune.device import DeviceInfo, detect_device, runtime_device
 from seqtune.journal import TuningLog, log_path, read_log
 from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup
-from seqtune.search import config_key, make_strategy
+from seqtune.search import Auto, config_key, make_strategy, planned_evaluations
 from seqtune.shard import shard_work
 from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
 from seqtune.report import entry_rows, format_config, format_problem
 from seqtune.spec import KernelSpec
 from seqtune.timing import INTERPRETER_NOTE, Timing, timer_for
-from seqtune.tuner import Budget, Candidate, Tuner, candidate_order, entry_for, problem_key
+from seqtune.tuner import Budget, Candidate, Tuner, entry_for, problem_key
 from seqtune.verify import Agreement
 
 
@@ -91,9 +91,8 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
 
     from seqtune.registry import source_hash
 
-    total = len(candidate_order(spec, problem, device, options.seed))
-    if options.max_configs is not None:
-        total = min(total, options.max_configs)
+    strategy = make_strategy(options.strategy) if options.strategy else Auto()
+    total = planned_evaluations(strategy, tuner.space(spec, problem))
     task = progress.add_task(f"{spec.name} {format_problem(problem)}", total=total)
 
     def journal(candidate: Candidate) -> None:
@@ -101,14 +100,17 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
         progress.advance(task)
 
     tuner.on_candidate = journal
-    strategy = make_strategy(options.strategy) if options.strategy else None
-    compiled_before = tuner.compile_ahead.compile_s if tuner.compile_ahead else 0.0
+    ahead = tuner.compile_ahead
+    waited_before, compiled_before = (ahead.compile_s, ahead.compiled) if ahead else (0.0, 0)
     started = time.perf_counter()
     result = tuner.tune(spec, problem, strategy)
-    compile_s = (tuner.compile_ahead.compile_s if tuner.compile_ahead else 0.0) - compiled_before
+    # The compiler's share of the wall time is what the tune waited on it; compiles that ran
+    # while a config was being timed cost no wall time.
+    compile_s = ahead.compile_s - waited_before if ahead else 0.0
     progress.update(task, total=len(result.candidates))
     summary = {"kernel": spec.name, "problem": spec.bucket(problem), "winner": None,
                "tried": len(result.candidates), "failed": result.failed,
+               "compiled": ahead.compiled - compiled_before if ahead else 0,
                "compile_s": round(compile_s, 3),
                "benchmark_s": round(time.perf_counter() - started - compile_s, 3)}
     if result.winner is not None:
@@ -179,7 +181,9 @@ def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:
     caption = f"times are {INTERPRETER_NOTE}" if label == INTERPRETER_LABEL else "do_bench median"
     compile_s = sum(p["compile_s"] for p in problems)
     benchmark_s = sum(p["benchmark_s"] for p in problems)
-    caption += f"; compiling {compile_s:.1f} s, benchmarking {benchmark_s:.1f} s"
+    compiled = sum(p["compiled"] for p in problems)
+    caption += (f"; waiting on the compiler {compile_s:.1f} s ({compiled} configs compiled "
+                f"ahead), benchmarking {benchmark_s:.1f} s")
     table = Table(title="seqtune tune: summary", caption=caption)
     for column in ("kernel", "problem", "best config", "median µs", "vs default", "tried",
                    "failed", "compile s", "bench s"):

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import math
 import random
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -40,28 +41,38 @@ class SearchSpace:
 
     Attributes:
         params: parameter -> allowed values (the whole space, for neighbourhoods).
-        candidates: the valid configs of this problem, the default first.
+        candidates: the valid configs of this problem, the default first (any sequence: a tuner
+            passes one that is enumerated only when a strategy first reads it).
         starts: where local searches begin (the default, then nearest tuned configs).
         stages: per-stage namespaces, for stagewise search.
         stagewise: the kernel's stages may be tuned one at a time (``KernelSpec.stagewise``).
         max_evaluations: the most configs the budget allows (None: no count limit).
         limited_by_time: the budget also ends at a wall-clock deadline, so the search may stop
             before ``max_evaluations``. ``auto`` reads both to pick a strategy.
+        contains: whether a config is a candidate, without enumerating them (None: look it up
+            in ``candidates``); stagewise search asks only this.
+        expect: told the configs a strategy will likely ask for next, likeliest first, so they
+            can be compiled ahead (``seqtune.check.CompileAhead``); a hint: ignoring it changes
+            nothing but speed.
     """
 
     params: dict[str, tuple]
-    candidates: list[Config]
+    candidates: Sequence[Config]
     starts: list[Config]
     stages: tuple[str, ...] = ()
     stagewise: bool = False
     max_evaluations: int | None = None
     limited_by_time: bool = False
+    contains: Callable[[Config], bool] | None = None
+    expect: Callable[[Sequence[Config]], None] = lambda configs: None
 
     def stage_of(self, param: str) -> str | None:
         prefix, dot, _ = param.partition(".")
         return prefix if dot and prefix in self.stages else None
 
     def is_candidate(self, config: Config) -> bool:
+        if self.contains is not None:
+            return self.contains(config)
         if not hasattr(self, "_keys"):
             self._keys = {config_key(c) for c in self.candidates}
         return config_key(config) in self._keys
@@ -253,6 +264,10 @@ class Session:
     def asked(self, index: int) -> bool:
         return index in self.times
 
+    def expect(self, indices: Sequence[int]) -> None:
+        """Tells the space which candidates will likely be asked next, likeliest first."""
+        self.space.expect([self.space.candidates[i] for i in indices if not self.asked(i)])
+
     def best(self) -> tuple[int | None, float]:
         """The fastest candidate measured so far and its time (None, inf before any)."""
         if not self.times:
@@ -280,6 +295,7 @@ class Exhaustive:
     name = "exhaustive"
 
     def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
+        space.expect(space.candidates)
         for config in space.candidates:
             if evaluate(config) is None:
                 return
@@ -297,25 +313,66 @@ class Stagewise:
         if not space.stages:
             Exhaustive().search(space, evaluate, rng)
             return
+        start = space.starts[0] if space.starts else next(iter(space.candidates), None)
+        if start is None:
+            return
         shared = [p for p in space.params if space.stage_of(p) is None]
-        settings = list(dict.fromkeys(tuple(c[p] for p in shared) for c in space.candidates))
-        for setting in settings:
-            current = next(c for c in space.candidates
-                           if tuple(c[p] for p in shared) == setting)
-            for stage in space.stages:
+        for setting in self._settings(space, shared, start):
+            current = self._first_candidate(space, {**start, **setting})
+            for stage in space.stages if current is not None else ():
                 current = self._tune_stage(space, evaluate, current, stage)
                 if current is None:
                     return
 
+    @classmethod
+    def planned(cls, space: SearchSpace) -> int:
+        """The configs this search will ask about, counted as if each stage kept the start's
+        values for the other stages."""
+        start = space.starts[0]
+        shared = [p for p in space.params if space.stage_of(p) is None]
+        count = 0
+        for setting in cls._settings(space, shared, start):
+            current = cls._first_candidate(space, {**start, **setting})
+            for stage in space.stages if current is not None else ():
+                count += len(cls._stage_options(space, current, stage))
+        return count
+
     @staticmethod
-    def _tune_stage(space: SearchSpace, evaluate: Evaluate, current: Config,
-                    stage: str) -> Config | None:
+    def _settings(space: SearchSpace, shared: list[str], start: Config) -> list[Config]:
+        """Every setting of the shared knobs, the start's first."""
+        settings = [dict(zip(shared, values))
+                    for values in itertools.product(*(space.params[p] for p in shared))]
+        first = {p: start[p] for p in shared}
+        return [first] + [s for s in settings if s != first]
+
+    @staticmethod
+    def _first_candidate(space: SearchSpace, config: Config) -> Config | None:
+        """``config`` if it is a candidate, else the first candidate with its shared knobs (stage
+        knobs in the space's order), else None. Asks only ``is_candidate``, so a stagewise
+        search never enumerates the whole product space."""
+        if space.is_candidate(config):
+            return config
+        free = [p for p in space.params if space.stage_of(p) is not None]
+        for values in itertools.product(*(space.params[p] for p in free)):
+            option = {**config, **dict(zip(free, values))}
+            if space.is_candidate(option):
+                return option
+        return None
+
+    @staticmethod
+    def _stage_options(space: SearchSpace, current: Config, stage: str) -> list[Config]:
+        """The candidates that differ from ``current`` only in the stage's knobs."""
         params = [p for p in space.params if space.stage_of(p) == stage]
+        return [option for values in itertools.product(*(space.params[p] for p in params))
+                if space.is_candidate(option := {**current, **dict(zip(params, values))})]
+
+    @classmethod
+    def _tune_stage(cls, space: SearchSpace, evaluate: Evaluate, current: Config,
+                    stage: str) -> Config | None:
+        options = cls._stage_options(space, current, stage)
+        space.expect(options)
         best, best_time = current, math.inf
-        for values in itertools.product(*(space.params[p] for p in params)):
-            option = {**current, **dict(zip(params, values))}
-            if not space.is_candidate(option):
-                continue
+        for option in options:
             elapsed = evaluate(option)
             if elapsed is None:
                 return None
@@ -332,7 +389,9 @@ class RandomSearch:
 
     def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
         session = Session(space, evaluate)
-        for index in session.random_order(rng):
+        order = session.random_order(rng)
+        session.expect(order)
+        for index in order:
             if session.ask(index) is None:
                 return
 
@@ -352,6 +411,7 @@ class SuccessiveHalving:
     def search(self, space: SearchSpace, evaluate: Evaluate, rng: random.Random) -> None:
         session = Session(space, evaluate)
         order = session.random_order(rng)
+        session.expect(order)
         bracket_size = self.eta ** self.rungs
         for first in range(0, len(order), bracket_size):
             if not self._bracket(session, order[first:first + bracket_size]):
@@ -409,6 +469,7 @@ class LocalSearch:
                 continue
             untried = [n for n in neighbours if not session.asked(n)]
             rng.shuffle(untried)
+            session.expect(untried)
             for neighbour in untried:
                 elapsed = session.ask(neighbour)
                 if elapsed is None:
@@ -482,6 +543,7 @@ class ModelBased:
         geometry = space.geometry()
         order = session.random_order(rng)
         initial = self.initial_samples(space)
+        session.expect(order[:initial])
         for index in order[:initial]:
             if session.ask(index) is None:
                 return
@@ -781,14 +843,27 @@ def choose(space: SearchSpace) -> Strategy:
     space is small or the budget surely covers it (no deadline, enough configs); otherwise
     the model-based search, which spends a partial budget best (see
     benchmarks/results/replay.md)."""
-    size = len(space.candidates)
     if space.stagewise and space.stages:
         return Stagewise()
+    size = len(space.candidates)
     covered = (not space.limited_by_time
                and (space.max_evaluations is None or space.max_evaluations >= size))
     if covered or size <= SMALL_SPACE:
         return Exhaustive()
     return ModelBased()
+
+
+def planned_evaluations(strategy: Strategy, space: SearchSpace) -> int:
+    """About how many configs ``strategy`` will measure (for a progress bar): a stagewise
+    search's stage options counted from the start, without enumerating the space; any other
+    search, the candidates; both cut to ``max_evaluations``."""
+    if isinstance(strategy, Auto):
+        strategy = choose(space)
+    if isinstance(strategy, Stagewise) and space.stages and space.starts:
+        count = Stagewise.planned(space)
+    else:
+        count = len(space.candidates)
+    return count if space.max_evaluations is None else min(count, space.max_evaluations)
 
 
 STRATEGIES: dict[str, Any] = {

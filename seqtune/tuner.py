@@ -10,6 +10,7 @@ import datetime
 import math
 import random
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from seqtune.device import DeviceInfo
@@ -34,7 +35,6 @@ class ProblemResult:
     candidates: list[Candidate]
     ties: int
     noise: float
-    skipped_by_budget: int
 
     @property
     def failed(self) -> dict[str, int]:
@@ -62,17 +62,53 @@ def pinned_params(spec: KernelSpec, device: DeviceInfo) -> set[str]:
     return {p for p in spec.space if p.rpartition(".")[2] in TUNED_PER_INTERPRETER}
 
 
+def candidate_test(spec: KernelSpec, problem: Problem,
+                   device: DeviceInfo) -> Callable[[Config], bool]:
+    """Whether a config is a candidate of the problem on the device: valid, with the pinned
+    knobs at their default. One check, so a search can ask without enumerating the space."""
+    pinned = pinned_params(spec, device)
+    default = spec.default_for(problem, device.limits)
+
+    def is_candidate(config: Config) -> bool:
+        return (all(config[p] == default[p] for p in pinned)
+                and spec.check(config, problem, device.limits) is None)
+    return is_candidate
+
+
 def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
                     seed: int = 0) -> list[Config]:
     """Valid configs: the default first, then the rest in a seeded shuffle, so that a
     ``--max-configs`` cut samples the whole space rather than one corner of it."""
-    pinned = pinned_params(spec, device)
+    is_candidate = candidate_test(spec, problem, device)
     default = spec.default_for(problem, device.limits)
-    configs = [c for c in spec.configs() if all(c[p] == default[p] for p in pinned)]
-    valid = [c for c in configs if spec.check(c, problem, device.limits) is None]
+    valid = [c for c in spec.configs() if is_candidate(c)]
     head, rest = [c for c in valid if c == default], [c for c in valid if c != default]
     random.Random(seed).shuffle(rest)
     return head + rest
+
+
+class Deferred(Sequence):
+    """A list built on first use: the candidates of a space too large to enumerate for a
+    search that never reads them (stagewise asks ``is_candidate`` only)."""
+
+    def __init__(self, build: Callable[[], list]):
+        self._build = build
+        self._items: list | None = None
+
+    @property
+    def items(self) -> list:
+        if self._items is None:
+            self._items = self._build()
+        return self._items
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
 
 
 class Budget:
@@ -109,8 +145,8 @@ class Tuner:
         ``timer``); ``prune`` skips configs before they are launched; ``known`` holds candidates
         measured by an earlier, interrupted tune, keyed by ``(kernel, problem key)`` then config
         key: they are reused, not measured again; ``compile_ahead`` (a
-        ``seqtune.check.CompileAhead``) compiles a problem's candidates in parallel first and
-        prunes by what the compiler says."""
+        ``seqtune.check.CompileAhead``) compiles in parallel the configs the search announces
+        it will ask for next, and prunes by what the compiler says."""
         self.device = device
         self.budget = budget
         self.on_candidate = on_candidate or (lambda candidate: None)
@@ -120,6 +156,25 @@ class Tuner:
         self.known = known or {}
         self.prunes = [p for p in (prune, compile_ahead and compile_ahead.verdict) if p]
         self.compile_ahead = compile_ahead
+        self._spaces: dict[tuple, SearchSpace] = {}  # the latest problem's space
+
+    def space(self, spec: KernelSpec, problem: Problem) -> SearchSpace:
+        """What a search of the problem sees: candidates enumerated only if a strategy reads
+        them, and its announcements of what it will ask next passed to the compile-ahead."""
+        key = (spec.name, problem_key(problem))
+        if key not in self._spaces:
+            is_candidate = candidate_test(spec, problem, self.device)
+            default = spec.default_for(problem, self.device.limits)
+            ahead = self.compile_ahead
+            self._spaces = {key: SearchSpace(
+                dict(spec.space),
+                Deferred(lambda: candidate_order(spec, problem, self.device, self.seed)),
+                [default] if is_candidate(default) else [], tuple(spec.stages),
+                stagewise=spec.stagewise, max_evaluations=self.budget.max_configs,
+                limited_by_time=self.budget.deadline is not None, contains=is_candidate,
+                expect=(lambda configs: ahead.expect(spec, problem, configs)) if ahead
+                else (lambda configs: None))}
+        return self._spaces[key]
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
@@ -127,9 +182,6 @@ class Tuner:
         stagewise for specs that allow it, exhaustive where the budget covers the space, else a
         model-based search) and select the winner."""
         runner = self.make_runner(spec, problem)
-        order = candidate_order(spec, problem, self.device, self.seed)
-        if self.compile_ahead is not None:
-            self.compile_ahead.prepare(spec, problem, order)
         evaluated: dict[tuple, Candidate] = {}
         known = self.known.get((spec.name, problem_key(spec.bucket(problem))), {})
 
@@ -144,18 +196,12 @@ class Tuner:
                 self.on_candidate(evaluated[key])
             return evaluated[key].median
 
-        if strategy is None:
-            strategy = Auto()
-        space = SearchSpace(dict(spec.space), order, order[:1], tuple(spec.stages),
-                            stagewise=spec.stagewise, max_evaluations=self.budget.max_configs,
-                            limited_by_time=self.budget.deadline is not None)
-        strategy.search(space, evaluate, random.Random(self.seed))
+        (strategy or Auto()).search(self.space(spec, problem), evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())
         winner, ties, noise = self._select(spec.default_for(problem, self.device.limits), runner,
                                            candidates)
         default = evaluated.get(config_key(spec.default_for(problem, self.device.limits)))
-        return ProblemResult(spec.name, problem, winner, default, candidates, ties,
-                             noise, skipped_by_budget=len(order) - len(candidates))
+        return ProblemResult(spec.name, problem, winner, default, candidates, ties, noise)
 
     def _pruned(self, spec: KernelSpec, problem: Problem, config: Config) -> Candidate | None:
         """A failed candidate for a config that must not be launched, else None."""

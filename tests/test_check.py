@@ -52,17 +52,17 @@ def test_compile_ahead_prunes_the_oversized_config_before_launch():
         big = spec.validate_config({"BLOCK_M": 128, "BLOCK_N": 128, "num_stages": 4})
         default = dict(spec.default_config)
         ahead = CompileAhead(TARGETS["sm_80"], jobs=2)
-        ahead.prepare(spec, problem, [big, default])
+        ahead.expect(spec, problem, [big, default])
         print(json.dumps([ahead.verdict(spec, problem, big),
-                          ahead.verdict(spec, problem, default), ahead.compile_s > 0]))
+                          ahead.verdict(spec, problem, default), ahead.compiled]))
         ahead.close()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**ENV, "TRITON_INTERPRET": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    oversized, default, timed = json.loads(done.stdout.strip().splitlines()[-1])
+    oversized, default, compiled = json.loads(done.stdout.strip().splitlines()[-1])
     assert oversized[0] == "resources" and "shared memory" in oversized[1]
-    assert default is None and timed
+    assert default is None and compiled == 2
 
 
 @pytest.mark.parametrize("args, message", [

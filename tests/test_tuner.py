@@ -102,7 +102,6 @@ def test_max_configs_bounds_the_work_and_always_runs_the_default(toy_registry):
         toy_registry, PROBLEM)
     assert len(result.candidates) == 2
     assert result.candidates[0].config == toy_registry.default_config
-    assert result.skipped_by_budget == len(candidate_order(toy_registry, PROBLEM, DEVICE)) - 2
 
 
 def test_expired_budget_still_measures_the_default(toy_registry):
