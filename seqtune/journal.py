@@ -3,7 +3,8 @@ candidate finishes, so a killed tune loses at most the candidate in flight.
 
 Lines live in ``<profile-dir>/logs/<device-key>.jsonl``; each carries the tune's ``run`` id, the
 kernel, its source hash, the problem's bucket key, the config, the status ("ok" or a failure
-kind), the timing (µs) and the error. ``seqtune replay`` replays them; ``seqtune tune --resume``
+kind), the timing (µs), its fidelity (below 1: a cheap timing of successive halving; a config
+timed again more precisely gets a later line) and the error. ``seqtune replay`` replays them; ``seqtune tune --resume``
 skips what they already measured.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class TuningLog:
             "time_us": candidate.timing.as_dict() if candidate.timing else None,
             "max_rel_err": candidate.agreement.max_rel_err if candidate.agreement else None,
             "error": candidate.error or None, "reused": candidate.reused,
+            "fidelity": candidate.fidelity,
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         # One write of one line with O_APPEND: concurrent tunes never interleave inside a line.

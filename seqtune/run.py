@@ -95,9 +95,13 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
     total = planned_evaluations(strategy, tuner.space(spec, problem))
     task = progress.add_task(f"{spec.name} {format_problem(problem)}", total=total)
 
+    counted: set[tuple] = set()
+
     def journal(candidate: Candidate) -> None:
         log.record(spec.name, source_hash(spec.name), spec.bucket(problem), candidate)
-        progress.advance(task)
+        if config_key(candidate.config) not in counted:  # not again when timed more precisely
+            counted.add(config_key(candidate.config))
+            progress.advance(task)
 
     tuner.on_candidate = journal
     ahead = tuner.compile_ahead
@@ -172,7 +176,8 @@ def candidate_from_record(record: dict[str, Any]) -> Candidate:
                               record["max_rel_err"])
     return Candidate(dict(record["config"]), record["status"],
                      Timing(timing["median"], timing["p20"], timing["p80"], 1) if timing else None,
-                     agreement, record.get("error") or "", reused=True)
+                     agreement, record.get("error") or "", reused=True,
+                     fidelity=record.get("fidelity", 1.0))
 
 
 def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:

@@ -28,6 +28,7 @@ class Candidate:
     error: str = ""
     telemetry: dict[str, Any] = dataclasses.field(default_factory=dict)
     reused: bool = False  # taken from the log of an interrupted tune, not measured again
+    fidelity: float = 1.0  # below 1: a cheap timing with fewer repetitions (successive halving)
 
     @property
     def median(self) -> float:
@@ -39,10 +40,10 @@ Pruner = Callable[[KernelSpec, Problem, Config], "tuple[str, str] | None"]
 
 
 class Runner(Protocol):
-    def evaluate(self, config: Config) -> Candidate:
+    def evaluate(self, config: Config, fidelity: float = 1.0) -> Candidate:
         ...
 
-    def retime(self, config: Config) -> Timing:
+    def retime(self, config: Config, fidelity: float = 1.0) -> Timing:
         ...
 
 
@@ -75,7 +76,7 @@ class InProcessRunner:
                                                            device.limits, device.torch_device,
                                                            seed)
 
-    def evaluate(self, config: Config) -> Candidate:
+    def evaluate(self, config: Config, fidelity: float = 1.0) -> Candidate:
         spec, inputs = self.spec, self.inputs
         try:
             agreement = check_case(spec, self.problem, config, inputs=inputs,
@@ -85,14 +86,20 @@ class InProcessRunner:
         if not agreement.ok:
             return Candidate(config, "mismatch", agreement=agreement, error=agreement.detail)
         try:
-            timing = self.retime(config)
+            timing = self.retime(config, fidelity)
         except Exception as exc:
             return Candidate(config, classify_failure(exc), agreement=agreement,
                              error=one_line(exc))
-        return Candidate(config, "ok", timing, agreement, telemetry=telemetry())
+        return Candidate(config, "ok", timing, agreement, telemetry=telemetry(),
+                         fidelity=fidelity)
 
-    def retime(self, config: Config) -> Timing:
-        return self.timer(lambda: self.spec.run(self.inputs, config), config)
+    def retime(self, config: Config, fidelity: float = 1.0) -> Timing:
+        def run() -> Any:
+            return self.spec.run(self.inputs, config)
+
+        if fidelity >= 1.0:
+            return self.timer(run, config)
+        return self.timer(run, config, fidelity=fidelity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +166,9 @@ class IsolatedRunner:
     def __init__(self, worker: CandidateWorker, spec: KernelSpec, problem: Problem):
         self.worker, self.spec, self.problem = worker, spec, problem
 
-    def evaluate(self, config: Config) -> Candidate:
-        answer = self.worker.request(("evaluate", self.spec.name, self.problem, config))
+    def evaluate(self, config: Config, fidelity: float = 1.0) -> Candidate:
+        answer = self.worker.request(("evaluate", self.spec.name, self.problem, config,
+                                      fidelity))
         if isinstance(answer, Candidate):
             if answer.status == "runtime" and self.worker.setup.device.backend == "cuda":
                 self.worker.close()  # a CUDA error is sticky: later candidates need a new context
@@ -168,8 +176,8 @@ class IsolatedRunner:
         status, reason = answer
         return Candidate(config, status, error=reason)
 
-    def retime(self, config: Config) -> Timing:
-        answer = self.worker.request(("retime", self.spec.name, self.problem, config))
+    def retime(self, config: Config, fidelity: float = 1.0) -> Timing:
+        answer = self.worker.request(("retime", self.spec.name, self.problem, config, fidelity))
         if isinstance(answer, Timing):
             return answer
         raise RuntimeError(f"re-timing {config} failed: {answer[1]}")
@@ -185,7 +193,7 @@ def _serve(connection, setup: WorkerSetup) -> None:
     runners: dict[str, InProcessRunner] = {}
     while True:
         try:
-            kind, kernel, problem, config = connection.recv()
+            kind, kernel, problem, config, fidelity = connection.recv()
         except EOFError:
             return
         key = repr((kernel, sorted(problem.items())))
@@ -195,7 +203,8 @@ def _serve(connection, setup: WorkerSetup) -> None:
                 runners[key] = InProcessRunner(get_spec(kernel), problem, setup.device, timer,
                                                setup.seed)
             runner = runners[key]
-            answer = runner.evaluate(config) if kind == "evaluate" else runner.retime(config)
+            answer = (runner.evaluate(config, fidelity) if kind == "evaluate"
+                      else runner.retime(config, fidelity))
         except Exception as exc:
             answer = (classify_failure(exc), one_line(exc))
         connection.send(answer)

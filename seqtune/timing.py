@@ -1,5 +1,7 @@
 """Timers. A timer is ``timer(run, config) -> Timing``; the tuner never times anything itself, so
-tests drive it with a fake timer that maps configs to times.
+tests drive it with a fake timer that maps configs to times. A timer may also take
+``fidelity=f`` (0 < f < 1): a cheaper, noisier timing with that share of the repetitions, which
+successive halving asks for; it is passed only when below 1, so a two-argument timer still works.
 
 - ``gpu_timer``: ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs, warm-up,
   quantiles).
@@ -57,19 +59,22 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def gpu_timer(run: Callable[[], Any], config: Config) -> Timing:
+def gpu_timer(run: Callable[[], Any], config: Config, fidelity: float = 1.0) -> Timing:
+    """do_bench with 25 ms of warm-up and 100 ms of repetitions, both scaled by ``fidelity``."""
     from triton.testing import do_bench
 
-    median, p20, p80 = do_bench(run, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    median, p20, p80 = do_bench(run, warmup=max(1, round(25 * fidelity)),
+                                rep=max(1, round(100 * fidelity)), quantiles=[0.5, 0.2, 0.8])
     # do_bench reports milliseconds; its own sample count is not returned, ~rep/time.
     return Timing(median * 1e3, p20 * 1e3, p80 * 1e3, samples=0)
 
 
-def wall_clock_timer(run: Callable[[], Any], config: Config, repeats: int = 3) -> Timing:
-    """Time ``repeats`` whole calls after one warm-up call."""
+def wall_clock_timer(run: Callable[[], Any], config: Config, repeats: int = 3,
+                     fidelity: float = 1.0) -> Timing:
+    """Time ``repeats`` whole calls (scaled by ``fidelity``, at least one) after one warm-up."""
     run()
     samples = []
-    for _ in range(repeats):
+    for _ in range(max(1, round(repeats * fidelity))):
         start = time.perf_counter()
         run()
         samples.append((time.perf_counter() - start) * 1e6)

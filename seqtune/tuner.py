@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from seqtune.device import DeviceInfo
-from seqtune.runner import Candidate, InProcessRunner, Pruner, Runner
+from seqtune.runner import Candidate, InProcessRunner, Pruner, Runner, one_line
 from seqtune.search import Auto, SearchSpace, Strategy, config_key
 from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.timing import Timer, Timing
@@ -186,15 +186,28 @@ class Tuner:
         known = self.known.get((spec.name, problem_key(spec.bucket(problem))), {})
 
         def evaluate(config: Config, fidelity: float = 1.0) -> float | None:
-            # Timers take no repetition count: a cheap timing asked for is a full one.
             key = config_key(config)
-            if key not in evaluated:
+            candidate = evaluated.get(key)
+            if candidate is None:
                 if not self.budget.allows(len(evaluated)):
                     return None
-                evaluated[key] = (known.get(key) or self._pruned(spec, problem, config)
-                                  or runner.evaluate(config))
-                self.on_candidate(evaluated[key])
-            return evaluated[key].median
+                candidate = evaluated[key] = (known.get(key) or self._pruned(spec, problem, config)
+                                              or runner.evaluate(config, fidelity))
+            elif candidate.status == "ok" and candidate.fidelity < fidelity:
+                # A leader of successive halving, timed again with more repetitions: still one
+                # config of --max-configs, but it takes wall time.
+                if self.budget.expired():
+                    return None
+                try:
+                    candidate.timing = runner.retime(config, fidelity)
+                    candidate.fidelity = fidelity
+                except Exception as exc:  # it ran once: a failure now is the config's, recorded
+                    candidate.status, candidate.timing = "runtime", None
+                    candidate.error = one_line(exc)
+            else:
+                return candidate.median
+            self.on_candidate(candidate)
+            return candidate.median
 
         (strategy or Auto()).search(self.space(spec, problem), evaluate, random.Random(self.seed))
         candidates = list(evaluated.values())

@@ -70,10 +70,10 @@ def test_a_config_asked_before_it_was_announced_is_compiled_at_once(toy_registry
 class FixedTimes:
     """A runner that times every config at 1 µs without running it."""
 
-    def evaluate(self, config):
+    def evaluate(self, config, fidelity=1.0):
         return Candidate(config, "ok", self.retime(config))
 
-    def retime(self, config):
+    def retime(self, config, fidelity=1.0):
         return Timing(1.0, 1.0, 1.0, 1)
 
 

@@ -259,11 +259,12 @@ def test_tuner_passes_the_budget_and_stagewise_flag_to_the_strategy(toy_registry
             seen["space"] = space
             seen["time"] = evaluate(space.candidates[0], fidelity=0.25)
 
-    def timer(run, config):
+    def timer(run, config, fidelity=1.0):
+        seen["fidelity"] = fidelity
         return Timing(5.0, 4.9, 5.1, samples=3)
 
     tuner = Tuner(interpreter_device(), timer, Budget(None, 3))
     tuner.tune(toy_registry, {"N": 64, "dtype": "float32"}, Spy())
     assert seen["space"].max_evaluations == 3
     assert seen["space"].stagewise is False and not seen["space"].limited_by_time
-    assert seen["time"] == 5.0
+    assert seen["time"] == 5.0 and seen["fidelity"] == 0.25

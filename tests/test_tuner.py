@@ -130,6 +130,31 @@ def test_wall_clock_timer_measures_real_calls():
     assert timing.p20_us <= timing.median_us <= timing.p80_us
 
 
+def test_halving_times_cheaply_first_and_retimes_only_the_leaders(toy_registry):
+    from seqtune.search import make_strategy
+
+    calls = []
+
+    def timer(run, config, fidelity=1.0):
+        calls.append((config["BLOCK"], fidelity))
+        return Timing(config["BLOCK"], config["BLOCK"], config["BLOCK"], samples=1)
+
+    journaled = []
+    tuning = Tuner(DEVICE, timer, Budget(None, None), on_candidate=journaled.append)
+    result = tuning.tune(toy_registry, PROBLEM, make_strategy("halving"))
+    # three configs pass the check (SKIP_TAIL=True is a mismatch): all timed at a ninth of the
+    # repetitions, the fastest third of the six again at a third, the fastest at full fidelity
+    assert calls == [(b, 1 / 9) for b in (32, 16, 64)] + [(16, 1 / 3), (32, 1 / 3), (16, 1.0)]
+    assert result.winner.config["BLOCK"] == 16 and result.winner.fidelity == 1.0
+    assert len(result.candidates) == 6 and len(journaled) == 9  # re-timings journaled too
+
+
+def test_wall_clock_timer_repeats_less_at_a_lower_fidelity():
+    runs = []
+    timing = wall_clock_timer(lambda: runs.append(1), {}, repeats=6, fidelity=0.5)
+    assert timing.samples == 3 and len(runs) == 4  # one warm-up
+
+
 def test_stagewise_search_evaluates_the_sum_of_stage_spaces_not_the_product():
     from seqtune.search import SearchSpace, Stagewise
     import itertools
