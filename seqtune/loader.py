@@ -104,7 +104,7 @@ class Profile:
         policy = os.environ.get("SEQTUNE_STALE", "warn")
         scored = []
         for entry in self.entries.get(spec.name, []):
-            distance = _distance(spec, entry.problem, problem)
+            distance = problem_distance(spec, entry.problem, problem)
             if distance is None:
                 continue
             if entry.stale_reason:
@@ -127,7 +127,7 @@ def _normalise(spec: KernelSpec, problem: Problem) -> Problem:
     return problem
 
 
-def _distance(spec: KernelSpec, entry: Problem, problem: Problem) -> float | None:
+def problem_distance(spec: KernelSpec, entry: Problem, problem: Problem) -> float | None:
     """Sum of |log2| differences over size fields; None if a categorical field differs."""
     if set(entry) != set(problem):
         return None

@@ -22,6 +22,7 @@ from seqtune.report import entry_rows, format_config, format_problem
 from seqtune.spec import KernelSpec
 from seqtune.timing import INTERPRETER_NOTE, Timing, timer_for
 from seqtune.tuner import Budget, Candidate, Tuner, entry_for, problem_key
+from seqtune.warmstart import tuned_starts
 from seqtune.verify import Agreement
 
 
@@ -63,7 +64,9 @@ def run_tune(specs: list[KernelSpec], device: DeviceInfo, options: TuneOptions,
     compile_ahead = _compile_ahead(device, options)
     tuner = Tuner(device, timer, budget, seed=options.seed,
                   make_runner=(lambda spec, problem: IsolatedRunner(worker, spec, problem))
-                  if worker else None, known=known, compile_ahead=compile_ahead)
+                  if worker else None, known=known, compile_ahead=compile_ahead,
+                  tuned_starts=lambda spec, problem: tuned_starts(
+                      spec, problem, device, [folder, shipped_profile_dir()]))
     problems = []
     try:
         with progress_bar(console) as progress:

@@ -140,13 +140,16 @@ class Tuner:
                  prune: Pruner | None = None,
                  make_runner: Callable[[KernelSpec, Problem], Runner] | None = None,
                  known: dict[tuple, dict[tuple, Candidate]] | None = None,
-                 compile_ahead: Any = None):
+                 compile_ahead: Any = None,
+                 tuned_starts: Callable[[KernelSpec, Problem], list[Config]] | None = None):
         """``make_runner`` decides where candidates run (default: in this process, timed by
         ``timer``); ``prune`` skips configs before they are launched; ``known`` holds candidates
         measured by an earlier, interrupted tune, keyed by ``(kernel, problem key)`` then config
         key: they are reused, not measured again; ``compile_ahead`` (a
         ``seqtune.check.CompileAhead``) compiles in parallel the configs the search announces
-        it will ask for next, and prunes by what the compiler says."""
+        it will ask for next, and prunes by what the compiler says; ``tuned_starts`` gives
+        configs tuned for nearby problems (``seqtune.warmstart``): searches start there after
+        the default."""
         self.device = device
         self.budget = budget
         self.on_candidate = on_candidate or (lambda candidate: None)
@@ -156,6 +159,7 @@ class Tuner:
         self.known = known or {}
         self.prunes = [p for p in (prune, compile_ahead and compile_ahead.verdict) if p]
         self.compile_ahead = compile_ahead
+        self.tuned_starts = tuned_starts or (lambda spec, problem: [])
         self._spaces: dict[tuple, SearchSpace] = {}  # the latest problem's space
 
     def space(self, spec: KernelSpec, problem: Problem) -> SearchSpace:
@@ -164,17 +168,31 @@ class Tuner:
         key = (spec.name, problem_key(problem))
         if key not in self._spaces:
             is_candidate = candidate_test(spec, problem, self.device)
-            default = spec.default_for(problem, self.device.limits)
             ahead = self.compile_ahead
             self._spaces = {key: SearchSpace(
                 dict(spec.space),
                 Deferred(lambda: candidate_order(spec, problem, self.device, self.seed)),
-                [default] if is_candidate(default) else [], tuple(spec.stages),
+                self._starts(spec, problem, is_candidate), tuple(spec.stages),
                 stagewise=spec.stagewise, max_evaluations=self.budget.max_configs,
                 limited_by_time=self.budget.deadline is not None, contains=is_candidate,
                 expect=(lambda configs: ahead.expect(spec, problem, configs)) if ahead
                 else (lambda configs: None))}
         return self._spaces[key]
+
+    def _starts(self, spec: KernelSpec, problem: Problem,
+                is_candidate: Callable[[Config], bool]) -> list[Config]:
+        """The default, then the tuned starts that are candidates here (a start from an older
+        profile may lack a knob added since: it takes the default's value)."""
+        starts = []
+        for config in [spec.default_for(problem, self.device.limits),
+                       *self.tuned_starts(spec, problem)]:
+            try:
+                config = spec.validate_config(config)
+            except ValueError:
+                continue
+            if is_candidate(config) and config not in starts:
+                starts.append(config)
+        return starts
 
     def tune(self, spec: KernelSpec, problem: Problem,
              strategy: Strategy | None = None) -> ProblemResult:
