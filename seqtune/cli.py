@@ -92,8 +92,9 @@ def tune(
     jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Processes compiling candidates "
                              "ahead of timing."),
     compile_target: Optional[str] = typer.Option(None, help="On the interpreter: also compile "
-                                                 "every candidate for this GPU target (sm_80, "
-                                                 "sm_90, ...) and skip what would not fit it."),
+                                                 "each candidate for this GPU target (sm_80, "
+                                                 "sm_90, ...) before it runs, and skip what "
+                                                 "would not fit it."),
     gpus: Optional[str] = typer.Option(None, help="all | 0,1,...: one worker process per local "
                                        "GPU, each tuning its share of the problems; GPUs of "
                                        "one name share one profile."),
