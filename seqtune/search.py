@@ -197,22 +197,18 @@ class SpaceGeometry:
         two-valued ones (shared memory on or off, a read-only cache or not)."""
         return [j for j, ordinal in enumerate(self.ordinal) if not ordinal or self.levels[j] == 2]
 
-    def branch_leaders(self, times: dict[int, float]) -> list[int]:
-        """The fastest measured config of every branch the fastest overall is not on: for each
-        switch, for each value the fastest config does not set, the fastest config that sets
-        it (failed configs never lead)."""
-        measured = np.fromiter(times, np.int64, count=len(times))
-        elapsed = np.fromiter(times.values(), float, count=len(times))
-        if not len(measured):
-            return []
-        best = int(measured[np.argmin(elapsed)])
-        leaders = []
-        for j in self.switches():
-            for value in range(self.levels[j]):
-                on_branch = (self.ranks[measured, j] == value) & np.isfinite(elapsed)
-                if value != self.ranks[best, j] and on_branch.any():
-                    leaders.append(int(measured[on_branch][np.argmin(elapsed[on_branch])]))
-        return list(dict.fromkeys(leaders))
+    def path_leaders(self, times: dict[int, float]) -> list[int]:
+        """The fastest measured config of every code path but the fastest config's own, fastest
+        first (failed configs never lead). A code path is one combination of the switches'
+        values, not one value of one switch: switches interact (shared memory may pay only
+        with a read-only cache and without padding), so the best config of each value of each
+        switch alone can miss the one path whose best sizes are fastest."""
+        switches = self.switches()
+        finite = sorted((i for i in times if math.isfinite(times[i])), key=times.__getitem__)
+        leaders: dict[tuple, int] = {}
+        for index in finite:
+            leaders.setdefault(tuple(self.ranks[index, switches]), index)
+        return list(leaders.values())[1:]
 
     def distances(self, indices: np.ndarray, center: int) -> np.ndarray:
         """How many parameters each of the given candidates sets differently from ``center``."""
@@ -512,12 +508,12 @@ class ModelBased:
     improvement. Every ``local_period``-th proposal is local instead: the best one among the
     neighbours of a centre, which refines a good config even where the model is unsure of it.
 
-    Local centres alternate between the fastest config so far and the branch leaders
-    (``SpaceGeometry.branch_leaders``), in turn: a switch such as shared memory on or off
-    changes which sizes are best, so the best config of the branch the incumbent is not on is
-    refined too before the model writes that branch off (on a space where shared memory helps
-    most configs but the fastest few do without it, refining the incumbent alone settles on
-    the best shared-memory config).
+    Local centres alternate between the fastest config so far and the path leaders
+    (``SpaceGeometry.path_leaders``), in turn: the switches (shared memory on or off, a
+    read-only cache, padding) together pick a code path, which changes which sizes are best,
+    so the best config of each path the incumbent is not on is refined too before the model
+    writes that path off (on a space where shared memory helps most configs but the fastest
+    few do without it, refining the incumbent alone settles on the best shared-memory config).
 
     Starts from the starts and random configs (a fifth of the budget, which keeps the model
     from settling on the first good region it sees); a failed config counts as the slowest time
@@ -575,9 +571,9 @@ class ModelBased:
     @staticmethod
     def _centre(session: Session, geometry: SpaceGeometry, local_steps: int) -> int | None:
         """Where the ``local_steps``-th local step looks: every other one at the fastest config,
-        the rest at the branch leaders in turn."""
+        the rest at the path leaders in turn."""
         best = session.best()[0]
-        leaders = geometry.branch_leaders(session.times)
+        leaders = geometry.path_leaders(session.times)
         if local_steps % 2 == 0 or not leaders:
             return best
         return leaders[(local_steps // 2) % len(leaders)]

@@ -164,7 +164,7 @@ def test_model_scores_a_sample_of_a_very_large_space():
     assert len({config_key(c) for c in seen}) == 25
 
 
-def test_branch_leaders_are_the_fastest_configs_off_the_incumbents_branches():
+def test_path_leaders_are_the_fastest_configs_of_the_other_code_paths():
     params = {"X": (1, 2, 3), "SHARED": (False, True), "ORDER": ("row", "col", "zigzag")}
     candidates = [dict(zip(params, v)) for v in itertools.product(*params.values())]
     geometry = SearchSpace(params, candidates, []).geometry()
@@ -174,11 +174,13 @@ def test_branch_leaders_are_the_fastest_configs_off_the_incumbents_branches():
         return index[config_key({"X": x, "SHARED": shared, "ORDER": order})]
 
     times = {at(1, True, "row"): 1.0, at(2, True, "col"): 2.0, at(3, False, "col"): 3.0,
-             at(2, False, "row"): 5.0, at(1, False, "zigzag"): math.inf}
-    # X has three values: a size, no switch. SHARED=False is led by (3, False, col); ORDER=col
-    # by (2, True, col); ORDER=zigzag has only a failed config, so no leader.
-    assert geometry.branch_leaders(times) == [at(3, False, "col"), at(2, True, "col")]
-    assert geometry.branch_leaders({}) == []
+             at(1, False, "row"): 4.0, at(2, False, "row"): 5.0, at(1, False, "zigzag"): math.inf}
+    # X is a size, not a switch: the paths are (SHARED, ORDER). (True, row) is the incumbent's;
+    # (False, row) is led by its faster config; (False, zigzag) has only a failed config, so no
+    # leader. (False, row) gets a leader although neither of its values leads on its own.
+    assert geometry.path_leaders(times) == [at(2, True, "col"), at(3, False, "col"),
+                                            at(1, False, "row")]
+    assert geometry.path_leaders({}) == []
 
 
 def pocket_cost(config):
