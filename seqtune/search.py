@@ -425,6 +425,9 @@ class SuccessiveHalving:
         return True
 
 
+RESTARTS_AHEAD = 4  # restart points local search draws (and announces) at once
+
+
 class LocalSearch:
     """Iterated local search: first-improvement hill climbing over one-parameter moves from each
     start (the default, then the nearest tuned configs); at a local optimum (no untried neighbour
@@ -478,14 +481,24 @@ class LocalSearch:
 
     def _restart(self, session: Session, geometry: SpaceGeometry, rng: random.Random,
                  shuffled: list[int]) -> int | None:
-        """An untried candidate near the best so far, else any untried candidate."""
+        """An untried candidate near the best so far, else any untried candidate. A few such
+        jumps are drawn and announced at once: restarts often follow each other (a jump whose
+        neighbours are all measured is a local optimum at once), so the next ones compile while
+        this one is timed."""
         best, _ = session.best()
+        jumps = []
         if best is not None and geometry.params:
             for _ in range(64):
                 jump = self._perturb(geometry, best, rng)
-                if jump is not None and not session.asked(jump):
-                    return jump
-        return next((i for i in shuffled if not session.asked(i)), None)
+                if jump is not None and not session.asked(jump) and jump not in jumps:
+                    jumps.append(jump)
+                    if len(jumps) == RESTARTS_AHEAD:
+                        break
+        if not jumps:
+            jumps = list(itertools.islice((i for i in shuffled if not session.asked(i)),
+                                          RESTARTS_AHEAD))
+        session.expect(jumps)
+        return jumps[0] if jumps else None
 
     def _perturb(self, geometry: SpaceGeometry, index: int, rng: random.Random) -> int | None:
         """Candidate ``index`` with a few parameters moved, one neighbour step at a time."""
@@ -594,6 +607,7 @@ class ModelBased:
             if neighbours:
                 improvement = expected_improvement(*model.predict_at(np.array(neighbours)),
                                                    best_target)
+                session.expect(_likeliest(np.array(neighbours), improvement))
                 return neighbours[int(np.argmax(improvement))]
         improvement = expected_improvement(*model.predict(), best_target)
         tried = [p for p in map(model.pool_position.get, session.times) if p is not None]
@@ -605,7 +619,21 @@ class ModelBased:
                 nearest = untried & (distance == distance[untried].min())
                 improvement = np.where(nearest, improvement, -np.inf)
         proposal = int(np.argmax(improvement))
-        return int(model.pool[proposal]) if improvement[proposal] > 0.0 else None
+        if improvement[proposal] <= 0.0:
+            return None
+        session.expect(_likeliest(model.pool, improvement))
+        return int(model.pool[proposal])
+
+
+# How many of the best-scored configs a model step announces (the proposal and the runners-up,
+# which the next steps often pick) so that they compile while the proposal is timed.
+EXPECT_AHEAD = 8
+
+
+def _likeliest(indices: np.ndarray, improvement: np.ndarray) -> list[int]:
+    """The ``EXPECT_AHEAD`` indices of largest positive improvement, largest first."""
+    best = np.argsort(-improvement)[:EXPECT_AHEAD]
+    return [int(indices[k]) for k in best if improvement[k] > 0.0]
 
 
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> np.ndarray:

@@ -270,3 +270,21 @@ def test_tuner_passes_the_budget_and_stagewise_flag_to_the_strategy(toy_registry
     assert seen["space"].max_evaluations == 3
     assert seen["space"].stagewise is False and not seen["space"].limited_by_time
     assert seen["time"] == 5.0 and seen["fidelity"] == 0.25
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategies_announce_most_of_what_they_ask_before_asking_it(name):
+    """What compile-ahead compiles in the background: a config asked unannounced is compiled
+    while the GPU waits."""
+    space, failing = make_space(max_evaluations=60)
+    announced = set()
+    space.expect = lambda configs: announced.update(config_key(c) for c in configs)
+    surprises = []
+
+    def evaluate(config, fidelity=1.0):
+        surprises.append(config_key(config) not in announced)
+        return recorder(config, fidelity)
+
+    recorder = Recorder(space, failing, budget=60)
+    make_strategy(name).search(space, evaluate, random.Random(7))
+    assert sum(surprises) <= 0.1 * len(surprises), f"{sum(surprises)} of {len(surprises)}"
