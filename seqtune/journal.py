@@ -4,8 +4,8 @@ candidate finishes, so a killed tune loses at most the candidate in flight.
 Lines live in ``<profile-dir>/logs/<device-key>.jsonl``; each carries the tune's ``run`` id, the
 kernel, its source hash, the problem's bucket key, the config, the status ("ok" or a failure
 kind), the timing (µs), its fidelity (below 1: a cheap timing of successive halving; a config
-timed again more precisely gets a later line) and the error. ``seqtune replay`` replays them; ``seqtune tune --resume``
-skips what they already measured.
+timed again more precisely gets a later line) and the error. ``seqtune replay`` replays them;
+``seqtune tune --resume`` skips what they already measured.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -309,13 +309,8 @@ class Stagewise:
         if not space.stages:
             Exhaustive().search(space, evaluate, rng)
             return
-        start = space.starts[0] if space.starts else next(iter(space.candidates), None)
-        if start is None:
-            return
-        shared = [p for p in space.params if space.stage_of(p) is None]
-        for setting in self._settings(space, shared, start):
-            current = self._first_candidate(space, {**start, **setting})
-            for stage in space.stages if current is not None else ():
+        for current in self._setting_starts(space):
+            for stage in space.stages:
                 current = self._tune_stage(space, evaluate, current, stage)
                 if current is None:
                     return
@@ -324,22 +319,25 @@ class Stagewise:
     def planned(cls, space: SearchSpace) -> int:
         """The configs this search will ask about, counted as if each stage kept the start's
         values for the other stages."""
-        start = space.starts[0]
-        shared = [p for p in space.params if space.stage_of(p) is None]
-        count = 0
-        for setting in cls._settings(space, shared, start):
-            current = cls._first_candidate(space, {**start, **setting})
-            for stage in space.stages if current is not None else ():
-                count += len(cls._stage_options(space, current, stage))
-        return count
+        return sum(len(cls._stage_options(space, current, stage))
+                   for current in cls._setting_starts(space) for stage in space.stages)
 
-    @staticmethod
-    def _settings(space: SearchSpace, shared: list[str], start: Config) -> list[Config]:
-        """Every setting of the shared knobs, the start's first."""
-        settings = [dict(zip(shared, values))
-                    for values in itertools.product(*(space.params[p] for p in shared))]
+    @classmethod
+    def _setting_starts(cls, space: SearchSpace) -> Iterator[Config]:
+        """For every setting of the shared knobs (the start's first), the candidate a search of
+        that setting starts from: the start with the setting, or the first candidate that
+        has it."""
+        start = space.starts[0] if space.starts else next(iter(space.candidates), None)
+        if start is None:
+            return
+        shared = [p for p in space.params if space.stage_of(p) is None]
         first = {p: start[p] for p in shared}
-        return [first] + [s for s in settings if s != first]
+        settings = (dict(zip(shared, values))
+                    for values in itertools.product(*(space.params[p] for p in shared)))
+        for setting in itertools.chain([first], (s for s in settings if s != first)):
+            current = cls._first_candidate(space, {**start, **setting})
+            if current is not None:
+                yield current
 
     @staticmethod
     def _first_candidate(space: SearchSpace, config: Config) -> Config | None:
@@ -883,7 +881,7 @@ def planned_evaluations(strategy: Strategy, space: SearchSpace) -> int:
     search, the candidates; both cut to ``max_evaluations``."""
     if isinstance(strategy, Auto):
         strategy = choose(space)
-    if isinstance(strategy, Stagewise) and space.stages and space.starts:
+    if isinstance(strategy, Stagewise) and space.stages:
         count = Stagewise.planned(space)
     else:
         count = len(space.candidates)
