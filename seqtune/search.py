@@ -300,8 +300,9 @@ class Exhaustive:
 class Stagewise:
     """For each setting of the shared knobs, tune one stage at a time with the other stages held
     at their best so far: the sum of the stage spaces instead of their product. Right when the
-    stages are nearly independent once the shared knobs (e.g. the chunk size) are fixed. A space
-    without stages is searched exhaustively."""
+    stages are nearly independent once the shared knobs (e.g. the chunk size) are fixed. A
+    ``max_evaluations`` below that sum is spread over every setting and stage (``_share``). A
+    space without stages is searched exhaustively."""
 
     name = "stagewise"
 
@@ -309,11 +310,21 @@ class Stagewise:
         if not space.stages:
             Exhaustive().search(space, evaluate, rng)
             return
+        share = self._share(space)
         for current in self._setting_starts(space):
             for stage in space.stages:
-                current = self._tune_stage(space, evaluate, current, stage)
+                current = self._tune_stage(space, evaluate, current, stage, share, rng)
                 if current is None:
                     return
+
+    @classmethod
+    def _share(cls, space: SearchSpace) -> float:
+        """The share of each stage's options a ``max_evaluations`` budget pays for: spread
+        over every setting and stage, so a cut budget still tunes each stage a little rather
+        than the first stage of the first setting fully and the rest not at all."""
+        if space.max_evaluations is None:
+            return 1.0
+        return min(1.0, space.max_evaluations / max(cls.planned(space), 1))
 
     @classmethod
     def planned(cls, space: SearchSpace) -> int:
@@ -361,9 +372,15 @@ class Stagewise:
                 if space.is_candidate(option := {**current, **dict(zip(params, values))})]
 
     @classmethod
-    def _tune_stage(cls, space: SearchSpace, evaluate: Evaluate, current: Config,
-                    stage: str) -> Config | None:
+    def _tune_stage(cls, space: SearchSpace, evaluate: Evaluate, current: Config, stage: str,
+                    share: float, rng: random.Random) -> Config | None:
+        """The best of the stage's options (``current`` and a random ``share`` of the others);
+        None once the budget is spent."""
         options = cls._stage_options(space, current, stage)
+        if share < 1.0:
+            others = [o for o in options if o != current]
+            kept = rng.sample(others, min(len(others), max(1, round(share * len(options))) - 1))
+            options = [current, *kept]
         space.expect(options)
         best, best_time = current, math.inf
         for option in options:

@@ -288,3 +288,27 @@ def test_strategies_announce_most_of_what_they_ask_before_asking_it(name):
     recorder = Recorder(space, failing, budget=60)
     make_strategy(name).search(space, evaluate, random.Random(7))
     assert sum(surprises) <= 0.1 * len(surprises), f"{sum(surprises)} of {len(surprises)}"
+
+
+def test_stagewise_spreads_a_cut_budget_over_every_setting_and_stage():
+    values = (1, 2, 3)
+    params = {"BT": (16, 32), **{f"{stage}.{knob}": values
+                                 for stage in ("a", "b", "c") for knob in ("x", "y")}}
+    candidates = [dict(zip(params, v)) for v in itertools.product(*params.values())]
+    space = SearchSpace(params, candidates, candidates[:1], ("a", "b", "c"), stagewise=True,
+                        max_evaluations=18)  # a third of the 2 settings x 3 stages x 9 options
+    asked = []
+
+    def evaluate(config):
+        asked.append(config)
+        return None if len({config_key(c) for c in asked}) > 18 else sum(config.values())
+
+    Stagewise().search(space, evaluate, random.Random(8))
+    measured = {config_key(c): c for c in asked}.values()
+    assert len(measured) <= 18  # the budget was never hit: the search planned within it
+    start = candidates[0]
+    for setting in (16, 32):
+        for stage in ("a", "b", "c"):
+            moved = [c for c in measured if c["BT"] == setting
+                     and any(c[f"{stage}.{k}"] != start[f"{stage}.{k}"] for k in ("x", "y"))]
+            assert moved, f"stage {stage} of BT={setting} never tuned"
