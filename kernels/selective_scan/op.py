@@ -50,8 +50,9 @@ def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, y, last_state) ->
     """The scan, then (when the states are split over programs) the sum over state tiles."""
     u, delta, A = _unit_stride_last(u), _unit_stride_last(delta), _unit_stride_last(A)
     z = _unit_stride_last(z) if z is not None else u  # unread when has_z is False
-    D = D if D is not None else u  # unread when has_D is False
-    delta_bias = delta_bias if delta_bias is not None else u  # unread without a bias
+    # The kernels index the 1-D parameters by channel alone: a strided view must be copied.
+    D = D.contiguous() if D is not None else u  # unread when has_D is False
+    delta_bias = delta_bias.contiguous() if delta_bias is not None else u  # unread without a bias
     # One layout for both, contiguous: grouped [b, g, n, L], ungrouped as g = 1.
     B, C = (x.contiguous() if x.dim() == 4 else x.unsqueeze(1).contiguous() for x in (B, C))
     batch, channels, length, state_dim = problem["b"], problem["d"], problem["L"], problem["n"]
