@@ -1,6 +1,9 @@
 """selective_scan against its float64 recurrence: odd shapes, every tiny-preset tile, bad input."""
+import warnings
+
 import pytest
 import torch
+import yaml
 
 import seqtune.kernels
 from seqtune.launch import capture_launches
@@ -82,6 +85,57 @@ def test_parameters_in_the_input_dtype():
     assert_matches_reference((y, last_state), inputs, "bfloat16")
 
 
+@pytest.mark.parametrize("split", [1, 9])
+def test_resuming_from_the_last_state_continues_the_sequence(split):
+    """[0:t] then [t:L] from its last state equals [0:L], outputs and last state (the only
+    difference: where the kernels' blocks start, i.e. the scan's reassociation)."""
+    inputs = _random_inputs(L=23, groups=2, seed=3)
+    whole = selective_scan(**inputs, return_last_state=True)
+    head, tail = ({**inputs, **{name: inputs[name][..., part]
+                                for name in ("u", "delta", "B", "C", "z")}}
+                  for part in (slice(0, split), slice(split, None)))
+    y_head, state = selective_scan(**head, return_last_state=True)
+    y_tail, last_state = selective_scan(**{**tail, "initial_state": state},
+                                        return_last_state=True)
+    torch.testing.assert_close(torch.cat([y_head, y_tail], dim=-1), whole[0],
+                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last_state, whole[1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_initial_state_of_any_float_dtype(state_dtype):
+    """The state is read in its own dtype and carried in fp32: the reference reads the same
+    rounded values, so the bound is the inputs' dtype's (fp32 here)."""
+    inputs = _random_inputs(n=20, seed=4)  # n=20 > BLOCK_N=16: each state tile reads its part
+    inputs["initial_state"] = torch.randn(2, 6, 20).to(state_dtype)
+    assert_matches_reference(selective_scan(**inputs, return_last_state=True), inputs)
+
+
+def test_empty_sequence_returns_the_initial_state():
+    inputs = _random_inputs(L=0)
+    inputs["initial_state"] = torch.randn(2, 6, 5).half()
+    with capture_launches() as launches:
+        _, last_state = selective_scan(**inputs, return_last_state=True)
+    assert launches == [] and last_state.dtype == torch.float32
+    assert torch.equal(last_state, inputs["initial_state"].float())
+
+
+def test_profiles_tuned_before_initial_state_existed_still_load(tmp_path):
+    """An entry without the has_initial_state field means has_initial_state=False."""
+    problem = {**SPEC.presets["tiny"][0]}
+    del problem["has_initial_state"]
+    config = {**SPEC.default_config, "BLOCK_T": 16}
+    profile = {"schema": "seqtune-profile/1", "device": {}, "software": {}, "kernels": {
+        "selective_scan": {"entries": [{"problem": problem, "config": config}]}}}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    seqtune.load_profile(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the entry has no source hash: stale, used with a warning
+        assert seqtune.best_config("selective_scan", **problem) == config
+        assert seqtune.best_config("selective_scan", **problem, has_initial_state=True) != config
+
+
 def test_returns_only_y_unless_asked():
     inputs = _random_inputs(L=3)
     y = selective_scan(**inputs)
@@ -127,6 +181,12 @@ def _bad(**overrides):
     ({"A": -torch.rand(6, 3).double()}, TypeError, "A has dtype float64"),
     ({"D": torch.randn(6).half()}, TypeError, "D has dtype float16"),
     ({"z": torch.randn(2, 6, 4, device="meta")}, ValueError, "different devices"),
+    ({"initial_state": torch.randn(2, 6)}, ValueError, "initial_state must have 3 dimensions"),
+    ({"initial_state": torch.randn(2, 6, 4)}, ValueError,
+     r"initial_state must have shape \(2, 6, 3\)"),
+    ({"initial_state": torch.zeros(2, 6, 3, dtype=torch.int32)}, TypeError,
+     "initial_state has dtype int32"),
+    ({"initial_state": torch.zeros(2, 6, 3, device="meta")}, ValueError, "different devices"),
 ])
 def test_bad_arguments_raise_before_launch(overrides, error, message):
     with capture_launches() as launches, pytest.raises(error, match=message):

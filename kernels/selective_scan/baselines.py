@@ -1,8 +1,9 @@
 """Baselines of ``selective_scan`` for ``seqtune bench``: the same computation by other means.
 
 - ``torch``: plain PyTorch: the discretised decays exp(delta A) and inputs delta B u formed for
-  every (channel, state, step) in float32, scanned over time by ``linear_scan``'s parallel
-  (Hillis-Steele) scan, read out with C, plus D u, gated by silu(z); y in u's dtype.
+  every (channel, state, step) in float32 (the initial state folded into the first step), scanned
+  over time by ``linear_scan``'s parallel (Hillis-Steele) scan, read out with C, plus D u, gated
+  by silu(z); y in u's dtype.
 
 It takes the spec's inputs and returns ``(y [b, d, L], last_state [b, d, n] float32)`` like
 ``spec.run``.
@@ -34,6 +35,9 @@ def torch_selective_scan(inputs: Inputs) -> Outputs:
         delta = F.softplus(delta)
     decay = torch.exp(delta[..., None] * inputs["A"].float()[:, None, :])  # [b, d, L, n]
     drive = (delta * u.float())[..., None] * per_channel(inputs["B"], channels)
+    if inputs.get("initial_state") is not None:  # fold x_{-1} into the first step's drive
+        first = drive[:, :, :1] + decay[:, :, :1] * inputs["initial_state"].float()[:, :, None]
+        drive = torch.cat([first, drive[:, :, 1:]], dim=2)
     states = affine_scan(decay, drive, dim=2)
     y = (states * per_channel(inputs["C"], channels)).sum(-1)
     if inputs["D"] is not None:

@@ -38,16 +38,19 @@ def skip_and_gate(y, u, skip, z_ptrs, mask, HAS_D: tl.constexpr, HAS_Z: tl.const
 
 @triton.jit
 def selective_scan_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr,
-        last_state_ptr, d, L, n, channels_per_group,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, initial_state_ptr,
+        out_ptr, last_state_ptr, d, L, n, channels_per_group,
         stride_u_batch, stride_u_channel, stride_delta_batch, stride_delta_channel,
         stride_A_channel, stride_bc_batch, stride_bc_group, stride_bc_state,
         stride_z_batch, stride_z_channel, stride_out_tile, stride_out_batch, stride_out_channel,
+        stride_h0_batch, stride_h0_channel, stride_h0_state,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
+        HAS_INITIAL_STATE: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr, TILE_IN_ONE_GROUP: tl.constexpr, ALL_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """Grid (cdiv(d, BLOCK_D), b, cdiv(n, BLOCK_N)). ``out`` is y [b, d, L] when ALL_STATES,
-    else the fp32 partial sums [n tiles, b, d, L]; last_state is fp32 [b, d, n], contiguous."""
+    else the fp32 partial sums [n tiles, b, d, L]; last_state is fp32 [b, d, n], contiguous; the
+    scan starts from initial_state [b, d, n] (any strides) when HAS_INITIAL_STATE, else zeros."""
     batch = tl.program_id(1).to(tl.int64)
     state_tile = tl.program_id(2)
     channels = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -78,7 +81,12 @@ def selective_scan_kernel(
     C_ptr += batch * stride_bc_batch + bc_rows
     out_ptr += (state_tile.to(tl.int64) * stride_out_tile + batch * stride_out_batch
                 + channels[:, None] * stride_out_channel)
-    state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if HAS_INITIAL_STATE:  # any float dtype, carried in fp32
+        state = tl.load(initial_state_ptr + batch * stride_h0_batch
+                        + channels[:, None] * stride_h0_channel + states[None, :] * stride_h0_state,
+                        mask=channel_mask[:, None] & state_mask[None, :], other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for block_start in range(0, L, BLOCK_T):
         times = block_start + steps
         time_mask = times < L

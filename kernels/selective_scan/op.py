@@ -19,40 +19,46 @@ from seqtune.kernels.selective_scan.kernel import selective_scan_kernel, sum_sta
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, config: Mapping[str, Any] | None = None):
+                   return_last_state: bool = False, config: Mapping[str, Any] | None = None, *,
+                   initial_state: torch.Tensor | None = None):
     """Mamba's selective scan, in Mamba's layout.
 
     u, delta, z: [b, d, L]; A: [d, n] (real); B, C: [b, n, L], or grouped [b, g, n, L] where
     channel c reads group c // (d / g); D, delta_bias: [d]. u, delta, B, C and z share one float
-    dtype; A, D and delta_bias may be float32 or that dtype.
+    dtype; A, D and delta_bias may be float32 or that dtype. initial_state: [b, d, n] of any
+    float dtype (used in fp32), the state before the first step (zeros when None), so that a
+    sequence can resume from a cached state: the last state of [0:t] continues into [t:L].
 
     delta += delta_bias, then softplus if ``delta_softplus``;
     x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t;  y_t = C_t . x_t + D u_t;  y *= silu(z).
     Accumulates in fp32. Returns y [b, d, L] in u's dtype, or (y, last_state [b, d, n] fp32).
     """
-    groups = _check_arguments(u, delta, A, B, C, D, z, delta_bias)
+    groups = _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, channels, length = u.shape
     y = new_output((batch, channels, length), u.dtype, u.device)
     last_state = new_output((batch, channels, A.shape[1]), torch.float32, u.device)
-    if y.numel() == 0:
-        return (y, last_state.zero_()) if return_last_state else y
+    if y.numel() == 0:  # no step: the state passes through unchanged
+        last_state.copy_(initial_state) if initial_state is not None else last_state.zero_()
+        return (y, last_state) if return_last_state else y
     problem = {"b": batch, "d": channels, "L": length, "n": A.shape[1], "groups": groups,
                "has_z": z is not None, "has_D": D is not None,
                "has_delta_bias": delta_bias is not None, "delta_softplus": bool(delta_softplus),
-               "dtype": dtype_name(u.dtype)}
+               "has_initial_state": initial_state is not None, "dtype": dtype_name(u.dtype)}
     cfg = config_for("selective_scan", problem, config)
     with sliced_interpreter_scans():
-        _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, y, last_state)
+        _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, initial_state, y, last_state)
     return (y, last_state) if return_last_state else y
 
 
-def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, y, last_state) -> None:
+def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, initial_state, y,
+            last_state) -> None:
     """The scan, then (when the states are split over programs) the sum over state tiles."""
     u, delta, A = _unit_stride_last(u), _unit_stride_last(delta), _unit_stride_last(A)
     z = _unit_stride_last(z) if z is not None else u  # unread when has_z is False
     # The kernels index the 1-D parameters by channel alone: a strided view must be copied.
     D = D.contiguous() if D is not None else u  # unread when has_D is False
     delta_bias = delta_bias.contiguous() if delta_bias is not None else u  # unread without a bias
+    h0 = initial_state if initial_state is not None else last_state  # unread without one
     # One layout for both, contiguous: grouped [b, g, n, L], ungrouped as g = 1.
     B, C = (x.contiguous() if x.dim() == 4 else x.unsqueeze(1).contiguous() for x in (B, C))
     batch, channels, length, state_dim = problem["b"], problem["d"], problem["L"], problem["n"]
@@ -63,12 +69,14 @@ def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, y, last_state) ->
     channel_tiles = triton.cdiv(channels, cfg["BLOCK_D"])
     flags = {"HAS_D": problem["has_D"], "HAS_Z": problem["has_z"]}
     launch(selective_scan_kernel, (channel_tiles, batch, state_tiles),
-           u, delta, A, B, C, D, z, delta_bias, out, last_state,
+           u, delta, A, B, C, D, z, delta_bias, h0, out, last_state,
            channels, length, state_dim, channels_per_group,
            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A.stride(0),
            B.stride(0), B.stride(1), B.stride(2), z.stride(0), z.stride(1),
            out.stride(0) if state_tiles > 1 else 0, out.stride(-3), out.stride(-2),
+           h0.stride(0), h0.stride(1), h0.stride(2),
            **flags, HAS_DELTA_BIAS=problem["has_delta_bias"],
+           HAS_INITIAL_STATE=problem["has_initial_state"],
            DELTA_SOFTPLUS=problem["delta_softplus"],
            TILE_IN_ONE_GROUP=channels_per_group % cfg["BLOCK_D"] == 0,
            ALL_STATES=state_tiles == 1, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
@@ -81,7 +89,7 @@ def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, y, last_state) ->
                BLOCK_D=cfg["BLOCK_D"], BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"])
 
 
-def _check_arguments(u, delta, A, B, C, D, z, delta_bias) -> int:
+def _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> int:
     """Validates everything before any launch; returns the number of B/C groups (1 when
     ungrouped)."""
     expect_tensor("u", u, 3)
@@ -109,6 +117,11 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias) -> int:
     for name, parameter in parameters.items():
         if parameter is not None:
             expect_float(name, parameter, (u.dtype, torch.float32))
+    if initial_state is not None:
+        expect_tensor("initial_state", initial_state, 3)
+        expect_shape("initial_state", initial_state, (batch, channels, A.shape[1]))
+        expect_float("initial_state", initial_state)
+        parameters["initial_state"] = initial_state
     expect_same_device({**streams, **parameters})
     return groups
 

@@ -3,7 +3,9 @@
 Problem fields: the size fields ``b`` (batch), ``d`` (channels) and ``L`` (sequence length),
 bucketed to powers of two; categorical ``n`` (state size), ``groups`` (of B and C; 1 is Mamba's
 ungrouped [b, n, L] layout), ``has_z``, ``has_D``, ``has_delta_bias``, ``delta_softplus`` and
-``dtype`` (of u, delta, B, C, z). The flags default to Mamba's usual call (all set).
+``dtype`` (of u, delta, B, C, z). The flags default to Mamba's usual call (all set);
+``has_initial_state`` (a state to resume from) defaults to False, what profiles tuned before it
+existed measured.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ DEFAULT = {"BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 32, "num_warps": 8, "num_stag
 # take <= 172 registers without spills; 32 take 168-255 and spill for long BLOCK_T.
 MAX_TILE_VALUES_PER_THREAD = 16
 PROBLEM_DEFAULTS = {"groups": 1, "has_z": True, "has_D": True, "has_delta_bias": True,
-                    "delta_softplus": True}
+                    "delta_softplus": True, "has_initial_state": False}
 
 
 def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
@@ -91,6 +93,10 @@ def make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
     parameters = {"A": A, "D": normal(d) if problem["has_D"] else None, "delta_bias": delta_bias}
     inputs.update({name: t.to(device) if t is not None else None for name, t in parameters.items()})
     inputs["delta_softplus"] = problem["delta_softplus"]
+    # A state as a previous chunk leaves it: O(1) entries (|x| of unit-normal inputs after many
+    # steps), fp32 as Mamba caches it.
+    inputs["initial_state"] = (normal(b, d, n).to(device) if problem["has_initial_state"]
+                               else None)
     return inputs
 
 
@@ -104,8 +110,8 @@ def reference(inputs: Inputs) -> Outputs:
         value = inputs[name]
         return value.to("cpu", torch.float64) if value is not None else None
 
-    u, delta, A, B, C, D, z, delta_bias = map(f64, ("u", "delta", "A", "B", "C", "D", "z",
-                                                    "delta_bias"))
+    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
+        f64, ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"))
     batch, channels, length = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
@@ -122,6 +128,8 @@ def reference(inputs: Inputs) -> Outputs:
     B_steps, C_steps = (x.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous() for x in (B, C))
     A = A.reshape(groups, channels // groups, state_dim)
     x = torch.zeros(*by_group, state_dim, dtype=torch.float64)
+    if initial_state is not None:
+        x = initial_state.reshape(*by_group, state_dim).clone()
     y = torch.empty(length, *by_group, dtype=torch.float64)
     for t in range(length):
         x = (torch.exp(delta_steps[t, ..., None] * A) * x
@@ -143,13 +151,15 @@ def flops(problem: Problem) -> float:
 
 
 def bytes_moved(problem: Problem) -> float:
-    """Read u, delta, z, B, C; write y and the fp32 last state; read fp32 A, D, delta_bias."""
+    """Read u, delta, z, B, C; write y and the fp32 last state; read fp32 A, D, delta_bias and
+    the initial state."""
     problem = {**PROBLEM_DEFAULTS, **problem}
     b, d, L, n, groups = (problem[k] for k in ("b", "d", "L", "n", "groups"))
     element = DTYPES[problem["dtype"]].itemsize
     streams = (3 + problem["has_z"]) * b * d * L + 2 * b * groups * n * L
     parameters = d * n + d * (problem["has_D"] + problem["has_delta_bias"])
-    return float(element * streams + 4 * (parameters + b * d * n))
+    states = (1 + problem["has_initial_state"]) * b * d * n
+    return float(element * streams + 4 * (parameters + states))
 
 
 def _problems(shapes, dtypes=("bfloat16",)) -> list[Problem]:
@@ -160,7 +170,7 @@ def _problems(shapes, dtypes=("bfloat16",)) -> list[Problem]:
 PRESETS = {
     "tiny": [{"b": 1, "d": 8, "L": 32, "n": 16, "dtype": "float32", **PROBLEM_DEFAULTS},
              {**PROBLEM_DEFAULTS, "b": 1, "d": 8, "L": 32, "n": 8, "groups": 2,
-              "dtype": "bfloat16"}],
+              "has_initial_state": True, "dtype": "bfloat16"}],
     "quick": _problems([(2, 2048, 2048), (4, 4096, 4096)]),
     "default": _problems([(8, 2048, 1024), (4, 2560, 2048), (2, 4096, 4096), (1, 5120, 8192)],
                          dtypes=("bfloat16", "float32")),
@@ -169,20 +179,23 @@ PRESETS = {
 }
 
 
-def _case(b, d, L, n, groups, flags, dtype) -> Problem:
+def _case(b, d, L, n, groups, flags, dtype, has_initial_state=False) -> Problem:
     has_z, has_D, has_delta_bias, delta_softplus = flags
     return {"b": b, "d": d, "L": L, "n": n, "groups": groups, "has_z": has_z, "has_D": has_D,
-            "has_delta_bias": has_delta_bias, "delta_softplus": delta_softplus, "dtype": dtype}
+            "has_delta_bias": has_delta_bias, "delta_softplus": delta_softplus,
+            "has_initial_state": has_initial_state, "dtype": dtype}
 
 
 ALL = (True, True, True, True)
 NONE = (False, False, False, False)
 VERIFY_CASES = [
     _case(1, 3, 1, 4, 1, ALL, "float32"),  # T = 1
-    _case(2, 6, 37, 16, 2, ALL, "bfloat16"),  # grouped, 3 channels per group: tiles span groups
+    # grouped, 3 channels per group: tiles span groups; resumed from a state
+    _case(2, 6, 37, 16, 2, ALL, "bfloat16", has_initial_state=True),
     _case(2, 12, 100, 16, 4, (True, True, True, False), "float32"),  # bias without softplus
     _case(1, 16, 67, 12, 2, ALL, "bfloat16"),  # n not a power of two, 8 channels per group
-    _case(1, 4, 50, 24, 1, ALL, "float32"),  # n > BLOCK_N: states split over programs
+    # n > BLOCK_N: states split over programs, each resuming its part of the state
+    _case(1, 4, 50, 24, 1, ALL, "float32", has_initial_state=True),
     _case(1, 5, 2000, 8, 1, NONE, "float32"),  # long L, plain recurrence
     _case(1, 2, 1500, 4, 1, ALL, "bfloat16"),  # long L
 ]
