@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from seqtune.profile import (ProfileError, profile_path, read_profile, resolve_profile_dir,
+from seqtune.store.profile_file import (ProfileError, profile_path, read_profile, resolve_profile_dir,
                              shipped_profile_dir)
 from seqtune.spec import Config, KernelSpec, Problem, dtype_name
 

@@ -112,7 +112,7 @@ class Measurement:
     config: dict[str, Any] | None
     status: str  # "ok" | "unavailable" | "failed"
     reason: str | None = None
-    timing: Any = None  # seqtune.timing.Timing when status is "ok"
+    timing: Any = None  # seqtune.tuning.timing.Timing when status is "ok"
 
 
 def one_line(exc: BaseException) -> str:
@@ -147,7 +147,7 @@ def tuned_profile(profile_dir: Path | None, device_key: str) -> tuple[Any, Path 
     """(the loader's profile for this device, its file) from the profile dir, else the shipped
     profiles; (None, None) when neither has one. A malformed file raises ProfileError."""
     from seqtune.loader import load_profile
-    from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
+    from seqtune.store.profile_file import (profile_path, read_profile, resolve_profile_dir,
                                  shipped_profile_dir)
 
     for folder in (resolve_profile_dir(profile_dir), shipped_profile_dir()):
@@ -197,9 +197,9 @@ def run_bench(specs: list[KernelSpec], device: DeviceInfo, options: BenchOptions
               ) -> dict[str, Any]:
     """Bench every problem of every kernel; the JSON-ready payload (see the module doc).
     ``on_problem(problems done, label)`` is called as each problem starts."""
-    from seqtune.profile import software_versions
-    from seqtune.report import format_problem
-    from seqtune.timing import INTERPRETER_NOTE, timer_for
+    from seqtune.store.profile_file import software_versions
+    from seqtune.analysis.report import format_problem
+    from seqtune.tuning.timing import INTERPRETER_NOTE, timer_for
 
     timer, label = timer_for(device.backend)
     profile, profile_file = tuned_profile(options.profile_dir, device.key)
@@ -262,7 +262,7 @@ def implementation_record(m: Measurement, flops: float, moved: float, problem: P
                           device: DeviceInfo, baseline_times: dict[str, float]
                           ) -> dict[str, Any]:
     """One implementation's JSON record: its time and roofline figures, or why it has none."""
-    from seqtune.report import roofline_percent
+    from seqtune.analysis.report import roofline_percent
 
     record = {"name": m.name, "kind": m.kind, "config": m.config, "status": m.status,
               "reason": m.reason, "time_us": None, "tflops": None, "gbps": None,
@@ -294,7 +294,7 @@ def to_json(payload: dict[str, Any]) -> str:
 
 def failed(payload: dict[str, Any]) -> list[str]:
     """``"kernel problem: implementation: reason"`` for every seqtune config that failed."""
-    from seqtune.report import format_problem
+    from seqtune.analysis.report import format_problem
 
     return [f"{r['kernel']} {format_problem(r['problem'])}: {i['name']}: {i['reason']}"
             for r in payload["results"] for i in r["implementations"] if i["status"] == "failed"]
@@ -333,7 +333,7 @@ def _by_kernel(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 
 def _rows(record: dict[str, Any], baselines: list[str]) -> Iterable[list[str]]:
-    from seqtune.report import format_config, format_problem
+    from seqtune.analysis.report import format_config, format_problem
 
     implementations = record["implementations"]
     default = next(i["config"] for i in implementations if i["kind"] == "default")
@@ -403,7 +403,7 @@ def chart_lines(payload: dict[str, Any]) -> list[str]:
 
 def _series(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
     """(kernel, problem without its length fields, implementation) -> [(length, median µs)]."""
-    from seqtune.report import format_problem
+    from seqtune.analysis.report import format_problem
 
     series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for record in results:

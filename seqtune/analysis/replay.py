@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from seqtune.journal import read_log
-from seqtune.search import STRATEGIES, SearchSpace, choose, config_key, make_strategy
+from seqtune.store.journal import read_log
+from seqtune.tuning.search import STRATEGIES, SearchSpace, choose, config_key, make_strategy
 from seqtune.spec import Config
 
 TOLERANCE = 0.03
@@ -134,7 +134,7 @@ def journal_spaces(path: Path) -> list[RecordedSpace]:
 
 def _journal_space(source: str, kernel: str, problem: Any,
                    records: list[dict[str, Any]]) -> RecordedSpace:
-    from seqtune.report import format_problem
+    from seqtune.analysis.report import format_problem
 
     configs = [dict(r["config"]) for r in records]
     params: dict[str, tuple] = {}

@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from seqtune.device import peak_for
-from seqtune.timing import INTERPRETER_LABEL, INTERPRETER_NOTE
+from seqtune.tuning.timing import INTERPRETER_LABEL, INTERPRETER_NOTE
 
 
 def format_problem(problem: dict[str, Any]) -> str:

@@ -110,7 +110,7 @@ def tune(
     Under torchrun (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) each
     rank tunes its share and rank 0 writes the profiles."""
     launch = _distributed_launch(gpus, shard, interpreter_devices)  # before CUDA initialises
-    from seqtune.run import TuneOptions
+    from seqtune.tuning.tune import TuneOptions
 
     _prepare_backend()
     from seqtune.device import detect_device
@@ -126,7 +126,7 @@ def tune(
                   "(timings are CPU wall-clock, not GPU timings; warps and stages held at their "
                   "defaults).")
     if compile_target is not None:
-        from seqtune.check import target_named
+        from seqtune.tuning.compiler import target_named
 
         try:
             target_named(compile_target)
@@ -149,7 +149,7 @@ def tune(
 
 
 def _check_strategy(name: str) -> None:
-    from seqtune.search import STRATEGIES
+    from seqtune.tuning.search import STRATEGIES
 
     if name not in STRATEGIES:
         raise UsageError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
@@ -158,7 +158,7 @@ def _check_strategy(name: str) -> None:
 def _distributed_launch(gpus: str | None, shard: str | None, interpreter_devices: int | None):
     """The torch.distributed launch this tune is part of, with this rank's GPU pinned; None
     outside one."""
-    from seqtune.distributed import launch_env, pin_local_gpu
+    from seqtune.fleet.distributed import launch_env, pin_local_gpu
 
     try:
         launch = launch_env()
@@ -174,7 +174,7 @@ def _distributed_launch(gpus: str | None, shard: str | None, interpreter_devices
 
 def _local_fleet(gpus: str | None, interpreter_devices: int | None, shard: str | None):
     """The devices of ``--gpus`` (or of the hidden ``--interpreter-devices``), or None."""
-    from seqtune.fleet import interpreter_devices as interpreter_fleet, local_gpus
+    from seqtune.fleet.local import interpreter_devices as interpreter_fleet, local_gpus
 
     if gpus is None and interpreter_devices is None:
         return None
@@ -191,7 +191,7 @@ def _local_fleet(gpus: str | None, interpreter_devices: int | None, shard: str |
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
-    from seqtune.shard import parse_shard
+    from seqtune.fleet.shard import parse_shard
 
     try:
         return None if text is None else parse_shard(text)
@@ -201,14 +201,14 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def _run_tune_mode(specs, device, options, launch, fleet, console: Console) -> dict[str, Any]:
     """One process, one process per local device, or one rank of a distributed launch."""
-    from seqtune.run import run_tune
+    from seqtune.tuning.tune import run_tune
 
     if launch is not None:
-        from seqtune.distributed import run_distributed
+        from seqtune.fleet.distributed import run_distributed
 
         return run_distributed(specs, device, options, launch, console)
     if fleet is not None:
-        from seqtune.fleet import run_local_fleet
+        from seqtune.fleet.local import run_local_fleet
 
         return run_local_fleet(specs, options, fleet, console)
     return run_tune(specs, device, options, console)
@@ -222,7 +222,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the cases as JSON on stdout."),
 ) -> None:
     """Check every kernel (default and tuned configs) against its float64 reference."""
-    from seqtune.run import run_verify
+    from seqtune.tuning.tune import run_verify
 
     _prepare_backend()
     rows = run_verify(_specs(kernels), profile_dir)
@@ -252,7 +252,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON on stdout."),
 ) -> None:
     """Show profiles (best configs, time, TFLOP/s, GB/s, % of peak, speedup) and compare them."""
-    from seqtune.run import load_report
+    from seqtune.tuning.tune import load_report
 
     profiles, rows_by_file, compared = load_report(files, profile_dir, kernel)
     if as_json:
@@ -260,7 +260,7 @@ def report(
                                  for (p, _), r in zip(profiles, rows_by_file)],
                     "comparison": compared})
         return
-    from seqtune.report import comparison_table, profile_table
+    from seqtune.analysis.report import comparison_table, profile_table
 
     for (path, profile), rows in zip(profiles, rows_by_file):
         out.print(profile_table(profile, path, rows))
@@ -280,7 +280,7 @@ def merge(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Merge profiles of one device: per problem the fastest fresh entry wins, with its origin."""
-    from seqtune.merge import DeviceMismatch, merge_into
+    from seqtune.store.merge import DeviceMismatch, merge_into
 
     try:
         summary = merge_into(files, output, profile_dir, force)
@@ -327,7 +327,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the device, library versions and the active profile."""
-    from seqtune.run import describe_environment
+    from seqtune.tuning.tune import describe_environment
 
     facts = describe_environment()
     if as_json:
@@ -352,7 +352,7 @@ def replay(
 ) -> None:
     """Replay search strategies on recorded tuning spaces instead of running kernels: how often
     each reaches within 3% of the best valid config within the budget, and how fast."""
-    from seqtune.replay import ReplayError, replay_table, run_replay, strategy_names
+    from seqtune.analysis.replay import ReplayError, replay_table, run_replay, strategy_names
 
     try:
         names = strategy_names(strategy)
@@ -384,7 +384,7 @@ def check(
     """Compile kernels for GPU targets without a GPU: registers, spills, shared memory, fit."""
     # Compiling needs real @triton.jit kernels, which TRITON_INTERPRET would replace.
     os.environ.pop("TRITON_INTERPRET", None)
-    from seqtune.check import run_check, target_named
+    from seqtune.tuning.compiler import run_check, target_named
 
     try:
         targets = [target_named(t) for t in (target or ["sm_80", "sm_90"])]
@@ -431,7 +431,7 @@ def bench(
                                  "(sorted keys, stable for CI diffs)."),
 ) -> None:
     """Time tuned configs, default configs and baselines (PyTorch, SDPA, fla) across lengths."""
-    from seqtune.bench import (BenchOptions, bench_tables, bench_work, chart_lines, failed,
+    from seqtune.analysis.bench import (BenchOptions, bench_tables, bench_work, chart_lines, failed,
                                parse_lengths, run_bench, to_json)
 
     _prepare_backend()
@@ -478,7 +478,7 @@ def _parse_config(pairs: list[str]) -> dict[str, Any]:
 
 
 def _check_table(results, is_default) -> Table:
-    from seqtune.report import format_config, format_problem
+    from seqtune.analysis.report import format_config, format_problem
 
     table = Table(title="seqtune check (compiled for GPU targets, no GPU needed)")
     for column in ("kernel", "target", "problem", "config", "regs", "spill B", "smem B",
@@ -498,7 +498,7 @@ def _check_table(results, is_default) -> Table:
 
 def main() -> None:
     """Entry point: runs the app, turning known errors into one line and an exit code."""
-    from seqtune.profile import ProfileError
+    from seqtune.store.profile_file import ProfileError
 
     try:
         app(standalone_mode=True)

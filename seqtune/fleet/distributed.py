@@ -28,9 +28,9 @@ from rich.console import Console
 
 from seqtune.spec import KernelSpec
 
-if TYPE_CHECKING:  # seqtune.run loads the tuner stack; a rank loads it after its GPU mask
+if TYPE_CHECKING:  # seqtune.tuning.tune loads the tuner stack; a rank loads it after its GPU mask
     from seqtune.device import DeviceInfo
-    from seqtune.run import TuneOptions
+    from seqtune.tuning.tune import TuneOptions
 
 REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -64,7 +64,7 @@ def launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv | None:
 
 
 def pin_local_gpu(launch: LaunchEnv, environ: dict = os.environ) -> None:
-    """Show this rank only GPU ``LOCAL_RANK`` (see ``seqtune.fleet`` for why a mask rather
+    """Show this rank only GPU ``LOCAL_RANK`` (see ``seqtune.fleet.local`` for why a mask rather
     than ``torch.cuda.set_device``). Must run before CUDA initialises in this process. A mask of
     one device (or none) set by the launcher is kept: it already chose this rank's GPU."""
     if launch.local_rank is None:
@@ -107,8 +107,8 @@ def run_distributed(specs: Sequence[KernelSpec], device: DeviceInfo, options: Tu
         run_id = _broadcast_from_rank0(options.run_id or uuid.uuid4().hex[:12])
         keys: list[Any] = [None] * launch.world_size
         dist.all_gather_object(keys, device.key)
-        from seqtune.fleet import fleet_options
-        from seqtune.shard import shard_plan
+        from seqtune.fleet.local import fleet_options
+        from seqtune.fleet.shard import shard_plan
 
         shard = shard_plan(keys)[launch.rank]
         rank_options = fleet_options(options, shard, run_id, launch.local_world_size)
@@ -137,11 +137,11 @@ def _tune_rank(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOpt
                launch: LaunchEnv, console: Console) -> dict[str, Any]:
     """Tune the shard into a scratch dir; what it measured (even if the tune failed part-way)
     as a picklable payload: the scratch profile, this run's log lines, the problems, the error."""
-    from seqtune.journal import log_path, read_log
-    from seqtune.profile import profile_path, read_profile, resolve_profile_dir
-    from seqtune.run import run_tune
-    from seqtune.runner import one_line
-    from seqtune.shard import shard_work
+    from seqtune.store.journal import log_path, read_log
+    from seqtune.store.profile_file import profile_path, read_profile, resolve_profile_dir
+    from seqtune.tuning.tune import run_tune
+    from seqtune.tuning.runner import one_line
+    from seqtune.fleet.shard import shard_work
 
     who = f"rank {launch.rank} of {launch.world_size}"
     count = len(shard_work(specs, options.preset, options.max_configs, options.shard))
@@ -178,7 +178,7 @@ def _tune_rank(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOpt
 def _copy_log_for_resume(profile_dir: Path, scratch: Path, device_key: str) -> None:
     """``--resume`` reads the real tuning log, where this node can see it (a shared
     filesystem, or rank 0's node); a rank that cannot see it tunes its shard afresh."""
-    from seqtune.journal import log_path
+    from seqtune.store.journal import log_path
 
     source = log_path(profile_dir, device_key)
     if source.exists():
@@ -191,9 +191,9 @@ def _write_gathered(payloads: list[dict[str, Any]], options: TuneOptions,
                     console: Console) -> dict[str, Any]:
     """Rank 0: merge every rank's entries into the profile dir, append their log lines, and
     print one summary per device type."""
-    from seqtune.fleet import combine_tunes
-    from seqtune.journal import log_path
-    from seqtune.profile import profile_path, resolve_profile_dir, save_entries
+    from seqtune.fleet.local import combine_tunes
+    from seqtune.store.journal import log_path
+    from seqtune.store.profile_file import profile_path, resolve_profile_dir, save_entries
 
     folder = resolve_profile_dir(options.profile_dir)
     tunes = []

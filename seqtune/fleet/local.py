@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 
-from seqtune.shard import shard_plan, shard_work
+from seqtune.fleet.shard import shard_plan, shard_work
 from seqtune.spec import KernelSpec
 
-if TYPE_CHECKING:  # seqtune.run imports the tuner stack: a worker loads it after its GPU mask
-    from seqtune.run import TuneOptions
+if TYPE_CHECKING:  # seqtune.tuning.tune imports the tuner stack: a worker loads it after its GPU mask
+    from seqtune.tuning.tune import TuneOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def run_local_fleet(specs: Sequence[KernelSpec], options: TuneOptions,
 
 def _collect(workers: list, console: Console, started: float) -> dict[str, tuple[str, Any]]:
     """Each worker's ("done", run_tune result) or ("error", one line), as they finish."""
-    from seqtune.runner import _describe_exit
+    from seqtune.tuning.runner import _describe_exit
 
     pending = {receiver: (device, process) for device, _, process, receiver in workers}
     outcomes: dict[str, tuple[str, Any]] = {}
@@ -165,8 +165,8 @@ def _tune_shard(sender, device: LocalDevice, kernel_names: list[str],
         os.environ["CUDA_VISIBLE_DEVICES"] = device.visible  # before CUDA initialises here
     from seqtune.device import detect_device
     from seqtune.registry import get_spec
-    from seqtune.run import run_tune
-    from seqtune.runner import one_line
+    from seqtune.tuning.tune import run_tune
+    from seqtune.tuning.runner import one_line
 
     try:
         info = detect_device(0)
@@ -205,7 +205,7 @@ def combine_tunes(tunes: Sequence[tuple[str, dict[str, Any]]],
                   console: Console) -> dict[str, Any]:
     """The problems of several workers' ``run_tune`` results, each labelled with its worker,
     printed as one summary table per profile (device type)."""
-    from seqtune.run import _summary_table
+    from seqtune.tuning.tune import _summary_table
 
     by_profile: dict[str, list[dict[str, Any]]] = {}
     timers, logs = {}, {}

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from filelock import FileLock
 
-from seqtune.profile import (SCHEMA, profile_path, read_profile, resolve_profile_dir,
+from seqtune.store.profile_file import (SCHEMA, profile_path, read_profile, resolve_profile_dir,
                              write_profile_atomic)
 
 

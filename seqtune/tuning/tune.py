@@ -12,18 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 from seqtune.device import DeviceInfo, detect_device, runtime_device
-from seqtune.journal import TuningLog, log_path, read_log
-from seqtune.runner import CandidateWorker, IsolatedRunner, WorkerSetup
-from seqtune.search import Auto, config_key, make_strategy, planned_evaluations
-from seqtune.shard import shard_work
-from seqtune.profile import (profile_path, read_profile, resolve_profile_dir,
+from seqtune.store.journal import TuningLog, log_path, read_log
+from seqtune.tuning.runner import CandidateWorker, IsolatedRunner, WorkerSetup
+from seqtune.tuning.search import Auto, config_key, make_strategy, planned_evaluations
+from seqtune.fleet.shard import shard_work
+from seqtune.store.profile_file import (profile_path, read_profile, resolve_profile_dir,
                              save_entries, shipped_profile_dir, software_versions)
-from seqtune.report import entry_rows, format_config, format_problem
+from seqtune.analysis.report import entry_rows, format_config, format_problem
 from seqtune.spec import KernelSpec
-from seqtune.timing import INTERPRETER_NOTE, Timing, timer_for
-from seqtune.tuner import Budget, Candidate, Tuner, entry_for, problem_key
-from seqtune.warmstart import tuned_starts
-from seqtune.verify import Agreement
+from seqtune.tuning.timing import INTERPRETER_NOTE, Timing, timer_for
+from seqtune.tuning.tuner import Budget, Candidate, Tuner, entry_for, problem_key
+from seqtune.tuning.warmstart import tuned_starts
+from seqtune.agreement import Agreement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
 def _compile_ahead(device: DeviceInfo, options: TuneOptions):
     """Parallel compilation ahead of timing: always on a GPU (for its own target); on the
     interpreter only when asked (``--compile-target``), to prune by a real GPU's limits."""
-    from seqtune.check import CompileAhead, target_named, target_of_device
+    from seqtune.tuning.compiler import CompileAhead, target_named, target_of_device
 
     if device.backend == "cuda":
         target = target_of_device(device.name, device.compute_capability,
@@ -184,7 +184,7 @@ def candidate_from_record(record: dict[str, Any]) -> Candidate:
 
 
 def _summary_table(problems: list[dict[str, Any]], label: str) -> Table:
-    from seqtune.timing import INTERPRETER_LABEL
+    from seqtune.tuning.timing import INTERPRETER_LABEL
 
     caption = f"times are {INTERPRETER_NOTE}" if label == INTERPRETER_LABEL else "do_bench median"
     compile_s = sum(p["compile_s"] for p in problems)
@@ -215,7 +215,7 @@ def run_verify(specs: list[KernelSpec], profile_dir: Path | None) -> list[dict[s
     """Each verify case of each kernel, with the default config, the config the loader picks
     from the profile, and every other tuned config of the profile that is valid for the case."""
     from seqtune.loader import load_profile
-    from seqtune.verify import check_case
+    from seqtune.agreement import check_case
 
     key, limits = runtime_device()
     path = profile_path(resolve_profile_dir(profile_dir), key)
@@ -256,7 +256,7 @@ def load_report(files: list[Path] | None, profile_dir: Path | None, kernel: str 
     from seqtune.cli import Failure
     from seqtune.loader import stale_reason
     from seqtune.registry import all_specs, source_hash
-    from seqtune.report import comparison_rows
+    from seqtune.analysis.report import comparison_rows
 
     if not files:
         folder = resolve_profile_dir(profile_dir)
