@@ -11,7 +11,8 @@ import triton
 from typer.testing import CliRunner
 
 import seqtune.registry
-from seqtune.analysis.bench import SPARK_LEVELS, bench_problems, chart_lines, parse_lengths
+from seqtune.analysis.bench import bench_problems, parse_lengths
+from seqtune.cli.render_bench import SPARK_LEVELS, chart_lines
 from seqtune.cli import app, main
 from seqtune.device import interpreter_device
 from seqtune.store.profile_file import profile_path, save_entries

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from seqtune.tuning.search import (MAX_POOL, STRATEGIES, Exhaustive, LocalSearch, ModelBased,
+from seqtune.tuning.search.model import MAX_POOL
+from seqtune.tuning.search import (STRATEGIES, Exhaustive, LocalSearch, ModelBased,
                             SearchSpace, Stagewise, choose, config_key, make_strategy)
 
 PARAMS = {"BLOCK": (16, 32, 64, 128, 256), "TILE": (1, 2, 3, 4), "SHARED": (False, True),

@@ -10,10 +10,10 @@ import multiprocessing
 import signal
 from typing import Any, Callable, Protocol
 
+from seqtune.agreement import check_case, reference_outputs
 from seqtune.device import DeviceInfo, telemetry
 from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.tuning.timing import Timer, Timing
-from seqtune.agreement import check_case, reference_outputs
 
 
 @dataclasses.dataclass

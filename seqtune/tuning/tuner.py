@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from seqtune.device import DeviceInfo
+from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.tuning.runner import Candidate, InProcessRunner, Pruner, Runner, one_line
 from seqtune.tuning.search import Auto, SearchSpace, Strategy, config_key
-from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.tuning.timing import Timer, Timing
 
 # Relative differences below this are never trusted as real, however tight the spread.
