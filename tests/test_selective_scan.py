@@ -5,7 +5,7 @@ import torch
 import seqtune.kernels
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.agreement import check_case
+from seqtune.verify import check_case
 from tile_cases import assert_configs_agree, distinct_tiles
 from seqtune.kernels.selective_scan.op import selective_scan
 
