@@ -15,7 +15,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import seqtune  # noqa: E402
 from seqtune.device import interpreter_device  # noqa: E402
-from seqtune.profile import profile_path, save_entries  # noqa: E402
+from seqtune.store.profile_file import profile_path, save_entries  # noqa: E402
 from seqtune.registry import source_hash  # noqa: E402
 
 LOOKUPS = 100_000

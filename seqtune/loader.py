@@ -22,9 +22,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from seqtune.profile import (ProfileError, profile_path, read_profile, resolve_profile_dir,
-                             shipped_profile_dir)
 from seqtune.spec import Config, KernelSpec, Problem, dtype_name
+from seqtune.store.profile_file import (
+    ProfileError,
+    profile_path,
+    read_profile,
+    resolve_profile_dir,
+    shipped_profile_dir,
+)
 
 log = logging.getLogger("seqtune")
 _warned: set[str] = set()

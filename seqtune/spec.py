@@ -218,3 +218,19 @@ def shared_memory_fits(estimate_bytes: int, limits: DeviceLimits) -> str | None:
         return (f"needs ~{estimate_bytes} B of shared memory, device allows "
                 f"{limits.shared_memory_per_block} B")
     return None
+
+
+def format_problem(problem: dict[str, Any]) -> str:
+    """``B=4 T=4096 causal no-varlen dtype=bfloat16``: a problem on one line."""
+    parts = []
+    for key, value in problem.items():
+        if isinstance(value, bool):
+            parts.append(key if value else f"no-{key}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def format_config(config: dict[str, Any]) -> str:
+    """``BLOCK_M=64 num_warps=4``: a config on one line."""
+    return " ".join(f"{k}={v}" for k, v in config.items())

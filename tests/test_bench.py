@@ -11,14 +11,15 @@ import triton
 from typer.testing import CliRunner
 
 import seqtune.registry
-from seqtune.bench import SPARK_LEVELS, bench_problems, chart_lines, parse_lengths
+from seqtune.analysis.bench import bench_problems, parse_lengths
+from seqtune.cli.render_bench import SPARK_LEVELS, chart_lines
 from seqtune.cli import app, main
 from seqtune.device import interpreter_device
-from seqtune.profile import profile_path, save_entries
+from seqtune.store.profile_file import profile_path, save_entries
 from seqtune.registry import all_specs, get_spec
 from seqtune.spec import DTYPES
-from seqtune.timing import Timing
-from seqtune.verify import compare, tolerance_for
+from seqtune.tuning.timing import Timing
+from seqtune.agreement import compare, tolerance_for
 
 runner = CliRunner()
 NOT_INSTALLED = "flash-linear-attention (the fla package) is not installed"
@@ -207,7 +208,7 @@ def test_json_is_identical_across_runs_with_the_same_timings(toy_with_baselines,
         run()
         return Timing(10.0, 9.0, 11.0, 3)
 
-    monkeypatch.setattr("seqtune.timing.timer_for", lambda backend: (fixed_timer, "fixed"))
+    monkeypatch.setattr("seqtune.tuning.timing.timer_for", lambda backend: (fixed_timer, "fixed"))
     first = invoke("bench", "toy_scale", "--json").stdout
     assert invoke("bench", "toy_scale", "--json").stdout == first
 

@@ -44,7 +44,7 @@ def test_oversized_config_is_reported_as_not_fitting():
 def test_compile_ahead_prunes_the_oversized_config_before_launch():
     script = textwrap.dedent("""
         import json
-        from seqtune.check import TARGETS, CompileAhead
+        from seqtune.tuning.compiler import TARGETS, CompileAhead
         from seqtune.registry import get_spec
         spec = get_spec("attention")
         problem = {"B": 1, "T": 512, "S": 512, "Hq": 4, "Hkv": 2, "D": 128, "causal": True,

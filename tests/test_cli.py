@@ -123,7 +123,7 @@ def test_unreadable_profile_in_report_is_one_line_exit_1(tmp_path, monkeypatch, 
 
 
 def test_tune_logs_every_evaluated_config(tuned):
-    from seqtune.journal import read_log
+    from seqtune.store.journal import read_log
 
     records = list(read_log(tuned / "logs" / "cpu-interpreter.jsonl"))
     assert len(records) == 12  # 2 problems x 6 configs (warps pinned in the interpreter)

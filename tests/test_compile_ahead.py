@@ -9,12 +9,12 @@ from concurrent.futures import Future
 
 import pytest
 
-from seqtune.check import TARGETS, CheckResult, CompileAhead
+from seqtune.tuning.compiler import TARGETS, CheckResult, CompileAhead
 from seqtune.device import interpreter_device
-from seqtune.runner import Candidate
-from seqtune.search import Exhaustive, SearchSpace, Stagewise
-from seqtune.timing import Timing
-from seqtune.tuner import Budget, Deferred, Tuner
+from seqtune.tuning.runner import Candidate
+from seqtune.tuning.search import Exhaustive, SearchSpace, Stagewise
+from seqtune.tuning.timing import Timing
+from seqtune.tuning.tuner import Budget, Deferred, Tuner
 
 PROBLEM = {"N": 64, "dtype": "float32"}
 

@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 import seqtune
 import seqtune.registry
 from seqtune.cli import app, main
-from seqtune.distributed import LaunchEnv, launch_env, pin_local_gpu
-from seqtune.fleet import _gpu_indices, fleet_options
-from seqtune.journal import read_log
-from seqtune.profile import save_entries, write_profile_atomic
+from seqtune.fleet.distributed import LaunchEnv, launch_env, pin_local_gpu
+from seqtune.fleet.local import _gpu_indices, fleet_options
+from seqtune.store.journal import read_log
+from seqtune.store.profile_file import save_entries, write_profile_atomic
 from seqtune.registry import get_spec
-from seqtune.run import TuneOptions, resumable_candidates
-from seqtune.shard import (item_identity, load_balance, parse_shard, shard_plan, shard_work,
+from seqtune.tuning.tune import TuneOptions, resumable_candidates
+from seqtune.fleet.shard import (item_identity, load_balance, parse_shard, shard_plan, shard_work,
                            split_into_shards, work_items)
 
 TESTS = Path(__file__).parent

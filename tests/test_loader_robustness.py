@@ -10,7 +10,7 @@ import yaml
 
 import seqtune
 from seqtune.device import interpreter_device
-from seqtune.profile import SCHEMA, profile_path, save_entries
+from seqtune.store.profile_file import SCHEMA, profile_path, save_entries
 from seqtune.registry import source_hash
 from seqtune.spec import INTERPRETER_LIMITS
 

@@ -8,7 +8,7 @@ import yaml
 
 import seqtune
 from seqtune.device import interpreter_device
-from seqtune.profile import (SCHEMA, ProfileError, profile_path, read_profile, resolve_profile_dir,
+from seqtune.store.profile_file import (SCHEMA, ProfileError, profile_path, read_profile, resolve_profile_dir,
                              save_entries)
 from seqtune.registry import source_hash
 

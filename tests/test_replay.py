@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seqtune.cli import app, main
-from seqtune.replay import (ReplayEvaluate, ReplayError, RunOutcome, beats, budget_for,
+from seqtune.analysis.replay import (ReplayEvaluate, ReplayError, RunOutcome, beats, budget_for,
                             kernel_tuner_space, load, replay_runs, run_replay, strategy_names)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tuning-spaces"

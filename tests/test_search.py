@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from seqtune.search import (MAX_POOL, STRATEGIES, Exhaustive, LocalSearch, ModelBased,
+from seqtune.tuning.search.model import MAX_POOL
+from seqtune.tuning.search import (STRATEGIES, Exhaustive, LocalSearch, ModelBased,
                             SearchSpace, Stagewise, choose, config_key, make_strategy)
 
 PARAMS = {"BLOCK": (16, 32, 64, 128, 256), "TILE": (1, 2, 3, 4), "SHARED": (False, True),
@@ -249,8 +250,8 @@ def test_auto_picks_by_stages_space_size_and_budget():
 
 def test_tuner_passes_the_budget_and_stagewise_flag_to_the_strategy(toy_registry):
     from seqtune.device import interpreter_device
-    from seqtune.timing import Timing
-    from seqtune.tuner import Budget, Tuner
+    from seqtune.tuning.timing import Timing
+    from seqtune.tuning.tuner import Budget, Tuner
 
     seen = {}
 

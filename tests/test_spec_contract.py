@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from seqtune.check import TARGETS
+from seqtune.tuning.compiler import TARGETS
 from seqtune.registry import all_specs
 from seqtune.spec import DTYPES, INTERPRETER_LIMITS, next_power_of_2
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqtune.journal import read_log
+from seqtune.store.journal import read_log
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "200",

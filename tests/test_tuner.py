@@ -2,8 +2,8 @@
 import pytest
 
 from seqtune.device import interpreter_device
-from seqtune.timing import Timing, wall_clock_timer
-from seqtune.tuner import Budget, Tuner, candidate_order, complexity, entry_for
+from seqtune.tuning.timing import Timing, wall_clock_timer
+from seqtune.tuning.tuner import Budget, Tuner, candidate_order, complexity, entry_for
 
 
 class FakeTimer:
@@ -131,7 +131,7 @@ def test_wall_clock_timer_measures_real_calls():
 
 
 def test_halving_times_cheaply_first_and_retimes_only_the_leaders(toy_registry):
-    from seqtune.search import make_strategy
+    from seqtune.tuning.search import make_strategy
 
     calls = []
 
@@ -156,7 +156,7 @@ def test_wall_clock_timer_repeats_less_at_a_lower_fidelity():
 
 
 def test_stagewise_search_evaluates_the_sum_of_stage_spaces_not_the_product():
-    from seqtune.search import SearchSpace, Stagewise
+    from seqtune.tuning.search import SearchSpace, Stagewise
     import itertools
     import random
 
@@ -180,7 +180,7 @@ def test_stagewise_search_evaluates_the_sum_of_stage_spaces_not_the_product():
 
 
 def test_exhaustive_stops_when_the_budget_says_so():
-    from seqtune.search import Exhaustive, SearchSpace
+    from seqtune.tuning.search import Exhaustive, SearchSpace
     import random
 
     candidates = [{"x": i} for i in range(10)]
@@ -218,7 +218,7 @@ def test_pruned_configs_are_recorded_and_never_launched(toy_registry):
 def test_large_problems_are_checked_against_the_verified_untuned_config(toy_registry):
     import dataclasses
     import torch
-    from seqtune.verify import reference_outputs
+    from seqtune.agreement import reference_outputs
 
     big = dataclasses.replace(toy_registry, flops=lambda problem: 1e15)
     problem = {"N": 4096, "dtype": "bfloat16"}
@@ -233,7 +233,7 @@ def test_large_problems_are_checked_against_the_verified_untuned_config(toy_regi
 
 def test_a_wrong_untuned_config_stops_a_large_problem(toy_registry):
     import dataclasses
-    from seqtune.verify import ReferenceError, reference_outputs
+    from seqtune.agreement import ReferenceError, reference_outputs
 
     broken = dataclasses.replace(toy_registry, flops=lambda problem: 1e15,
                                  default_config={**toy_registry.default_config, "SKIP_TAIL": True})

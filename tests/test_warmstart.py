@@ -3,9 +3,9 @@ similar device."""
 import random
 
 from seqtune.device import DeviceInfo, interpreter_device
-from seqtune.profile import save_entries
-from seqtune.tuner import Budget, Tuner
-from seqtune.warmstart import device_similarity, tuned_starts
+from seqtune.store.profile_file import save_entries
+from seqtune.tuning.tuner import Budget, Tuner
+from seqtune.tuning.warmstart import device_similarity, tuned_starts
 
 
 def gpu(key, capability):
@@ -65,7 +65,7 @@ def test_the_tuner_starts_after_the_default_from_the_valid_tuned_starts(toy_regi
 
 
 def test_searches_measure_the_tuned_start_right_after_the_default(toy_registry):
-    from seqtune.search import ModelBased
+    from seqtune.tuning.search import ModelBased
 
     asked = []
     tuner = Tuner(interpreter_device(), None, Budget(None, 2),

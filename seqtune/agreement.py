@@ -7,8 +7,7 @@ from typing import Mapping
 import torch
 
 from seqtune.launch import poisoned_outputs
-from seqtune.spec import (Config, DeviceLimits, KernelSpec, Outputs, Problem, Tolerance,
-                          dtype_name)
+from seqtune.spec import Config, DeviceLimits, KernelSpec, Outputs, Problem, Tolerance, dtype_name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,13 +24,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rich.console import Console
-
-from seqtune.shard import shard_plan, shard_work
+from seqtune.events import SILENT, Reporter
+from seqtune.fleet.shard import shard_plan, shard_work
 from seqtune.spec import KernelSpec
 
-if TYPE_CHECKING:  # seqtune.run imports the tuner stack: a worker loads it after its GPU mask
-    from seqtune.run import TuneOptions
+if TYPE_CHECKING:  # seqtune.tuning.tune imports the tuner stack: a worker loads it after its GPU mask
+    from seqtune.tuning.tune import TuneOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +94,7 @@ def fleet_options(options: TuneOptions, shard: tuple[int, int], run_id: str,
 
 
 def run_local_fleet(specs: Sequence[KernelSpec], options: TuneOptions,
-                    devices: Sequence[LocalDevice], console: Console) -> dict[str, Any]:
+                    devices: Sequence[LocalDevice], reporter: Reporter) -> dict[str, Any]:
     """Tune on every device at once, one process each, and summarise the fleet's results.
 
     A worker that fails or dies costs only its own shard: the others finish, their entries are
@@ -118,18 +117,18 @@ def run_local_fleet(specs: Sequence[KernelSpec], options: TuneOptions,
             process.start()
             sender.close()
             workers.append((device, shard, process, receiver))
-            console.print(f"{device.label} ({device.name}): shard {shard[0] + 1} of {shard[1]}, "
+            reporter.message(f"{device.label} ({device.name}): shard {shard[0] + 1} of {shard[1]}, "
                           f"{count} of {total} problems")
-        outcomes = _collect(workers, console, started)
+        outcomes = _collect(workers, reporter, started)
     except BaseException:
         _stop(workers)
         raise
-    return _fleet_results(run_id, workers, outcomes, console)
+    return _fleet_results(run_id, workers, outcomes, reporter)
 
 
-def _collect(workers: list, console: Console, started: float) -> dict[str, tuple[str, Any]]:
+def _collect(workers: list, reporter: Reporter, started: float) -> dict[str, tuple[str, Any]]:
     """Each worker's ("done", run_tune result) or ("error", one line), as they finish."""
-    from seqtune.runner import _describe_exit
+    from seqtune.tuning.runner import _describe_exit
 
     pending = {receiver: (device, process) for device, _, process, receiver in workers}
     outcomes: dict[str, tuple[str, Any]] = {}
@@ -144,7 +143,7 @@ def _collect(workers: list, console: Console, started: float) -> dict[str, tuple
                                                    f"({_describe_exit(process.exitcode)})")
             process.join()
             state = outcomes[device.label][0]
-            console.print(f"{device.label}: {'done' if state == 'done' else 'FAILED'} after "
+            reporter.message(f"{device.label}: {'done' if state == 'done' else 'FAILED'} after "
                           f"{time.monotonic() - started:.0f} s")
     return outcomes
 
@@ -165,15 +164,16 @@ def _tune_shard(sender, device: LocalDevice, kernel_names: list[str],
         os.environ["CUDA_VISIBLE_DEVICES"] = device.visible  # before CUDA initialises here
     from seqtune.device import detect_device
     from seqtune.registry import get_spec
-    from seqtune.run import run_tune
-    from seqtune.runner import one_line
+    from seqtune.tuning.runner import one_line
+    from seqtune.tuning.tune import run_tune
 
     try:
         info = detect_device(0)
         if device.visible is not None and info.backend != "cuda":
             raise RuntimeError(f"CUDA_VISIBLE_DEVICES={device.visible} shows no usable GPU")
-        result = run_tune([get_spec(name) for name in kernel_names], info, options,
-                          Console(quiet=True))  # many workers' progress bars would garble
+        specs = [get_spec(name) for name in kernel_names]
+        work = shard_work(specs, options.preset, options.max_configs, options.shard)
+        result = run_tune(work, info, options, SILENT)  # many workers' bars would garble
         sender.send(("done", result))
     except KeyboardInterrupt:
         return  # Ctrl-C reached the whole process group; the parent reports it
@@ -182,7 +182,7 @@ def _tune_shard(sender, device: LocalDevice, kernel_names: list[str],
 
 
 def _fleet_results(run_id: str, workers: list, outcomes: dict[str, tuple[str, Any]],
-                   console: Console) -> dict[str, Any]:
+                   reporter: Reporter) -> dict[str, Any]:
     rows, tunes, errors = [], [], []
     for device, shard, process, _ in workers:
         state, payload = outcomes[device.label]
@@ -195,28 +195,21 @@ def _fleet_results(run_id: str, workers: list, outcomes: dict[str, tuple[str, An
             errors.append(f"{device.label}: {payload}")
             row.update(error=payload)
         rows.append(row)
-    results = combine_tunes(tunes, console)
+    results = combine_tunes(tunes)
     for error in errors:
-        console.print(f"[red]{error}[/]", highlight=False)
+        reporter.message(error, error=True)
     return {"mode": "local", "run_id": run_id, "workers": rows, **results, "errors": errors}
 
 
-def combine_tunes(tunes: Sequence[tuple[str, dict[str, Any]]],
-                  console: Console) -> dict[str, Any]:
+def combine_tunes(tunes: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The problems of several workers' ``run_tune`` results, each labelled with its worker,
-    printed as one summary table per profile (device type)."""
-    from seqtune.run import _summary_table
-
-    by_profile: dict[str, list[dict[str, Any]]] = {}
-    timers, logs = {}, {}
+    and one summary per profile (device type): its path, tuning log, timer and problems."""
+    summaries: dict[str, dict[str, Any]] = {}
     for worker, result in tunes:
-        labelled = [{**problem, "worker": worker} for problem in result["problems"]]
-        by_profile.setdefault(result["profile"], []).extend(labelled)
-        timers[result["profile"]] = result["timer"]
-        logs[result["profile"]] = result["log"]
-    for profile, problems in by_profile.items():
-        console.print(_summary_table(problems, timers[profile]))
-        console.print(f"profile: {profile}")
-        console.print(f"tuning log: {logs[profile]}")
-    return {"profiles": list(by_profile), "logs": sorted(set(logs.values())),
-            "problems": [p for problems in by_profile.values() for p in problems]}
+        summary = summaries.setdefault(result["profile"], {
+            "profile": result["profile"], "log": result["log"], "timer": result["timer"],
+            "problems": []})
+        summary["problems"].extend({**problem, "worker": worker} for problem in result["problems"])
+    return {"profiles": list(summaries), "logs": sorted({s["log"] for s in summaries.values()}),
+            "summaries": list(summaries.values()),
+            "problems": [p for s in summaries.values() for p in s["problems"]]}

@@ -24,13 +24,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from rich.console import Console
-
+from seqtune.events import SILENT, Reporter
 from seqtune.spec import KernelSpec
 
-if TYPE_CHECKING:  # seqtune.run loads the tuner stack; a rank loads it after its GPU mask
+if TYPE_CHECKING:  # seqtune.tuning.tune loads the tuner stack; a rank loads it after its GPU mask
     from seqtune.device import DeviceInfo
-    from seqtune.run import TuneOptions
+    from seqtune.tuning.tune import TuneOptions
 
 REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -64,7 +63,7 @@ def launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv | None:
 
 
 def pin_local_gpu(launch: LaunchEnv, environ: dict = os.environ) -> None:
-    """Show this rank only GPU ``LOCAL_RANK`` (see ``seqtune.fleet`` for why a mask rather
+    """Show this rank only GPU ``LOCAL_RANK`` (see ``seqtune.fleet.local`` for why a mask rather
     than ``torch.cuda.set_device``). Must run before CUDA initialises in this process. A mask of
     one device (or none) set by the launcher is kept: it already chose this rank's GPU."""
     if launch.local_rank is None:
@@ -90,7 +89,7 @@ def collective_timeout(options: TuneOptions) -> datetime.timedelta:
 
 
 def run_distributed(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOptions,
-                    launch: LaunchEnv, console: Console) -> dict[str, Any]:
+                    launch: LaunchEnv, reporter: Reporter) -> dict[str, Any]:
     """Tune this rank's shard; rank 0 gathers all ranks' entries and writes the profiles.
 
     Every rank returns the fleet's ``errors`` (so all exit alike); rank 0 also returns every
@@ -107,15 +106,15 @@ def run_distributed(specs: Sequence[KernelSpec], device: DeviceInfo, options: Tu
         run_id = _broadcast_from_rank0(options.run_id or uuid.uuid4().hex[:12])
         keys: list[Any] = [None] * launch.world_size
         dist.all_gather_object(keys, device.key)
-        from seqtune.fleet import fleet_options
-        from seqtune.shard import shard_plan
+        from seqtune.fleet.local import fleet_options
+        from seqtune.fleet.shard import shard_plan
 
         shard = shard_plan(keys)[launch.rank]
         rank_options = fleet_options(options, shard, run_id, launch.local_world_size)
-        payload = _tune_rank(specs, device, rank_options, launch, console)
+        payload = _tune_rank(specs, device, rank_options, launch, reporter)
         gathered: list[Any] | None = [None] * launch.world_size if launch.rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
-        results = _write_gathered(gathered, options, console) if launch.rank == 0 else {}
+        results = _write_gathered(gathered, options, reporter) if launch.rank == 0 else {}
         errors = _broadcast_from_rank0(results.get("errors"))
     finally:
         dist.destroy_process_group()
@@ -134,19 +133,20 @@ def _broadcast_from_rank0(value: Any) -> Any:
 
 
 def _tune_rank(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOptions,
-               launch: LaunchEnv, console: Console) -> dict[str, Any]:
+               launch: LaunchEnv, reporter: Reporter) -> dict[str, Any]:
     """Tune the shard into a scratch dir; what it measured (even if the tune failed part-way)
     as a picklable payload: the scratch profile, this run's log lines, the problems, the error."""
-    from seqtune.journal import log_path, read_log
-    from seqtune.profile import profile_path, read_profile, resolve_profile_dir
-    from seqtune.run import run_tune
-    from seqtune.runner import one_line
-    from seqtune.shard import shard_work
+    from seqtune.fleet.shard import shard_work
+    from seqtune.store.journal import log_path, read_log
+    from seqtune.store.profile_file import profile_path, read_profile, resolve_profile_dir
+    from seqtune.tuning.runner import one_line
+    from seqtune.tuning.tune import run_tune
 
     who = f"rank {launch.rank} of {launch.world_size}"
-    count = len(shard_work(specs, options.preset, options.max_configs, options.shard))
+    work = shard_work(specs, options.preset, options.max_configs, options.shard)
+    count = len(work)
     total = len(shard_work(specs, options.preset, options.max_configs, None))
-    console.print(f"{who} ({device.name}): tuning {count} of {total} problems")
+    reporter.message(f"{who} ({device.name}): tuning {count} of {total} problems")
     scratch = Path(tempfile.mkdtemp(prefix=f"seqtune-rank{launch.rank}-"))
     started = time.monotonic()
     payload: dict[str, Any] = {"rank": launch.rank, "device_key": device.key, "problems": [],
@@ -155,15 +155,15 @@ def _tune_rank(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOpt
         if options.resume:
             _copy_log_for_resume(resolve_profile_dir(options.profile_dir), scratch, device.key)
         try:
-            result = run_tune(list(specs), device,
+            result = run_tune(work, device,
                               dataclasses.replace(options, profile_dir=scratch),
-                              Console(quiet=True))  # its paths are scratch paths: rank 0 reports
+                              SILENT)  # its paths are scratch paths: rank 0 reports
             payload["timer"] = result["timer"]
             payload["problems"] = [{**p, "worker": f"rank {launch.rank}"}
                                    for p in result["problems"]]
         except Exception as exc:  # reported by rank 0; this rank still joins the gather
             payload["error"] = f"rank {launch.rank}: {one_line(exc)}"
-            console.print(f"[red]{payload['error']}[/]", highlight=False)
+            reporter.message(payload["error"], error=True)
         scratch_profile = profile_path(scratch, device.key)
         payload["profile"] = read_profile(scratch_profile) if scratch_profile.exists() else None
         scratch_log = log_path(scratch, device.key)
@@ -171,14 +171,14 @@ def _tune_rank(specs: Sequence[KernelSpec], device: DeviceInfo, options: TuneOpt
                           if scratch_log.exists() else [])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    console.print(f"{who}: tuned in {time.monotonic() - started:.0f} s")
+    reporter.message(f"{who}: tuned in {time.monotonic() - started:.0f} s")
     return payload
 
 
 def _copy_log_for_resume(profile_dir: Path, scratch: Path, device_key: str) -> None:
     """``--resume`` reads the real tuning log, where this node can see it (a shared
     filesystem, or rank 0's node); a rank that cannot see it tunes its shard afresh."""
-    from seqtune.journal import log_path
+    from seqtune.store.journal import log_path
 
     source = log_path(profile_dir, device_key)
     if source.exists():
@@ -188,12 +188,12 @@ def _copy_log_for_resume(profile_dir: Path, scratch: Path, device_key: str) -> N
 
 
 def _write_gathered(payloads: list[dict[str, Any]], options: TuneOptions,
-                    console: Console) -> dict[str, Any]:
+                    reporter: Reporter) -> dict[str, Any]:
     """Rank 0: merge every rank's entries into the profile dir, append their log lines, and
     print one summary per device type."""
-    from seqtune.fleet import combine_tunes
-    from seqtune.journal import log_path
-    from seqtune.profile import profile_path, resolve_profile_dir, save_entries
+    from seqtune.fleet.local import combine_tunes
+    from seqtune.store.journal import log_path
+    from seqtune.store.profile_file import profile_path, resolve_profile_dir, save_entries
 
     folder = resolve_profile_dir(options.profile_dir)
     tunes = []
@@ -208,10 +208,10 @@ def _write_gathered(payloads: list[dict[str, Any]], options: TuneOptions,
         tunes.append((f"rank {payload['rank']}",
                       {"profile": str(path), "log": str(log_path(folder, key)),
                        "timer": payload.get("timer", ""), "problems": payload["problems"]}))
-    results = combine_tunes(tunes, console)
+    results = combine_tunes(tunes)
     results["errors"] = [p["error"] for p in payloads if p.get("error")]
     for error in results["errors"]:
-        console.print(f"[red]{error}[/]", highlight=False)
+        reporter.message(error, error=True)
     return results
 
 

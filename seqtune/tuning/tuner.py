@@ -1,7 +1,7 @@
 """The tuner: for one kernel and one problem, check every candidate config against the reference,
 time the survivors, and pick a winner that does not flip on noise.
 
-It knows kernels only through ``KernelSpec``; timing is injected (``seqtune.timing``).
+It knows kernels only through ``KernelSpec``; timing is injected (``seqtune.tuning.timing``).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from seqtune.device import DeviceInfo
-from seqtune.runner import Candidate, InProcessRunner, Pruner, Runner, one_line
-from seqtune.search import Auto, SearchSpace, Strategy, config_key
 from seqtune.spec import Config, KernelSpec, Problem
-from seqtune.timing import Timer, Timing
+from seqtune.tuning.runner import Candidate, InProcessRunner, Pruner, Runner, one_line
+from seqtune.tuning.search import Auto, SearchSpace, Strategy, config_key
+from seqtune.tuning.timing import Timer, Timing
 
 # Relative differences below this are never trusted as real, however tight the spread.
 MIN_NOISE = 0.03
@@ -146,9 +146,9 @@ class Tuner:
         ``timer``); ``prune`` skips configs before they are launched; ``known`` holds candidates
         measured by an earlier, interrupted tune, keyed by ``(kernel, problem key)`` then config
         key: they are reused, not measured again; ``compile_ahead`` (a
-        ``seqtune.check.CompileAhead``) compiles in parallel the configs the search announces
+        ``seqtune.tuning.compiler.CompileAhead``) compiles in parallel the configs the search announces
         it will ask for next, and prunes by what the compiler says; ``tuned_starts`` gives
-        configs tuned for nearby problems (``seqtune.warmstart``): searches start there after
+        configs tuned for nearby problems (``seqtune.tuning.warmstart``): searches start there after
         the default."""
         self.device = device
         self.budget = budget

@@ -45,12 +45,12 @@ def profile_path(profile_dir: Path, device_key: str) -> Path:
 
 
 def software_versions() -> dict[str, str | None]:
+    from importlib.metadata import version
+
     import torch
     import triton
 
-    import seqtune
-
-    versions = {"seqtune": seqtune.__version__, "triton": triton.__version__,
+    versions = {"seqtune": version("seqtune"), "triton": triton.__version__,
                 "torch": torch.__version__, "cuda": torch.version.cuda,
                 "python": platform.python_version()}
     return {k: None if v is None else str(v) for k, v in versions.items()}

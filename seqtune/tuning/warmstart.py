@@ -14,8 +14,8 @@ from typing import Any
 
 from seqtune.device import DeviceInfo
 from seqtune.loader import problem_distance
-from seqtune.profile import ProfileError, read_profile
 from seqtune.spec import Config, KernelSpec, Problem
+from seqtune.store.profile_file import ProfileError, read_profile
 
 MAX_STARTS = 3
 

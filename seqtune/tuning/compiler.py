@@ -92,6 +92,7 @@ class CheckResult:
     error: str | None = None
     launches: list[LaunchResources] = dataclasses.field(default_factory=list)
     reasons: list[str] = dataclasses.field(default_factory=list)
+    is_default: bool = False  # the config the kernel runs untuned on this target
 
     @property
     def spills(self) -> bool:
@@ -103,7 +104,7 @@ class CheckResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "target": self.target, "problem": self.problem,
-                "config": self.config, "compiled": self.compiled, "error": self.error,
+                "config": self.config, "is_default": self.is_default, "compiled": self.compiled, "error": self.error,
                 "fits": self.fits, "spills": self.spills, "reasons": self.reasons,
                 "launches": [dataclasses.asdict(r) for r in self.launches],
                 "registers": max((r.registers for r in self.launches), default=None),

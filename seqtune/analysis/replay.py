@@ -19,9 +19,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from seqtune.journal import read_log
-from seqtune.search import STRATEGIES, SearchSpace, choose, config_key, make_strategy
 from seqtune.spec import Config
+from seqtune.store.journal import read_log
+from seqtune.tuning.search import STRATEGIES, SearchSpace, choose, config_key, make_strategy
 
 TOLERANCE = 0.03
 # Mean final gaps closer than this (0.01% of the optimum's time) are a tie.
@@ -134,7 +134,7 @@ def journal_spaces(path: Path) -> list[RecordedSpace]:
 
 def _journal_space(source: str, kernel: str, problem: Any,
                    records: list[dict[str, Any]]) -> RecordedSpace:
-    from seqtune.report import format_problem
+    from seqtune.spec import format_problem
 
     configs = [dict(r["config"]) for r in records]
     params: dict[str, tuple] = {}
@@ -285,31 +285,6 @@ def run_replay(paths: list[Path], strategies: list[str], budget: str,
                                    else beats(row, baseline))
         rows.extend(group)
     return {"tolerance": TOLERANCE, "budget": budget, "repeats": repeats, "results": rows}
-
-
-def replay_table(payload: dict[str, Any]):
-    """The rich table of a replay payload."""
-    from rich.table import Table
-
-    table = Table(title=f"seqtune replay: budget {payload['budget']}, {payload['repeats']} "
-                        f"seeded runs each", caption=f"reached: the share of runs whose pick is "
-                  f"within {payload['tolerance']:.0%} of the best valid config; evaluations: "
-                  "the median configs measured to get there; final gap: how much slower than the best "
-                  "the final picks are, on average")
-    for column in ("source", "problem", "strategy", "space", "budget", "reached",
-                   "median evaluations", "final gap", "beats random"):
-        table.add_column(column, overflow="fold")
-    for row in payload["results"]:
-        strategy = row["strategy"] + (f" ({row['runs_as']})" if row["runs_as"] != row["strategy"]
-                                      else "")
-        median = row["median_evaluations"]
-        verdict = {None: "-", True: "[green]yes[/]", False: "[red]no[/]"}[row["beats_random"]]
-        table.add_row("/".join(Path(row["source"]).parts[-2:]), row["problem"], strategy,
-                      str(row["space"]),
-                      f"{row['budget']} ({row['budget_share']:.1%})",
-                      f"{row['reached_share']:.0%}", "-" if median is None else f"{median:g}",
-                      f"{row['mean_final_gap']:.2%}", verdict)
-    return table
 
 
 def beats(row: dict[str, Any], other: dict[str, Any]) -> bool:

@@ -30,8 +30,13 @@ from typing import Any, Sequence
 
 from filelock import FileLock
 
-from seqtune.profile import (SCHEMA, profile_path, read_profile, resolve_profile_dir,
-                             write_profile_atomic)
+from seqtune.store.profile_file import (
+    SCHEMA,
+    profile_path,
+    read_profile,
+    resolve_profile_dir,
+    write_profile_atomic,
+)
 
 
 class DeviceMismatch(ValueError):

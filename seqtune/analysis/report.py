@@ -4,24 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from seqtune.device import peak_for
-from seqtune.timing import INTERPRETER_LABEL, INTERPRETER_NOTE
-
-
-def format_problem(problem: dict[str, Any]) -> str:
-    parts = []
-    for key, value in problem.items():
-        if isinstance(value, bool):
-            parts.append(key if value else f"no-{key}")
-        else:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
-def format_config(config: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in config.items())
+from seqtune.spec import format_problem
 
 
 def percent_of_peak(entry: dict[str, Any], device_name: str) -> float | None:
@@ -67,42 +51,6 @@ def entry_rows(profile: dict[str, Any], path: Path, kernel: str | None,
     return rows
 
 
-def profile_table(profile: dict[str, Any], path: Path, rows: list[dict[str, Any]]) -> Table:
-    device = profile.get("device") or {}
-    software = profile.get("software") or {}
-    interpreter = any(r["timer"] == INTERPRETER_LABEL for r in rows)
-    title = (f"{path}\n{device.get('name', '?')} ({device.get('key', '?')}, "
-             f"{device.get('backend', '?')}) · triton {software.get('triton', '?')} · "
-             f"torch {software.get('torch', '?')}")
-    caption = f"times are {INTERPRETER_NOTE}" if interpreter else "times: do_bench median [p20-p80]"
-    table = Table(title=title, caption=caption, show_lines=False)
-    for column in ("kernel", "problem", "best config", "time µs", "TFLOP/s", "GB/s",
-                   "% peak", "vs default", "max rel err", "tried/failed", "note"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*_cells(row))
-    return table
-
-
-def _cells(row: dict[str, Any]) -> list[str]:
-    time_us = row["time_us"] or {}
-    failed = sum((row["failed"] or {}).values())
-    speedup = row["speedup_vs_default"]
-    peak = row["percent_of_peak"]
-    return [
-        row["kernel"], format_problem(row["problem"] or {}), format_config(row["config"] or {}),
-        f"{time_us.get('median', float('nan')):.1f} [{time_us.get('p20', float('nan')):.1f}-"
-        f"{time_us.get('p80', float('nan')):.1f}]",
-        _num(row["tflops"]), _num(row["gbps"]), "n/a" if peak is None else f"{peak:.1f}%",
-        "n/a" if speedup is None else f"{speedup:.2f}x", _num(row["max_rel_err"], "{:.1e}"),
-        f"{row['tried']}/{failed}", f"STALE: {row['stale']}" if row["stale"] else "",
-    ]
-
-
-def _num(value: Any, fmt: str = "{:.3g}") -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
 def comparison_rows(rows_by_file: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Problems present in the first profile and another: time ratio (other / first)."""
     first, *others = rows_by_file
@@ -120,13 +68,3 @@ def comparison_rows(rows_by_file: list[list[dict[str, Any]]]) -> list[dict[str, 
                     "ratio": b["time_us"]["median"] / a["time_us"]["median"],
                 })
     return compared
-
-
-def comparison_table(compared: list[dict[str, Any]]) -> Table:
-    table = Table(title="comparison (ratio = time / time in the first profile)")
-    for column in ("kernel", "problem", "file", "config", "base µs", "µs", "ratio"):
-        table.add_column(column, overflow="fold")
-    for row in compared:
-        table.add_row(row["kernel"], row["problem"], row["file"], format_config(row["config"]),
-                      f"{row['base_time_us']:.1f}", f"{row['time_us']:.1f}", f"{row['ratio']:.2f}")
-    return table

@@ -10,10 +10,10 @@ import multiprocessing
 import signal
 from typing import Any, Callable, Protocol
 
+from seqtune.agreement import check_case, reference_outputs
 from seqtune.device import DeviceInfo, telemetry
 from seqtune.spec import Config, KernelSpec, Problem
-from seqtune.timing import Timer, Timing
-from seqtune.verify import check_case, reference_outputs
+from seqtune.tuning.timing import Timer, Timing
 
 
 @dataclasses.dataclass
@@ -187,7 +187,7 @@ def _serve(connection, setup: WorkerSetup) -> None:
     """The worker's loop: rebuild runners by kernel name and answer requests until closed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from seqtune.registry import get_spec
-    from seqtune.timing import timer_for
+    from seqtune.tuning.timing import timer_for
 
     timer = timer_for(setup.device.backend)[0]
     runners: dict[str, InProcessRunner] = {}

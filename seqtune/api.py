@@ -1,0 +1,310 @@
+"""The library API behind the command line: each function does what one ``seqtune`` command
+does and returns data (dicts, lists, dataclasses) without printing. The CLI renders it; other
+code and the tests call it directly::
+
+    import seqtune
+    result = seqtune.tune(["attention"], preset="tiny")
+    rows = seqtune.verify(["attention"])
+
+Bad arguments raise ``seqtune.errors.UsageError``, failures ``seqtune.errors.Failure``;
+progress of long calls goes to a ``seqtune.events.Reporter`` (silent by default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from seqtune.errors import Failure, UsageError
+from seqtune.events import SILENT, Reporter
+
+PRESETS = ("tiny", "quick", "default", "full")
+
+
+def prepare_backend() -> None:
+    """Without a CUDA GPU the kernels must run in the Triton interpreter, which Triton reads when
+    a kernel is defined: set it before any kernel module is imported."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def specs_named(names: Sequence[str] | None) -> list:
+    """The specs of the named kernels (all when none are named); UsageError for an unknown one."""
+    from seqtune.registry import UnknownKernelError, all_specs, get_spec
+
+    try:
+        return [get_spec(n) for n in names] if names else list(all_specs().values())
+    except UnknownKernelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def preset_for(device, preset: str | None) -> str:
+    """The preset to run: 'default' on a GPU and 'tiny' on the interpreter unless named; the
+    interpreter runs nothing bigger than tiny."""
+    preset = preset or ("tiny" if device.backend == "interpreter" else "default")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if device.backend == "interpreter" and preset != "tiny":
+        raise UsageError(f"preset {preset!r} needs a CUDA GPU; without one seqtune runs the "
+                         "Triton interpreter with --preset tiny")
+    return preset
+
+
+def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
+         profile_dir: Path | None = None, max_configs: int | None = None,
+         budget_s: float | None = None, seed: int = 0, strategy: str = "auto",
+         keep_spilling: bool = False, isolate: bool = True, timeout_s: float = 600.0,
+         resume: bool = False, jobs: int | None = None, compile_target: str | None = None,
+         gpus: str | None = None, shard: str | None = None,
+         interpreter_devices: int | None = None, reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Tune the kernels' preset problems on this device (one process, one worker per local GPU
+    with ``gpus``, or this rank's share under torchrun) and write the profile; the results."""
+    from seqtune.fleet.tuning import distributed_launch, local_fleet, run_tune_mode
+
+    launch = distributed_launch(gpus, shard, interpreter_devices)  # before CUDA initialises
+    from seqtune.fleet.shard import parse_shard
+    from seqtune.tuning.search import STRATEGIES
+    from seqtune.tuning.tune import TuneOptions
+
+    prepare_backend()
+    from seqtune.device import detect_device
+
+    device = detect_device()
+    fleet = local_fleet(gpus, interpreter_devices, shard)
+    try:
+        share = None if shard is None else parse_shard(shard)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    preset = preset_for(device, preset)
+    specs = specs_named(kernels)
+    if device.backend == "interpreter":
+        reporter.message("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny "
+                         "preset (timings are CPU wall-clock, not GPU timings; warps and stages "
+                         "held at their defaults).")
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if compile_target is not None:
+        from seqtune.tuning.compiler import target_named
+
+        try:
+            target_named(compile_target)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
+                          isolate, timeout_s, resume, strategy=strategy,
+                          jobs=jobs or os.cpu_count() or 1, compile_target=compile_target,
+                          shard=share)
+    return run_tune_mode(specs, device, options, launch, fleet, reporter)
+
+
+def verify(kernels: Sequence[str] | None = None,
+           profile_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Each verify case of each kernel, with the default config, the config the loader picks
+    from the profile, and every other tuned config of the profile that is valid for the case:
+    one row per (case, distinct config) with its agreement with the float64 reference."""
+    from seqtune.agreement import check_case
+    from seqtune.device import runtime_device
+    from seqtune.loader import load_profile
+    from seqtune.spec import format_config, format_problem
+    from seqtune.store.profile_file import profile_path, read_profile, resolve_profile_dir
+
+    prepare_backend()
+    specs = specs_named(kernels)
+    key, limits = runtime_device()
+    path = profile_path(resolve_profile_dir(profile_dir), key)
+    if path.exists():
+        read_profile(path)  # an unreadable profile is an error here, not a silent fallback
+    profile = load_profile(path) if path.exists() else None
+    device = "cpu" if limits.backend == "interpreter" else "cuda"
+    rows = []
+    for spec in specs:
+        tuned = [e.config for e in profile.entries.get(spec.name, [])] if profile else []
+        for case in spec.verify_cases:
+            configs = {"default": dict(spec.default_config)}
+            if profile is not None:
+                configs["loader"] = profile.best_config(spec.name, case)
+            for index, config in enumerate(tuned):
+                configs.setdefault(f"tuned #{index}", config)
+            seen: list[dict] = []
+            inputs = spec.make_inputs(case, device, 0)
+            reference = spec.reference(inputs)
+            for source, config in configs.items():
+                full = spec.validate_config(config)
+                if full in seen or spec.check(full, case, limits) is not None:
+                    continue
+                seen.append(full)
+                agreement = check_case(spec, case, full, inputs=inputs, reference=reference)
+                rows.append({"kernel": spec.name, "case": format_problem(case),
+                             "config_source": f"{source}: {format_config(full)}",
+                             "config": full, "ok": agreement.ok,
+                             "max_abs_err": agreement.max_abs_err,
+                             "max_rel_err": agreement.max_rel_err, "detail": agreement.detail})
+    return rows
+
+
+@dataclasses.dataclass
+class Report:
+    """Profiles read for ``seqtune report``: (path, profile) pairs, each file's rows, and the
+    comparison of the later files to the first."""
+
+    profiles: list[tuple[Path, dict[str, Any]]]
+    rows_by_file: list[list[dict[str, Any]]]
+    comparison: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"profiles": [{"file": str(p), "rows": r}
+                             for (p, _), r in zip(self.profiles, self.rows_by_file)],
+                "comparison": self.comparison}
+
+
+def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
+           kernel: str | None = None) -> Report:
+    """The profile files (default: every profile in the profile dir) as report rows."""
+    import triton
+
+    from seqtune.analysis.report import comparison_rows, entry_rows
+    from seqtune.loader import stale_reason
+    from seqtune.registry import all_specs, source_hash
+    from seqtune.store.profile_file import read_profile, resolve_profile_dir
+
+    if not files:
+        folder = resolve_profile_dir(profile_dir)
+        files = sorted(folder.glob("*.yaml"))
+        if not files:
+            raise Failure(f"no profiles in {folder}; run `seqtune tune` first")
+    profiles, rows_by_file = [], []
+    specs = all_specs()
+    for path in files:
+        profile = read_profile(path)
+        software_triton = (profile.get("software") or {}).get("triton")
+        stale = {}
+        for name, section in (profile.get("kernels") or {}).items():
+            for index, entry in enumerate(section.get("entries", [])):
+                reason = ("unknown kernel" if name not in specs else
+                          stale_reason(entry, section, software_triton, triton.__version__,
+                                       source_hash(name)))
+                if reason:
+                    stale[(name, index)] = reason
+        profiles.append((path, profile))
+        rows_by_file.append(entry_rows(profile, path, kernel, stale))
+    compared = comparison_rows(rows_by_file) if len(rows_by_file) > 1 else []
+    return Report(profiles, rows_by_file, compared)
+
+
+def info() -> dict[str, Any]:
+    """The device, library versions, profile locations and the active profile."""
+    from seqtune.device import detect_device
+    from seqtune.loader import active_profile
+    from seqtune.store.profile_file import (
+        resolve_profile_dir,
+        shipped_profile_dir,
+        software_versions,
+    )
+    from seqtune.tuning.timing import INTERPRETER_NOTE
+
+    device = detect_device()
+    profile = active_profile()
+    return {
+        "device": dataclasses.asdict(device),
+        "software": software_versions(),
+        "profile_dir": str(resolve_profile_dir()),
+        "shipped_profiles": str(shipped_profile_dir()),
+        "active_profile_files": [str(p) for p in profile.sources] or "none (defaults)",
+        "active_entries": {k: len(v) for k, v in profile.entries.items()},
+        "timings": "do_bench on the GPU" if device.backend == "cuda" else INTERPRETER_NOTE,
+    }
+
+
+def kernels() -> list[dict[str, Any]]:
+    """Every kernel with its config space, stages, search mode and presets."""
+    from seqtune.registry import all_specs
+
+    return [{"kernel": s.name, "family": s.family, "space_size": s.space_size,
+             "parameters": list(s.space), "stages": list(s.stages),
+             "search": "stagewise (one stage at a time)" if s.stagewise else "full product",
+             "presets": {k: len(v) for k, v in s.presets.items()}, "description": s.description}
+            for s in all_specs().values()]
+
+
+def merge(files: Sequence[Path], output: Path | None = None, profile_dir: Path | None = None,
+          force: bool = False):
+    """Merge profiles of one device (see ``seqtune.store.merge``); the merge summary."""
+    from seqtune.store.merge import DeviceMismatch, merge_into
+
+    try:
+        return merge_into(list(files), output, profile_dir, force)
+    except DeviceMismatch as exc:
+        raise UsageError(str(exc)) from None
+
+
+def replay(logs: Sequence[Path], strategy: str = "auto", budget: str = "5%",
+           repeats: int = 50) -> dict[str, Any]:
+    """Replay search strategies on recorded tuning spaces; the JSON-ready payload."""
+    from seqtune.analysis.replay import ReplayError, run_replay, strategy_names
+
+    try:
+        names = strategy_names(strategy)
+        return run_replay(list(logs), names, budget, repeats)
+    except ReplayError as exc:
+        raise Failure(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check(kernels: Sequence[str] | None = None, targets: Sequence[str] = ("sm_80", "sm_90"),
+          all_configs: bool = False, preset: str = "default", jobs: int = 1,
+          config: dict[str, Any] | None = None) -> list:
+    """Compile kernels for GPU targets without a GPU: one ``CheckResult`` per (kernel, target,
+    problem, config), each with ``is_default`` set."""
+    # Compiling needs real @triton.jit kernels, which TRITON_INTERPRET would replace.
+    os.environ.pop("TRITON_INTERPRET", None)
+    from seqtune.tuning.compiler import run_check, target_named
+
+    try:
+        parsed = [target_named(t) for t in targets]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    specs = specs_named(kernels)
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if config and len(specs) != 1:
+        raise UsageError("--config needs exactly one kernel")
+    try:
+        chosen = specs[0].validate_config(config) if config else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    results = run_check(specs, parsed, all_configs, preset, jobs, config=chosen)
+    by_name = {s.name: s for s in specs}
+    for r in results:
+        r.is_default = r.config == by_name[r.kernel].default_for(
+            r.problem, target_named(r.target).limits)
+    return results
+
+
+def bench(kernels: Sequence[str] | None = None, preset: str | None = None,
+          lengths: str | None = None, profile_dir: Path | None = None,
+          reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Time tuned configs, default configs and baselines; the JSON-ready payload."""
+    from seqtune.analysis.bench import BenchOptions, bench_work, parse_lengths, run_bench
+
+    prepare_backend()
+    from seqtune.device import detect_device
+
+    device = detect_device()
+    preset = preset_for(device, preset)
+    try:
+        parsed_lengths = parse_lengths(lengths) if lengths is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    specs = specs_named(kernels)
+    options = BenchOptions(preset, parsed_lengths, profile_dir)
+    with reporter.progress() as progress:
+        task = progress.add_task("bench", total=len(bench_work(specs, options)))
+        payload = run_bench(specs, device, options,
+                            on_problem=lambda done, label: progress.update(
+                                task, completed=done, description=label))
+        progress.update(task, completed=len(payload["results"]), description="bench")
+    return payload

@@ -1,0 +1,80 @@
+"""``seqtune tune``: search each kernel's config space on this device and write its profile."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from seqtune.cli.app import ConsoleReporter, app, emit_json, err, out
+
+
+@app.command()
+def tune(
+    kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to tune (default: all)."),
+    preset: Optional[str] = typer.Option(None, help="tiny | quick | default | full "
+                                         "(default: 'default' on a GPU, 'tiny' on the CPU)."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Where profiles are written "
+                                               "(else $SEQTUNE_PROFILE_DIR, else the cache dir)."),
+    max_configs: Optional[int] = typer.Option(None, min=1, help="At most this many configs "
+                                              "evaluated per problem."),
+    budget_s: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget of the whole "
+                                             "tune, seconds; the default config is always run."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+    seed: int = typer.Option(0, help="Seed of the inputs and of the candidate order."),
+    strategy: str = typer.Option("auto", help="Search strategy: auto (by space size and "
+                                 "budget), exhaustive, stagewise, random, halving, local or "
+                                 "model; compare them offline with `seqtune replay`."),
+    keep_spilling: bool = typer.Option(False, "--keep-spilling", help="On a GPU, also time "
+                                       "configs whose registers spill (skipped by default)."),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Run candidates in a "
+                                 "worker process, so a crash or hang costs only that candidate."),
+    timeout_s: float = typer.Option(600.0, min=1, help="Abandon a candidate (isolated) after "
+                                    "this many seconds."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse what the last (interrupted) tune "
+                                "measured, from the tuning log."),
+    jobs: int = typer.Option(os.cpu_count() or 1, min=1, help="Processes compiling candidates "
+                             "ahead of timing."),
+    compile_target: Optional[str] = typer.Option(None, help="On the interpreter: also compile "
+                                                 "each candidate for this GPU target (sm_80, "
+                                                 "sm_90, ...) before it runs, and skip what "
+                                                 "would not fit it."),
+    gpus: Optional[str] = typer.Option(None, help="all | 0,1,...: one worker process per local "
+                                       "GPU, each tuning its share of the problems; GPUs of "
+                                       "one name share one profile."),
+    shard: Optional[str] = typer.Option(None, help="I/N: tune only share I (from 0) of N of the "
+                                        "problems, e.g. in a job array; combine the profiles "
+                                        "with `seqtune merge`."),
+    interpreter_devices: Optional[int] = typer.Option(None, min=1, hidden=True, help="Tests: "
+                                                      "run this many interpreter workers as if "
+                                                      "they were GPUs."),
+) -> None:
+    """Search each kernel's config space on this device and write its profile.
+
+    Under torchrun (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) each
+    rank tunes its share and rank 0 writes the profiles."""
+    from seqtune import api
+    from seqtune.cli.render import tune_summaries
+
+    console = err if as_json else out
+    try:
+        results = api.tune(kernels, preset=preset, profile_dir=profile_dir,
+                           max_configs=max_configs, budget_s=budget_s, seed=seed,
+                           strategy=strategy, keep_spilling=keep_spilling, isolate=isolate,
+                           timeout_s=timeout_s, resume=resume, jobs=jobs,
+                           compile_target=compile_target, gpus=gpus, shard=shard,
+                           interpreter_devices=interpreter_devices,
+                           reporter=ConsoleReporter(console))
+    except KeyboardInterrupt:
+        err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
+                  "finished problem in the profile; continue with the same command plus --resume.")
+        raise typer.Exit(130) from None
+    if results.get("rank", 0) == 0 and "problems" in results:  # rank 0 speaks for all
+        for renderable in tune_summaries(results):
+            console.print(renderable)
+    if as_json and results.get("rank", 0) == 0:
+        emit_json(results)
+    if results.get("errors") or any(r["winner"] is None for r in results["problems"]):
+        raise typer.Exit(1)
+
