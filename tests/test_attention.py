@@ -13,7 +13,7 @@ from seqtune.kernels.attention.spec import shared_memory_estimate, visible_pairs
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
 from seqtune.spec import INTERPRETER_LIMITS, DeviceLimits, Tolerance
-from seqtune.verify import check_case, compare, tolerance_for
+from seqtune.agreement import check_case, compare, tolerance_for
 
 SPEC = get_spec("attention")
 A100 = DeviceLimits(backend="cuda", shared_memory_per_block=166912, compute_capability=(8, 0))

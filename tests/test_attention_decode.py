@@ -11,7 +11,7 @@ from seqtune.kernels.attention_decode.spec import cache_lengths
 from seqtune.launch import capture_launches, poisoned_outputs
 from seqtune.registry import get_spec
 from seqtune.spec import DTYPES, INTERPRETER_LIMITS, DeviceLimits
-from seqtune.verify import check_case, compare
+from seqtune.agreement import check_case, compare
 
 SPEC = get_spec("attention_decode")
 A100_LIMITS = DeviceLimits(backend="cuda", shared_memory_per_block=166912, sm_count=108,

@@ -18,7 +18,7 @@ from seqtune.kernels.delta_rule import op as delta_op
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.registry import get_spec
 from seqtune.spec import INTERPRETER_LIMITS, DeviceLimits
-from seqtune.verify import check_case, compare
+from seqtune.agreement import check_case, compare
 
 SPEC = get_spec("delta_rule")
 TUNED_PER_DEVICE_ONLY = ("num_warps", "num_stages")

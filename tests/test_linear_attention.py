@@ -14,7 +14,7 @@ from seqtune.kernels.linear_attention.ssd import ssd
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
 from seqtune.spec import INTERPRETER_LIMITS
-from seqtune.verify import check_case, compare
+from seqtune.agreement import check_case, compare
 
 SPEC_NAMES = ("linear_attention", "ssd")
 LA, SSD = get_spec("linear_attention"), get_spec("ssd")

@@ -4,7 +4,7 @@ import torch
 
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.verify import check_case
+from seqtune.agreement import check_case
 from tile_cases import assert_configs_agree, distinct_tiles
 import seqtune.kernels
 from seqtune.kernels.linear_scan.op import linear_scan

@@ -6,7 +6,7 @@ import torch
 import seqtune.kernels
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.verify import check_case
+from seqtune.agreement import check_case
 from tile_cases import assert_configs_agree, distinct_tiles
 from seqtune.kernels.prefix_attention.op import prefix_attention
 

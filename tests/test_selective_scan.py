@@ -8,7 +8,7 @@ import yaml
 import seqtune.kernels
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.verify import check_case
+from seqtune.agreement import check_case
 from tile_cases import assert_configs_agree, distinct_tiles
 from seqtune.kernels.selective_scan.op import selective_scan
 

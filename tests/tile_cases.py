@@ -1,7 +1,7 @@
 """Checks shared by the kernels whose configs differ in tile shapes only as far as the
 interpreter can tell (num_warps and num_stages do not change what it computes)."""
 from seqtune.spec import INTERPRETER_LIMITS, Config, KernelSpec, Problem
-from seqtune.verify import check_case
+from seqtune.agreement import check_case
 
 
 def distinct_tiles(spec: KernelSpec, problem: Problem, tiles: tuple[str, ...]) -> list[Config]:
