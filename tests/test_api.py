@@ -15,7 +15,7 @@ def test_tune_verify_report_return_data_and_print_nothing(toy_registry, tmp_path
     assert tuned["problems"] and all(p["winner"] is not None for p in tuned["problems"])
     assert (tmp_path / "cpu-interpreter.yaml").exists()
 
-    rows = seqtune.agreement([toy_registry.name], profile_dir=tmp_path)
+    rows = seqtune.verify([toy_registry.name], profile_dir=tmp_path)
     assert rows and all(r["ok"] for r in rows)
     assert any(r["config_source"].startswith("default") for r in rows)
 
@@ -30,7 +30,7 @@ def test_tune_verify_report_return_data_and_print_nothing(toy_registry, tmp_path
 
 def test_bad_arguments_raise_usage_errors(toy_registry):
     with pytest.raises(UsageError, match="unknown kernel 'nope'"):
-        seqtune.agreement(["nope"])
+        seqtune.verify(["nope"])
     with pytest.raises(UsageError, match="unknown strategy 'best'"):
         seqtune.tune([toy_registry.name], preset="tiny", strategy="best")
 
