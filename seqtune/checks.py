@@ -2,11 +2,15 @@
 before any launch (never a traceback from inside Triton)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The kernels compute element offsets in 32-bit integers (program ids times strides): a tensor
+# with more elements, or whose strides reach further, would silently wrap around.
+MAX_INDEX = 2**31 - 1
 
 
 def expect_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
@@ -14,7 +18,25 @@ def expect_tensor(name: str, value: object, ndim: int) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    expect_indexable(name, value.shape, value.stride())
     return value
+
+
+def expect_indexable(name: str, shape: Sequence[int], strides: Sequence[int] | None = None
+                     ) -> None:
+    """A one-line ValueError if a tensor of ``shape`` (and ``strides``; contiguous if None)
+    has more elements, or a farther element, than 32-bit offsets reach. Checks sizes only, so
+    it runs before any allocation and on expanded views or meta tensors alike."""
+    elements = math.prod(shape)
+    if strides is None:
+        farthest = elements - 1
+    else:
+        farthest = sum((size - 1) * abs(stride) for size, stride in zip(shape, strides)
+                       if size > 0)
+    if elements > MAX_INDEX or farthest > MAX_INDEX:
+        raise ValueError(f"{name} with shape {tuple(shape)} has {elements:,} elements "
+                         f"(farthest offset {farthest:,}); seqtune's kernels index with 32-bit "
+                         f"offsets, at most {MAX_INDEX:,}: split the batch or the sequence")
 
 
 def expect_float(name: str, tensor: torch.Tensor,

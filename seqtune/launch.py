@@ -39,11 +39,28 @@ def launch(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     if recorded is not None:
         recorded.append(Launch(kernel, grid, args, kwargs))
         return
+    _expect_runnable_here(kernel, args)
     kernel[grid](*args, **kwargs)
 
 
+def _expect_runnable_here(kernel: Any, args: tuple[Any, ...]) -> None:
+    """CPU tensors run only in the Triton interpreter; a compiled kernel given them would fail
+    deep inside Triton ("0 active drivers"). Say so in one line instead."""
+    interpreted = type(kernel).__name__ == "InterpretedFunction"
+    if not interpreted and any(isinstance(a, torch.Tensor) and a.device.type == "cpu"
+                               for a in args):
+        name = getattr(kernel, "__name__", type(kernel).__name__)
+        raise RuntimeError(f"{name}: CPU tensors need the Triton interpreter: set "
+                           "TRITON_INTERPRET=1 before triton is first imported (or pass CUDA "
+                           "tensors)")
+
+
 def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """An output buffer: uninitialised, or NaN-filled under ``poisoned_outputs()``."""
+    """An output buffer: uninitialised, or NaN-filled under ``poisoned_outputs()``. Sizes
+    beyond 32-bit indexing are refused before anything is allocated."""
+    from seqtune.checks import expect_indexable
+
+    expect_indexable("output", shape)
     if _poison.get():
         return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
     return torch.empty(tuple(shape), dtype=dtype, device=device)
