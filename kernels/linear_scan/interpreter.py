@@ -13,9 +13,11 @@ three scan ops (linear_scan, selective_scan, prefix_attention) launch under it.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import numpy as np
+import torch
 import triton.language as tl
 from triton.runtime import interpreter
 
@@ -58,3 +60,10 @@ def sliced_interpreter_scans() -> Iterator[None]:
         yield
     finally:
         scan_ops.generic_scan = original
+
+
+def kernels_can_run(device: str | torch.device) -> bool:
+    """Whether Triton kernels can execute on ``device`` here: on a GPU, or on the CPU under the
+    interpreter. Not in a compile-only process (``seqtune check`` without a GPU), where a spec
+    that needs the forward's outputs to build a backward's inputs computes them otherwise."""
+    return torch.device(device).type != "cpu" or os.environ.get("TRITON_INTERPRET") == "1"

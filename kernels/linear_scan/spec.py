@@ -1,8 +1,8 @@
-"""The linear_scan kernel as the tool sees it.
+"""The linear_scan kernel and its backward ``linear_scan_bwd`` as the tool sees them.
 
-Problem fields: ``B`` (batch), ``T`` (sequence length), ``D`` (channels) -- the size fields,
-bucketed to powers of two -- and the categorical ``initial_state`` (bool: an h_{-1} is given)
-and ``dtype`` (of a and b).
+Problem fields (both specs): ``B`` (batch), ``T`` (sequence length), ``D`` (channels) -- the
+size fields, bucketed to powers of two -- and the categorical ``initial_state`` (bool: an
+h_{-1} is given) and ``dtype`` (of a and b).
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
-from seqtune.kernels.linear_scan.baselines import BASELINES
+from seqtune.kernels.linear_scan.autograd import run_backward, run_forward
+from seqtune.kernels.linear_scan.baselines import BASELINES, torch_linear_scan
+from seqtune.kernels.linear_scan.interpreter import kernels_can_run
 from seqtune.kernels.linear_scan.op import linear_scan
 
 SPACE = {
@@ -129,6 +131,80 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=1e-2, rtol=1e-2),
 }
 
+# The backward holds a few more tiles than the forward (the shifted decay, dh, their prefixes,
+# g, h_{t-1}). Measured with cuobjdump on sm_80 and sm_90: 32 values per thread take <= 183
+# registers without spills; 64 spill.
+MAX_BWD_TILE_VALUES_PER_THREAD = 32
+BWD_DEFAULT = {"BLOCK_D": 64, "BLOCK_T": 32, "num_warps": 4, "num_stages": 1}
+
+
+def check_bwd(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    for tile, dim in (("BLOCK_D", "D"), ("BLOCK_T", "T")):
+        if config[tile] > max(next_power_of_2(problem[dim]), BWD_DEFAULT[tile]):
+            return f"{tile}={config[tile]} exceeds the padded {dim}={problem[dim]}"
+    tile_values = config["BLOCK_T"] * config["BLOCK_D"]
+    threads = 32 * config["num_warps"]
+    if tile_values > MAX_BWD_TILE_VALUES_PER_THREAD * threads:
+        return f"{tile_values} tile values over {threads} threads would spill registers"
+    if tile_values < threads:
+        return f"{threads} threads for {tile_values} tile values leave threads idle"
+    return shared_memory_fits(shared_memory_estimate(config), limits)
+
+
+def make_bwd_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """The forward's inputs, an upstream gradient ``dh`` (unit normal) and the forward's output
+    ``h``, which the backward reads for h_{t-1}: made by the forward kernel with its default
+    config where kernels run, else (a compile-only check) by plain PyTorch."""
+    inputs = make_inputs(problem, device, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    dh = torch.randn(problem["B"], problem["T"], problem["D"], generator=generator)
+    inputs["dh"] = dh.to(device, DTYPES[problem["dtype"]])
+    if kernels_can_run(device):
+        inputs["h"] = run_forward(inputs["a"], inputs["b"], inputs["initial_state"], DEFAULT)
+    else:
+        inputs["h"] = torch_linear_scan(inputs)[0]
+    return inputs
+
+
+def run_bwd(inputs: Inputs, config: Config) -> Outputs:
+    """(da, db) and d initial_state when there is one."""
+    grads = run_backward(inputs["a"], inputs["h"], inputs["initial_state"], inputs["dh"], config)
+    return tuple(g for g in grads if g is not None)
+
+
+def reference_bwd(inputs: Inputs) -> Outputs:
+    """The gradients of sum(h * dh) by float64 autograd through ``reference``."""
+    names = [n for n in ("a", "b", "initial_state") if inputs[n] is not None]
+    leaves = {n: inputs[n].to("cpu", torch.float64).requires_grad_() for n in names}
+    (h,) = reference({**inputs, **leaves})
+    return torch.autograd.grad(h, [leaves[n] for n in names], inputs["dh"].to("cpu", h.dtype))
+
+
+def bwd_flops(problem: Problem) -> float:
+    """Per element: the reverse scan's multiply-add (2) and da = g h (1)."""
+    return 3.0 * problem["B"] * problem["T"] * problem["D"]
+
+
+def bwd_bytes_moved(problem: Problem) -> float:
+    """Read a, h, dh; write da, db; the initial state and its gradient in fp32."""
+    element = DTYPES[problem["dtype"]].itemsize
+    elements = problem["B"] * problem["T"] * problem["D"]
+    initial = 8 * problem["B"] * problem["D"] if problem["initial_state"] else 0
+    return float(5 * element * elements + initial)
+
+
+# fp32: the reverse scan reassociates like the forward's (a few ulp of the running |g|, which
+# reaches ~10 for decays near 1; measured <= 3e-6 absolute); da = g h adds one rounding. Half
+# types: g is exact up to fp32 rounding, so db's error is its own rounding and da's that plus the
+# rounding of the saved h: two roundings, each at most 2^-8 relative for bf16 (2^-11 fp16) on a
+# GPU, but up to 2^-7 for bf16 in the Triton interpreter, which truncates: measured 1.2e-2
+# relative for bf16 da there, within the bound of two truncations (1.6e-2).
+BWD_TOLERANCES = {
+    "float32": Tolerance(atol=2e-5, rtol=1e-5),
+    "float16": Tolerance(atol=2e-3, rtol=4e-3),
+    "bfloat16": Tolerance(atol=1e-2, rtol=2e-2),
+}
+
 SPECS = (KernelSpec(
     name="linear_scan",
     family="scan",
@@ -147,4 +223,21 @@ SPECS = (KernelSpec(
     bytes_moved=bytes_moved,
     problem_defaults={"initial_state": False},
     baselines=BASELINES,
-),)
+), KernelSpec(
+    name="linear_scan_bwd",
+    family="scan",
+    description="gradients of linear_scan: a reverse scan g_t = dh_t + a_{t+1} g_{t+1}",
+    space=SPACE,
+    default_config=BWD_DEFAULT,
+    size_fields=("B", "T", "D"),
+    presets=PRESETS,
+    verify_cases=VERIFY_CASES,
+    check=check_bwd,
+    make_inputs=make_bwd_inputs,
+    run=run_bwd,
+    reference=reference_bwd,
+    tolerances=BWD_TOLERANCES,
+    flops=bwd_flops,
+    bytes_moved=bwd_bytes_moved,
+    problem_defaults={"initial_state": False},
+))
