@@ -9,7 +9,8 @@
   K]`` layout, log-space decays, beta in (0, 1) and ``K ** -0.5`` default scale as seqtune. fla
   refuses float32 inputs for these (reported as unavailable).
 
-Each takes the spec's inputs and returns ``(o, final_state)`` like ``spec.run``.
+Each takes the spec's inputs (packed sequences and grouped value heads included) and returns
+``(o, final_state)`` like ``spec.run``.
 """
 from __future__ import annotations
 
@@ -56,9 +57,24 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
 
 
 def torch_delta_rule(inputs: Inputs) -> Outputs:
-    q = inputs["q"]
-    return chunked_delta_rule(q, inputs["k"], inputs["v"], inputs["beta"], inputs["g"],
-                              q.shape[-1] ** -0.5, inputs["initial_state"])
+    """Grouped value heads by repeating q and k; packed sequences one at a time."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    group = v.shape[2] // q.shape[2]
+    q, k = (x.repeat_interleave(group, dim=2) for x in (q, k))
+    beta, g, h0 = inputs["beta"], inputs["g"], inputs["initial_state"]
+    scale = q.shape[-1] ** -0.5
+    if inputs.get("cu_seqlens") is None:
+        return chunked_delta_rule(q, k, v, beta, g, scale, h0)
+    bounds = inputs["cu_seqlens"].tolist()
+    outs, finals = [], []
+    for n in range(len(bounds) - 1):
+        steps = slice(bounds[n], bounds[n + 1])
+        out, final = chunked_delta_rule(q[:, steps], k[:, steps], v[:, steps], beta[:, steps],
+                                        None if g is None else g[:, steps], scale,
+                                        None if h0 is None else h0[n:n + 1])
+        outs.append(out)
+        finals.append(final)
+    return torch.cat(outs, dim=1), torch.cat(finals)
 
 
 def fla_delta_rule(inputs: Inputs) -> Outputs:
@@ -66,7 +82,7 @@ def fla_delta_rule(inputs: Inputs) -> Outputs:
     q, g = inputs["q"], inputs["g"]
     common = {"q": q, "k": inputs["k"], "v": inputs["v"], "beta": inputs["beta"],
               "scale": q.shape[-1] ** -0.5, "initial_state": inputs["initial_state"],
-              "output_final_state": True}
+              "output_final_state": True, "cu_seqlens": inputs.get("cu_seqlens")}
     if g is None:
         return tuple(fla_function("fla.ops.delta_rule", "chunk_delta_rule", q)(**common))
     if g.dim() == 3:

@@ -24,10 +24,15 @@ Stages: ``wy_kernel`` (per chunk: both grams, the solve, W, U0, the scores P, an
 decays the keys decayed to the chunk's end and exp(gam_last)), ``state_kernel`` (sequential over
 chunks: U and the state entering every chunk), ``output_kernel`` (per chunk and V tile: O).
 
-Layouts: q, k, g (channel), w, kd [B, T, H, K]; v, u0, u, o [B, T, H, V]; beta, g (scalar)
-[B, T, H]; scores [B, T, H, BT]; chunk states [B * H, NT, K, V]; chunk_decay [B * H, NT, K]
-fp32; initial/final state [B, H, K, V] fp32. ``w``, ``kd``, ``u0``, ``u``, ``scores`` and the
-chunk states are scratch in the input dtype (what the tensor cores take).
+Layouts, all token-major and packed (a [B, T] batch is B sequences of length T laid end to end;
+``cu_seqlens`` [N + 1] marks where each sequence starts): q, k [tokens, H, K]; g (channel), w,
+kd [tokens, HV, K]; v, u0, u, o [tokens, HV, V]; beta, g (scalar) [tokens, HV]; scores
+[tokens, HV, BT]; chunk states [chunks, HV, K, V]; chunk_decay [chunks, HV, K] fp32;
+initial/final state [N, HV, K, V] (the initial one of any float dtype, the final fp32). Value
+head hv reads key head hv // (HV / H). Chunks never straddle sequences: ``chunk_table``
+[chunks, 2] holds each chunk's (sequence, index within it), ``chunk_offsets`` [N + 1] each
+sequence's first chunk. ``w``, ``kd``, ``u0``, ``u``, ``scores`` and the chunk states are
+scratch in the input dtype (what the tensor cores take).
 """
 from __future__ import annotations
 
@@ -73,7 +78,8 @@ def _mm_f32(a, b, EXACT: tl.constexpr):
 
 @triton.jit
 def _load_rows(ptr, bos, rows, head, H, width, cols, T):
-    """Rows ``rows`` x columns ``cols`` of a [B, T, H, width] tensor; 0 outside it."""
+    """Rows ``rows`` (of the sequence starting at token ``bos``, length T) x columns ``cols`` of
+    head ``head`` of a [tokens, H, width] tensor; 0 outside it."""
     offsets = ((bos + rows)[:, None] * H + head) * width + cols[None, :]
     mask = (rows < T)[:, None] & (cols < width)[None, :]
     return tl.load(ptr + offsets, mask=mask, other=0.0)
@@ -88,13 +94,13 @@ def _store_rows(ptr, value, bos, rows, head, H, width, cols, T):
 
 @triton.jit
 def _load_per_token(ptr, bos, rows, head, H, T):
-    """A [B, T, H] tensor (beta, scalar gate) at ``rows``, in fp32; 0 past the end."""
+    """A [tokens, H] tensor (beta, scalar gate) at ``rows``, in fp32; 0 past the end."""
     return tl.load(ptr + (bos + rows) * H + head, mask=rows < T, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos, rows, head, H, K, cols, T,
-                       BT: tl.constexpr, BK: tl.constexpr):
+def _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos, rows, head, H, g_head, HV,
+                       K, cols, T, BT: tl.constexpr, BK: tl.constexpr):
     """Adds the pairs inside one SUB-row block, summed exactly, to near_kk (k-k, i < t) and
     near_qk (q-k, i <= t), [BT, SUB] with column j for row j of t's block. Column j of every
     block at a time, its key row and the decays re-read from memory (cache hits) rather than
@@ -109,7 +115,7 @@ def _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos, rows, head, 
     for step in range(SUB):
         j = SUB - 1 - step
         # rows past t's block are masked out (for j = SUB - 1 they are all of them)
-        g_next = _load_rows(g, bos, first + j + 1, head, H, K, cols, T).to(tl.float32)
+        g_next = _load_rows(g, bos, first + j + 1, g_head, HV, K, cols, T).to(tl.float32)
         span += tl.where((local > j)[:, None], g_next, 0.0)
         k_j = _load_rows(k, bos, first + j, head, H, K, cols, T).to(tl.float32)
         # masked before exp: rows above j would be a growth and may overflow
@@ -172,8 +178,8 @@ def _pair_decay(gam, INCLUSIVE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _grams(q, k, g, bos, rows, head, H, K, T, GATE: tl.constexpr, BT: tl.constexpr,
-           BK: tl.constexpr):
+def _grams(q, k, g, bos, rows, head, H, g_head, HV, K, T, GATE: tl.constexpr,
+           BT: tl.constexpr, BK: tl.constexpr):
     """The chunk's decayed k-k gram (i < t) and q-k scores (i <= t) over all of K, fp32.
 
     Per-channel decay: pairs in different 16-row blocks, then in different 4-row blocks, via
@@ -189,9 +195,10 @@ def _grams(q, k, g, bos, rows, head, H, K, T, GATE: tl.constexpr, BT: tl.constex
         q_tile = _load_rows(q, bos, rows, head, H, K, cols, T)
         k_tile = _load_rows(k, bos, rows, head, H, K, cols, T)
         if GATE == GATE_CHANNEL:
-            gam = tl.cumsum(_load_rows(g, bos, rows, head, H, K, cols, T).to(tl.float32), axis=0)
+            gam = tl.cumsum(_load_rows(g, bos, rows, g_head, HV, K, cols, T).to(tl.float32),
+                            axis=0)
             near_kk, near_qk = _within_sub_blocks(near_kk, near_qk, q_tile, k_tile, k, g, bos,
-                                                  rows, head, H, K, cols, T, BT, BK)
+                                                  rows, head, H, g_head, HV, K, cols, T, BT, BK)
             kk, qk = _across_blocks(kk, qk, q_tile, k_tile, gam, SUB, BLOCK, BT, BK)
             if BT > BLOCK:
                 kk, qk = _across_blocks(kk, qk, q_tile, k_tile, gam, BLOCK, BT, BT, BK)
@@ -203,7 +210,7 @@ def _grams(q, k, g, bos, rows, head, H, K, T, GATE: tl.constexpr, BT: tl.constex
         qk += _spread_sub_blocks(near_qk, BT)
     else:
         if GATE == GATE_SCALAR:
-            gam = tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0)
+            gam = tl.cumsum(_load_per_token(g, bos, rows, g_head, HV, T), axis=0)
             kk *= _pair_decay(gam, False, BT)
             qk *= _pair_decay(gam, True, BT)
         kk = tl.where(idx[:, None] > idx[None, :], kk, 0.0)
@@ -246,28 +253,40 @@ def _unit_lower_inverse(a, EXACT: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, T, H, K, V, NT,
-              GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
+def sequence_chunk(chunk_table, cu_seqlens, index):
+    """Chunk ``index`` of the packed batch: (its sequence, the sequence's first token as int64,
+    the sequence's length, the chunk's index within the sequence)."""
+    seq = tl.load(chunk_table + 2 * index)
+    local = tl.load(chunk_table + 2 * index + 1)
+    bos = tl.load(cu_seqlens + seq).to(tl.int64)
+    length = (tl.load(cu_seqlens + seq + 1).to(tl.int64) - bos).to(tl.int32)
+    return seq, bos, length, local
+
+
+@triton.jit
+def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, chunk_table, cu_seqlens,
+              H, HV, K, V, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+              BV: tl.constexpr):
+    """One chunk and value head: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
     U0 = (I + A)^-1 diag(beta) V and, gated, the keys decayed to the chunk's end
     K * exp(gam_last - gam) and exp(gam_last), so the sequential state kernel does no decay
-    arithmetic of its own.
+    arithmetic of its own. q and k are read at the value head's key head.
 
-    Grid (chunks, B * H)."""
-    chunk, bh = tl.program_id(0), tl.program_id(1)
-    bos = (bh // H).to(tl.int64) * T
-    head = bh % H
+    Grid (chunks, HV)."""
+    chunk, hv = tl.program_id(0), tl.program_id(1)
+    _, bos, T, local = sequence_chunk(chunk_table, cu_seqlens, chunk)
+    head = hv // (HV // H)
     idx = tl.arange(0, BT)
-    rows = chunk * BT + idx
-    kk, qk = _grams(q, k, g, bos, rows, head, H, K, T, GATE, BT, BK)
-    _store_rows(scores, qk, bos, rows, head, H, BT, idx, T)
-    beta_rows = _load_per_token(beta, bos, rows, head, H, T)
+    rows = local * BT + idx
+    kk, qk = _grams(q, k, g, bos, rows, head, H, hv, HV, K, T, GATE, BT, BK)
+    _store_rows(scores, qk, bos, rows, hv, HV, BT, idx, T)
+    beta_rows = _load_per_token(beta, bos, rows, hv, HV, T)
     inverse = _unit_lower_inverse(kk * beta_rows[:, None], k.dtype.element_ty == tl.float32, BT)
     inverse = inverse.to(k.dtype.element_ty)
     gam = tl.zeros([BT], dtype=tl.float32)
     if GATE == GATE_SCALAR:
-        gam = tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0)
-    decay_base = (bh.to(tl.int64) * NT + chunk) * K
+        gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
+    decay_base = (chunk.to(tl.int64) * HV + hv) * K
     for k0 in range(0, K, BK):
         cols = k0 + tl.arange(0, BK)
         keys = _load_rows(k, bos, rows, head, H, K, cols, T).to(tl.float32)
@@ -276,71 +295,76 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, T, H, K, V, NT,
                 gam_tile = tl.broadcast_to(gam[:, None], [BT, BK])
             else:
                 gam_tile = tl.cumsum(
-                    _load_rows(g, bos, rows, head, H, K, cols, T).to(tl.float32), axis=0)
+                    _load_rows(g, bos, rows, hv, HV, K, cols, T).to(tl.float32), axis=0)
             # padded rows have g = 0, so the last row holds the chunk's total decay
             gam_last = tl.sum(tl.where(idx[:, None] == BT - 1, gam_tile, 0.0), axis=0)
-            _store_rows(kd, keys * tl.exp(gam_last[None, :] - gam_tile), bos, rows, head, H, K,
+            _store_rows(kd, keys * tl.exp(gam_last[None, :] - gam_tile), bos, rows, hv, HV, K,
                         cols, T)
             tl.store(chunk_decay + decay_base + cols, tl.exp(gam_last), mask=cols < K)
             keys *= tl.exp(gam_tile)
         keys = (keys * beta_rows[:, None]).to(k.dtype.element_ty)
-        _store_rows(w, _mma(inverse, keys), bos, rows, head, H, K, cols, T)
+        _store_rows(w, _mma(inverse, keys), bos, rows, hv, HV, K, cols, T)
     for v0 in range(0, V, BV):
         cols = v0 + tl.arange(0, BV)
-        values = _load_rows(v, bos, rows, head, H, V, cols, T).to(tl.float32)
+        values = _load_rows(v, bos, rows, hv, HV, V, cols, T).to(tl.float32)
         values = (values * beta_rows[:, None]).to(v.dtype.element_ty)
-        _store_rows(u0, _mma(inverse, values), bos, rows, head, H, V, cols, T)
+        _store_rows(u0, _mma(inverse, values), bos, rows, hv, HV, V, cols, T)
 
 
 @triton.jit
-def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, T, H, K, V, NT,
-                 GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_offsets, HK, HV,
+                 K, V, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                  BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr):
-    """The recurrence over chunks for one [K, BV] slice of the state (all of K in registers):
-    stores each chunk's entering state S and its pseudo-values U = U0 - W S, then
-    S <- diag(chunk_decay) S + keys^T U (keys already decayed to the chunk's end if GATED).
+    """The recurrence over one sequence's chunks for one [K, BV] slice of a value head's state
+    (all of K in registers): stores each chunk's entering state S and its pseudo-values
+    U = U0 - W S, then S <- diag(chunk_decay) S + keys^T U (keys already decayed to the chunk's
+    end if GATED; ``keys`` has HK heads: HV when decayed per value head, else k's).
 
-    Grid (V tiles, B * H)."""
-    v_tile, bh = tl.program_id(0), tl.program_id(1)
-    bos = (bh // H).to(tl.int64) * T
-    head = bh % H
+    Grid (sequences * HV, V tiles)."""
+    seq_head, v_tile = tl.program_id(0), tl.program_id(1)
+    seq, hv = seq_head // HV, seq_head % HV
+    key_head = hv // (HV // HK)
+    bos = tl.load(cu_seqlens + seq).to(tl.int64)
+    T = (tl.load(cu_seqlens + seq + 1).to(tl.int64) - bos).to(tl.int32)
+    first_chunk = tl.load(chunk_offsets + seq).to(tl.int64)
     kdim = tl.arange(0, KP)
     vcols = v_tile * BV + tl.arange(0, BV)
     state_mask = (kdim < K)[:, None] & (vcols < V)[None, :]
     state_offsets = kdim[:, None] * V + vcols[None, :]
+    own_state = seq_head.to(tl.int64) * K * V
     state = tl.zeros([KP, BV], dtype=tl.float32)
     if HAS_H0:
-        state += tl.load(h0 + bh.to(tl.int64) * K * V + state_offsets, mask=state_mask, other=0.0)
-    for chunk in range(NT):
-        rows = chunk * BT + tl.arange(0, BT)
-        chunk_base = bh.to(tl.int64) * NT + chunk
+        state += tl.load(h0 + own_state + state_offsets, mask=state_mask, other=0.0).to(tl.float32)
+    for local in range(tl.cdiv(T, BT)):
+        rows = local * BT + tl.arange(0, BT)
+        chunk_base = (first_chunk + local) * HV + hv
         tl.store(states + chunk_base * K * V + state_offsets, state.to(states.dtype.element_ty),
                  mask=state_mask)
-        w_c = _load_rows(w, bos, rows, head, H, K, kdim, T)
-        u_c = _load_rows(u0, bos, rows, head, H, V, vcols, T).to(tl.float32)
+        w_c = _load_rows(w, bos, rows, hv, HV, K, kdim, T)
+        u_c = _load_rows(u0, bos, rows, hv, HV, V, vcols, T).to(tl.float32)
         u_c -= _mma(w_c, state.to(w_c.dtype))
-        _store_rows(u, u_c, bos, rows, head, H, V, vcols, T)
-        k_c = _load_rows(keys, bos, rows, head, H, K, kdim, T)
+        _store_rows(u, u_c, bos, rows, hv, HV, V, vcols, T)
+        k_c = _load_rows(keys, bos, rows, key_head, HK, K, kdim, T)
         if GATED:
             state *= tl.load(chunk_decay + chunk_base * K + kdim, mask=kdim < K, other=0.0)[:, None]
         state += _mma(tl.trans(k_c), u_c.to(k_c.dtype))
     if STORE_HT:
-        tl.store(ht + bh.to(tl.int64) * K * V + state_offsets, state, mask=state_mask)
+        tl.store(ht + own_state + state_offsets, state, mask=state_mask)
 
 
 @triton.jit
-def output_kernel(q, g, u, states, scores, o, scale, T, H, K, V, NT, GATE: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One chunk and V tile: O = scale * ((Q * exp(gam)) S + P U).
+def output_kernel(q, g, u, states, scores, o, scale, chunk_table, cu_seqlens, H, HV, K, V,
+                  GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """One chunk, value head and V tile: O = scale * ((Q * exp(gam)) S + P U).
 
-    Grid (V tiles, chunks, B * H)."""
-    v_tile, chunk, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = (bh // H).to(tl.int64) * T
-    head = bh % H
+    Grid (chunks, V tiles, HV)."""
+    chunk, v_tile, hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, bos, T, local = sequence_chunk(chunk_table, cu_seqlens, chunk)
+    head = hv // (HV // H)
     idx = tl.arange(0, BT)
-    rows = chunk * BT + idx
+    rows = local * BT + idx
     vcols = v_tile * BV + tl.arange(0, BV)
-    chunk_base = (bh.to(tl.int64) * NT + chunk) * K * V
+    chunk_base = (chunk.to(tl.int64) * HV + hv) * K * V
     from_state = tl.zeros([BT, BV], dtype=tl.float32)
     for k0 in range(0, K, BK):
         kcols = k0 + tl.arange(0, BK)
@@ -348,11 +372,11 @@ def output_kernel(q, g, u, states, scores, o, scale, T, H, K, V, NT, GATE: tl.co
         state = tl.load(states + chunk_base + kcols[:, None] * V + vcols[None, :],
                         mask=(kcols < K)[:, None] & (vcols < V)[None, :], other=0.0)
         if GATE == GATE_CHANNEL:
-            gam = tl.cumsum(_load_rows(g, bos, rows, head, H, K, kcols, T).to(tl.float32), axis=0)
+            gam = tl.cumsum(_load_rows(g, bos, rows, hv, HV, K, kcols, T).to(tl.float32), axis=0)
             q_tile = (q_tile.to(tl.float32) * tl.exp(gam)).to(q_tile.dtype)
         from_state += _mma(q_tile, state)
     if GATE == GATE_SCALAR:
-        from_state *= tl.exp(tl.cumsum(_load_per_token(g, bos, rows, head, H, T), axis=0))[:, None]
-    p = _load_rows(scores, bos, rows, head, H, BT, idx, T)
-    u_c = _load_rows(u, bos, rows, head, H, V, vcols, T)
-    _store_rows(o, scale * (from_state + _mma(p, u_c)), bos, rows, head, H, V, vcols, T)
+        from_state *= tl.exp(tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0))[:, None]
+    p = _load_rows(scores, bos, rows, hv, HV, BT, idx, T)
+    u_c = _load_rows(u, bos, rows, hv, HV, V, vcols, T)
+    _store_rows(o, scale * (from_state + _mma(p, u_c)), bos, rows, hv, HV, V, vcols, T)
