@@ -30,6 +30,7 @@ from seqtune.store.profile_file import (
     resolve_profile_dir,
     shipped_profile_dir,
 )
+from seqtune.store.validate import EntryRules, InvalidEntry, entry_name
 
 log = logging.getLogger("seqtune")
 _warned: set[str] = set()
@@ -89,15 +90,13 @@ class Profile:
         limits = runtime_device()[1]
         for entry, distance in self._candidates(spec, problem):
             try:
-                config = spec.validate_config(entry.config)
-            except ValueError as exc:
-                warn_once(f"seqtune: ignoring an entry of {entry.origin}: {exc}")
-                continue
-            reason = spec.check(config, problem, limits)
+                reason = spec.check(entry.config, problem, limits)
+            except Exception as exc:  # a check that cannot judge this problem does not vouch
+                reason = f"check raised {type(exc).__name__}: {exc}"
             if reason is None:
-                _log_choice(f"{kernel} {problem}: tuned config {config} from {entry.origin} "
-                            f"(entry {entry.problem}, log2 distance {distance:g})")
-                return config
+                _log_choice(f"{kernel} {problem}: tuned config {entry.config} from "
+                            f"{entry.origin} (entry {entry.problem}, log2 distance {distance:g})")
+                return dict(entry.config)
             _log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
         config = spec.default_for(problem, limits)
         why = "the default" if config == spec.default_config else "nearest valid to the default"
@@ -149,6 +148,8 @@ def problem_distance(spec: KernelSpec, entry: Problem, problem: Problem) -> floa
 
 
 def _entries_from(path: Path, current_triton: str) -> dict[str, list[Entry]]:
+    """The usable entries of one file by kernel; each kernel's unusable ones are skipped with one
+    warning naming the file, the first of them and why, and how many there were."""
     from seqtune.registry import all_specs, source_hash
 
     data = read_profile(path)
@@ -159,33 +160,28 @@ def _entries_from(path: Path, current_triton: str) -> dict[str, list[Entry]]:
         if kernel not in specs:
             warn_once(f"seqtune: {path}: unknown kernel {kernel!r} ignored")
             continue
-        for raw in section.get("entries", []):
-            entry = _entry(raw, section, triton_version, current_triton, source_hash(kernel),
-                           specs[kernel], path)
-            if entry is not None:
-                found.setdefault(kernel, []).append(entry)
+        rules, current_hash = EntryRules(specs[kernel]), source_hash(kernel)
+        invalid: list[str] = []
+        for index, raw in enumerate(section.get("entries", [])):
+            try:
+                problem, config = rules.usable(raw)
+            except InvalidEntry as exc:
+                invalid.append(f"{entry_name(path, kernel, index)} ignored: {exc}")
+                continue
+            stale = stale_reason(raw, section, triton_version, current_triton, current_hash)
+            found.setdefault(kernel, []).append(Entry(problem, config, stale, str(path)))
+        if invalid:
+            more = f" (and {len(invalid) - 1} more invalid entries)" if len(invalid) > 1 else ""
+            warn_once(f"seqtune: {invalid[0]}{more}")
     return found
-
-
-def _entry(raw: Any, section: dict, profile_triton: str | None, current_triton: str,
-           current_hash: str, spec: KernelSpec, path: Path) -> Entry | None:
-    if not (isinstance(raw, dict) and isinstance(raw.get("problem"), dict)
-            and isinstance(raw.get("config"), dict)):
-        warn_once(f"seqtune: {path}: {spec.name} has an entry without problem/config mappings")
-        return None
-    problem = dict(raw["problem"])
-    try:
-        _normalise(spec, problem)
-    except ValueError as exc:
-        warn_once(f"seqtune: {path}: {spec.name} entry ignored: {exc}")
-        return None
-    stale = stale_reason(raw, section, profile_triton, current_triton, current_hash)
-    return Entry(problem, dict(raw["config"]), stale, str(path))
 
 
 def stale_reason(raw: dict, section: dict, profile_triton: str | None, current_triton: str,
                  current_hash: str) -> str | None:
-    """Why an entry was tuned by other code than is running now, or None."""
+    """Why an entry was tuned by other code than is running now, or None (also for an entry that
+    is no mapping: whether it is usable is for ``seqtune.store.validate`` to say)."""
+    if not isinstance(raw, dict) or not isinstance(section, dict):
+        return None
     if raw.get("source_hash", section.get("source_hash")) != current_hash:
         return "kernel source changed since tuning"
     tuned_with = raw.get("triton", profile_triton)
@@ -211,13 +207,17 @@ def load_profile(path: str | os.PathLike | None = None) -> Profile:
 
         key = runtime_device()[0]
         paths = [profile_path(d, key) for d in (resolve_profile_dir(), shipped_profile_dir())]
-        paths = [p for p in paths if p.exists()]
+        paths = [p for p in paths if os.path.exists(p)]
     entries: dict[str, list[Entry]] = {}
     for file in paths:
         try:
             found = _entries_from(file, triton.__version__)
         except ProfileError as exc:
             warn_once(f"seqtune: {exc}; using default configs")
+            continue
+        except Exception as exc:  # the launch path never raises because of a profile
+            warn_once(f"seqtune: {file}: cannot use profile ({type(exc).__name__}: {exc}); "
+                      "using default configs")
             continue
         for kernel, items in found.items():
             entries.setdefault(kernel, []).extend(items)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -127,7 +128,7 @@ class KernelSpec:
 
     def __post_init__(self) -> None:
         for key, value in self.default_config.items():
-            if value not in self.space.get(key, ()):
+            if not in_space(value, self.space.get(key, ())):
                 raise ValueError(f"{self.name}: default {key}={value!r} is not in its space")
         if set(self.default_config) != set(self.space):
             raise ValueError(f"{self.name}: default config must set every parameter of the space")
@@ -185,16 +186,29 @@ class KernelSpec:
             return False
 
     def validate_config(self, config: Mapping[str, Any]) -> Config:
-        """A full config from a partial one (missing knobs take the default), or ValueError."""
-        unknown = set(config) - set(self.space)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown config key(s) {sorted(unknown)}; "
-                             f"expected {sorted(self.space)}")
+        """A full config from a partial one (missing knobs take the default), or a one-line
+        ValueError naming the bad key and value. Values must equal one of the space's values in
+        type as well (``64.0`` and ``True`` are not ``64`` and ``1``): Triton needs the exact
+        constexpr, and the loader, verify, merge and ``check --config`` all judge by this."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{self.name}: config must be a mapping of knob names to values, "
+                             f"got {reprlib.repr(config)} ({type(config).__name__})")
+        for key in config:
+            if not isinstance(key, str) or key not in self.space:
+                raise ValueError(f"{self.name}: unknown config key {reprlib.repr(key)}; "
+                                 f"expected {sorted(self.space)}")
         full = {**self.default_config, **config}
         for key, value in full.items():
-            if value not in self.space[key]:
-                raise ValueError(f"{self.name}: {key}={value!r} is not one of {self.space[key]}")
+            if not in_space(value, self.space[key]):
+                raise ValueError(f"{self.name}: {key}={reprlib.repr(value)} "
+                                 f"({type(value).__name__}) is not one of {self.space[key]}")
         return full
+
+
+def in_space(value: Any, allowed: Sequence[Any]) -> bool:
+    """Whether ``value`` is one of ``allowed`` with the same type (bool is not int, 64.0 is not
+    64: Python's ``in`` would say both are)."""
+    return any(type(value) is type(option) and value == option for option in allowed)
 
 
 def _value_distance(value: Any, default: Any) -> float:
