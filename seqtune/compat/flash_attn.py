@@ -1,0 +1,221 @@
+"""flash-attn 2.x's entry points (``flash_attn.flash_attn_interface``) on seqtune's kernels:
+``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache``, with the same
+argument order, defaults, layouts and return values.
+
+Supported: softmax attention, causal (bottom-right aligned when the query and key lengths differ,
+as flash-attn does), MQA/GQA, head dims 1..256 (also a value head dim that differs), float32,
+float16 and bfloat16. What seqtune does not implement (dropout, sliding windows, softcapping,
+ALiBi, paged caches, rotary embedding, returning probabilities or the log-sum-exp) raises a
+one-line NotImplementedError naming the argument.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from seqtune.checks import expect_float, expect_shape, expect_tensor
+from seqtune.kernels import attention, attention_decode
+
+# attention_decode's head dims; other dims decode through the packed attention kernel.
+DECODE_HEAD_DIMS = (16, 32, 64, 128, 256)
+NO_WINDOW = (-1, -1)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+def _refuse(function: str, argument: str, value: Any, supported: str) -> None:
+    raise NotImplementedError(f"{function}: {argument}={_describe(value)} is not supported by "
+                              f"seqtune ({supported})")
+
+
+def _check_common(function: str, *, dropout_p: float = 0.0, window_size: Any = NO_WINDOW,
+                  softcap: float = 0.0, alibi_slopes: Any = None) -> None:
+    """Refuses the flash-attn features seqtune's kernels do not implement."""
+    if dropout_p != 0.0:
+        _refuse(function, "dropout_p", dropout_p, "only 0.0")
+    if tuple(window_size) != NO_WINDOW:
+        _refuse(function, "window_size", window_size, "only (-1, -1), no sliding window")
+    if softcap != 0.0:
+        _refuse(function, "softcap", softcap, "only 0.0")
+    if alibi_slopes is not None:
+        _refuse(function, "alibi_slopes", alibi_slopes, "only None")
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False):
+    """flash-attn's ``flash_attn_func`` on ``seqtune.kernels.attention``.
+
+    q ``[B, T, Hq, D]``, k ``[B, S, Hkv, D]``, v ``[B, S, Hkv, Dv]`` (``Hq % Hkv == 0``);
+    ``causal`` masks bottom-right aligned. Returns ``out [B, T, Hq, Dv]`` in q's dtype,
+    differentiable in q, k and v. ``deterministic`` is accepted: seqtune's forward and backward
+    are always deterministic. Not supported (NotImplementedError): ``dropout_p != 0``,
+    ``window_size != (-1, -1)``, ``softcap != 0``, ``alibi_slopes``, ``return_attn_probs``.
+    """
+    _check_common("flash_attn_func", dropout_p=dropout_p, window_size=window_size,
+                  softcap=softcap, alibi_slopes=alibi_slopes)
+    if return_attn_probs:
+        _refuse("flash_attn_func", "return_attn_probs", return_attn_probs, "only False")
+    return attention(q, k, v, causal=bool(causal), scale=softmax_scale)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                           softcap=0.0, alibi_slopes=None, deterministic=False,
+                           return_attn_probs=False, block_table=None):
+    """flash-attn's ``flash_attn_varlen_func`` on ``seqtune.kernels.attention`` with packed
+    sequences.
+
+    q ``[total_q, Hq, D]``, k ``[total_k, Hkv, D]``, v ``[total_k, Hkv, Dv]``;
+    ``cu_seqlens_q``/``cu_seqlens_k`` int32 (or int64) ``[N + 1]`` offsets of the N sequences
+    (empty sequences allowed); each sequence attends within itself, causal bottom-right aligned
+    per sequence. ``max_seqlen_q``/``max_seqlen_k`` are flash-attn's launch sizes: seqtune reads
+    the lengths from the offsets and does not need them. Returns ``out [total_q, Hq, Dv]``,
+    differentiable in q, k and v; ``deterministic`` as in ``flash_attn_func``. Not supported
+    (NotImplementedError): ``dropout_p != 0``, ``window_size != (-1, -1)``, ``softcap != 0``,
+    ``alibi_slopes``, ``return_attn_probs``, ``block_table`` (paged KV).
+    """
+    function = "flash_attn_varlen_func"
+    _check_common(function, dropout_p=dropout_p, window_size=window_size, softcap=softcap,
+                  alibi_slopes=alibi_slopes)
+    if return_attn_probs:
+        _refuse(function, "return_attn_probs", return_attn_probs, "only False")
+    if block_table is not None:
+        _refuse(function, "block_table", block_table, "no paged KV cache")
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        expect_tensor(name, tensor, 3)
+    out = attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=bool(causal),
+                    scale=softmax_scale, cu_seqlens=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    return out.squeeze(0)
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
+                            rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
+                            cache_leftpad=None, block_table=None, softmax_scale=None,
+                            causal=False, window_size=(-1, -1), softcap=0.0,
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0,
+                            return_softmax_lse=False):
+    """flash-attn's ``flash_attn_with_kvcache``: attention of new queries over a KV cache, on
+    ``seqtune.kernels.attention_decode`` (one query per sequence, head dims 16..256 in powers of
+    two) or else on the packed ``attention`` kernel.
+
+    q ``[B, Tq, Hq, D]``; k_cache, v_cache ``[B_cache, S_max, Hkv, D]``; ``cache_seqlens`` an int
+    or int32/int64 ``[B]`` (None: every cache row is full); ``cache_batch_idx`` int ``[B]``: the
+    cache row of each batch element (else row b). When ``k``/``v`` ``[B, T_new, Hkv, D]`` are
+    given they are written into the cache in place at positions ``cache_seqlens[b]`` onwards
+    (``cache_seqlens`` itself is not advanced, as in flash-attn) and attended to. Causal masks
+    bottom-right aligned. ``num_splits`` is a request: the tuned config of ``attention_decode``
+    picks the split count. Returns ``out [B, Tq, Hq, D]`` in q's dtype (no backward, as in
+    flash-attn). Not supported (NotImplementedError): ``rotary_cos``/``rotary_sin``,
+    ``cache_leftpad``, ``block_table``, ``window_size != (-1, -1)``, ``softcap != 0``,
+    ``alibi_slopes``, ``return_softmax_lse``.
+    """
+    function = "flash_attn_with_kvcache"
+    _check_common(function, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes)
+    for name, value in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin),
+                        ("cache_leftpad", cache_leftpad), ("block_table", block_table)):
+        if value is not None:
+            _refuse(function, name, value, "only None")
+    if return_softmax_lse:
+        _refuse(function, "return_softmax_lse", return_softmax_lse, "only False")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0, got {num_splits!r}")
+    rows, lengths = _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx)
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (new keys and values to append)")
+    if k is not None:
+        lengths = _append(k_cache, v_cache, k, v, rows, lengths)
+    return _attend_cache(q, k_cache, v_cache, rows, lengths, softmax_scale, bool(causal),
+                         identity_rows=cache_batch_idx is None)
+
+
+def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx):
+    """(cache row of each batch element, cached length of each) as int64 [B] on q's device."""
+    expect_tensor("q", q, 4)
+    expect_tensor("k_cache", k_cache, 4)
+    expect_tensor("v_cache", v_cache, 4)
+    batch, device = q.shape[0], q.device
+    cache_rows, capacity, kv_heads = k_cache.shape[:3]
+    expect_shape("v_cache", v_cache, (cache_rows, capacity, kv_heads, v_cache.shape[3]))
+    if cache_batch_idx is None:
+        if cache_rows < batch:
+            raise ValueError(f"k_cache has {cache_rows} rows for a batch of {batch}: pass "
+                             f"cache_batch_idx or a cache with one row per batch element")
+        rows = torch.arange(batch, device=device)
+    else:
+        expect_tensor("cache_batch_idx", cache_batch_idx, 1)
+        expect_float("cache_batch_idx", cache_batch_idx, (torch.int32, torch.int64))
+        expect_shape("cache_batch_idx", cache_batch_idx, (batch,))
+        rows = cache_batch_idx.to(device=device, dtype=torch.int64)
+        if batch and (int(rows.min()) < 0 or int(rows.max()) >= cache_rows):
+            raise ValueError(f"cache_batch_idx must lie in [0, {cache_rows}), got values in "
+                             f"[{int(rows.min())}, {int(rows.max())}]")
+    if cache_seqlens is None:
+        lengths = torch.full((batch,), capacity, dtype=torch.int64, device=device)
+    elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        lengths = torch.full((batch,), cache_seqlens, dtype=torch.int64, device=device)
+    else:
+        expect_tensor("cache_seqlens", cache_seqlens, 1)
+        expect_float("cache_seqlens", cache_seqlens, (torch.int32, torch.int64))
+        expect_shape("cache_seqlens", cache_seqlens, (batch,))
+        lengths = cache_seqlens.to(device=device, dtype=torch.int64)
+    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > capacity):
+        raise ValueError(f"cache_seqlens must lie in [0, {capacity}], got values in "
+                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+    return rows, lengths
+
+
+def _append(k_cache, v_cache, k, v, rows, lengths):
+    """Writes k, v [B, T_new, Hkv, *] into the cache rows after their cached lengths (in place);
+    returns the new lengths."""
+    expect_tensor("k", k, 4)
+    expect_tensor("v", v, 4)
+    batch, new = k.shape[:2]
+    expect_shape("k", k, (rows.numel(), new, *k_cache.shape[2:]))
+    expect_shape("v", v, (rows.numel(), new, *v_cache.shape[2:]))
+    capacity = k_cache.shape[1]
+    if batch and int(lengths.max()) + new > capacity:
+        raise ValueError(f"appending {new} tokens overflows the cache: cache_seqlens + "
+                         f"{new} > S_max={capacity}")
+    positions = lengths[:, None] + torch.arange(new, device=lengths.device)
+    k_cache[rows[:, None], positions] = k.to(k_cache.dtype)
+    v_cache[rows[:, None], positions] = v.to(v_cache.dtype)
+    return lengths + new
+
+
+def _attend_cache(q, k_cache, v_cache, rows, lengths, scale, causal, identity_rows):
+    batch, queries, _, head_dim = q.shape
+    if queries == 1 and head_dim in DECODE_HEAD_DIMS and v_cache.shape[3] == head_dim:
+        if identity_rows:
+            keys, values = k_cache[:batch], v_cache[:batch]
+        else:  # only the longest prefix of the selected rows is copied
+            longest = int(lengths.max()) if batch else 0
+            keys = k_cache[:, :longest].index_select(0, rows)
+            values = v_cache[:, :longest].index_select(0, rows)
+        out = attention_decode(q[:, 0], keys, values, lengths.to(torch.int32), scale=scale)
+        return out.unsqueeze(1)
+    return _attend_packed(q, k_cache, v_cache, rows, lengths, scale, causal)
+
+
+def _attend_packed(q, k_cache, v_cache, rows, lengths, scale, causal):
+    """Each batch element's queries over its cache prefix, as one packed attention call: the
+    prefixes are gathered into [1, sum(lengths), Hkv, *] (a copy of the visible keys)."""
+    batch, queries = q.shape[:2]
+    host_lengths = lengths.tolist()
+    row_of_key = torch.repeat_interleave(rows, lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    position_of_key = (torch.arange(int(sum(host_lengths)), device=q.device)
+                       - torch.repeat_interleave(starts, lengths))
+    keys = k_cache[row_of_key, position_of_key].unsqueeze(0)
+    values = v_cache[row_of_key, position_of_key].unsqueeze(0)
+    offsets = torch.zeros(batch + 1, dtype=torch.int64, device=q.device)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    query_offsets = torch.arange(batch + 1, device=q.device) * queries
+    out = attention(q.reshape(1, batch * queries, *q.shape[2:]), keys, values, causal=causal,
+                    scale=scale, cu_seqlens=query_offsets, cu_seqlens_k=offsets)
+    return out.reshape(batch, queries, *out.shape[2:])
