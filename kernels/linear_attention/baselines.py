@@ -102,17 +102,42 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.transpose(1, 2), state
 
 
+def per_sequence(run: Callable[..., Outputs], cu_seqlens: torch.Tensor | None,
+                 tensors: dict[str, torch.Tensor | None], initial_state: torch.Tensor | None,
+                 **fixed: Any) -> Outputs:
+    """``run`` on each packed sequence alone (on all rows at once when not packed): outputs
+    concatenated along T, final states along the batch."""
+    if cu_seqlens is None:
+        return run(**tensors, initial_state=initial_state, **fixed)
+    bounds = cu_seqlens.tolist()
+    outs, states = [], []
+    for n, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        sliced = {k: None if t is None else t[:, start:end] for k, t in tensors.items()}
+        state = None if initial_state is None else initial_state[n:n + 1]
+        out, final = run(**sliced, initial_state=state, **fixed)
+        outs.append(out)
+        states.append(final)
+    return torch.cat(outs, dim=1), torch.cat(states)
+
+
+def grouped(inputs: Inputs) -> dict[str, torch.Tensor | None]:
+    """q, k repeated to the value heads (GVA), v and g as they are."""
+    group = inputs["v"].shape[2] // inputs["q"].shape[2]
+    return {"q": inputs["q"].repeat_interleave(group, dim=2),
+            "k": inputs["k"].repeat_interleave(group, dim=2), "v": inputs["v"], "g": inputs["g"]}
+
+
 def torch_linear_attention(inputs: Inputs) -> Outputs:
-    q = inputs["q"]
-    return chunked_linear_attention(q, inputs["k"], inputs["v"], inputs["g"],
-                                    q.shape[-1] ** -0.5, inputs["initial_state"])
+    return per_sequence(chunked_linear_attention, inputs.get("cu_seqlens"), grouped(inputs),
+                        inputs["initial_state"], scale=inputs["q"].shape[-1] ** -0.5)
 
 
 def fla_linear_attention(inputs: Inputs) -> Outputs:
     """fla's chunk kernel for the inputs' kind of decay (none, scalar, per channel)."""
-    q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
+    q, k, v, g = (grouped(inputs)[name] for name in ("q", "k", "v", "g"))
     common = {"q": q, "k": k, "v": v, "scale": q.shape[-1] ** -0.5,
-              "initial_state": inputs["initial_state"], "output_final_state": True}
+              "initial_state": inputs["initial_state"], "output_final_state": True,
+              "cu_seqlens": inputs.get("cu_seqlens")}
     if g is None:
         chunk = fla_function("fla.ops.linear_attn", "chunk_linear_attn", q)
         return tuple(chunk(**common, normalize=False))
@@ -134,7 +159,8 @@ def ssd_as_linear_attention(inputs: Inputs) -> dict[str, Any]:
     return {"q": inputs["C"].repeat_interleave(per_group, dim=2),
             "k": inputs["B"].repeat_interleave(per_group, dim=2),
             "v": (x * step[..., None]).to(x.dtype), "g": step * inputs["A"].float(),
-            "initial_state": inputs["initial_state"], "D": inputs["D"]}
+            "initial_state": inputs["initial_state"], "D": inputs["D"],
+            "cu_seqlens": inputs.get("cu_seqlens")}
 
 
 def _with_skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -143,8 +169,9 @@ def _with_skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torc
 
 def torch_ssd(inputs: Inputs) -> Outputs:
     mapped = ssd_as_linear_attention(inputs)
-    y, state = chunked_linear_attention(mapped["q"], mapped["k"], mapped["v"], mapped["g"], 1.0,
-                                        mapped["initial_state"])
+    tensors = {name: mapped[name] for name in ("q", "k", "v", "g")}
+    y, state = per_sequence(chunked_linear_attention, mapped["cu_seqlens"], tensors,
+                            mapped["initial_state"], scale=1.0)
     return _with_skip(y, inputs["x"], mapped["D"]), state
 
 
@@ -152,7 +179,8 @@ def fla_ssd(inputs: Inputs) -> Outputs:
     chunk = fla_function("fla.ops.simple_gla", "chunk_simple_gla", inputs["x"])
     mapped = ssd_as_linear_attention(inputs)
     y, state = chunk(q=mapped["q"], k=mapped["k"], v=mapped["v"], g=mapped["g"], scale=1.0,
-                     initial_state=mapped["initial_state"], output_final_state=True)
+                     initial_state=mapped["initial_state"], output_final_state=True,
+                     cu_seqlens=mapped["cu_seqlens"])
     return _with_skip(y, inputs["x"], mapped["D"]), state
 
 

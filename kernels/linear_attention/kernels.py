@@ -16,7 +16,14 @@ Three stages, each its own kernel:
   matmul; ``_intra_channel_kernel`` for per-channel decay, see there).
 - ``h``: the state before every chunk, passed sequentially over the chunks in fp32.
 - ``o``: the outputs of every chunk from its state and its A.
-``run_chunked`` launches the three on prepared tensors.
+``chunked.run_chunked`` launches the three on prepared tensors.
+
+Packed batches (``VARLEN``): the tensors have batch 1 and sequence n spans steps
+[cu[n], cu[n + 1]); chunks start at each sequence's first step, so none straddles two. The
+chunk-parallel kernels run over a list of (sequence, chunk) pairs (``chunk_list``, built on the
+host by ``varlen.py``); the state kernel runs one program per sequence and head and finds its
+chunks' slots in the per-chunk state buffer at ``chunk_offsets[n]``. Without ``VARLEN`` sequence n
+is batch row n, of length T. The per-chunk buffers are laid out [chunks of all sequences, H, ...].
 
 Gates: ``GATE`` is 0 (none), 1 (scalar per step and head) or 2 (per key channel). The q/k head
 of value head ``h`` is ``h // QK_GROUP`` (grouped B/C in SSD). ``VSCALE`` multiplies v by a
@@ -33,14 +40,11 @@ inputs use ``input_precision="ieee"`` (exact fp32, no TF32), so fp32 is a verifi
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from seqtune.launch import launch, new_output
 
 GATES = {"none": 0, "scalar": 1, "channel": 2}
 # Rows of the sub-chunks that per-channel decay is computed in: the smallest tl.dot M.
@@ -51,16 +55,53 @@ DIAG_BK = 16
 
 
 @triton.jit
-def _intra_kernel(q, k, g, A, T, H, QK_GROUP,
+def sequence_span(n, cu, T, VARLEN: tl.constexpr):
+    """(batch row, first step, end step) of sequence ``n``."""
+    if VARLEN:
+        bos = tl.load(cu + n).to(tl.int64)
+        eos = tl.load(cu + n + 1).to(tl.int64)
+        return n * 0, bos, eos
+    else:
+        return n, n * 0, n * 0 + T
+
+
+@triton.jit
+def chunk_at(pid, bh, cu, chunk_list, T, H, NT, VARLEN: tl.constexpr):
+    """What program ``pid`` of a chunk-parallel grid works on: (batch row, head, sequence
+    start, sequence end, chunk index within the sequence, global chunk slot)."""
+    h = bh % H
+    if VARLEN:
+        n = tl.load(chunk_list + 2 * pid).to(tl.int64)
+        c = tl.load(chunk_list + 2 * pid + 1).to(tl.int64)
+        slot = pid.to(tl.int64)
+    else:
+        n = bh // H
+        c = pid.to(tl.int64)
+        slot = n * NT + c
+    b, bos, eos = sequence_span(n, cu, T, VARLEN)
+    return b, h, bos, eos, c, slot
+
+
+@triton.jit
+def chunk_slots(n, chunk_offsets, NT, VARLEN: tl.constexpr):
+    """The global slot of sequence ``n``'s first chunk."""
+    if VARLEN:
+        return tl.load(chunk_offsets + n).to(tl.int64)
+    else:
+        return n * NT
+
+
+@triton.jit
+def _intra_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
                   sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh,
                   K: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  DOT: tl.constexpr):
+                  VARLEN: tl.constexpr, DOT: tl.constexpr):
     """A of one chunk for no or scalar decay: tril(q k^T) * exp(b_t - b_s). Grid (chunks, B*H)."""
-    chunk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
+    bh = tl.program_id(1).to(tl.int64)
+    b, h, bos, eos, c, slot = chunk_at(tl.program_id(0), bh, cu, chunk_list, T, H, NT, VARLEN)
     pos = tl.arange(0, BT)
-    t = chunk * BT + pos
-    t_mask = t < T
+    t = bos + c * BT + pos
+    t_mask = t < eos
     q_base = b * sqb + (h // QK_GROUP) * sqh
     k_base = b * skb + (h // QK_GROUP) * skh
     acc = tl.zeros([BT, BT], dtype=tl.float32)
@@ -81,10 +122,11 @@ def _intra_kernel(q, k, g, A, T, H, QK_GROUP,
 
 
 @triton.jit
-def _intra_channel_kernel(q, k, g, A, T, H, QK_GROUP,
+def _intra_channel_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
                           sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh, sgd,
                           K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          SUB: tl.constexpr, DIAG_BK: tl.constexpr, DOT: tl.constexpr):
+                          SUB: tl.constexpr, DIAG_BK: tl.constexpr, VARLEN: tl.constexpr,
+                          DOT: tl.constexpr):
     """SUB rows of A of one chunk for per-channel decay. Grid (chunks * BT/SUB, B*H).
 
     exp(b_t - b_s) does not factor into exp(b_t) * exp(-b_s) safely (exp(-b_s) overflows for
@@ -95,14 +137,14 @@ def _intra_channel_kernel(q, k, g, A, T, H, QK_GROUP,
     products.
     """
     pid, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    chunk, row0 = pid // (BT // SUB), (pid % (BT // SUB)) * SUB
-    b, h = bh // H, bh % H
+    row0 = (pid % (BT // SUB)) * SUB
+    b, h, bos, eos, c, slot = chunk_at(pid // (BT // SUB), bh, cu, chunk_list, T, H, NT, VARLEN)
     pos = tl.arange(0, BT)
     sub = tl.arange(0, SUB)
-    t_chunk = chunk * BT + pos
-    t_rows = chunk * BT + row0 + sub
-    rows_mask = t_rows < T
-    earlier = (pos < row0) & (t_chunk < T)
+    t_chunk = bos + c * BT + pos
+    t_rows = bos + c * BT + row0 + sub
+    rows_mask = t_rows < eos
+    earlier = (pos < row0) & (t_chunk < eos)
     q_rows = q + b * sqb + (h // QK_GROUP) * sqh + t_rows[:, None] * sqt
     k_chunk = k + b * skb + (h // QK_GROUP) * skh + t_chunk[:, None] * skt
     k_rows = k + b * skb + (h // QK_GROUP) * skh + t_rows[:, None] * skt
@@ -147,15 +189,18 @@ def _intra_channel_kernel(q, k, g, A, T, H, QK_GROUP,
 
 
 @triton.jit
-def _state_kernel(k, v, g, vs, h0, hs, hT, T, H, QK_GROUP, n_chunks,
+def _state_kernel(k, v, g, vs, h0, hs, hT, cu, chunk_offsets, T, H, QK_GROUP, NT,
                   skb, skt, skh, skd, svb, svt, svh, svd, sgb, sgt, sgh, sgd,
                   K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
-                  HAS_INITIAL: tl.constexpr, STORE_FINAL: tl.constexpr,
+                  HAS_INITIAL: tl.constexpr, STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr):
-    """The [BK, BV] block of the state before each chunk, into ``hs`` [B, H, chunks, K, V];
-    the state after the last one into ``hT`` when STORE_FINAL. Grid (K/BK, V/BV, B*H)."""
+    """The [BK, BV] block of the state before each chunk of a sequence, into ``hs``
+    [chunks, H, K, V]; the state after its last one into ``hT`` [N, H, K, V] when STORE_FINAL.
+    Grid (K/BK, V/BV, N*H)."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    b, h = bh // H, bh % H
+    n, h = bh // H, bh % H
+    b, bos, eos = sequence_span(n, cu, T, VARLEN)
+    first_slot = chunk_slots(n, chunk_offsets, NT, VARLEN)
     d = pid_k * BK + tl.arange(0, BK)
     e = pid_v * BV + tl.arange(0, BV)
     d_mask, e_mask = d < K, e < V
@@ -167,11 +212,11 @@ def _state_kernel(k, v, g, vs, h0, hs, hT, T, H, QK_GROUP, n_chunks,
     k_ptr = k + b * skb + (h // QK_GROUP) * skh + d[None, :] * skd
     v_ptr = v + b * svb + h * svh + e[None, :] * svd
     g_base = g + b * sgb + h * sgh
-    for chunk in range(n_chunks):
-        tl.store(hs + (bh * n_chunks + chunk) * K * V + block, state.to(hs.dtype.element_ty),
-                 mask=block_mask)
-        t = chunk * BT + tl.arange(0, BT)
-        t_mask = t < T
+    for chunk in range(tl.cdiv(eos - bos, BT)):
+        tl.store(hs + ((first_slot + chunk) * H + h) * K * V + block,
+                 state.to(hs.dtype.element_ty), mask=block_mask)
+        t = bos + chunk * BT + tl.arange(0, BT)
+        t_mask = t < eos
         k_tile = tl.load(k_ptr + t[:, None] * skt, mask=t_mask[:, None] & d_mask[None, :],
                          other=0.0)
         v_tile = tl.load(v_ptr + t[:, None] * svt, mask=t_mask[:, None] & e_mask[None, :],
@@ -198,23 +243,23 @@ def _state_kernel(k, v, g, vs, h0, hs, hT, T, H, QK_GROUP, n_chunks,
 
 
 @triton.jit
-def _output_kernel(q, v, g, vs, D, hs, A, o, T, H, QK_GROUP, n_chunks, scale,
+def _output_kernel(q, v, g, vs, D, hs, A, o, cu, chunk_list, T, H, QK_GROUP, NT, scale,
                    sqb, sqt, sqh, sqd, svb, svt, svh, svd, sgb, sgt, sgh, sgd,
                    sob, sot, soh, sod,
                    K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
-                   HAS_D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   DOT: tl.constexpr):
+                   HAS_D: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr):
     """A [BT, BV] block of the output of one chunk. Grid (V/BV, chunks, B*H)."""
-    pid_v, chunk, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    b, h = bh // H, bh % H
+    pid_v, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
+    b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
     pos = tl.arange(0, BT)
-    t = chunk * BT + pos
-    t_mask = t < T
+    t = bos + c * BT + pos
+    t_mask = t < eos
     e = pid_v * BV + tl.arange(0, BV)
     e_mask = e < V
     q_base = b * sqb + (h // QK_GROUP) * sqh
     g_base = g + b * sgb + h * sgh
-    state_base = hs + (bh * n_chunks + chunk) * K * V
+    state_base = hs + (slot * H + h) * K * V
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     for k0 in range(0, K, BK):
         d = k0 + tl.arange(0, BK)
@@ -247,35 +292,6 @@ def _output_kernel(q, v, g, vs, D, hs, A, o, T, H, QK_GROUP, n_chunks, scale,
              acc.to(o.dtype.element_ty), mask=t_mask[:, None] & e_mask[None, :])
 
 
-@dataclasses.dataclass(frozen=True)
-class Recurrence:
-    """Prepared operands of one chunked run. q, k: [B, T, Hqk, K]; v: [B, T, H, V] with
-    H % Hqk == 0; g: None, [B, T, H] or [B, T, H, K]; v_scale: None or contiguous fp32
-    [B, T, H]; D: None or [H]; initial_state: None or contiguous [B, H, K, V]."""
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    g: torch.Tensor | None
-    scale: float
-    v_scale: torch.Tensor | None = None
-    D: torch.Tensor | None = None
-    initial_state: torch.Tensor | None = None
-
-    @property
-    def gate(self) -> str:
-        if self.g is None:
-            return "none"
-        return "scalar" if self.g.dim() == 3 else "channel"
-
-
-def _gate_strides(g: torch.Tensor | None) -> tuple[int, int, int, int]:
-    if g is None:
-        return 0, 0, 0, 0
-    strides = tuple(g.stride())
-    return strides if len(strides) == 4 else strides + (0,)
-
-
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -287,55 +303,3 @@ def dot_type(dtype: torch.dtype) -> tl.dtype:
     if dtype == torch.bfloat16 and isinstance(_state_kernel, InterpretedFunction):
         return tl.float32
     return _TL_DTYPES[dtype]
-
-
-def run_chunked(r: Recurrence, config: dict, output_final_state: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch intra, h and o on ``r`` with a full, checked config; returns (o, final_state)."""
-    B, T, Hqk, K = r.q.shape
-    H, V = r.v.shape[2], r.v.shape[3]
-    device, dtype = r.v.device, r.v.dtype
-    BT = config["BT"]
-    n_chunks = triton.cdiv(T, BT)
-    gate = GATES[r.gate]
-    group = H // Hqk
-    dot = dot_type(dtype)
-    g = r.g if r.g is not None else r.q  # never read when GATE == 0
-    g_strides = _gate_strides(r.g)
-    q_strides, k_strides, v_strides = r.q.stride(), r.k.stride(), r.v.stride()
-
-    intra = new_output((B, H, T, BT), dtype, device)
-    if gate == 2:
-        launch(_intra_channel_kernel, (n_chunks * (BT // SUB), B * H),
-               r.q, r.k, g, intra, T, H, group, *q_strides, *k_strides, *g_strides,
-               K=K, BT=BT, BK=config["intra.BK"], SUB=SUB, DIAG_BK=DIAG_BK, DOT=dot,
-               num_warps=config["intra.num_warps"], num_stages=config["intra.num_stages"])
-    else:
-        launch(_intra_kernel, (n_chunks, B * H),
-               r.q, r.k, g, intra, T, H, group, *q_strides, *k_strides, *g_strides[:3],
-               K=K, GATE=gate, BT=BT, BK=config["intra.BK"], DOT=dot,
-               num_warps=config["intra.num_warps"], num_stages=config["intra.num_stages"])
-
-    states = new_output((B, H, n_chunks, K, V), dtype, device)
-    final = new_output((B, H, K, V), torch.float32, device) if output_final_state else None
-    v_scale = r.v_scale if r.v_scale is not None else states  # never read unless VSCALE
-    h_bk, h_bv = config["h.BK"], config["h.BV"]
-    launch(_state_kernel, (triton.cdiv(K, h_bk), triton.cdiv(V, h_bv), B * H),
-           r.k, r.v, g, v_scale,
-           r.initial_state if r.initial_state is not None else states, states,
-           final if final is not None else states, T, H, group, n_chunks,
-           *k_strides, *v_strides, *g_strides,
-           K=K, V=V, GATE=gate, VSCALE=r.v_scale is not None,
-           HAS_INITIAL=r.initial_state is not None, STORE_FINAL=final is not None,
-           BT=BT, BK=h_bk, BV=h_bv, DOT=dot,
-           num_warps=config["h.num_warps"], num_stages=config["h.num_stages"])
-
-    out = new_output((B, T, H, V), dtype, device)
-    o_bv = config["o.BV"]
-    launch(_output_kernel, (triton.cdiv(V, o_bv), n_chunks, B * H),
-           r.q, r.v, g, v_scale, r.D if r.D is not None else states, states, intra, out,
-           T, H, group, n_chunks, float(r.scale), *q_strides, *v_strides, *g_strides,
-           *out.stride(), K=K, V=V, GATE=gate, VSCALE=r.v_scale is not None,
-           HAS_D=r.D is not None, BT=BT, BK=config["o.BK"], BV=o_bv, DOT=dot,
-           num_warps=config["o.num_warps"], num_stages=config["o.num_stages"])
-    return out, final

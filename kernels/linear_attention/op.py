@@ -7,7 +7,8 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.linear_attention.kernels import Recurrence, run_chunked
+from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
+from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
@@ -43,69 +44,101 @@ def empty_result(out_shape: tuple[int, ...], like: torch.Tensor,
     return out, torch.zeros(state_shape, dtype=torch.float32, device=like.device)
 
 
-def _check_gate(g: torch.Tensor | None, q: torch.Tensor) -> str:
-    """The kind of decay g is; it must be [B, T, H] or [B, T, H, K], fp32 or q's dtype."""
+def _check_gate(g: torch.Tensor | None, B: int, T: int, HV: int, K: int, dtype: torch.dtype
+                ) -> str:
+    """The kind of decay g is; it must be [B, T, HV] or [B, T, HV, K], fp32 or q's dtype."""
     if g is None:
         return "none"
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"g must be a torch.Tensor or None, got {type(g).__name__}")
-    B, T, H, K = q.shape
     if g.dim() == 3:
-        expect_shape("g", g, (B, T, H))
+        expect_shape("g", g, (B, T, HV))
     elif g.dim() == 4:
-        expect_shape("g", g, (B, T, H, K))
+        expect_shape("g", g, (B, T, HV, K))
     else:
-        raise ValueError(f"g must have shape {(B, T, H)} (scalar decay) or {(B, T, H, K)} "
+        raise ValueError(f"g must have shape {(B, T, HV)} (scalar decay) or {(B, T, HV, K)} "
                          f"(per-channel decay), got {tuple(g.shape)}")
-    expect_float("g", g, (torch.float32, q.dtype))
+    expect_float("g", g, (torch.float32, dtype))
     return "scalar" if g.dim() == 3 else "channel"
 
 
-def _problem(q: torch.Tensor, v: torch.Tensor, gate: str, has_initial: bool) -> dict[str, Any]:
-    B, T, H, K = q.shape
-    return {"B": B, "T": T, "H": H, "K": K, "V": v.shape[3], "gate": gate,
-            "initial_state": has_initial, "dtype": dtype_name(q.dtype)}
-
-
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     g: torch.Tensor | None = None, *, scale: float | None = None,
-                     initial_state: torch.Tensor | None = None, output_final_state: bool = False,
-                     config: Mapping[str, Any] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal linear attention with optional decay, computed chunkwise.
-
-    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T and o_t = scale * S_t^T q_t, with S_0 the initial
-    state or zeros.
-
-    Args:
-        q, k: [B, T, H, K]; v: [B, T, H, V] (K and V may differ); one float dtype.
-        g: log decay (<= 0): None (plain linear attention), [B, T, H] (scalar per step and
-            head: RetNet, Lightning, simple GLA) or [B, T, H, K] (per key channel: GLA);
-            fp32 or q's dtype.
-        scale: defaults to K ** -0.5.
-        initial_state: [B, H, K, V], any float dtype (used in fp32).
-        output_final_state: also return the state after the last step, [B, H, K, V] fp32.
-        config: a (partial) config of the ``linear_attention`` kernel; None takes the tuned one.
-
-    Returns:
-        (o [B, T, H, V] in q's dtype, final_state or None).
-    """
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int,
+                                                                           int, int]:
+    """(B, T, H, HV, K, V) of checked q, k [B, T, H, K] and v [B, T, HV, V], HV % H == 0."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         expect_tensor(name, tensor, 4)
         expect_float(name, tensor)
     expect_same_dtype({"q": q, "k": k, "v": v})
     B, T, H, K = q.shape
     expect_shape("k", k, q.shape)
-    expect_shape("v", v, (B, T, H, v.shape[3]))
+    HV, V = v.shape[2], v.shape[3]
+    expect_shape("v", v, (B, T, HV, V))
+    if H == 0 or HV % H:
+        raise ValueError(f"the value heads of v ({HV}) must be a multiple of the heads of q and "
+                         f"k ({H})")
     expect_head_dim("K (the last dim of q and k)", K)
-    expect_head_dim("V (the last dim of v)", v.shape[3])
-    gate = _check_gate(g, q)
+    expect_head_dim("V (the last dim of v)", V)
+    return B, T, H, HV, K, V
+
+
+def problem_of(B: int, T: int, H: int, HV: int, K: int, V: int, gate: str, has_initial: bool,
+               dtype: torch.dtype, sequences: Sequences) -> dict[str, Any]:
+    """The tuning problem of a call (shared by the forward and the backward)."""
+    return {"B": B, "T": T, "H": H, "K": K, "V": V, "gate": gate,
+            "initial_state": has_initial, "dtype": dtype_name(dtype),
+            "N": sequences.count if sequences.packed else 1, "varlen": sequences.packed,
+            "GV": HV // H}
+
+
+def prepare(q, k, v, g, scale, initial_state, cu_seqlens
+            ) -> tuple[Recurrence | None, dict[str, Any], tuple[int, ...]]:
+    """The checked recurrence of a call (None when there is nothing to launch), its tuning
+    problem and the shape of its states [N, HV, K, V]."""
+    B, T, H, HV, K, V = check_qkv(q, k, v)
+    gate = _check_gate(g, B, T, HV, K, q.dtype)
     expect_same_device({"q": q, "k": k, "v": v, "g": g, "initial_state": initial_state})
-    V = v.shape[3]
-    initial_state = expect_initial_state(initial_state, (B, H, K, V))
-    if T == 0 or B == 0 or H == 0:
-        return empty_result((B, T, H, V), q, initial_state, (B, H, K, V), output_final_state)
-    cfg = config_for("linear_attention", _problem(q, v, gate, initial_state is not None), config)
-    recurrence = Recurrence(q, k, v, g, K ** -0.5 if scale is None else float(scale),
+    sequences = sequences_of(cu_seqlens, B, T, q.device)
+    state_shape = (sequences.count, HV, K, V)
+    initial_state = expect_initial_state(initial_state, state_shape)
+    problem = problem_of(B, T, H, HV, K, V, gate, initial_state is not None, q.dtype, sequences)
+    if T == 0 or B == 0 or HV == 0:
+        return None, problem, state_shape
+    recurrence = Recurrence(q, k, v, g, K ** -0.5 if scale is None else float(scale), sequences,
                             initial_state=initial_state)
-    return run_chunked(recurrence, cfg, output_final_state)
+    return recurrence, problem, state_shape
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     g: torch.Tensor | None = None, *, scale: float | None = None,
+                     initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+                     cu_seqlens: torch.Tensor | None = None,
+                     config: Mapping[str, Any] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal linear attention with optional decay, computed chunkwise.
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T and o_t = scale * S_t^T q_t, with S_0 the initial
+    state or zeros. Value head i reads q/k head i // (HV / H) (grouped value heads, GVA).
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, HV, V] with HV a multiple of H (K and V may differ);
+            one float dtype.
+        g: log decay (<= 0): None (plain linear attention), [B, T, HV] (scalar per step and
+            head: RetNet, Lightning, simple GLA) or [B, T, HV, K] (per key channel: GLA);
+            fp32 or q's dtype.
+        scale: defaults to K ** -0.5.
+        initial_state: [N, HV, K, V], any float dtype (used in fp32); N = B, or the number of
+            sequences with cu_seqlens.
+        output_final_state: also return the state after the last step, [N, HV, K, V] fp32.
+        cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (batch 1),
+            fla's convention; no state crosses a sequence boundary.
+        config: a (partial) config of the ``linear_attention`` kernel; None takes the tuned one.
+
+    Returns:
+        (o [B, T, HV, V] in q's dtype, final_state or None).
+    """
+    recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens)
+    if recurrence is None:
+        return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
+    cfg = config_for("linear_attention", problem, config)
+    out, final, _ = run_chunked(recurrence, cfg, output_final_state)
+    return out, final

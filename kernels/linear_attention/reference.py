@@ -62,3 +62,71 @@ def ssd_reference(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
         if D is not None:
             y[:, t] += _f64(D)[:, None] * x[:, t]
     return y, state
+
+
+def packed_lengths(total: int, count: int, generator: torch.Generator) -> list[int]:
+    """``count`` sequence lengths summing to ``total``: the first two are 0 and 1 (as far as
+    ``count`` and ``total`` allow, leaving one more sequence), the rest a random split of what
+    is left."""
+    fixed = [0, 1][:count - 1] if total >= 1 else []
+    rest_count = count - len(fixed)
+    rest_total = total - sum(fixed)
+    cuts = torch.randint(0, rest_total + 1, (rest_count - 1,), generator=generator).sort().values
+    bounds = [0] + cuts.tolist() + [rest_total]
+    return fixed + [end - start for start, end in zip(bounds, bounds[1:])]
+
+
+def _sequence_slices(cu_seqlens: torch.Tensor | None, batch: int, length: int
+                     ) -> list[tuple[int, slice]]:
+    """(batch row, steps) of every sequence."""
+    if cu_seqlens is None:
+        return [(b, slice(0, length)) for b in range(batch)]
+    bounds = cu_seqlens.tolist()
+    return [(0, slice(start, end)) for start, end in zip(bounds, bounds[1:])]
+
+
+def _stacked(per_sequence: list[tuple[torch.Tensor, torch.Tensor]], out_shape: tuple[int, ...],
+             slices: list[tuple[int, slice]]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(out_shape, dtype=torch.float64)
+    for (row, steps), (seq_out, _) in zip(slices, per_sequence):
+        out[row, steps] = seq_out[0]
+    return out, torch.cat([state for _, state in per_sequence])
+
+
+def _row(tensor: torch.Tensor | None, row: int, steps: slice | None = None
+         ) -> torch.Tensor | None:
+    if tensor is None:
+        return None
+    return tensor[row:row + 1] if steps is None else tensor[row:row + 1, steps]
+
+
+def varlen_linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                      g: torch.Tensor | None = None, scale: float | None = None,
+                                      initial_state: torch.Tensor | None = None,
+                                      cu_seqlens: torch.Tensor | None = None
+                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear_attention_reference`` run on each sequence alone (each batch row, or each
+    packed sequence of ``cu_seqlens``) with its own initial state; grouped value heads read
+    their q/k head (repeated here, in float64)."""
+    group = v.shape[2] // q.shape[2]
+    q, k = (_f64(x).repeat_interleave(group, dim=2) for x in (q, k))
+    scale = q.shape[3] ** -0.5 if scale is None else scale
+    slices = _sequence_slices(cu_seqlens, q.shape[0], q.shape[1])
+    runs = [linear_attention_reference(_row(q, b, t), _row(k, b, t), _row(v, b, t),
+                                       _row(g, b, t), scale, _row(initial_state, n))
+            for n, (b, t) in enumerate(slices)]
+    return _stacked(runs, tuple(v.shape), slices)
+
+
+def varlen_ssd_reference(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, D: torch.Tensor | None = None,
+                         dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
+                         initial_state: torch.Tensor | None = None,
+                         cu_seqlens: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ssd_reference`` run on each sequence alone with its own initial state."""
+    slices = _sequence_slices(cu_seqlens, x.shape[0], x.shape[1])
+    runs = [ssd_reference(_row(x, b, t), _row(dt, b, t), A, _row(B, b, t), _row(C, b, t), D,
+                          dt_bias, dt_softplus, _row(initial_state, n))
+            for n, (b, t) in enumerate(slices)]
+    return _stacked(runs, tuple(x.shape), slices)

@@ -6,12 +6,18 @@ only meet through buffers whose layout depends on ``BT`` alone, so given ``BT`` 
 independently (``stagewise``).
 
 Problem fields:
-- linear_attention: ``B, T, H`` (sizes, bucketed), ``K, V`` (head dims), ``gate`` ("none",
-  "scalar" or "channel"), ``initial_state`` (bool), ``dtype``.
+- linear_attention: ``B, T, H`` (sizes, bucketed: H counts q/k heads), ``K, V`` (head dims),
+  ``gate`` ("none", "scalar" or "channel"), ``initial_state`` (bool), ``dtype``, ``GV`` (value
+  heads per q/k head, GVA: v and g have H * GV heads).
 - ssd: ``b, T, h`` (sizes, bucketed), ``g`` (groups of B/C), ``n`` (state dim), ``p`` (head
   dim), ``has_D``, ``initial_state`` (bools), ``dtype``. dt_bias and softplus are applied before
   the kernels and do not change them, so they are no problem fields; the spec's inputs always
   use both (as Mamba-2 does).
+- both: ``varlen`` (sequences packed with cu_seqlens: the batch is 1 and T the packed length)
+  and ``N`` (size, bucketed: the number of packed sequences, 1 when not packed). Bucketing the
+  packed length and the sequence count means no re-tuning when the mix of lengths changes.
+``problem_defaults`` give profiles tuned before these fields the old behaviour (not packed, one
+value head per key head).
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ import torch.nn.functional as F
 
 from seqtune.kernels.linear_attention.baselines import BASELINES, SSD_BASELINES
 from seqtune.kernels.linear_attention.kernels import SUB
-from seqtune.kernels.linear_attention.reference import (linear_attention_reference,
-                                                        ssd_reference)
+from seqtune.kernels.linear_attention.reference import (packed_lengths,
+                                                        varlen_linear_attention_reference,
+                                                        varlen_ssd_reference)
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
@@ -181,24 +188,40 @@ def _to(tensor: torch.Tensor | None, device: str, dtype: torch.dtype | None = No
     return None if tensor is None else tensor.to(device=device, dtype=dtype or tensor.dtype)
 
 
+def _cu_seqlens(problem: Problem, generator: torch.Generator, device: str
+                ) -> torch.Tensor | None:
+    if not problem.get("varlen", False):
+        return None
+    lengths = packed_lengths(problem["T"], problem["N"], generator)
+    return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(torch.int32).to(device)
+
+
+def _state_rows(problem: Problem, batch_field: str) -> int:
+    return problem["N"] if problem.get("varlen", False) else problem[batch_field]
+
+
 def make_linear_attention_inputs(problem: Problem, device: str, seed: int) -> Inputs:
     """q, k, v ~ N(0, 1) in the problem's dtype; log decays in fp32 that span weak to strong
     decay (logsigmoid of a wide normal); without decay v is scaled by T^-1/2 so that the
-    outputs stay O(1) however long the sequence."""
+    outputs stay O(1) however long the sequence. Packed problems get N sequences whose lengths
+    include 0 and 1 (``packed_lengths``)."""
     gen = torch.Generator().manual_seed(seed)
     B, T, H, K, V = (problem[f] for f in ("B", "T", "H", "K", "V"))
+    HV = H * problem.get("GV", 1)
     dtype = DTYPES[problem["dtype"]]
-    q, k, v = _randn(gen, B, T, H, K), _randn(gen, B, T, H, K), _randn(gen, B, T, H, V)
+    q, k, v = _randn(gen, B, T, H, K), _randn(gen, B, T, H, K), _randn(gen, B, T, HV, V)
     g = None
     if problem["gate"] == "none":
         v = v * max(T, 1) ** -0.5
     elif problem["gate"] == "scalar":
-        g = F.logsigmoid(2 * _randn(gen, B, T, H) + 3)
+        g = F.logsigmoid(2 * _randn(gen, B, T, HV) + 3)
     else:
-        g = F.logsigmoid(3 * _randn(gen, B, T, H, K) + 2)
-    state = _randn(gen, B, H, K, V) if problem["initial_state"] else None
+        g = F.logsigmoid(3 * _randn(gen, B, T, HV, K) + 2)
+    rows = _state_rows(problem, "B")
+    state = _randn(gen, rows, HV, K, V) if problem["initial_state"] else None
     return {"q": _to(q, device, dtype), "k": _to(k, device, dtype), "v": _to(v, device, dtype),
-            "g": _to(g, device), "initial_state": _to(state, device)}
+            "g": _to(g, device), "initial_state": _to(state, device),
+            "cu_seqlens": _cu_seqlens(problem, gen, device)}
 
 
 def run_linear_attention(inputs: Inputs, config: Config) -> Outputs:
@@ -208,28 +231,36 @@ def run_linear_attention(inputs: Inputs, config: Config) -> Outputs:
 
 
 def reference_linear_attention(inputs: Inputs) -> Outputs:
-    return linear_attention_reference(inputs["q"], inputs["k"], inputs["v"], inputs["g"],
-                                      initial_state=inputs["initial_state"])
+    return varlen_linear_attention_reference(inputs["q"], inputs["k"], inputs["v"], inputs["g"],
+                                             initial_state=inputs["initial_state"],
+                                             cu_seqlens=inputs["cu_seqlens"])
 
 
 def flops_linear_attention(problem: Problem) -> float:
-    """The recurrence's work: the rank-1 state update and the read-out, 2*K*V each per step."""
-    return 4.0 * problem["B"] * problem["T"] * problem["H"] * problem["K"] * problem["V"]
+    """The recurrence's work: the rank-1 state update and the read-out, 2*K*V each per step
+    and value head."""
+    HV = problem["H"] * problem.get("GV", 1)
+    return 4.0 * problem["B"] * problem["T"] * HV * problem["K"] * problem["V"]
 
 
 def bytes_linear_attention(problem: Problem) -> float:
-    """q, k, v and g read once, o written once, the fp32 state read (if given) and written."""
+    """q, k, v and g read once, o written once, the fp32 states read (if given) and written."""
     B, T, H, K, V = (problem[f] for f in ("B", "T", "H", "K", "V"))
+    HV = H * problem.get("GV", 1)
     itemsize = DTYPES[problem["dtype"]].itemsize
-    gate_elems = {"none": 0, "scalar": B * T * H, "channel": B * T * H * K}[problem["gate"]]
-    states = (1 + int(problem["initial_state"])) * B * H * K * V * 4
-    return itemsize * B * T * H * (2 * K + 2 * V) + 4 * gate_elems + states
+    gate_elems = {"none": 0, "scalar": B * T * HV, "channel": B * T * HV * K}[problem["gate"]]
+    states = (1 + int(problem["initial_state"])) * _state_rows(problem, "B") * HV * K * V * 4
+    return (itemsize * B * T * (2 * H * K + 2 * HV * V) + 4 * gate_elems + states)
+
+
+LA_DEFAULTS = {"N": 1, "varlen": False, "GV": 1}
 
 
 def _la(B: int, T: int, H: int, K: int, V: int, gate: str, initial: bool = False,
-        dtype: str = "bfloat16") -> Problem:
+        dtype: str = "bfloat16", N: int = 1, GV: int = 1) -> Problem:
+    """A problem; N > 1 packs N sequences into one row of length T (B must be 1)."""
     return {"B": B, "T": T, "H": H, "K": K, "V": V, "gate": gate, "initial_state": initial,
-            "dtype": dtype}
+            "dtype": dtype, "N": N, "varlen": N > 1, "GV": GV}
 
 
 GATE_KINDS = ("none", "scalar", "channel")
@@ -237,6 +268,12 @@ GATE_KINDS = ("none", "scalar", "channel")
 _LA_DEFAULT = [_la(max(1, 16384 // T), T, H, D, D, gate)
                for gate in GATE_KINDS for H, D in ((32, 64), (16, 128), (16, 256))
                for T in (1024, 4096, 32768)]
+# Packed training batches (16k tokens of 8 or 64 sequences) and Qwen3-Next's GVA (16 q/k heads,
+# 32 value heads of 128).
+_LA_REAL = [_la(1, 16384, 16, 128, 128, gate, N=N) for gate in GATE_KINDS for N in (8, 64)] + [
+    _la(4, 4096, 16, 128, 128, gate, GV=2) for gate in ("scalar", "channel")] + [
+    _la(1, 16384, 16, 128, 128, "scalar", N=32, GV=2)]
+_LA_DEFAULT += _LA_REAL
 _LA_FULL = _LA_DEFAULT + [
     _la(B, T, H, K, V, gate, initial)
     for gate in GATE_KINDS
@@ -251,10 +288,12 @@ LINEAR_ATTENTION = KernelSpec(
     description="chunkwise linear attention: no, scalar (RetNet) or per-channel (GLA) decay",
     space=SPACE,
     default_config=DEFAULT,
-    size_fields=("B", "T", "H"),
+    size_fields=("B", "T", "H", "N"),
     presets={
-        "tiny": [_la(1, 64, 2, 32, 32, gate, gate == "scalar") for gate in GATE_KINDS],
-        "quick": [_la(4, 4096, 16, 128, 128, gate) for gate in GATE_KINDS],
+        "tiny": [_la(1, 64, 2, 32, 32, gate, gate == "scalar") for gate in GATE_KINDS]
+        + [_la(1, 64, 1, 32, 32, "scalar", True, N=4, GV=2)],
+        "quick": [_la(4, 4096, 16, 128, 128, gate) for gate in GATE_KINDS]
+        + [_la(1, 16384, 16, 128, 128, "scalar", N=16, GV=2)],
         "default": _LA_DEFAULT,
         "full": _LA_FULL,
     },
@@ -265,6 +304,9 @@ LINEAR_ATTENTION = KernelSpec(
         _la(2, 99, 1, 56, 36, "scalar", True, "bfloat16"),
         _la(1, 70, 2, 40, 56, "channel", True, "float32"),
         _la(1, 100, 1, 64, 40, "channel", False, "bfloat16"),
+        _la(1, 83, 2, 40, 24, "channel", True, "float32", N=5, GV=2),
+        _la(1, 91, 1, 48, 40, "scalar", True, "bfloat16", N=4, GV=3),
+        _la(1, 57, 2, 32, 48, "none", False, "float32", N=3),
     ],
     check=check_linear_attention,
     make_inputs=make_linear_attention_inputs,
@@ -273,6 +315,7 @@ LINEAR_ATTENTION = KernelSpec(
     tolerances=TOLERANCES,
     flops=flops_linear_attention,
     bytes_moved=bytes_linear_attention,
+    problem_defaults=LA_DEFAULTS,
     stages=STAGE_NAMES,
     stagewise=True,
     baselines=BASELINES,
@@ -294,11 +337,11 @@ def make_ssd_inputs(problem: Problem, device: str, seed: int) -> Inputs:
     dt_bias = target_dt + torch.log(-torch.expm1(-target_dt))  # softplus^-1(target_dt)
     A = -(1 + 15 * torch.rand(h, generator=gen))
     D = _randn(gen, h) if problem["has_D"] else None
-    state = _randn(gen, b, h, n, p) if problem["initial_state"] else None
+    state = _randn(gen, _state_rows(problem, "b"), h, n, p) if problem["initial_state"] else None
     return {"x": _to(x, device, dtype), "dt": _to(dt, device), "A": _to(A, device),
             "B": _to(B, device, dtype), "C": _to(C, device, dtype), "D": _to(D, device),
             "dt_bias": _to(dt_bias, device), "dt_softplus": True,
-            "initial_state": _to(state, device)}
+            "initial_state": _to(state, device), "cu_seqlens": _cu_seqlens(problem, gen, device)}
 
 
 def run_ssd(inputs: Inputs, config: Config) -> Outputs:
@@ -308,9 +351,10 @@ def run_ssd(inputs: Inputs, config: Config) -> Outputs:
 
 
 def reference_ssd(inputs: Inputs) -> Outputs:
-    return ssd_reference(inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"],
-                         inputs["D"], inputs["dt_bias"], inputs["dt_softplus"],
-                         inputs["initial_state"])
+    return varlen_ssd_reference(inputs["x"], inputs["dt"], inputs["A"], inputs["B"],
+                                inputs["C"], inputs["D"], inputs["dt_bias"],
+                                inputs["dt_softplus"], inputs["initial_state"],
+                                inputs["cu_seqlens"])
 
 
 def flops_ssd(problem: Problem) -> float:
@@ -322,20 +366,26 @@ def bytes_ssd(problem: Problem) -> float:
     """x, B, C and dt read once, y written once, the fp32 state read (if given) and written."""
     b, T, h, g, n, p = (problem[f] for f in ("b", "T", "h", "g", "n", "p"))
     itemsize = DTYPES[problem["dtype"]].itemsize
-    states = (1 + int(problem["initial_state"])) * b * h * n * p * 4
+    states = (1 + int(problem["initial_state"])) * _state_rows(problem, "b") * h * n * p * 4
     return itemsize * b * T * (2 * h * p + 2 * g * n) + 4 * b * T * h + states
 
 
+SSD_DEFAULTS = {"N": 1, "varlen": False}
+
+
 def _ssd(b: int, T: int, h: int, g: int, n: int, p: int, has_D: bool = True,
-         initial: bool = False, dtype: str = "bfloat16") -> Problem:
+         initial: bool = False, dtype: str = "bfloat16", N: int = 1) -> Problem:
+    """A problem; N > 1 packs N sequences into one row of length T (b must be 1)."""
     return {"b": b, "T": T, "h": h, "g": g, "n": n, "p": p, "has_D": has_D,
-            "initial_state": initial, "dtype": dtype}
+            "initial_state": initial, "dtype": dtype, "N": N, "varlen": N > 1}
 
 
 # Mamba-2 shapes: head dim p = 64, state n = 64..128, 24..80 heads, 1 or 8 groups.
 _SSD_DEFAULT = [_ssd(max(1, 16384 // T), T, h, g, n, 64)
                 for h, g, n in ((24, 1, 128), (32, 8, 64), (80, 1, 128))
                 for T in (1024, 4096, 32768)]
+_SSD_DEFAULT += [_ssd(1, 16384, h, g, n, 64, N=N)
+                 for h, g, n in ((24, 1, 128), (32, 8, 64)) for N in (8, 64)]
 _SSD_FULL = _SSD_DEFAULT + [
     _ssd(B, T, h, g, n, p, True, initial)
     for B, T in ((1, 2048), (8, 2048), (2, 16384))
@@ -349,10 +399,11 @@ SSD = KernelSpec(
     description="Mamba-2 SSD (scalar-decay linear attention with grouped B/C, dt and D)",
     space=SPACE,
     default_config=DEFAULT,
-    size_fields=("b", "T", "h"),
+    size_fields=("b", "T", "h", "N"),
     presets={
-        "tiny": [_ssd(1, 64, 2, 1, 32, 32, True, False, "bfloat16")],
-        "quick": [_ssd(4, 4096, 32, 1, 128, 64)],
+        "tiny": [_ssd(1, 64, 2, 1, 32, 32, True, False, "bfloat16"),
+                 _ssd(1, 64, 2, 1, 32, 32, True, True, "bfloat16", N=4)],
+        "quick": [_ssd(4, 4096, 32, 1, 128, 64), _ssd(1, 16384, 32, 1, 128, 64, N=16)],
         "default": _SSD_DEFAULT,
         "full": _SSD_FULL,
     },
@@ -360,6 +411,8 @@ SSD = KernelSpec(
         _ssd(1, 70, 4, 2, 40, 48, True, True, "float32"),
         _ssd(1, 99, 2, 1, 64, 36, False, False, "bfloat16"),
         _ssd(2, 50, 2, 2, 48, 64, True, False, "bfloat16"),
+        _ssd(1, 81, 4, 2, 24, 40, True, True, "float32", N=5),
+        _ssd(1, 67, 2, 1, 32, 24, False, True, "bfloat16", N=3),
     ],
     check=check_ssd,
     make_inputs=make_ssd_inputs,
@@ -368,6 +421,7 @@ SSD = KernelSpec(
     tolerances=TOLERANCES,
     flops=flops_ssd,
     bytes_moved=bytes_ssd,
+    problem_defaults=SSD_DEFAULTS,
     stages=STAGE_NAMES,
     stagewise=True,
     baselines=SSD_BASELINES,

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.linear_attention.kernels import Recurrence, run_chunked
+from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.op import (empty_result, expect_head_dim,
                                                  expect_initial_state)
+from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
@@ -48,16 +49,31 @@ def _check_inputs(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     _check_per_head("dt_bias", dt_bias, heads)
 
 
-def _problem(x: torch.Tensor, B: torch.Tensor, has_D: bool, has_initial: bool) -> dict[str, Any]:
+def ssd_problem(x: torch.Tensor, B: torch.Tensor, has_D: bool, has_initial: bool,
+                sequences: Sequences) -> dict[str, Any]:
+    """The tuning problem of a call (shared by the forward and the backward)."""
     batch, T, heads, p = x.shape
     return {"b": batch, "T": T, "h": heads, "g": B.shape[2], "n": B.shape[3], "p": p,
-            "has_D": has_D, "initial_state": has_initial, "dtype": dtype_name(x.dtype)}
+            "has_D": has_D, "initial_state": has_initial, "dtype": dtype_name(x.dtype),
+            "N": sequences.count if sequences.packed else 1, "varlen": sequences.packed}
+
+
+def step_sizes(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool
+               ) -> torch.Tensor:
+    """The effective step dt (+ dt_bias, through softplus when asked), contiguous fp32."""
+    step = dt.to(torch.float32)
+    if dt_bias is not None:
+        step = step + dt_bias.to(torch.float32)
+    if dt_softplus:
+        step = F.softplus(step)
+    return step.contiguous()
 
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, *,
         D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
         dt_softplus: bool = False, initial_state: torch.Tensor | None = None,
-        output_final_state: bool = False, config: Mapping[str, Any] | None = None
+        output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+        config: Mapping[str, Any] | None = None
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba-2 SSD: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t^T h_t + D x_t.
 
@@ -65,8 +81,11 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         x: [b, T, h, p]; B, C: [b, T, g, n] with h % g == 0; x, B and C in one float dtype.
         dt: [b, T, h]; A: [h] (negative); D, dt_bias: [h]; any float dtype (used in fp32).
         dt_softplus: dt <- softplus(dt + dt_bias) rather than dt + dt_bias.
-        initial_state: [b, h, n, p], any float dtype (used in fp32).
-        output_final_state: also return the state after the last step, [b, h, n, p] fp32.
+        initial_state: [N, h, n, p], any float dtype (used in fp32); N = b, or the number of
+            sequences with cu_seqlens.
+        output_final_state: also return the state after the last step, [N, h, n, p] fp32.
+        cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (b = 1),
+            fla's convention; no state crosses a sequence boundary.
         config: a (partial) config of the ``ssd`` kernel; None takes the tuned one.
 
     Returns:
@@ -77,17 +96,16 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
                         "initial_state": initial_state})
     batch, T, heads, p = x.shape
     n = B.shape[3]
-    initial_state = expect_initial_state(initial_state, (batch, heads, n, p))
+    sequences = sequences_of(cu_seqlens, batch, T, x.device)
+    state_shape = (sequences.count, heads, n, p)
+    initial_state = expect_initial_state(initial_state, state_shape)
     if T == 0 or batch == 0 or heads == 0:
-        return empty_result(x.shape, x, initial_state, (batch, heads, n, p), output_final_state)
-    cfg = config_for("ssd", _problem(x, B, D is not None, initial_state is not None), config)
-    step = dt.to(torch.float32)
-    if dt_bias is not None:
-        step = step + dt_bias.to(torch.float32)
-    if dt_softplus:
-        step = F.softplus(step)
-    step = step.contiguous()
+        return empty_result(x.shape, x, initial_state, state_shape, output_final_state)
+    problem = ssd_problem(x, B, D is not None, initial_state is not None, sequences)
+    cfg = config_for("ssd", problem, config)
+    step = step_sizes(dt, dt_bias, dt_softplus)
     log_decay = (step * A.to(torch.float32)).contiguous()
-    recurrence = Recurrence(C, B, x, log_decay, 1.0, v_scale=step,
+    recurrence = Recurrence(C, B, x, log_decay, 1.0, sequences, v_scale=step,
                             D=None if D is None else D.contiguous(), initial_state=initial_state)
-    return run_chunked(recurrence, cfg, output_final_state)
+    y, final, _ = run_chunked(recurrence, cfg, output_final_state)
+    return y, final
