@@ -2,7 +2,10 @@
 defines ``SPECS``. Adding a kernel means adding a folder; nothing here changes.
 
 Kernels from outside seqtune plug in through ``SEQTUNE_KERNEL_MODULES``: comma-separated
-importable modules, each defining ``SPECS`` like a kernel folder's ``spec.py``.
+importable modules, each defining ``SPECS`` like a kernel folder's ``spec.py``. Importing a
+module runs its code, so name only modules you trust. A module that cannot be imported or
+defines no usable ``SPECS`` warns once and is skipped (the built-in kernels still load); one that
+replaces a built-in kernel's spec warns, naming both.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import hashlib
 import importlib
 import os
 import pkgutil
+import warnings
 from pathlib import Path
 
 from seqtune.spec import KernelSpec
@@ -33,14 +37,39 @@ def all_specs() -> dict[str, KernelSpec]:
                 continue
             raise
         _add(specs, module)
-    for name in filter(None, os.environ.get("SEQTUNE_KERNEL_MODULES", "").split(",")):
-        _add(specs, importlib.import_module(name.strip()))
+    built_in = set(specs)
+    for name in filter(None, (n.strip() for n in
+                              os.environ.get("SEQTUNE_KERNEL_MODULES", "").split(","))):
+        _add_plugin(specs, name, built_in)
     return dict(sorted(specs.items()))
 
 
 def _add(specs: dict[str, KernelSpec], module) -> None:
     folder = Path(module.__file__).parent
     for spec in module.SPECS:
+        specs[spec.name] = dataclasses.replace(spec, source_dir=folder)
+
+
+def _add_plugin(specs: dict[str, KernelSpec], name: str, built_in: set[str]) -> None:
+    """The specs of one SEQTUNE_KERNEL_MODULES module; a module that fails warns and is
+    skipped, since this runs in the launch path of every kernel (all_specs is cached, so each
+    warning comes once)."""
+    try:
+        module = importlib.import_module(name)
+        found = list(module.SPECS)
+        if not found or not all(isinstance(spec, KernelSpec) for spec in found):
+            raise TypeError("SPECS must be a non-empty sequence of KernelSpec")
+        folder = Path(module.__file__).parent
+    except Exception as exc:  # any error of foreign code: skip the module, keep the rest
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        warnings.warn(f"seqtune: SEQTUNE_KERNEL_MODULES: cannot use module {name!r} "
+                      f"({type(exc).__name__}: {message}); its kernels are skipped",
+                      RuntimeWarning, stacklevel=4)
+        return
+    for spec in found:
+        if spec.name in built_in:
+            warnings.warn(f"seqtune: SEQTUNE_KERNEL_MODULES module {name!r} replaces the "
+                          f"built-in kernel {spec.name!r}", RuntimeWarning, stacklevel=4)
         specs[spec.name] = dataclasses.replace(spec, source_dir=folder)
 
 

@@ -28,10 +28,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from filelock import FileLock
-
 from seqtune.store.profile_file import (
     SCHEMA,
+    file_lock,
     profile_path,
     read_profile,
     resolve_profile_dir,
@@ -79,7 +78,7 @@ def merge_into(files: Sequence[Path], output: Path | None = None,
     target = Path(output) if output else profile_path(resolve_profile_dir(profile_dir),
                                                       device["key"])
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with file_lock(target):
         if target.exists() and target.resolve() not in {p.resolve() for p in inputs}:
             loaded.append((target, read_profile(target)))
             _common_device(loaded, force)
