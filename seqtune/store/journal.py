@@ -10,10 +10,13 @@ timed again more precisely gets a later line) and the error. ``seqtune replay`` 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+
+from seqtune.errors import Failure
 
 
 def log_path(profile_dir: Path, device_key: str) -> Path:
@@ -27,6 +30,8 @@ class TuningLog:
         self.path = Path(path)
         self.run_id = run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink():  # refused before the tune starts; record() checks again
+            raise _symlink_refused(self.path)
 
     def record(self, kernel: str, source_hash: str, problem: dict[str, Any],
                candidate: Any) -> None:
@@ -41,12 +46,25 @@ class TuningLog:
         }
         # One write of one line with O_APPEND: concurrent tunes never interleave inside a line.
         data = (json.dumps(line, default=str) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a symlink planted at the log's place must not make a tune append to (or
+        # create) a file outside the profile dir.
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _symlink_refused(self.path) from None
+            raise
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _symlink_refused(path: Path) -> Failure:
+    return Failure(f"{path}: the tuning log is a symbolic link; seqtune does not follow links "
+                   "for its log (remove it)")
 
 
 def read_log(path: Path) -> Iterator[dict[str, Any]]:

@@ -13,6 +13,10 @@ Rules, per kernel and problem (bucketed problem key):
 - Provenance: every kept entry gets ``origin: {file, device, tuned_at}`` (the file it came
   from, that file's device name, when it was tuned); an entry that already has an ``origin``
   (it went through an earlier merge) keeps it, since that names where it was measured.
+- Validity: every input entry is judged as the loader judges it (``seqtune.store.validate``),
+  and its timing must have a positive finite median (a median of 0 would win every merge). A
+  file with an invalid entry is refused (Failure naming the file and the entry) unless
+  ``skip_invalid``, which leaves such entries out (listed in the summary's ``skipped``).
 - Devices: all inputs must have the same device key; ``--force`` merges different keys (one GPU
   model reported under two names, say), and the output keeps the first file's device.
 - The output (default ``<profile-dir>/<device-key>.yaml``) is merged in when it exists, under
@@ -28,6 +32,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from seqtune.errors import Failure
 from seqtune.store.profile_file import (
     SCHEMA,
     file_lock,
@@ -36,6 +41,7 @@ from seqtune.store.profile_file import (
     resolve_profile_dir,
     write_profile_atomic,
 )
+from seqtune.store.validate import entry_name, invalid_entries
 
 
 class DeviceMismatch(ValueError):
@@ -64,28 +70,53 @@ class MergeSummary:
     contested: dict[str, int]
     stale_kept: dict[str, int]
     kept_from: dict[str, int]
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "output": str(self.output)}
 
 
 def merge_into(files: Sequence[Path], output: Path | None = None,
-               profile_dir: Path | None = None, force: bool = False) -> MergeSummary:
+               profile_dir: Path | None = None, force: bool = False,
+               skip_invalid: bool = False) -> MergeSummary:
     """Merge ``files`` (and ``output``, if it exists) into ``output``: see the module rules."""
     inputs = _unique_paths(files)
-    loaded = [(path, read_profile(path)) for path in inputs]
+    skipped: list[str] = []
+    loaded = [(path, _valid_profile(path, skip_invalid, skipped)) for path in inputs]
     device = _common_device(loaded, force)
     target = Path(output) if output else profile_path(resolve_profile_dir(profile_dir),
                                                       device["key"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target):
         if target.exists() and target.resolve() not in {p.resolve() for p in inputs}:
-            loaded.append((target, read_profile(target)))
+            loaded.append((target, _valid_profile(target, skip_invalid, skipped)))
             _common_device(loaded, force)
         merged, summary = merge_profiles(loaded, device)
         write_profile_atomic(target, merged)
     summary.output = target
+    summary.skipped = skipped
     return summary
+
+
+def _valid_profile(path: Path, skip_invalid: bool, skipped: list[str]) -> dict[str, Any]:
+    """The profile at ``path``; Failure naming its first invalid entry, or with
+    ``skip_invalid`` the profile without its invalid entries (each named in ``skipped``)."""
+    from seqtune.registry import all_specs
+
+    profile = read_profile(path)
+    invalid = list(invalid_entries(profile, all_specs()))
+    if invalid and not skip_invalid:
+        kernel, index, reason = invalid[0]
+        more = f" (and {len(invalid) - 1} more invalid entries)" if len(invalid) > 1 else ""
+        raise Failure(f"{entry_name(path, kernel, index)}: {reason}{more}; fix or remove it, "
+                      "or merge with --skip-invalid to leave invalid entries out")
+    dropped = {(kernel, index) for kernel, index, _ in invalid}
+    for kernel, section in (profile.get("kernels") or {}).items():
+        section["entries"] = [entry for index, entry in enumerate(section.get("entries", []))
+                              if (kernel, index) not in dropped]
+    skipped.extend(f"{entry_name(path, kernel, index)}: {reason}"
+                   for kernel, index, reason in invalid)
+    return profile
 
 
 def _unique_paths(files: Sequence[Path]) -> list[Path]:

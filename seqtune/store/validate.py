@@ -56,6 +56,11 @@ def check_shape(raw: Any) -> None:
             if not _is_plain(value):
                 raise InvalidEntry(f"{part} {key}={reprlib.repr(value)} is not a plain value "
                                    "(a string, bool, integer or finite number)")
+    try:
+        if "dtype" in raw["problem"]:
+            dtype_name(raw["problem"]["dtype"])
+    except ValueError as exc:
+        raise InvalidEntry(str(exc)) from None
 
 
 def check_timing(raw: dict[str, Any]) -> None:
