@@ -1,0 +1,356 @@
+"""flash-linear-attention's (fla 0.6) entry points on seqtune's kernels: the chunk_* and
+fused_recurrent_* functions of gated_delta_rule, kda, delta_rule, gla and simple_gla, with fla's
+argument order, defaults, layouts (``[B, T, H, K]``; states ``[N, HV, K, V]``, or
+``[N, HV, V, K]`` with ``state_v_first``), dtypes and return values ``(o, final_state)``.
+
+Shared by every function here:
+
+- GVA: v, beta and the gates may have HV heads, a multiple of the H heads of q and k (value head
+  i reads key head i // (HV / H)); also where fla itself wants HV == H.
+- ``cu_seqlens`` (int32/int64 ``[N + 1]``, batch 1) packs N sequences; states are per sequence.
+  ``cu_seqlens_cpu`` and ``chunk_indices`` are fla's precomputed copies of it: accepted, unused.
+- ``chunk_size`` (a keyword in fla's ``**kwargs``) is a request only: the tuned config of the
+  seqtune kernel decides the chunk.
+- What is done in PyTorch before the kernel, in float32 (differentiable): the L2 norm of q and k
+  (``use_qk_l2norm_in_kernel``: ``x / sqrt(sum(x^2) + 1e-6)``, as fla), the gate activations
+  (``use_gate_in_kernel``), ``sigmoid(beta)`` (``use_beta_sigmoid_in_kernel``), and summing the
+  gates fla applies one after the other (``g`` with ``gk``, ``g`` with ``g_gamma``).
+- The fused_recurrent_* functions run the chunkwise kernel (seqtune has no token-serial kernel);
+  their results are the same recurrence.
+- An argument seqtune does not implement raises a one-line NotImplementedError naming it; so does
+  any keyword fla's ``**kwargs`` would swallow that is not listed above.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.kernels import delta_rule, linear_attention
+
+L2NORM_EPS = 1e-6
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+def _refuse(function: str, argument: str, value: Any, supported: str) -> None:
+    raise NotImplementedError(f"{function}: {argument}={_describe(value)} is not supported by "
+                              f"seqtune ({supported})")
+
+
+def _options(function: str, kwargs: dict[str, Any], state_v_first: bool,
+             accepted: tuple[str, ...] = ()) -> tuple[bool, dict[str, Any]]:
+    """fla's ``**kwargs``: (state_v_first after the deprecated ``transpose_state_layout``,
+    the ``accepted`` keywords given). ``chunk_size`` is checked and dropped (a request)."""
+    kwargs = dict(kwargs)
+    if "transpose_state_layout" in kwargs:
+        if state_v_first:
+            raise ValueError(f"{function}: pass state_v_first or the deprecated "
+                             f"transpose_state_layout, not both")
+        state_v_first = bool(kwargs.pop("transpose_state_layout"))
+    chunk_size = kwargs.pop("chunk_size", None)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"{function}: chunk_size must be a positive int, got {chunk_size!r}")
+    if "head_first" in kwargs:
+        _refuse(function, "head_first", kwargs["head_first"],
+                "removed in fla too: inputs are [B, T, H, ...]")
+    given = {name: kwargs.pop(name) for name in accepted if name in kwargs}
+    if kwargs:
+        name = sorted(kwargs)[0]
+        _refuse(function, name, kwargs[name], "not an argument seqtune implements")
+    return state_v_first, given
+
+
+def _refuse_context_parallel(function: str, cp_context: Any) -> None:
+    if cp_context is not None:
+        _refuse(function, "cp_context", cp_context, "no context parallelism")
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    """fla's in-kernel L2 norm, in float32, returned in x's dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.square().sum(-1, keepdim=True) + L2NORM_EPS)).to(x.dtype)
+
+
+def _beta(beta: torch.Tensor, sigmoid: bool, allow_neg_eigval: bool, function: str
+          ) -> torch.Tensor:
+    if isinstance(beta, torch.Tensor) and beta.dim() == 4:
+        _refuse(function, "beta", beta, "one beta per step and head, [B, T, HV]")
+    if allow_neg_eigval and not sigmoid:
+        raise ValueError(f"{function}: allow_neg_eigval=True requires "
+                         f"use_beta_sigmoid_in_kernel=True")
+    if not sigmoid:
+        return beta
+    beta = torch.sigmoid(beta.float())
+    return 2 * beta if allow_neg_eigval else beta
+
+
+def _gdn_gate(g: torch.Tensor, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
+              function: str) -> torch.Tensor:
+    """Gated DeltaNet's gate from raw g [B, T, HV]: -exp(A_log) * softplus(g + dt_bias)."""
+    if A_log is None:
+        raise ValueError(f"{function}: A_log must be given with use_gate_in_kernel=True")
+    g = g.float() if dt_bias is None else g.float() + dt_bias.float()
+    return -A_log.float().exp() * F.softplus(g)
+
+
+def _kda_gate(g: torch.Tensor, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
+              lower_bound: float | None, function: str) -> torch.Tensor:
+    """KDA's gate from raw g [B, T, HV, K]: -exp(A_log) * softplus(g + dt_bias), or with a
+    lower bound lower_bound * sigmoid(exp(A_log) * (g + dt_bias)); A_log [HV], dt_bias
+    [HV * K]."""
+    heads = g.shape[-2]
+    g = g.float() if dt_bias is None else g.float() + dt_bias.float().view(heads, -1)
+    if lower_bound is not None:
+        if A_log is not None:
+            g = A_log.float().view(heads, 1).exp() * g
+        return lower_bound * torch.sigmoid(g)
+    if A_log is None:
+        raise ValueError(f"{function}: A_log must be given with use_gate_in_kernel=True "
+                         f"(or set lower_bound)")
+    return -A_log.float().view(heads, 1).exp() * F.softplus(g)
+
+
+def _state_in(state: torch.Tensor | None, state_v_first: bool) -> torch.Tensor | None:
+    """fla's [N, HV, V, K] state (state_v_first) as seqtune's [N, HV, K, V]: a transposed view."""
+    return state.transpose(-1, -2) if state_v_first and state is not None else state
+
+
+def _state_out(state: torch.Tensor | None, state_v_first: bool) -> torch.Tensor | None:
+    return _state_in(state, state_v_first)
+
+
+def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_state,
+                    use_qk_l2norm_in_kernel, state_v_first, cu_seqlens):
+    if use_qk_l2norm_in_kernel:
+        q, k = _l2norm(q), _l2norm(k)
+    o, final = delta_rule(q, k, v, beta, g, scale=scale,
+                          initial_state=_state_in(initial_state, state_v_first),
+                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    return o, _state_out(final, state_v_first)
+
+
+def _run_linear_attention(q, k, v, g, *, scale, initial_state, output_final_state,
+                          state_v_first, cu_seqlens, reverse=False):
+    """Linear attention, optionally in reverse time (fla's ``reverse``: each sequence runs from
+    its last step to its first), by flipping the steps and the order of the sequences."""
+    initial_state = _state_in(initial_state, state_v_first)
+    if reverse:
+        q, k, v = (x.flip(1) for x in (q, k, v))
+        g = None if g is None else g.flip(1)
+        if cu_seqlens is not None:
+            cu_seqlens = cu_seqlens[-1] - cu_seqlens.flip(0)
+            initial_state = None if initial_state is None else initial_state.flip(0)
+    o, final = linear_attention(q, k, v, g, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    if reverse:
+        o = o.flip(1)
+        final = final.flip(0) if final is not None and cu_seqlens is not None else final
+    return o, _state_out(final, state_v_first)
+
+
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
+                           output_final_state=False, use_qk_l2norm_in_kernel=False,
+                           use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
+                           state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                           chunk_indices=None, cp_context=None, **kwargs):
+    """fla's ``chunk_gated_delta_rule`` (Gated DeltaNet) on ``seqtune.kernels.delta_rule``.
+
+    q, k ``[B, T, H, K]``; v ``[B, T, HV, V]``; g (log decay) and beta ``[B, T, HV]``;
+    16 <= K, V <= 256. kwargs: ``use_gate_in_kernel`` with ``A_log`` ``[HV]`` and ``dt_bias``
+    ``[HV]`` (g is then raw: ``-exp(A_log) * softplus(g + dt_bias)``), ``chunk_size``.
+    Returns ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``, differentiable
+    where the seqtune op is. Not supported: ``cp_context``.
+    """
+    function = "chunk_gated_delta_rule"
+    _refuse_context_parallel(function, cp_context)
+    state_v_first, extra = _options(function, kwargs, state_v_first,
+                                    ("use_gate_in_kernel", "A_log", "dt_bias"))
+    if extra.get("use_gate_in_kernel", False):
+        g = _gdn_gate(g, extra.get("A_log"), extra.get("dt_bias"), function)
+    beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
+    return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None,
+                                     initial_state=None, output_final_state=False,
+                                     use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+                                     A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False,
+                                     allow_neg_eigval=False, state_v_first=False,
+                                     cu_seqlens=None, **kwargs):
+    """fla's ``fused_recurrent_gated_delta_rule`` on ``seqtune.kernels.delta_rule``.
+
+    g ``[B, T, HV]`` (raw with ``use_gate_in_kernel``, as in ``chunk_gated_delta_rule``) and
+    gk ``[B, T, HV, K]`` log decays, both optional and summed when both are given; beta
+    ``[B, T, HV]`` (None: ones). Other arguments and the return value as
+    ``chunk_gated_delta_rule``. Not supported: ``gv`` (value-channel decay), a per-channel beta
+    ``[B, T, HV, V]``.
+    """
+    function = "fused_recurrent_gated_delta_rule"
+    state_v_first, _ = _options(function, kwargs, state_v_first)
+    if gv is not None:
+        _refuse(function, "gv", gv, "decay over key channels (gk) or heads (g) only")
+    if use_gate_in_kernel:
+        if g is None:
+            raise ValueError(f"{function}: g (raw) must be given with use_gate_in_kernel=True")
+        g = _gdn_gate(g, A_log, dt_bias, function)
+    if gk is not None:
+        g = gk if g is None else gk.float() + g.float().unsqueeze(-1)
+    if beta is None:
+        beta = v.new_ones(v.shape[:3])
+    beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
+    return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+              use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+              use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, safe_gate=False,
+              lower_bound=None, disable_recompute=False, return_intermediate_states=False,
+              state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None, cp_context=None,
+              **kwargs):
+    """fla's ``chunk_kda`` (Kimi Delta Attention) on ``seqtune.kernels.delta_rule`` with a
+    per-channel gate.
+
+    q, k ``[B, T, H, K]``; v ``[B, T, HV, V]``; g ``[B, T, HV, K]``; beta ``[B, T, HV]``.
+    ``use_gate_in_kernel`` with kwargs ``A_log`` ``[HV]`` and ``dt_bias`` ``[HV * K]``:
+    g is raw, ``-exp(A_log) * softplus(g + dt_bias)``, or with ``lower_bound``
+    ``lower_bound * sigmoid(exp(A_log) * (g + dt_bias))``. ``safe_gate`` and
+    ``disable_recompute`` choose fla kernels and change no result: accepted. Returns
+    ``(o, final_state)`` as ``chunk_gated_delta_rule``. Not supported:
+    ``return_intermediate_states``, ``cp_context``.
+    """
+    function = "chunk_kda"
+    _refuse_context_parallel(function, cp_context)
+    if return_intermediate_states:
+        _refuse(function, "return_intermediate_states", return_intermediate_states,
+                "only False")
+    state_v_first, extra = _options(function, kwargs, state_v_first, ("A_log", "dt_bias"))
+    if use_gate_in_kernel:
+        g = _kda_gate(g, extra.get("A_log"), extra.get("dt_bias"), lower_bound, function)
+    beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
+    return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
+                        initial_state=None, output_final_state=False,
+                        use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+                        use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
+                        lower_bound=None, state_v_first=False, cu_seqlens=None, **kwargs):
+    """fla's ``fused_recurrent_kda`` on ``seqtune.kernels.delta_rule``: arguments (``A_log`` and
+    ``dt_bias`` positional here) and return value as ``chunk_kda``. Not supported: a
+    per-channel beta ``[B, T, HV, V]``."""
+    function = "fused_recurrent_kda"
+    state_v_first, _ = _options(function, kwargs, state_v_first)
+    if use_gate_in_kernel:
+        g = _kda_gate(g, A_log, dt_bias, lower_bound, function)
+    beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
+    return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                     **kwargs):
+    """fla's ``chunk_delta_rule`` (DeltaNet, no decay) on ``seqtune.kernels.delta_rule``:
+    q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, beta ``[B, T, HV]``. Returns
+    ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``."""
+    _options("chunk_delta_rule", kwargs, False)
+    return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=False, cu_seqlens=cu_seqlens)
+
+
+def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=None,
+                               output_final_state=False, use_qk_l2norm_in_kernel=False,
+                               cu_seqlens=None):
+    """fla's ``fused_recurrent_delta_rule`` on ``seqtune.kernels.delta_rule``: as
+    ``chunk_delta_rule``, beta None meaning ones. Not supported: a per-channel beta
+    ``[B, T, HV, V]``."""
+    if beta is None:
+        beta = v.new_ones(v.shape[:3])
+    beta = _beta(beta, False, False, "fused_recurrent_delta_rule")
+    return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state,
+                           use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                           state_v_first=False, cu_seqlens=cu_seqlens)
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False,
+              state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None):
+    """fla's ``chunk_gla`` (gated linear attention, per-key-channel log decay) on
+    ``seqtune.kernels.linear_attention``: q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, g
+    ``[B, T, HV, K]``. Returns ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or
+    None)``, differentiable where the seqtune op is."""
+    return _run_linear_attention(q, k, v, g, scale=scale, initial_state=initial_state,
+                                 output_final_state=output_final_state,
+                                 state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=None,
+                        output_final_state=False, reverse=False, state_v_first=False,
+                        cu_seqlens=None, **kwargs):
+    """fla's ``fused_recurrent_gla`` on ``seqtune.kernels.linear_attention``: gk
+    ``[B, T, HV, K]`` (None: no decay); ``reverse`` runs each sequence from its last step
+    (done by flipping the inputs, a copy). Otherwise as ``chunk_gla``. Not supported: ``gv``."""
+    function = "fused_recurrent_gla"
+    state_v_first, _ = _options(function, kwargs, state_v_first)
+    if gv is not None:
+        _refuse(function, "gv", gv, "decay over key channels (gk) only")
+    return _run_linear_attention(q, k, v, gk, scale=scale, initial_state=initial_state,
+                                 output_final_state=output_final_state,
+                                 state_v_first=state_v_first, cu_seqlens=cu_seqlens,
+                                 reverse=reverse)
+
+
+def _simple_gate(g: torch.Tensor | None, g_gamma: torch.Tensor | None, v: torch.Tensor
+                 ) -> torch.Tensor | None:
+    """The per-step head decay: g [B, T, HV], plus the constant g_gamma [HV] broadcast (a view
+    when g is None)."""
+    if g_gamma is None:
+        return g
+    gamma = g_gamma.float().expand(*v.shape[:3])
+    return gamma if g is None else g.float() + gamma
+
+
+def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,
+                     output_final_state=False, state_v_first=False, cu_seqlens=None,
+                     cu_seqlens_cpu=None, **kwargs):
+    """fla's ``chunk_simple_gla`` (scalar decay per step and head: RetNet, Lightning) on
+    ``seqtune.kernels.linear_attention``: g ``[B, T, HV]`` and/or the constant g_gamma ``[HV]``
+    (summed when both are given; neither: no decay). Otherwise as ``chunk_gla``."""
+    state_v_first, _ = _options("chunk_simple_gla", kwargs, state_v_first)
+    return _run_linear_attention(q, k, v, _simple_gate(g, g_gamma, v), scale=scale,
+                                 initial_state=initial_state,
+                                 output_final_state=output_final_state,
+                                 state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+
+
+def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,
+                               output_final_state=False, reverse=False, state_v_first=False,
+                               cu_seqlens=None, **kwargs):
+    """fla's ``fused_recurrent_simple_gla`` on ``seqtune.kernels.linear_attention``: as
+    ``chunk_simple_gla``, with ``reverse`` as in ``fused_recurrent_gla``."""
+    state_v_first, _ = _options("fused_recurrent_simple_gla", kwargs, state_v_first)
+    return _run_linear_attention(q, k, v, _simple_gate(g, g_gamma, v), scale=scale,
+                                 initial_state=initial_state,
+                                 output_final_state=output_final_state,
+                                 state_v_first=state_v_first, cu_seqlens=cu_seqlens,
+                                 reverse=reverse)

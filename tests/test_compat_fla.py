@@ -1,0 +1,263 @@
+"""seqtune.compat.fla against an independent float64 recurrence written here, step by step
+(fla itself is not installed on the CPU machines, so it is not compared against)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqtune.compat import fla
+
+# The seqtune kernels' own tolerances (kernels/delta_rule/spec.py, linear_attention/spec.py):
+# fp32 differs from float64 by accumulation order through the chunk recurrence (1e-4); bf16
+# rounds the dot operands (states, decayed keys, scores) to 8 significant bits, and a few such
+# roundings add up over a chunk: 6e-2 on O(1) outputs.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 6e-2}
+
+
+def recurrence(q, k, v, beta, g, scale, h0, delta):
+    """(o [T, HV, V], S [HV, K, V]) float64 of one sequence: S <- diag(exp(g)) S, then the delta
+    rule S += beta k (v - S^T k)^T (or S += k v^T), o = scale S^T q; key head of value head i
+    is i // (HV / H)."""
+    q, k, v = (x.double() for x in (q, k, v))
+    group = v.shape[1] // q.shape[1]
+    q, k = q.repeat_interleave(group, 1), k.repeat_interleave(group, 1)
+    state = h0.double().clone()
+    out = []
+    for t in range(q.shape[0]):
+        if g is not None:
+            decay = g[t].double().exp()
+            state = state * (decay[:, :, None] if decay.dim() == 2 else decay[:, None, None])
+        if delta:
+            error = v[t] - torch.einsum("hkv,hk->hv", state, k[t])
+            state = state + beta[t].double()[:, None, None] * k[t][:, :, None] * error[:, None]
+        else:
+            state = state + k[t][:, :, None] * v[t][:, None]
+        out.append(scale * torch.einsum("hkv,hk->hv", state, q[t]))
+    return (torch.stack(out) if out else v.new_zeros(0, *v.shape[1:])), state
+
+
+def reference(q, k, v, beta, g, h0, cu_seqlens=None, delta=True, scale=None):
+    """(o, final states) of every sequence (batch rows, or cu_seqlens pieces) run alone."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.zeros(*v.shape, dtype=torch.float64)
+    finals = []
+    pieces = ([(b, 0, q.shape[1]) for b in range(q.shape[0])] if cu_seqlens is None else
+              [(0, s, e) for s, e in zip(cu_seqlens.tolist(), cu_seqlens[1:].tolist())])
+    for n, (b, start, end) in enumerate(pieces):
+        at = (b, slice(start, end))
+        o, state = recurrence(q[at], k[at], v[at], None if beta is None else beta[at],
+                              None if g is None else g[at], scale, h0[n], delta)
+        out[at] = o
+        finals.append(state)
+    return out, torch.stack(finals)
+
+
+def make_inputs(dtype, batch=2, length=37, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    heads, value_heads, key_dim, value_dim = 1, 2, 16, 32
+    return {
+        "q": randn(batch, length, heads, key_dim).to(dtype),
+        "k": F.normalize(randn(batch, length, heads, key_dim), dim=-1).to(dtype),
+        "v": randn(batch, length, value_heads, value_dim).to(dtype),
+        "beta": torch.rand(batch, length, value_heads, generator=generator),
+        "g": F.logsigmoid(randn(batch, length, value_heads) + 2),
+        "gk": F.logsigmoid(randn(batch, length, value_heads, key_dim) + 2),
+        "raw": randn(batch, length, value_heads, key_dim),
+        "A_log": randn(value_heads) * 0.3,
+        "dt_bias": randn(value_heads * key_dim) * 0.3,
+        "h0": randn(batch, value_heads, key_dim, value_dim),
+    }
+
+
+def _l2(x):
+    return x.double() / (x.double().square().sum(-1, keepdim=True) + 1e-6).sqrt()
+
+
+def _softplus_gate(raw, A_log, dt_bias):
+    return -A_log.double().exp()[:, None] * F.softplus(raw.double() + dt_bias.double().view(
+        A_log.numel(), -1))
+
+
+# Each case: (function, its fla-style call on the inputs, the reference on the same inputs).
+CASES = {
+    "chunk_gated_delta_rule": (
+        lambda a: fla.chunk_gated_delta_rule(a["q"], a["k"], a["v"], a["g"], a["beta"],
+                                             initial_state=a["h0"], output_final_state=True),
+        lambda a: reference(a["q"], a["k"], a["v"], a["beta"], a["g"], a["h0"])),
+    "chunk_gated_delta_rule gate in kernel, l2norm, v-first state": (
+        lambda a: fla.chunk_gated_delta_rule(
+            a["q"], a["k"], a["v"], a["raw"][..., 0], a["beta"], initial_state=a["h0"].mT,
+            output_final_state=True, use_qk_l2norm_in_kernel=True, state_v_first=True,
+            use_gate_in_kernel=True, A_log=a["A_log"], dt_bias=a["dt_bias"][:2], chunk_size=64),
+        lambda a: _transposed(reference(
+            _l2(a["q"]), _l2(a["k"]), a["v"], a["beta"],
+            _softplus_gate(a["raw"][..., :1], a["A_log"], a["dt_bias"][:2])[..., 0], a["h0"]))),
+    "fused_recurrent_gated_delta_rule g + gk, sigmoid beta": (
+        lambda a: fla.fused_recurrent_gated_delta_rule(
+            a["q"], a["k"], a["v"], g=a["g"], gk=a["gk"], beta=a["raw"][..., 0],
+            initial_state=a["h0"], output_final_state=True, use_beta_sigmoid_in_kernel=True,
+            allow_neg_eigval=True),
+        lambda a: reference(a["q"], a["k"], a["v"], 2 * a["raw"][..., 0].sigmoid(),
+                            a["gk"] + a["g"][..., None], a["h0"])),
+    "chunk_kda gate in kernel": (
+        lambda a: fla.chunk_kda(a["q"], a["k"], a["v"], a["raw"], a["beta"], scale=0.2,
+                                initial_state=a["h0"], output_final_state=True,
+                                use_gate_in_kernel=True, A_log=a["A_log"],
+                                dt_bias=a["dt_bias"]),
+        lambda a: reference(a["q"], a["k"], a["v"], a["beta"],
+                            _softplus_gate(a["raw"], a["A_log"], a["dt_bias"]), a["h0"],
+                            scale=0.2)),
+    "fused_recurrent_kda lower bound": (
+        lambda a: fla.fused_recurrent_kda(a["q"], a["k"], a["v"], a["raw"], a["beta"],
+                                          a["A_log"], a["dt_bias"], initial_state=a["h0"],
+                                          output_final_state=True, use_gate_in_kernel=True,
+                                          lower_bound=-3.0),
+        lambda a: reference(a["q"], a["k"], a["v"], a["beta"], -3.0 * torch.sigmoid(
+            a["A_log"].double().exp()[:, None]
+            * (a["raw"].double() + a["dt_bias"].double().view(2, -1))), a["h0"])),
+    "chunk_delta_rule": (
+        lambda a: fla.chunk_delta_rule(a["q"], a["k"], a["v"], a["beta"],
+                                       initial_state=a["h0"], output_final_state=True),
+        lambda a: reference(a["q"], a["k"], a["v"], a["beta"], None, a["h0"])),
+    "fused_recurrent_delta_rule no beta": (
+        lambda a: fla.fused_recurrent_delta_rule(a["q"], a["k"], a["v"], None, None, a["h0"],
+                                                 True),
+        lambda a: reference(a["q"], a["k"], a["v"], torch.ones(a["v"].shape[:3]), None,
+                            a["h0"])),
+    "chunk_gla": (
+        lambda a: fla.chunk_gla(a["q"], a["k"], a["v"], a["gk"], initial_state=a["h0"],
+                                output_final_state=True),
+        lambda a: reference(a["q"], a["k"], a["v"], None, a["gk"], a["h0"], delta=False)),
+    "fused_recurrent_gla v-first state": (
+        lambda a: fla.fused_recurrent_gla(a["q"], a["k"], a["v"], a["gk"],
+                                          initial_state=a["h0"].mT, output_final_state=True,
+                                          state_v_first=True),
+        lambda a: _transposed(reference(a["q"], a["k"], a["v"], None, a["gk"], a["h0"],
+                                        delta=False))),
+    "chunk_simple_gla g + g_gamma": (
+        lambda a: fla.chunk_simple_gla(a["q"], a["k"], a["v"], a["g"], a["A_log"] - 1,
+                                       initial_state=a["h0"], output_final_state=True),
+        lambda a: reference(a["q"], a["k"], a["v"], None, a["g"] + a["A_log"] - 1, a["h0"],
+                            delta=False)),
+    "fused_recurrent_simple_gla g_gamma": (
+        lambda a: fla.fused_recurrent_simple_gla(a["q"], a["k"], a["v"], g_gamma=a["A_log"] - 1,
+                                                 initial_state=a["h0"],
+                                                 output_final_state=True),
+        lambda a: reference(a["q"], a["k"], a["v"], None,
+                            (a["A_log"] - 1).expand(*a["v"].shape[:3]), a["h0"], delta=False)),
+}
+
+
+def _transposed(result):
+    out, final = result
+    return out, final.mT
+
+
+def assert_close(actual, expected, dtype):
+    torch.testing.assert_close(actual.double(), expected, atol=TOLERANCE[dtype],
+                               rtol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_function_matches_the_recurrence(case, dtype):
+    call, expect = CASES[case]
+    inputs = make_inputs(dtype)
+    out, final = call(inputs)
+    expected_out, expected_final = expect(inputs)
+    assert out.dtype == dtype and out.shape == inputs["v"].shape
+    assert final.dtype == torch.float32 and final.shape == expected_final.shape
+    assert_close(out, expected_out, dtype)
+    assert_close(final, expected_final, dtype)
+
+
+CU_SEQLENS = torch.tensor([0, 0, 1, 20, 37])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_sequences_run_alone(dtype):
+    a = make_inputs(dtype, batch=1, seed=1)
+    h0 = torch.randn(4, *a["h0"].shape[1:], generator=torch.Generator().manual_seed(2))
+    out, final = fla.chunk_gated_delta_rule(a["q"], a["k"], a["v"], a["g"], a["beta"],
+                                            initial_state=h0, output_final_state=True,
+                                            cu_seqlens=CU_SEQLENS)
+    expected = reference(a["q"], a["k"], a["v"], a["beta"], a["g"], h0, CU_SEQLENS)
+    assert_close(out, expected[0], dtype)
+    assert_close(final, expected[1], dtype)
+    out, final = fla.chunk_gla(a["q"], a["k"], a["v"], a["gk"], initial_state=h0,
+                               output_final_state=True, cu_seqlens=CU_SEQLENS.int())
+    expected = reference(a["q"], a["k"], a["v"], None, a["gk"], h0, CU_SEQLENS, delta=False)
+    assert_close(out, expected[0], dtype)
+    assert_close(final, expected[1], dtype)
+
+
+def test_reverse_runs_each_packed_sequence_backwards():
+    a = make_inputs(torch.float32, batch=1, seed=3)
+    h0 = torch.randn(4, *a["h0"].shape[1:], generator=torch.Generator().manual_seed(4))
+    out, final = fla.fused_recurrent_simple_gla(a["q"], a["k"], a["v"], a["g"],
+                                                initial_state=h0, output_final_state=True,
+                                                reverse=True, cu_seqlens=CU_SEQLENS)
+    for n, (start, end) in enumerate(zip(CU_SEQLENS.tolist(), CU_SEQLENS[1:].tolist())):
+        steps = slice(start, end)
+        o, state = recurrence(*(a[x][0, steps].flip(0) for x in ("q", "k", "v")), None,
+                              a["g"][0, steps].flip(0), 16 ** -0.5, h0[n], delta=False)
+        assert_close(out[0, steps], o.flip(0), torch.float32)
+        assert_close(final[n], state, torch.float32)
+
+
+@pytest.mark.parametrize("chunk, recurrent", [
+    (fla.chunk_gated_delta_rule, fla.fused_recurrent_gated_delta_rule),
+    (fla.chunk_simple_gla, fla.fused_recurrent_simple_gla),
+])
+def test_decoding_token_by_token_equals_the_chunkwise_function(chunk, recurrent):
+    a = make_inputs(torch.float32, length=7, seed=5)
+    gates = {"g": a["g"]} | ({"beta": a["beta"]} if chunk is fla.chunk_gated_delta_rule
+                             else {})
+    out, final = chunk(a["q"], a["k"], a["v"], **gates, initial_state=a["h0"],
+                       output_final_state=True)
+    state, steps = a["h0"], []
+    for t in range(7):
+        step = slice(t, t + 1)
+        o, state = recurrent(a["q"][:, step], a["k"][:, step], a["v"][:, step],
+                             **{name: x[:, step] for name, x in gates.items()},
+                             initial_state=state, output_final_state=True)
+        steps.append(o)
+    torch.testing.assert_close(torch.cat(steps, 1), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, final, atol=1e-5, rtol=1e-5)
+
+
+def _args(a):
+    return a["q"], a["k"], a["v"]
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda a: fla.fused_recurrent_gla(*_args(a), gv=a["v"]), NotImplementedError, "gv"),
+    (lambda a: fla.fused_recurrent_gated_delta_rule(*_args(a), gv=a["v"], beta=a["beta"]),
+     NotImplementedError, "gv"),
+    (lambda a: fla.chunk_delta_rule(*_args(a), a["beta"], head_first=True),
+     NotImplementedError, "head_first"),
+    (lambda a: fla.chunk_simple_gla(*_args(a), a["g"], use_magic=True), NotImplementedError,
+     "use_magic"),
+    (lambda a: fla.chunk_kda(*_args(a), a["gk"], a["beta"], return_intermediate_states=True),
+     NotImplementedError, "return_intermediate_states"),
+    (lambda a: fla.chunk_gated_delta_rule(*_args(a), a["g"], a["beta"], cp_context=object()),
+     NotImplementedError, "cp_context"),
+    (lambda a: fla.fused_recurrent_delta_rule(*_args(a), a["v"]), NotImplementedError, "beta"),
+    (lambda a: fla.chunk_gated_delta_rule(*_args(a), a["g"], a["beta"], chunk_size=0),
+     ValueError, "chunk_size"),
+    (lambda a: fla.chunk_kda(*_args(a), a["gk"], a["beta"], allow_neg_eigval=True),
+     ValueError, "allow_neg_eigval"),
+    (lambda a: fla.chunk_gated_delta_rule(*_args(a), a["g"], a["beta"],
+                                          use_gate_in_kernel=True), ValueError, "A_log"),
+    (lambda a: fla.chunk_gla(*_args(a), a["gk"], cu_seqlens=torch.tensor([0, 5, 3])),
+     ValueError, "cu_seqlens"),
+])
+def test_bad_arguments_give_one_line_errors(call, error, message):
+    with pytest.raises(error, match=message) as raised:
+        call(make_inputs(torch.float32, length=5))
+    assert "\n" not in str(raised.value)
