@@ -7,6 +7,7 @@ The ops are bound here explicitly: most share their folder's name, and importing
 from seqtune.kernels.attention.op import attention
 from seqtune.kernels.attention_decode.op import attention_decode
 from seqtune.kernels.delta_rule.op import delta_rule
+from seqtune.kernels.delta_rule.step import delta_rule_step
 from seqtune.kernels.linear_attention.op import linear_attention
 from seqtune.kernels.linear_attention.ssd import ssd
 from seqtune.kernels.linear_scan.op import linear_scan
@@ -14,4 +15,5 @@ from seqtune.kernels.prefix_attention.op import prefix_attention
 from seqtune.kernels.selective_scan.op import selective_scan
 
 __all__ = ["attention", "attention_decode", "delta_rule", "linear_attention", "ssd",
+           "delta_rule_step",
            "linear_scan", "prefix_attention", "selective_scan"]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from seqtune.kernels.delta_rule.baselines import BASELINES
 from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM, delta_rule
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
+from seqtune.kernels.delta_rule.step_spec import STEP_SPEC
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
@@ -276,4 +277,4 @@ SPECS = (KernelSpec(
     stages=STAGES,
     stagewise=True,
     baselines=BASELINES,
-),)
+), STEP_SPEC)
