@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import math
+import os
 import random
+import stat
 import statistics
+import zlib
 from pathlib import Path
 from typing import Any
 
 from seqtune.spec import Config
 from seqtune.store.journal import read_log
+from seqtune.store.safe_read import UnsafeFile, read_regular_file
 from seqtune.tuning.search import STRATEGIES, SearchSpace, choose, config_key, make_strategy
 
 TOLERANCE = 0.03
 # Mean final gaps closer than this (0.01% of the optimum's time) are a tie.
 GAP_RESOLUTION = 1e-4
+# Kernel Tuner caches are read whole: larger than any shared space (the largest are ~10 MB)
+MAX_RECORD_BYTES = 256 * 2**20
 
 
 class ReplayError(Exception):
@@ -84,37 +91,89 @@ class RecordedSpace:
 
 
 def load(path: Path) -> list[RecordedSpace]:
-    """The recorded spaces of a tuning log or a Kernel Tuner cache file."""
+    """The recorded spaces of a tuning log or a Kernel Tuner cache file; ReplayError naming the
+    file for anything else (not a regular file, too large, truncated, not JSON, another shape)."""
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                return [kernel_tuner_space(json.load(handle), str(path))]
-        if path.suffix == ".json":
-            with open(path, encoding="utf-8") as handle:
-                return [kernel_tuner_space(json.load(handle), str(path))]
+        if path.suffix in (".gz", ".json"):
+            return [kernel_tuner_space(json.loads(_cache_text(path)), str(path))]
+        _require_regular(path)
         return journal_spaces(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ReplayError(f"{path}: {type(exc).__name__}: {exc}") from None
+    except ReplayError:
+        raise
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: no such file") from None
+    except UnsafeFile as exc:
+        raise ReplayError(f"{path}: {exc}") from None
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError) as exc:
+        # EOFError: a truncated .gz; ValueError: not JSON or not UTF-8; RecursionError: JSON
+        # nested too deep to parse
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ReplayError(f"{path}: cannot read it ({type(exc).__name__}: {detail})") from None
 
 
-def kernel_tuner_space(document: dict[str, Any], source: str) -> RecordedSpace:
+def _require_regular(path: Path) -> None:
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the replay forever
+        raise ReplayError(f"{path}: not a regular file")
+
+
+def _cache_text(path: Path) -> str:
+    """A Kernel Tuner cache's text, gunzipped for ``.gz``, at most MAX_RECORD_BYTES either way
+    (so a small .gz cannot expand to fill the memory)."""
+    data = read_regular_file(path, MAX_RECORD_BYTES)
+    if path.suffix == ".gz":
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise UnsafeFile(f"decompresses to over {MAX_RECORD_BYTES >> 20} MB")
+    return data.decode("utf-8")
+
+
+def kernel_tuner_space(document: Any, source: str) -> RecordedSpace:
     """A Kernel Tuner cache: ``tune_params_keys`` order the values; ``time`` and ``times`` are
-    in ms (a string time marks a failed config)."""
-    keys = document["tune_params_keys"]
+    in ms (a string time marks a failed config). ReplayError for another shape."""
+    if not isinstance(document, dict):
+        raise ReplayError(f"{source}: not a Kernel Tuner cache (a {type(document).__name__}, "
+                          "not a mapping)")
+    keys, cache = document.get("tune_params_keys"), document.get("cache")
+    if not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+        raise ReplayError(f"{source}: not a Kernel Tuner cache (no list of names "
+                          "'tune_params_keys')")
+    if not isinstance(cache, dict):
+        raise ReplayError(f"{source}: not a Kernel Tuner cache ('cache' is "
+                          f"{type(cache).__name__}, not a mapping)")
     configs, times, samples = [], [], []
-    for entry in document["cache"].values():
+    for name, entry in cache.items():
+        if not (isinstance(entry, dict) and all(_is_value(entry.get(k)) for k in keys)):
+            raise ReplayError(f"{source}: cache entry {name!r} lacks a plain value for one of "
+                              f"{keys}")
         configs.append({k: entry[k] for k in keys})
         elapsed = entry.get("time")
-        valid = isinstance(elapsed, (int, float)) and math.isfinite(elapsed)
+        valid = _is_time(elapsed)
         times.append(elapsed * 1e3 if valid else math.inf)
         runs = entry.get("times") if valid else None
-        samples.append([t * 1e3 for t in runs] if isinstance(runs, list) else [])
-    params = {k: tuple(document.get("tune_params", {}).get(k, ())) for k in keys}
+        samples.append([t * 1e3 for t in runs]
+                       if isinstance(runs, list) and all(map(_is_time, runs)) else [])
+    tune_params = document.get("tune_params")
+    tune_params = tune_params if isinstance(tune_params, dict) else {}
+    params = {k: tuple(v for v in (tune_params.get(k) if isinstance(tune_params.get(k), list)
+                                   else ()) if _is_value(v)) for k in keys}
     label = " ".join(str(part) for part in (document.get("kernel_name"),
                                              document.get("device_name")) if part)
     return _checked(RecordedSpace(source, label or Path(source).name, params, configs, times,
                                   samples, starts=[]))
+
+
+def _is_value(value: Any) -> bool:
+    """A plain config value (hashable, comparable with its kind)."""
+    return isinstance(value, (str, int, float)) and value == value  # not NaN
+
+
+def _is_time(value: Any) -> bool:
+    """A usable measured time: a positive finite number (0 would make every gap infinite)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
 
 
 def journal_spaces(path: Path) -> list[RecordedSpace]:
@@ -122,10 +181,12 @@ def journal_spaces(path: Path) -> list[RecordedSpace]:
     its latest record, and the first config recorded (the default) is the start."""
     groups: dict[tuple[str, str], dict[tuple, dict[str, Any]]] = {}
     for record in read_log(path):
-        if not isinstance(record.get("config"), dict) or "kernel" not in record:
+        config = record.get("config")
+        if not (isinstance(config, dict) and all(map(_is_value, config.values()))
+                and "kernel" in record):
             continue
         group_key = (str(record["kernel"]), json.dumps(record.get("problem"), sort_keys=True))
-        groups.setdefault(group_key, {})[config_key(record["config"])] = record
+        groups.setdefault(group_key, {})[config_key(config)] = record
     if not groups:
         raise ReplayError(f"{path}: no tuning-log records")
     return [_checked(_journal_space(str(path), kernel, json.loads(problem), list(records.values())))
@@ -152,7 +213,7 @@ def _journal_time(record: dict[str, Any]) -> float:
     if record.get("status") != "ok" or not isinstance(timing, dict):
         return math.inf
     median = timing.get("median")
-    return float(median) if isinstance(median, (int, float)) else math.inf
+    return float(median) if _is_time(median) else math.inf
 
 
 def _checked(space: RecordedSpace) -> RecordedSpace:
@@ -199,14 +260,19 @@ class ReplayEvaluate:
 
 def budget_for(budget: str, size: int) -> int:
     """Configs per run: a count ("200") or a share of the space ("5%", rounded down, at least
-    one), never more than the space."""
+    one), never more than the space; ValueError for anything else, or a count or share that is
+    not positive."""
     text = budget.strip()
     try:
-        count = (math.floor(float(text[:-1]) / 100.0 * size) if text.endswith("%")
-                 else int(text))
+        share = float(text[:-1]) if text.endswith("%") else None
+        count = int(text) if share is None else None
     except ValueError:
         raise ValueError(f"budget {budget!r} is neither a count nor a percentage") from None
-    if count < 1 and not text.endswith("%"):
+    if share is not None:
+        if not (math.isfinite(share) and share > 0):
+            raise ValueError(f"budget {budget!r} must be a positive percentage")
+        count = math.floor(min(share, 100.0) / 100.0 * size)
+    elif count < 1:
         raise ValueError(f"budget {budget!r} must be at least 1")
     return min(max(count, 1), size)
 

@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Any
 
 from seqtune.device import peak_for
+from seqtune.errors import Failure
 from seqtune.spec import format_problem
+from seqtune.store.validate import InvalidEntry, check_shape, check_timing, entry_name
 
 
 def percent_of_peak(entry: dict[str, Any], device_name: str) -> float | None:
@@ -30,13 +32,20 @@ def roofline_percent(tflops: float | None, gbps: float | None, dtype: Any,
 
 def entry_rows(profile: dict[str, Any], path: Path, kernel: str | None,
                stale: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    """One flat row per entry, as shown and as written by ``--json``."""
+    """One flat row per entry, as shown and as written by ``--json``; Failure naming the file and
+    the entry for one that is malformed (not a mapping, a config that is not, a timing that is
+    not a number)."""
     device = profile.get("device") or {}
     rows = []
     for name, section in (profile.get("kernels") or {}).items():
         if kernel and name != kernel:
             continue
         for index, entry in enumerate(section.get("entries", [])):
+            try:
+                check_shape(entry)
+                check_timing(entry)
+            except InvalidEntry as exc:
+                raise Failure(f"{entry_name(path, name, index)}: {exc}") from None
             rows.append({
                 "file": str(path), "kernel": name, "problem": entry.get("problem"),
                 "config": entry.get("config"), "time_us": entry.get("time_us"),
@@ -52,14 +61,14 @@ def entry_rows(profile: dict[str, Any], path: Path, kernel: str | None,
 
 
 def comparison_rows(rows_by_file: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Problems present in the first profile and another: time ratio (other / first)."""
+    """Problems present in the first profile and another, both timed: time ratio (other / first)."""
     first, *others = rows_by_file
-    base = {(r["kernel"], format_problem(r["problem"] or {})): r for r in first}
+    base = {(r["kernel"], format_problem(r["problem"] or {})): r for r in first if r["time_us"]}
     compared = []
     for rows in others:
         for row in rows:
             key = (row["kernel"], format_problem(row["problem"] or {}))
-            if key in base:
+            if key in base and row["time_us"]:
                 a, b = base[key], row
                 compared.append({
                     "kernel": key[0], "problem": key[1], "base_file": a["file"],

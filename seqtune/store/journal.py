@@ -68,12 +68,13 @@ def _symlink_refused(path: Path) -> Failure:
 
 
 def read_log(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a log; a torn last line (a tune killed mid-write) is skipped."""
-    with open(path, encoding="utf-8") as handle:
+    """The records of a log; a torn last line (a tune killed mid-write) is skipped, and so is
+    any other line that is not a JSON object (or nests too deep to parse)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(record, dict):
                 yield record

@@ -72,7 +72,9 @@ def load_yaml(text: str) -> Any:
     depth = 0
     for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise UnsafeFile(f"YAML anchors and aliases are not allowed{_line(event)}")
+            raise UnsafeFile(f"YAML anchors and aliases are not allowed{_line(event)}: write "
+                             "each value in full (yaml.safe_dump writes aliases for objects it "
+                             "sees twice)")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
