@@ -150,3 +150,24 @@ def test_a_negative_budget_is_a_usage_error(tmp_path):
 def test_budgets_that_were_fine_still_are():
     assert budget_for("5%", 100) == 5 and budget_for("0.1%", 100) == 1
     assert budget_for("200%", 100) == 100 and budget_for("7", 100) == 7
+
+
+# ---------------------------------------------------------------- bench on the interpreter
+
+def test_bench_refuses_long_lengths_on_the_interpreter_before_running_anything(monkeypatch):
+    import seqtune.analysis.bench as bench
+
+    monkeypatch.setattr(bench, "bench_problem", lambda *args: pytest.fail("a problem ran"))
+    with pytest.raises(UsageError) as caught:
+        seqtune.bench(["linear_scan"], lengths="64,32k")
+    message = str(caught.value)
+    assert "32768" in message and "up to 256" in message and "\n" not in message
+
+
+def test_long_lengths_are_allowed_on_a_gpu():
+    from seqtune.analysis.bench import check_lengths
+
+    check_lengths("cuda", (32768,))
+    check_lengths("interpreter", (1, 256))
+    with pytest.raises(UsageError):
+        check_lengths("interpreter", (257,))

@@ -43,10 +43,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seqtune.device import DeviceInfo, peak_for
+from seqtune.errors import UsageError
 from seqtune.spec import KernelSpec, Outputs, Problem
 
 SCHEMA = "seqtune-bench/1"
 LENGTH_FIELDS = ("T", "S", "L")
+# The interpreter runs only the tiny preset (lengths up to 64); at 4x that a problem still takes
+# seconds (attention at 256: ~1 s a call, 4 calls per config), while attention at 32k would run
+# for hours with no output.
+INTERPRETER_MAX_LENGTH = 256
 GPU_TIMING_NOTE = "GPU timings: triton.testing.do_bench median [p20-p80], L2 flushed"
 
 
@@ -72,6 +77,15 @@ def parse_lengths(text: str) -> tuple[int, ...]:
                              "e.g. 512, 1k, 32k)")
         lengths.add(value)
     return tuple(sorted(lengths))
+
+
+def check_lengths(backend: str, lengths: tuple[int, ...] | None) -> None:
+    """UsageError for lengths the Triton interpreter cannot bench in seconds."""
+    too_long = [n for n in lengths or () if n > INTERPRETER_MAX_LENGTH]
+    if backend == "interpreter" and too_long:
+        raise UsageError(f"--lengths {','.join(map(str, too_long))}: the Triton interpreter (no "
+                         f"CUDA GPU) benches lengths up to {INTERPRETER_MAX_LENGTH} only, as it "
+                         "tunes only the tiny preset; longer lengths need a GPU")
 
 
 def length_fields(spec: KernelSpec) -> tuple[str, ...]:
@@ -205,6 +219,7 @@ def run_bench(specs: list[KernelSpec], device: DeviceInfo, options: BenchOptions
     from seqtune.store.profile_file import software_versions
     from seqtune.tuning.timing import INTERPRETER_NOTE, timer_for
 
+    check_lengths(device.backend, options.lengths)
     timer, label = timer_for(device.backend)
     profile, profile_file = tuned_profile(options.profile_dir, device.key)
     results = []
