@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from seqtune.kernels.linear_attention.baselines import BASELINES, SSD_BASELINES
 from seqtune.kernels.linear_attention.kernels import SUB
+from seqtune.kernels.linear_attention.step_spec import STEP_SPECS
 from seqtune.kernels.linear_attention.reference import (packed_lengths,
                                                         varlen_linear_attention_reference,
                                                         varlen_ssd_reference)
@@ -427,4 +428,4 @@ SSD = KernelSpec(
     baselines=SSD_BASELINES,
 )
 
-SPECS = (LINEAR_ATTENTION, SSD)
+SPECS = (LINEAR_ATTENTION, SSD) + STEP_SPECS
