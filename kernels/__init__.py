@@ -10,10 +10,12 @@ from seqtune.kernels.delta_rule.op import delta_rule
 from seqtune.kernels.delta_rule.step import delta_rule_step
 from seqtune.kernels.linear_attention.op import linear_attention
 from seqtune.kernels.linear_attention.ssd import ssd
+from seqtune.kernels.linear_attention.step import linear_attention_step, ssd_step
 from seqtune.kernels.linear_scan.op import linear_scan
 from seqtune.kernels.prefix_attention.op import prefix_attention
 from seqtune.kernels.selective_scan.op import selective_scan
 
 __all__ = ["attention", "attention_decode", "delta_rule", "linear_attention", "ssd",
+           "linear_attention_step", "ssd_step",
            "delta_rule_step",
            "linear_scan", "prefix_attention", "selective_scan"]
