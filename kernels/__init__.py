@@ -6,6 +6,7 @@ The ops are bound here explicitly: most share their folder's name, and importing
 """
 from seqtune.kernels.attention.op import attention
 from seqtune.kernels.attention_decode.op import attention_decode
+from seqtune.kernels.causal_conv1d import causal_conv1d, causal_conv1d_step
 from seqtune.kernels.delta_rule.op import delta_rule
 from seqtune.kernels.delta_rule.step import delta_rule_step
 from seqtune.kernels.linear_attention.op import linear_attention
@@ -18,4 +19,5 @@ from seqtune.kernels.selective_scan.op import selective_scan
 __all__ = ["attention", "attention_decode", "delta_rule", "linear_attention", "ssd",
            "linear_attention_step", "ssd_step",
            "delta_rule_step",
-           "linear_scan", "prefix_attention", "selective_scan"]
+           "linear_scan", "prefix_attention", "selective_scan", "causal_conv1d",
+           "causal_conv1d_step"]

@@ -1,0 +1,101 @@
+"""Baselines of ``causal_conv1d`` for ``seqtune bench``: the same computation by other means.
+
+- ``torch``: ``F.conv1d(groups=D)`` in x's dtype on each row left-padded by its state (what a
+  PyTorch model runs); packed batches one sequence at a time.
+- ``fla``: flash-linear-attention's Triton ``causal_conv1d`` (same ``[B, T, D]`` layout and
+  cu_seqlens), when ``fla`` is installed and x is on a GPU. fla keeps W state columns, the oldest
+  unused: seqtune's state is its last W - 1.
+- ``causal_conv1d``: the CUDA kernels of the causal-conv1d package (``[B, D, T]`` layout, given
+  a channel-last view of x), when installed and x is on a GPU; packed batches through its
+  ``seq_idx``, which takes neither initial nor final states.
+
+Each takes the forward spec's inputs and returns ``(y, final_state)``. The backward baselines
+(``torch``, ``fla``) return the gradients of x, weight, bias and initial state by autograd
+(their time includes the forward that autograd needs).
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from seqtune.spec import Inputs, Outputs
+
+
+def torch_conv1d(inputs: Inputs) -> Outputs:
+    x, weight, bias = inputs["x"], inputs["weight"], inputs["bias"]
+    channels, width = weight.shape
+    state, cu_seqlens = inputs["initial_state"], inputs["cu_seqlens"]
+    kernel = weight.to(x.dtype)[:, None, :]
+    bias = bias.to(x.dtype) if bias is not None else None
+
+    def convolve(rows: torch.Tensor, row_state: torch.Tensor | None):  # rows [n, D, T]
+        pad = (row_state.to(x.dtype) if row_state is not None
+               else rows.new_zeros(rows.shape[0], channels, width - 1))
+        padded = torch.cat([pad, rows], dim=2)
+        out = F.conv1d(padded, kernel, bias, groups=channels) if rows.shape[2] else rows
+        out = F.silu(out) if inputs["activation"] is not None else out
+        return out, padded[:, :, padded.shape[2] - (width - 1):]
+
+    if cu_seqlens is None:
+        y, final_state = convolve(x.transpose(1, 2), state)
+        return y.transpose(1, 2), final_state
+    bounds = cu_seqlens.tolist()
+    pieces = [convolve(x[:, a:b].transpose(1, 2), state[n:n + 1] if state is not None else None)
+              for n, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    y = torch.cat([out for out, _ in pieces], dim=2).transpose(1, 2)
+    return y, torch.cat([final for _, final in pieces])
+
+
+def _installed(module: str, function: str, x: torch.Tensor):
+    if x.device.type != "cuda":
+        raise RuntimeError(f"{module} needs a CUDA device")
+    return getattr(importlib.import_module(module), function)
+
+
+def fla_conv1d(inputs: Inputs) -> Outputs:
+    x, state = inputs["x"], inputs["initial_state"]
+    conv = _installed("fla.modules.convolution", "causal_conv1d", x)
+    y, final_state = conv(x, inputs["weight"], inputs["bias"],
+                          initial_state=F.pad(state, (1, 0)) if state is not None else None,
+                          output_final_state=True, activation=inputs["activation"],
+                          cu_seqlens=inputs["cu_seqlens"])
+    return y, final_state[..., 1:]
+
+
+def dao_conv1d(inputs: Inputs) -> Outputs:
+    x, state, cu_seqlens = inputs["x"], inputs["initial_state"], inputs["cu_seqlens"]
+    conv = _installed("causal_conv1d", "causal_conv1d_fn", x)
+    channel_last = x.transpose(1, 2)
+    if cu_seqlens is None:
+        if state is not None:  # its channel-last kernel wants channel-last states too
+            state = state.transpose(1, 2).contiguous().transpose(1, 2)
+        y, final_state = conv(channel_last, inputs["weight"], inputs["bias"],
+                              initial_states=state, return_final_states=True,
+                              activation=inputs["activation"])
+        return y.transpose(1, 2), final_state
+    if state is not None:
+        raise NotImplementedError("causal-conv1d takes no initial states with seq_idx")
+    lengths = cu_seqlens.diff()
+    seq_idx = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device,
+                                                   dtype=torch.int32), lengths)[None]
+    y = conv(channel_last, inputs["weight"], inputs["bias"], seq_idx=seq_idx,
+             activation=inputs["activation"])
+    return (y.transpose(1, 2),)
+
+
+def _autograd_of(forward):
+    """The backward baseline of a forward baseline: gradients of the inputs that exist."""
+    def gradients(inputs: Inputs) -> Outputs:
+        names = [k for k in ("x", "weight", "bias", "initial_state") if inputs[k] is not None]
+        leaves = {k: inputs[k].detach().requires_grad_() for k in names}
+        y, final_state = forward({**inputs, **leaves})[:2]
+        return torch.autograd.grad((y, final_state),
+                                   [leaves[k] for k in names],
+                                   (inputs["grad_y"], inputs["grad_final_state"]))
+    return gradients
+
+
+FORWARD_BASELINES = {"torch": torch_conv1d, "fla": fla_conv1d, "causal_conv1d": dao_conv1d}
+BACKWARD_BASELINES = {"torch": _autograd_of(torch_conv1d), "fla": _autograd_of(fla_conv1d)}
