@@ -59,7 +59,8 @@ def ssd_inputs(dtype, batch=2, length=37, seed=0):
 
     heads, groups, headdim, state_dim = 4, 2, 16, 16
     return {"x": randn(batch, length, heads, headdim).to(dtype),
-            "dt": randn(batch, length, heads) * 0.5 - 1, "A": -torch.rand(heads, generator=generator) - 0.5,
+            "dt": randn(batch, length, heads) * 0.5 - 1,
+            "A": -torch.rand(heads, generator=generator) - 0.5,
             "B": randn(batch, length, groups, state_dim).to(dtype),
             "C": randn(batch, length, groups, state_dim).to(dtype),
             "D": randn(heads, headdim), "z": randn(batch, length, heads, headdim).to(dtype),

@@ -15,8 +15,10 @@ Shared by every function here:
   (``use_qk_l2norm_in_kernel``: ``x / sqrt(sum(x^2) + 1e-6)``, as fla), the gate activations
   (``use_gate_in_kernel``), ``sigmoid(beta)`` (``use_beta_sigmoid_in_kernel``), and summing the
   gates fla applies one after the other (``g`` with ``gk``, ``g`` with ``g_gamma``).
-- The fused_recurrent_* functions run the chunkwise kernel (seqtune has no token-serial kernel);
-  their results are the same recurrence.
+- The fused_recurrent_* functions run the chunkwise kernel (seqtune has no token-serial kernel
+  for a whole sequence): the same recurrence. Those of the delta rule family run a call whose
+  sequences are single tokens (decoding, ``T == 1`` or ``cu_seqlens = [0, 1, ..., N]``) on the
+  one-token kernel ``delta_rule_step`` instead, unless an input requires grad.
 - An argument seqtune does not implement raises a one-line NotImplementedError naming it; so does
   any keyword fla's ``**kwargs`` would swallow that is not listed above.
 """
@@ -27,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seqtune.kernels import delta_rule, linear_attention
+from seqtune.checks import expect_shape
+from seqtune.kernels import delta_rule, delta_rule_step, linear_attention
 
 L2NORM_EPS = 1e-6
 
@@ -126,13 +129,52 @@ def _state_out(state: torch.Tensor | None, state_v_first: bool) -> torch.Tensor 
     return _state_in(state, state_v_first)
 
 
+def _one_token_each(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
+    """Whether every sequence is a single token (a decoding step, packed or not)."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        return False
+    if cu_seqlens is None:
+        return q.shape[1] == 1
+    tokens = q.shape[1]
+    return (isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.shape == (tokens + 1,)
+            and bool((cu_seqlens.cpu() == torch.arange(tokens + 1)).all()))
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
+
+
+def _decode_delta_rule(q, k, v, beta, g, scale, initial_state, output_final_state):
+    """One token per sequence on ``delta_rule_step``, from a float32 copy of the initial state
+    (fla's fused_recurrent leaves initial_state untouched too)."""
+    tokens = q.shape[0] * q.shape[1]
+    shape = (tokens, *v.shape[2:3], q.shape[3], v.shape[3])
+    if initial_state is None:
+        state = torch.zeros(shape, dtype=torch.float32, device=q.device)
+    else:
+        expect_shape("initial_state", initial_state, shape)
+        state = initial_state.to(torch.float32, memory_format=torch.contiguous_format,
+                                 copy=True)
+    rows = [None if x is None else x.reshape(tokens, *x.shape[2:]) for x in (q, k, v, beta, g)]
+    o = delta_rule_step(*rows, state=state, scale=scale)
+    return o.reshape(v.shape), state if output_final_state else None
+
+
 def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_state,
-                    use_qk_l2norm_in_kernel, state_v_first, cu_seqlens):
+                    use_qk_l2norm_in_kernel, state_v_first, cu_seqlens, recurrent=False):
+    """The delta rule on the chunkwise op; a fused_recurrent_* call (``recurrent``) whose
+    sequences are single tokens and that needs no gradient runs ``delta_rule_step`` instead."""
     if use_qk_l2norm_in_kernel:
         q, k = _l2norm(q), _l2norm(k)
-    o, final = delta_rule(q, k, v, beta, g, scale=scale,
-                          initial_state=_state_in(initial_state, state_v_first),
-                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    initial_state = _state_in(initial_state, state_v_first)
+    if (recurrent and _one_token_each(q, cu_seqlens)
+            and not _needs_grad(q, k, v, beta, g, initial_state)):
+        o, final = _decode_delta_rule(q, k, v, beta, g, scale, initial_state,
+                                      output_final_state)
+    else:
+        o, final = delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                              output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     return o, _state_out(final, state_v_first)
 
 
@@ -192,8 +234,8 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
     g ``[B, T, HV]`` (raw with ``use_gate_in_kernel``, as in ``chunk_gated_delta_rule``) and
     gk ``[B, T, HV, K]`` log decays, both optional and summed when both are given; beta
     ``[B, T, HV]`` (None: ones). Other arguments and the return value as
-    ``chunk_gated_delta_rule``. Not supported: ``gv`` (value-channel decay), a per-channel beta
-    ``[B, T, HV, V]``.
+    ``chunk_gated_delta_rule``; single-token sequences run ``delta_rule_step``. Not supported:
+    ``gv`` (value-channel decay), a per-channel beta ``[B, T, HV, V]``.
     """
     function = "fused_recurrent_gated_delta_rule"
     state_v_first, _ = _options(function, kwargs, state_v_first)
@@ -211,7 +253,7 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
     return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens, recurrent=True)
 
 
 def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
@@ -252,8 +294,8 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
                         use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
                         lower_bound=None, state_v_first=False, cu_seqlens=None, **kwargs):
     """fla's ``fused_recurrent_kda`` on ``seqtune.kernels.delta_rule``: arguments (``A_log`` and
-    ``dt_bias`` positional here) and return value as ``chunk_kda``. Not supported: a
-    per-channel beta ``[B, T, HV, V]``."""
+    ``dt_bias`` positional here) and return value as ``chunk_kda``; single-token sequences run
+    ``delta_rule_step``. Not supported: a per-channel beta ``[B, T, HV, V]``."""
     function = "fused_recurrent_kda"
     state_v_first, _ = _options(function, kwargs, state_v_first)
     if use_gate_in_kernel:
@@ -262,7 +304,7 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
     return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens, recurrent=True)
 
 
 def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,
@@ -282,15 +324,15 @@ def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=Non
                                output_final_state=False, use_qk_l2norm_in_kernel=False,
                                cu_seqlens=None):
     """fla's ``fused_recurrent_delta_rule`` on ``seqtune.kernels.delta_rule``: as
-    ``chunk_delta_rule``, beta None meaning ones. Not supported: a per-channel beta
-    ``[B, T, HV, V]``."""
+    ``chunk_delta_rule``, beta None meaning ones; single-token sequences run ``delta_rule_step``.
+    Not supported: a per-channel beta ``[B, T, HV, V]``."""
     if beta is None:
         beta = v.new_ones(v.shape[:3])
     beta = _beta(beta, False, False, "fused_recurrent_delta_rule")
     return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                           state_v_first=False, cu_seqlens=cu_seqlens)
+                           state_v_first=False, cu_seqlens=cu_seqlens, recurrent=True)
 
 
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False,
