@@ -170,8 +170,9 @@ def test_bad_cache_arguments_give_one_line_errors():
         (dict(cache_seqlens=torch.tensor([5, 1], dtype=torch.int32)), "cache_seqlens"),
         (dict(cache_batch_idx=torch.tensor([0, 2], dtype=torch.int32)), "cache_batch_idx"),
         (dict(k=new), "k and v"),
+        (dict(cache_seqlens=1, k=new.double(), v=new.double()), "mixed dtypes"),
     ]
     for kwargs, message in cases:
-        with pytest.raises(ValueError, match=message) as error:
+        with pytest.raises((ValueError, TypeError), match=message) as error:
             flash_attn_with_kvcache(q, k_cache, k_cache.clone(), **kwargs)
         assert "\n" not in str(error.value)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from seqtune.checks import expect_float, expect_shape, expect_tensor
+from seqtune.checks import expect_float, expect_same_dtype, expect_shape, expect_tensor
 from seqtune.kernels import attention, attention_decode
 
 # attention_decode's head dims; other dims decode through the packed attention kernel.
@@ -182,9 +182,10 @@ def _append(k_cache, v_cache, k, v, rows, lengths):
     if batch and int(lengths.max()) + new > capacity:
         raise ValueError(f"appending {new} tokens overflows the cache: cache_seqlens + "
                          f"{new} > S_max={capacity}")
+    expect_same_dtype({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache})
     positions = lengths[:, None] + torch.arange(new, device=lengths.device)
-    k_cache[rows[:, None], positions] = k.to(k_cache.dtype)
-    v_cache[rows[:, None], positions] = v.to(v_cache.dtype)
+    k_cache[rows[:, None], positions] = k
+    v_cache[rows[:, None], positions] = v
     return lengths + new
 
 
