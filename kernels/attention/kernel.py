@@ -1,16 +1,24 @@
-"""The tiled attention forward kernel (FlashAttention-2 style).
+"""The tiled attention forward kernel (FlashAttention-2 style) and the device helpers the
+backward kernels share with it.
 
-One program computes a ``BLOCK_M`` x ``D`` tile of the output for one (batch, query head). It keeps
-the query tile on chip and streams key/value tiles of ``BLOCK_N`` rows through two ``tl.dot``s:
-scores ``Q K^T`` and the weighted sum ``P V``. With ``SIGMOID`` the weights are
+One program computes a ``BLOCK_M`` x ``DV`` tile of the output for one (sequence, query head). It
+keeps the query tile on chip and streams key/value tiles of ``BLOCK_N`` rows through two
+``tl.dot``s: scores ``Q K^T`` and the weighted sum ``P V``. With ``SIGMOID`` the weights are
 ``sigmoid(scale * s + bias)`` and are summed as they are; otherwise they are the softmax over the
 visible keys, accumulated with a running row maximum and normaliser (online softmax), so the
-``T x S`` score matrix never exists in memory.
+``T x S`` score matrix never exists in memory. With ``STORE_LSE`` (softmax, for the backward) the
+program also writes each row's log-sum-exp in base 2, ``+inf`` for a row that sees no key, so the
+backward's ``exp2(logit - lse)`` is 0 there.
+
+A sequence is a batch row (dense) or a slice of the packed rows given by ``cu_seqlens`` /
+``cu_seqlens_k`` (``VARLEN``). Head dims ``D`` (q, k) and ``DV`` (v, o) are padded to the
+power-of-two tiles ``BLOCK_D`` / ``BLOCK_DV`` (at least 16, tl.dot's smallest edge): padded
+columns load as zeros, which add nothing to ``q . k``, and are never stored.
 
 Key blocks fall in two ranges. Blocks that every query row of the tile may see in full, and that
-lie inside ``S``, run without masks; the rest (the causal diagonal and the ragged end of ``S``)
-run with the causal and bounds masks. Causal masking is bottom-right aligned: query ``i`` sees
-keys ``j <= i + S - T``. A query row that sees no key at all (``T > S``, causal) gets zeros.
+lie inside the sequence's keys, run without row masks; the rest (the causal diagonal and the
+ragged end) run with the causal and bounds masks. Causal masking is bottom-right aligned per
+sequence: query ``i`` sees keys ``j <= i + S_n - T_n``. A query row that sees no key gets zeros.
 """
 import triton
 import triton.language as tl
@@ -22,7 +30,7 @@ INTERPRETED = triton.knobs.runtime.interpret
 
 
 @triton.jit
-def _dot(a, b, acc, UPCAST_BF16: tl.constexpr):
+def dot(a, b, acc, UPCAST_BF16: tl.constexpr):
     """``acc + a @ b`` with float32 accumulation.
 
     float32 operands run as TF32 on the tensor cores (about 1e-3 relative error): IEEE float32
@@ -36,11 +44,54 @@ def _dot(a, b, acc, UPCAST_BF16: tl.constexpr):
 
 
 @triton.jit
+def load_tile(ptrs, rows_ok, cols_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """A 2-D tile, zero where a row or column is out of range. Masks only what the constexpr
+    flags ask for, so tiles known to be in range load without predicates."""
+    if MASK_ROWS and MASK_COLS:
+        tile = tl.load(ptrs, mask=rows_ok & cols_ok, other=0.0)
+    elif MASK_ROWS:
+        tile = tl.load(ptrs, mask=rows_ok, other=0.0)
+    elif MASK_COLS:
+        tile = tl.load(ptrs, mask=cols_ok, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN: tl.constexpr):
+    """``(first query row, queries, first key row, keys)`` of sequence ``seq``: a slice of the
+    packed rows with VARLEN, else the whole of batch row ``seq`` (rows counted from it)."""
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + seq)
+        q_len = tl.load(cu_q_ptr + seq + 1) - q_start
+        k_start = tl.load(cu_k_ptr + seq)
+        k_len = tl.load(cu_k_ptr + seq + 1) - k_start
+    else:
+        q_start = seq * 0
+        q_len = T + seq * 0
+        k_start = seq * 0
+        k_len = S + seq * 0
+    return q_start, q_len, k_start, k_len
+
+
+@triton.jit
+def batch_row(seq, VARLEN: tl.constexpr):
+    """The batch row of sequence ``seq`` (int64, for pointer offsets): 0 when packed."""
+    if VARLEN:
+        batch = seq.to(tl.int64) * 0
+    else:
+        batch = seq.to(tl.int64)
+    return batch
+
+
+@triton.jit
 def _attend_key_range(acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m, offs_n,
-                      key_lo, key_hi, S, causal_shift, qk_scale, sigmoid_bias,
+                      d_ok, dv_ok, key_lo, key_hi, k_len, causal_shift, qk_scale, sigmoid_bias,
                       stride_kn, stride_vn,
-                      BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                      SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+                      BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PAD_D: tl.constexpr,
+                      PAD_DV: tl.constexpr, CAUSAL: tl.constexpr, SIGMOID: tl.constexpr,
+                      UPCAST_BF16: tl.constexpr):
     """Fold the key blocks starting at ``key_lo`` (a multiple of BLOCK_N) up to ``key_hi`` into
     the accumulator; returns the updated (acc, row_max, row_sum)."""
     for start_n in range(key_lo, key_hi, BLOCK_N):
@@ -48,15 +99,11 @@ def _attend_key_range(acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m
         # Pointer offsets of a block grow with the sequence: form them in 64 bits.
         k_block_ptrs = k_tile_ptrs + tl.cast(start_n, tl.int64) * stride_kn
         v_block_ptrs = v_tile_ptrs + tl.cast(start_n, tl.int64) * stride_vn
+        k_t = load_tile(k_block_ptrs, d_ok[:, None], keys[None, :] < k_len, PAD_D, MASKED)
+        v = load_tile(v_block_ptrs, keys[:, None] < k_len, dv_ok[None, :], MASKED, PAD_DV)
+        scores = dot(q, k_t, None, UPCAST_BF16)
         if MASKED:
-            k_t = tl.load(k_block_ptrs, mask=keys[None, :] < S, other=0.0)
-            v = tl.load(v_block_ptrs, mask=keys[:, None] < S, other=0.0)
-        else:
-            k_t = tl.load(k_block_ptrs)
-            v = tl.load(v_block_ptrs)
-        scores = _dot(q, k_t, None, UPCAST_BF16)
-        if MASKED:
-            visible = keys[None, :] < S
+            visible = keys[None, :] < k_len
             if CAUSAL:
                 visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
         if SIGMOID:
@@ -77,69 +124,95 @@ def _attend_key_range(acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m
             row_sum = row_sum * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None]
             row_max = new_max
-        acc = _dot(weights.to(v.dtype), v, acc, UPCAST_BF16)
+        acc = dot(weights.to(v.dtype), v, acc, UPCAST_BF16)
     return acc, row_max, row_sum
 
 
 @triton.jit
 def attention_fwd_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr,
+        q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
         stride_ob, stride_ot, stride_oh, stride_od,
+        stride_lb, stride_lh,
         T, S, heads_per_kv, qk_scale, sigmoid_bias,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
-    """Grid ``(cdiv(T, BLOCK_M), Hq, B)``. ``qk_scale`` is ``scale * log2(e)`` for softmax and
-    ``scale`` for sigmoid; ``sigmoid_bias`` is used only with SIGMOID."""
+        D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+        STORE_LSE: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """Grid ``(cdiv(longest T_n, BLOCK_M), Hq, B or N)``. ``qk_scale`` is ``scale * log2(e)`` for
+    softmax and ``scale`` for sigmoid; ``sigmoid_bias`` is used only with SIGMOID, replaced by
+    ``-ln(S_n)`` per sequence with DEFAULT_BIAS. ``lse`` is ``[B, Hq, T]`` with unit row stride
+    (written with STORE_LSE only)."""
+    seq = tl.program_id(2)
+    q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
     if CAUSAL:
         # Causal tiles further down hold more keys: start those first for a better tail.
         tile_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
         tile_m = tl.program_id(0)
-    head = tl.program_id(1)
-    batch = tl.program_id(2).to(tl.int64)
-    kv_head = head // heads_per_kv
     start_m = tile_m * BLOCK_M
+    if start_m >= q_len:
+        return
+    head = tl.program_id(1)
+    batch = batch_row(seq, VARLEN)
+    kv_head = head // heads_per_kv
+    if SIGMOID and DEFAULT_BIAS:
+        sigmoid_bias = -tl.log(tl.maximum(k_len, 1).to(tl.float32))
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    rows_ok = offs_m < q_len
 
-    q_base = q_ptr + batch * stride_qb + head.to(tl.int64) * stride_qh
+    q_base = (q_ptr + batch * stride_qb + q_start.to(tl.int64) * stride_qt
+              + head.to(tl.int64) * stride_qh)
     q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_qt + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=offs_m[:, None] < T, other=0.0)
-    k_base = k_ptr + batch * stride_kb + kv_head.to(tl.int64) * stride_kh
+    q = load_tile(q_ptrs, rows_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
+    k_base = (k_ptr + batch * stride_kb + k_start.to(tl.int64) * stride_kn
+              + kv_head.to(tl.int64) * stride_kh)
     k_tile_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    v_base = v_ptr + batch * stride_vb + kv_head.to(tl.int64) * stride_vh
-    v_tile_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    v_base = (v_ptr + batch * stride_vb + k_start.to(tl.int64) * stride_vn
+              + kv_head.to(tl.int64) * stride_vh)
+    v_tile_ptrs = v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
 
-    causal_shift = S - T
+    causal_shift = k_len - q_len
     if CAUSAL:
         # Keys below the first row's horizon are visible to every row of the tile.
-        unmasked_hi = tl.minimum(tl.maximum(start_m + 1 + causal_shift, 0), S)
-        key_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_shift, 0), S)
+        unmasked_hi = tl.minimum(tl.maximum(start_m + 1 + causal_shift, 0), k_len)
+        key_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_shift, 0), k_len)
     else:
-        unmasked_hi = S
-        key_hi = S
+        unmasked_hi = k_len
+        key_hi = k_len
     unmasked_hi = (unmasked_hi // BLOCK_N) * BLOCK_N
 
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, row_max, row_sum = _attend_key_range(
-        acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m, offs_n,
-        0, unmasked_hi, S, causal_shift, qk_scale, sigmoid_bias, stride_kn, stride_vn,
-        BLOCK_N, False, CAUSAL, SIGMOID, UPCAST_BF16)
+        acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m, offs_n, d_ok, dv_ok,
+        0, unmasked_hi, k_len, causal_shift, qk_scale, sigmoid_bias, stride_kn, stride_vn,
+        BLOCK_N, False, BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
     acc, row_max, row_sum = _attend_key_range(
-        acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m, offs_n,
-        unmasked_hi, key_hi, S, causal_shift, qk_scale, sigmoid_bias, stride_kn, stride_vn,
-        BLOCK_N, True, CAUSAL, SIGMOID, UPCAST_BF16)
+        acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m, offs_n, d_ok, dv_ok,
+        unmasked_hi, key_hi, k_len, causal_shift, qk_scale, sigmoid_bias, stride_kn, stride_vn,
+        BLOCK_N, True, BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
     if not SIGMOID:
         # Rows that saw no key have row_sum 0 and acc 0: divide by 1 to output zeros.
-        acc = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+        seen = row_sum > 0.0
+        acc = acc / tl.where(seen, row_sum, 1.0)[:, None]
+        if STORE_LSE:
+            lse = tl.where(seen, row_max + tl.math.log2(tl.where(seen, row_sum, 1.0)),
+                           float("inf"))
+            lse_ptrs = (lse_ptr + batch * stride_lb + head.to(tl.int64) * stride_lh
+                        + q_start.to(tl.int64) + offs_m)
+            tl.store(lse_ptrs, lse, mask=rows_ok)
 
-    o_base = o_ptr + batch * stride_ob + head.to(tl.int64) * stride_oh
-    o_ptrs = o_base + offs_m.to(tl.int64)[:, None] * stride_ot + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < T)
+    o_base = (o_ptr + batch * stride_ob + q_start.to(tl.int64) * stride_ot
+              + head.to(tl.int64) * stride_oh)
+    o_ptrs = o_base + offs_m.to(tl.int64)[:, None] * stride_ot + offs_dv[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=rows_ok[:, None] & dv_ok[None, :])

@@ -1,0 +1,119 @@
+"""Autograd for ``attention``: the forward keeps q, k, v, O and the row log-sum-exp (O(T) extra
+memory, never a ``T x S`` tensor); the backward launches the kernels of ``backward.py`` with the
+``attention_bwd`` config, computing only the gradients that are asked for."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import triton
+
+from seqtune.kernels.attention.backward import (attention_bwd_delta_kernel,
+                                                attention_bwd_dkdv_kernel, attention_bwd_dq_kernel)
+from seqtune.kernels.attention.forward import (AttentionCall, head_tile, kernel_flags, offsets,
+                                               run_forward, sequence_grid)
+from seqtune.launch import launch, new_output
+
+# Elements of O (and of dO) one program of the delta kernel reads: 32 a thread at 4 warps.
+DELTA_TILE_ELEMENTS = 4096
+DELTA_WARPS = 4
+
+Gradients = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+
+class AttentionFunction(torch.autograd.Function):
+    """``apply(q, k, v, call, cfg, bwd_cfg) -> o``; gradients for q, k and v."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                call: AttentionCall, cfg: Mapping[str, Any],
+                bwd_cfg: Mapping[str, Any]) -> torch.Tensor:
+        out, lse = run_forward(q, k, v, call, cfg, store_lse=True)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.call, ctx.bwd_cfg = call, bwd_cfg
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = run_backward(q, k, v, out, lse, grad_out, ctx.call, ctx.bwd_cfg,
+                             ctx.needs_input_grad[:3])
+        return (*grads, None, None, None)
+
+
+def run_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor | None, grad_out: torch.Tensor, call: AttentionCall,
+                 cfg: Mapping[str, Any], needs: Sequence[bool] = (True, True, True)) -> Gradients:
+    """``(dq, dk, dv)`` in the dtypes of q, k, v; None for those ``needs`` leaves out (dk and dv
+    come from one kernel: either asks for it). ``lse``: the forward's (softmax only)."""
+    want_q, want_kv = needs[0], needs[1] or needs[2]
+    dq = new_output(q.shape, q.dtype, q.device) if want_q else None
+    dk = new_output(k.shape, k.dtype, k.device) if want_kv else None
+    dv = new_output(v.shape, v.dtype, v.device) if want_kv else None
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
+        # Nothing attends: every gradient is the empty sum.
+        for grad in (dq, dk, dv):
+            if grad is not None:
+                grad.zero_()
+    elif want_q or want_kv:
+        lse, delta = _row_statistics(out, grad_out, lse, call)
+        shared = _shared_arguments(q, k, v, grad_out, lse, delta, call)
+        if want_kv:
+            _launch_dkdv(shared, dk, dv, q, k, call, cfg)
+        if want_q:
+            _launch_dq(shared, dq, q, call, cfg)
+    return dq, (dk if needs[1] else None), (dv if needs[2] else None)
+
+
+def _row_statistics(out: torch.Tensor, grad_out: torch.Tensor, lse: torch.Tensor | None,
+                    call: AttentionCall) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(lse, delta)`` as ``[B, Hq, T]`` contiguous float32 (the kernels index them alike);
+    None for sigmoid scores, which need neither."""
+    if call.sigmoid:
+        return None, None
+    lse = lse.contiguous()
+    batch, queries, heads, value_dim = out.shape
+    delta = new_output(lse.shape, torch.float32, out.device)
+    block_dv = head_tile(value_dim)
+    block_m = max(1, DELTA_TILE_ELEMENTS // block_dv)
+    launch(attention_bwd_delta_kernel, (triton.cdiv(queries, block_m), heads, batch),
+           out, grad_out, delta, *out.stride(), *grad_out.stride(), *delta.stride()[:2],
+           queries, DV=value_dim, BLOCK_DV=block_dv, BLOCK_M=block_m, num_warps=DELTA_WARPS)
+    return lse, delta
+
+
+def _shared_arguments(q, k, v, grad_out, lse, delta, call) -> dict[str, Any]:
+    """What the dK/dV and dQ launches both take, by role."""
+    batch, queries, heads, _ = q.shape
+    keys, kv_heads = k.shape[1], k.shape[2]
+    cu_q, cu_k = offsets(call)
+    return {"inputs": (q, k, v, grad_out), "rows": (lse, delta), "offsets": (cu_q, cu_k),
+            "strides": (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride()),
+            "row_strides": lse.stride()[:2] if lse is not None else (0, 0),
+            "scalars": (queries, keys, heads // kv_heads, call.scale, call.qk_scale, call.bias),
+            "flags": kernel_flags(call, q, v)}
+
+
+def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tensor,
+                 k: torch.Tensor, call: AttentionCall, cfg: Mapping[str, Any]) -> None:
+    batch, keys, kv_heads = k.shape[0], k.shape[1], k.shape[2]
+    longest = keys if call.packing is None else call.packing.max_keys
+    sequences = sequence_grid(call, batch, q.shape[1])[1]
+    block_n = cfg["dkdv.BLOCK_N"]
+    launch(attention_bwd_dkdv_kernel, (triton.cdiv(longest, block_n), kv_heads, sequences),
+           *shared["inputs"], *shared["rows"], dk, dv, *shared["offsets"], *shared["strides"],
+           *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
+           BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
+           num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"])
+
+
+def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionCall,
+               cfg: Mapping[str, Any]) -> None:
+    longest, sequences = sequence_grid(call, q.shape[0], q.shape[1])
+    block_m = cfg["dq.BLOCK_M"]
+    launch(attention_bwd_dq_kernel, (triton.cdiv(longest, block_m), q.shape[2], sequences),
+           *shared["inputs"], *shared["rows"], dq, *shared["offsets"], *shared["strides"],
+           *dq.stride(), *shared["row_strides"], *shared["scalars"],
+           BLOCK_M=block_m, BLOCK_N=cfg["dq.BLOCK_N"], **shared["flags"],
+           num_warps=cfg["dq.num_warps"], num_stages=cfg["dq.num_stages"])
+

@@ -1,0 +1,240 @@
+"""The attention backward kernels (FlashAttention-2 style): no ``T x S`` tensor is ever formed.
+
+Inputs are q, k, v, the output O, the upstream gradient dO and, for softmax, the forward's row
+log-sum-exp (base 2, ``+inf`` for rows that see no key). Each kernel recomputes its tile of
+weights ``P`` from q, k and the log-sum-exp (softmax: ``P = exp2(s * qk_scale - lse)``; sigmoid:
+``P = sigmoid(scale * s + bias)``), then with ``dP = dO V^T``:
+
+- softmax: ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)`` from the preprocessing kernel;
+- sigmoid: ``dS = dP * P * (1 - P)``;
+
+and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
+
+- ``attention_bwd_delta_kernel``: ``delta [B, Hq, T]`` (softmax only).
+- ``attention_bwd_dkdv_kernel``: one program per ``BLOCK_N`` keys of one key/value head; it loops
+  over the query heads of its group and their query blocks, so dK and dV are summed over the
+  group in registers (no atomics, no per-query-head copy).
+- ``attention_bwd_dq_kernel``: one program per ``BLOCK_M`` queries of one query head, looping
+  over its visible key blocks.
+"""
+import triton
+import triton.language as tl
+
+from seqtune.kernels.attention.kernel import batch_row, dot, load_tile, locate_sequence
+
+
+@triton.jit
+def attention_bwd_delta_kernel(
+        o_ptr, do_ptr, delta_ptr,
+        stride_ob, stride_ot, stride_oh, stride_od,
+        stride_dob, stride_dot, stride_doh, stride_dod,
+        stride_db, stride_dh,
+        T, DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Grid ``(cdiv(T, BLOCK_M), Hq, B)``: ``delta[b, h, t] = sum_d O * dO`` in float32 (packed
+    rows need no sequence bounds: the sum is per row)."""
+    batch = tl.program_id(2).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask = (offs_m[:, None] < T) & (offs_dv[None, :] < DV)
+    rows = offs_m.to(tl.int64)[:, None]
+    o = tl.load(o_ptr + batch * stride_ob + head * stride_oh + rows * stride_ot
+                + offs_dv[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(do_ptr + batch * stride_dob + head * stride_doh + rows * stride_dot
+                 + offs_dv[None, :] * stride_dod, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(delta_ptr + batch * stride_db + head * stride_dh + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _row_statistics(lse_ptr, delta_ptr, offsets, rows_ok, SIGMOID: tl.constexpr):
+    """``(lse, delta)`` of a block of query rows; softmax only (sigmoid weights need neither:
+    zeros stand in). Rows past the sequence read lse = +inf, so their weights are 0."""
+    if SIGMOID:
+        lse = tl.zeros(rows_ok.shape, dtype=tl.float32)
+        delta = lse
+    else:
+        lse = tl.load(lse_ptr + offsets, mask=rows_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + offsets, mask=rows_ok, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _score_gradient(scores, visible, lse, delta, dp, qk_scale, sigmoid_bias,
+                    SIGMOID: tl.constexpr):
+    """``(P, dS)`` of a tile from its raw scores ``q . k``, either orientation (``lse`` and
+    ``delta`` already broadcast to the tile); zero where not ``visible``."""
+    if SIGMOID:
+        weights = tl.sigmoid(scores * qk_scale + sigmoid_bias)
+        weights = tl.where(visible, weights, 0.0)
+        grad = dp * weights * (1.0 - weights)
+    else:
+        weights = tl.math.exp2(scores * qk_scale - lse)
+        weights = tl.where(visible, weights, 0.0)
+        grad = weights * (dp - delta)
+    return weights, grad
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(
+        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
+        stride_qb, stride_qt, stride_qh, stride_qd,
+        stride_kb, stride_kn, stride_kh, stride_kd,
+        stride_vb, stride_vn, stride_vh, stride_vd,
+        stride_dob, stride_dot, stride_doh, stride_dod,
+        stride_dkb, stride_dkn, stride_dkh, stride_dkd,
+        stride_dvb, stride_dvn, stride_dvh, stride_dvd,
+        stride_lb, stride_lh,
+        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias,
+        D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+        UPCAST_BF16: tl.constexpr):
+    """Grid ``(cdiv(longest S_n, BLOCK_N), Hkv, B or N)``. Score tiles are kept transposed (keys
+    as rows: ``s^T = K Q^T``), so dK and dV accumulate without transposing them; every tile is
+    loaded row-major (transposed loads through pointers cost twice the registers). ``lse`` and
+    ``delta`` are ``[B, Hq, T]`` with unit row stride and share strides."""
+    seq = tl.program_id(2)
+    q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
+    start_n = tl.program_id(0) * BLOCK_N
+    if start_n >= k_len:
+        return
+    kv_head = tl.program_id(1)
+    batch = batch_row(seq, VARLEN)
+    if SIGMOID and DEFAULT_BIAS:
+        sigmoid_bias = -tl.log(tl.maximum(k_len, 1).to(tl.float32))
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    keys_ok = offs_n < k_len
+    key_rows = k_start.to(tl.int64) + offs_n.to(tl.int64)
+
+    k_ptrs = (k_ptr + batch * stride_kb + kv_head.to(tl.int64) * stride_kh
+              + key_rows[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+    k = load_tile(k_ptrs, keys_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
+    v_ptrs = (v_ptr + batch * stride_vb + kv_head.to(tl.int64) * stride_vh
+              + key_rows[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
+    v = load_tile(v_ptrs, keys_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
+
+    causal_shift = k_len - q_len
+    query_lo = 0
+    if CAUSAL:
+        # Query i sees key j when i >= j - shift: blocks above the first key's horizon see none.
+        query_lo = tl.maximum(start_n - causal_shift, 0)
+        query_lo = (query_lo // BLOCK_M) * BLOCK_M
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    for group_member in range(0, heads_per_kv):
+        head = (kv_head * heads_per_kv + group_member).to(tl.int64)
+        q_head = q_ptr + batch * stride_qb + head * stride_qh + q_start.to(tl.int64) * stride_qt
+        do_head = (do_ptr + batch * stride_dob + head * stride_doh
+                   + q_start.to(tl.int64) * stride_dot)
+        row_head = batch * stride_lb + head * stride_lh + q_start.to(tl.int64)
+        for start_m in range(query_lo, q_len, BLOCK_M):
+            queries = start_m + offs_m
+            rows_ok = queries < q_len
+            q = load_tile(q_head + queries.to(tl.int64)[:, None] * stride_qt
+                          + offs_d[None, :] * stride_qd,
+                          rows_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
+            do = load_tile(do_head + queries.to(tl.int64)[:, None] * stride_dot
+                           + offs_dv[None, :] * stride_dod,
+                           rows_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
+            lse, delta = _row_statistics(lse_ptr, delta_ptr, row_head + queries, rows_ok,
+                                         SIGMOID)
+            scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
+            visible = keys_ok[:, None] & rows_ok[None, :]
+            if CAUSAL:
+                visible = visible & (offs_n[:, None] <= queries[None, :] + causal_shift)
+            dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+            weights_t, grad_t = _score_gradient(scores_t, visible, lse[None, :], delta[None, :],
+                                                dp_t, qk_scale, sigmoid_bias, SIGMOID)
+            dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
+            dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
+
+    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
+               + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
+    tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty),
+             mask=keys_ok[:, None] & d_ok[None, :])
+    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh
+               + key_rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd)
+    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=keys_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def attention_bwd_dq_kernel(
+        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
+        stride_qb, stride_qt, stride_qh, stride_qd,
+        stride_kb, stride_kn, stride_kh, stride_kd,
+        stride_vb, stride_vn, stride_vh, stride_vd,
+        stride_dob, stride_dot, stride_doh, stride_dod,
+        stride_dqb, stride_dqt, stride_dqh, stride_dqd,
+        stride_lb, stride_lh,
+        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias,
+        D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+        UPCAST_BF16: tl.constexpr):
+    """Grid ``(cdiv(longest T_n, BLOCK_M), Hq, B or N)``."""
+    seq = tl.program_id(2)
+    q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
+    start_m = tl.program_id(0) * BLOCK_M
+    if start_m >= q_len:
+        return
+    head = tl.program_id(1)
+    kv_head = (head // heads_per_kv).to(tl.int64)
+    head = head.to(tl.int64)
+    batch = batch_row(seq, VARLEN)
+    if SIGMOID and DEFAULT_BIAS:
+        sigmoid_bias = -tl.log(tl.maximum(k_len, 1).to(tl.float32))
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+    rows_ok = offs_m < q_len
+    query_rows = q_start.to(tl.int64) + offs_m.to(tl.int64)
+
+    q = load_tile(q_ptr + batch * stride_qb + head * stride_qh + query_rows[:, None] * stride_qt
+                  + offs_d[None, :] * stride_qd, rows_ok[:, None], d_ok[None, :],
+                  True, BLOCK_D != D)
+    do = load_tile(do_ptr + batch * stride_dob + head * stride_doh
+                   + query_rows[:, None] * stride_dot + offs_dv[None, :] * stride_dod,
+                   rows_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
+    row_ptrs = batch * stride_lb + head * stride_lh + query_rows
+    lse, delta = _row_statistics(lse_ptr, delta_ptr, row_ptrs, rows_ok, SIGMOID)
+
+    causal_shift = k_len - q_len
+    key_hi = k_len
+    if CAUSAL:
+        key_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_shift, 0), k_len)
+    k_head = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start.to(tl.int64) * stride_kn
+    v_head = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start.to(tl.int64) * stride_vn
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, key_hi, BLOCK_N):
+        keys = start_n + offs_n
+        keys_ok = keys < k_len
+        k = load_tile(k_head + keys.to(tl.int64)[:, None] * stride_kn
+                      + offs_d[None, :] * stride_kd,
+                      keys_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
+        v = load_tile(v_head + keys.to(tl.int64)[:, None] * stride_vn
+                      + offs_dv[None, :] * stride_vd,
+                      keys_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
+        scores = dot(q, tl.trans(k), None, UPCAST_BF16)
+        visible = rows_ok[:, None] & keys_ok[None, :]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+        dp = dot(do, tl.trans(v), None, UPCAST_BF16)
+        _, grad = _score_gradient(scores, visible, lse[:, None], delta[:, None], dp,
+                                  qk_scale, sigmoid_bias, SIGMOID)
+        dq = dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
+
+    dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + query_rows[:, None] * stride_dqt
+               + offs_d[None, :] * stride_dqd)
+    tl.store(dq_ptrs, (dq * scale).to(dq_ptr.dtype.element_ty),
+             mask=rows_ok[:, None] & d_ok[None, :])

@@ -1,0 +1,158 @@
+"""``attention_bwd``: the attention backward (delta, dK/dV and dQ kernels) as the tuner sees it.
+
+Same problems, buckets, presets and verify cases as ``attention`` (``problems.py``). Its inputs
+are the forward's plus the upstream gradient ``do`` and what the forward saves (``o``, and for
+softmax the row log-sum-exp ``lse``), computed once with the forward's default config; ``run``
+launches only the backward kernels and returns ``(dq, dk, dv)``; the reference is float64
+autograd through the independent reference formula.
+"""
+from __future__ import annotations
+
+import torch
+
+from seqtune.kernels.attention.autograd import run_backward
+from seqtune.kernels.attention.forward import head_tile
+from seqtune.kernels.attention.op import prepare
+from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
+                                                RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
+                                                check_shape, forward_flops, make_inputs,
+                                                tensor_bytes, tile_fits, value_dim)
+from seqtune.kernels.attention.reference import (attention_math, attention_reference,
+                                                 row_log_sum_exp)
+from seqtune.loader import config_for
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, shared_memory_fits)
+
+# Forward arguments among the inputs (the rest are the backward's: o, lse, do).
+FORWARD_ARGUMENTS = ("q", "k", "v", "causal", "score", "sigmoid_bias", "cu_seqlens",
+                     "cu_seqlens_k")
+
+SPACE = {
+    "dkdv.BLOCK_M": (16, 32, 64),
+    "dkdv.BLOCK_N": (16, 32, 64, 128),
+    "dkdv.num_warps": (2, 4, 8),
+    "dkdv.num_stages": (1, 2, 3),
+    "dq.BLOCK_M": (16, 32, 64, 128),
+    "dq.BLOCK_N": (16, 32, 64),
+    "dq.num_warps": (2, 4, 8),
+    "dq.num_stages": (1, 2, 3),
+}
+# Fits every problem of the default preset on sm_80 and sm_90 without spills (``seqtune check``):
+# the dK/dV program keeps four tiles (k, v and their float32 gradients) of up to 256 padded
+# columns (D=192), so 32 keys and 16 queries at a time with four warps (eight spilled at D=192 on
+# sm_90); the dQ program keeps three (q, dO, dQ), 64 queries with eight warps.
+DEFAULT_CONFIG = {"dkdv.BLOCK_M": 16, "dkdv.BLOCK_N": 32, "dkdv.num_warps": 4,
+                  "dkdv.num_stages": 1, "dq.BLOCK_M": 64, "dq.BLOCK_N": 32, "dq.num_warps": 8,
+                  "dq.num_stages": 1}
+
+
+def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    """None if ``config`` can run ``problem`` on a device with ``limits``, else why not."""
+    reason = check_shape(problem)
+    for stage, rows, keys in (("dkdv", "BLOCK_M", "BLOCK_N"), ("dq", "BLOCK_M", "BLOCK_N")):
+        reason = (reason or tile_fits(f"{stage}.{rows}", config[f"{stage}.{rows}"], "T", problem)
+                  or tile_fits(f"{stage}.{keys}", config[f"{stage}.{keys}"], "S", problem))
+    return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+
+
+def shared_memory_estimate(config: Config, problem: Problem) -> int:
+    """Bytes of shared memory of the larger of the two kernels: the tiles a program keeps
+    (dK/dV: k and v; dQ: q and dO) plus, per pipeline stage, the tiles it streams (dK/dV: q and
+    dO; dQ: k and v), head dims padded to their tiles."""
+    element = DTYPES[problem["dtype"]].itemsize
+    width = head_tile(problem["D"]) + head_tile(value_dim(problem))
+
+    def kernel(kept_rows: int, streamed_rows: int, stages: int) -> int:
+        return (kept_rows + stages * streamed_rows) * width * element + RESERVED_SHARED_BYTES
+
+    return max(kernel(config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"], config["dkdv.num_stages"]),
+               kernel(config["dq.BLOCK_M"], config["dq.BLOCK_N"], config["dq.num_stages"]))
+
+
+def make_backward_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """The forward's inputs, ``do`` (standard normal), and what the forward saves: ``o`` in the
+    dtype and, for softmax, ``lse`` (float32). These come from the float64 formula, not the
+    Triton forward: ``seqtune check`` builds inputs where no kernel can run (no GPU, no
+    interpreter); they differ from the forward's by its rounding only."""
+    inputs = make_inputs(problem, device, seed)
+    forward = {name: inputs[name] for name in FORWARD_ARGUMENTS if name in inputs}
+    out = attention_reference(**forward)
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    dtype = inputs["q"].dtype
+    inputs["do"] = torch.randn(out.shape, generator=generator, device=device, dtype=dtype)
+    inputs["o"] = out.to(device, dtype)
+    if inputs["score"] == "softmax":
+        q, k = (inputs[name].to("cpu", torch.float64) for name in ("q", "k"))
+        lse = row_log_sum_exp(q, k, causal=inputs["causal"], scale=None,
+                              cu_seqlens=inputs.get("cu_seqlens"),
+                              cu_seqlens_k=inputs.get("cu_seqlens_k"))
+        inputs["lse"] = lse.to(device, torch.float32)
+    return inputs
+
+
+def _call(inputs: Inputs):
+    return prepare(**{name: inputs[name] for name in FORWARD_ARGUMENTS if name in inputs})
+
+
+def run(inputs: Inputs, config: Config) -> Outputs:
+    """``(dq, dk, dv)`` from the backward kernels alone."""
+    call = _call(inputs)
+    cfg = config_for("attention_bwd", call.problem, config)
+    return run_backward(inputs["q"], inputs["k"], inputs["v"], inputs["o"], inputs.get("lse"),
+                        inputs["do"], call, cfg)
+
+
+def reference(inputs: Inputs) -> Outputs:
+    """``(dq, dk, dv)`` by float64 autograd through the reference formula, on the CPU."""
+    leaves = [inputs[name].detach().to("cpu", torch.float64).requires_grad_()
+              for name in ("q", "k", "v")]
+    arguments = {name: inputs[name] for name in FORWARD_ARGUMENTS[3:] if name in inputs}
+    arguments.setdefault("sigmoid_bias", None)
+    with torch.enable_grad():
+        out = attention_math(*leaves, scale=None, **arguments)
+        grads = torch.autograd.grad(out, leaves, inputs["do"].to("cpu", torch.float64),
+                                    allow_unused=True)
+    return tuple(torch.zeros_like(leaf) if grad is None else grad
+                 for leaf, grad in zip(leaves, grads))
+
+
+def flops(problem: Problem) -> float:
+    """Five matmuls per visible pair where the forward has two: scores again and dK over D,
+    dP and dV over Dv, dQ over D."""
+    head_dim, dim_v = problem["D"], value_dim(problem)
+    return forward_flops(problem) * (3 * head_dim + 2 * dim_v) / (head_dim + dim_v)
+
+
+def bytes_moved(problem: Problem) -> float:
+    """Read q, k, v, o, dO; write dQ, dK, dV (each once; lse and delta are O(T) floats)."""
+    query_side, key_side = tensor_bytes(problem)
+    return float(2 * query_side + 2 * key_side)
+
+
+TOLERANCES = {
+    "float32": Tolerance(atol=2e-2, rtol=2e-2),
+    "float16": Tolerance(atol=1e-2, rtol=1e-2),
+    "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
+}
+
+BACKWARD_SPEC = KernelSpec(
+    name="attention_bwd",
+    family="attention",
+    description="attention backward (FlashAttention-2 style): delta, dK/dV summed over the "
+                "query heads of a group, dQ; softmax or sigmoid, causal, packed sequences",
+    space=SPACE,
+    default_config=DEFAULT_CONFIG,
+    size_fields=SIZE_FIELDS,
+    presets=PRESETS,
+    verify_cases=VERIFY_CASES,
+    check=check,
+    make_inputs=make_backward_inputs,
+    run=run,
+    reference=reference,
+    tolerances=TOLERANCES,
+    flops=flops,
+    bytes_moved=bytes_moved,
+    problem_defaults=PROBLEM_DEFAULTS,
+    stages=("dkdv", "dq"),
+    stagewise=True,
+)

@@ -1,0 +1,100 @@
+"""The forward launch of ``attention``: what one call computes (``AttentionCall``) and the
+launch of the forward kernel, optionally keeping the row log-sum-exp for the backward."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+import triton
+
+from seqtune.kernels.attention.kernel import INTERPRETED, LOG2_E, attention_fwd_kernel
+from seqtune.kernels.attention.varlen import Packing
+from seqtune.launch import launch, new_output
+from seqtune.spec import Problem, next_power_of_2
+
+# tl.dot's smallest tile edge: head dims are padded to a power of two at least this large.
+MIN_HEAD_TILE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """The non-tensor arguments of one ``attention`` call, validated."""
+
+    causal: bool
+    scale: float
+    score: str
+    sigmoid_bias: float | None  # None: -ln(S_n) per sequence
+    packing: Packing | None  # None: a dense batch
+    problem: Problem  # the tuning problem, shared by the forward and the backward
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.score == "sigmoid"
+
+    @property
+    def qk_scale(self) -> float:
+        """What scores are multiplied by in the kernels: softmax works in base 2."""
+        return self.scale if self.sigmoid else self.scale * LOG2_E
+
+    @property
+    def bias(self) -> float:
+        return 0.0 if self.sigmoid_bias is None else float(self.sigmoid_bias)
+
+
+def head_tile(dim: int) -> int:
+    """The power-of-two tile a head dim is padded to."""
+    return max(MIN_HEAD_TILE, next_power_of_2(dim))
+
+
+def sequence_grid(call: AttentionCall, batch: int, queries: int) -> tuple[int, int]:
+    """(longest query length, sequences): the grid's row-tile and sequence extents."""
+    if call.packing is None:
+        return queries, batch
+    return call.packing.max_queries, call.packing.count
+
+
+def offsets(call: AttentionCall) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if call.packing is None:
+        return None, None
+    return call.packing.cu_seqlens, call.packing.cu_seqlens_k
+
+
+def kernel_flags(call: AttentionCall, q: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
+    """Constexpr arguments every attention kernel takes."""
+    head_dim, value_dim = q.shape[3], v.shape[3]
+    return {"D": head_dim, "DV": value_dim, "BLOCK_D": head_tile(head_dim),
+            "BLOCK_DV": head_tile(value_dim), "CAUSAL": call.causal, "SIGMOID": call.sigmoid,
+            "DEFAULT_BIAS": call.sigmoid_bias is None, "VARLEN": call.packing is not None,
+            "UPCAST_BF16": INTERPRETED and q.dtype == torch.bfloat16}
+
+
+def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall,
+                cfg: Mapping[str, Any], store_lse: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(o [B, T, Hq, Dv], lse [B, Hq, T] float32 or None)``; lse only with ``store_lse`` and
+    softmax scores (sigmoid weights need no normaliser in the backward)."""
+    batch, queries, heads, _ = q.shape
+    keys, kv_heads, value_dim = k.shape[1], k.shape[2], v.shape[3]
+    out = new_output((batch, queries, heads, value_dim), q.dtype, q.device)
+    lse = None
+    if store_lse and not call.sigmoid:
+        lse = new_output((batch, heads, queries), torch.float32, q.device)
+    if out.numel() == 0:
+        return out, lse
+    if keys == 0:
+        # No key is visible to any query: the empty sum is zero for both scores.
+        out.zero_()
+        if lse is not None:
+            lse.fill_(float("inf"))
+        return out, lse
+    longest, sequences = sequence_grid(call, batch, queries)
+    cu_q, cu_k = offsets(call)
+    grid = (triton.cdiv(longest, cfg["BLOCK_M"]), heads, sequences)
+    launch(attention_fwd_kernel, grid, q, k, v, out, lse, cu_q, cu_k,
+           *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+           *(lse.stride()[:2] if lse is not None else (0, 0)),
+           queries, keys, heads // kv_heads, call.qk_scale, call.bias,
+           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STORE_LSE=lse is not None,
+           **kernel_flags(call, q, v), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out, lse
