@@ -35,14 +35,19 @@ def _sliced_generic_scan(self, inputs):
         return tuple(self.to_tensor(np.ascontiguousarray(source[at(position)]), arg.dtype)
                      for source, arg in zip(sources, inputs))
 
+    def put(output, position, value):
+        # The interpreter holds a scalar (a slice of a 1-d scan) as a 1-element array.
+        data = value.handle.data if isinstance(value, tl.core.tensor) else value
+        output[at(position)] = np.reshape(data, output[at(position)].shape)
+
     running = slice_tensors(arrays, 0)
     for output, value in zip(outputs, running):
-        output[at(0)] = value.handle.data
+        put(output, 0, value)
     for position in range(1, length):
         combined = self.combine_fn.fn(*running, *slice_tensors(arrays, position))
         running = combined if isinstance(combined, tuple) else (combined,)
         for output, value in zip(outputs, running):
-            output[at(position)] = value.handle.data if isinstance(value, tl.core.tensor) else value
+            put(output, position, value)
         running = slice_tensors(outputs, position)
     return [self.to_tensor(output, arg.dtype) for output, arg in zip(outputs, inputs)]
 

@@ -27,13 +27,16 @@ def merge_softmax_states(max_first, norm_first, sum_first, max_then, norm_then, 
 
 
 @triton.jit
-def prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, T, H, D, scale,
+def prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, T, H, D, scale,
                             stride_q_batch, stride_q_head,
                             stride_k_batch, stride_k_time, stride_k_head,
                             stride_v_batch, stride_v_time, stride_v_head,
                             stride_o_batch, stride_o_time, stride_o_head,
-                            D_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Grid (B * H, cdiv(D, BLOCK_DV)); the head dim is the unit-stride last axis of q, k, v, o."""
+                            STORE_LSE: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                            BLOCK_DV: tl.constexpr):
+    """Grid (B * H, cdiv(D, BLOCK_DV)); the head dim is the unit-stride last axis of q, k, v, o.
+    With STORE_LSE the first value tile also writes every prefix's log-sum-exp of scores,
+    lse [B, H, T] fp32 contiguous, for the backward."""
     batch = (tl.program_id(0) // H).to(tl.int64)
     head = tl.program_id(0) % H
     dims = tl.arange(0, D_PAD)
@@ -48,6 +51,8 @@ def prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, T, H, D, scale,
     k_ptr += batch * stride_k_batch + head * stride_k_head + dims[None, :]
     v_ptr += batch * stride_v_batch + head * stride_v_head + value_dims[None, :]
     o_ptr += batch * stride_o_batch + head * stride_o_head + value_dims[None, :]
+    lse_ptr += (batch * H + head) * T
+    lse_steps = tl.where(tl.program_id(1) == 0, T, 0)  # only the first value tile writes lse
     carried_max = tl.full([1, BLOCK_DV], float("-inf"), dtype=tl.float32)
     carried_norm = tl.zeros([1, BLOCK_DV], dtype=tl.float32)
     carried_sum = tl.zeros([1, BLOCK_DV], dtype=tl.float32)
@@ -70,6 +75,9 @@ def prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, T, H, D, scale,
         tl.store(o_ptr + times[:, None] * stride_o_time,
                  (sums / norms).to(o_ptr.dtype.element_ty),
                  mask=time_mask[:, None] & value_mask[None, :])
+        if STORE_LSE:  # max and norm are replicated over the value dims: any column serves
+            lse = tl.max(maxes + tl.log(norms), axis=1)
+            tl.store(lse_ptr + times, lse, mask=times < lse_steps)
         carried_max = tl.max(tl.where(is_last_step, maxes, float("-inf")), axis=0, keep_dims=True)
         carried_norm = tl.sum(tl.where(is_last_step, norms, 0.0), axis=0, keep_dims=True)
         carried_sum = tl.sum(tl.where(is_last_step, sums, 0.0), axis=0, keep_dims=True)

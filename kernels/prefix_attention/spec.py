@@ -1,7 +1,7 @@
-"""The prefix_attention kernel as the tool sees it.
+"""The prefix_attention kernel and its backward ``prefix_attention_bwd`` as the tool sees them.
 
-Problem fields: the size fields ``B`` (batch), ``T`` (sequence length) and ``H`` (heads),
-bucketed to powers of two; categorical ``D`` (head dim) and ``dtype`` (of q, k, v).
+Problem fields (both specs): the size fields ``B`` (batch), ``T`` (sequence length) and ``H``
+(heads), bucketed to powers of two; categorical ``D`` (head dim) and ``dtype`` (of q, k, v).
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
-from seqtune.kernels.prefix_attention.baselines import BASELINES
+from seqtune.kernels.linear_scan.interpreter import kernels_can_run
+from seqtune.kernels.prefix_attention.autograd import run_backward, run_forward
+from seqtune.kernels.prefix_attention.baselines import BASELINES, torch_prefix_attention
 from seqtune.kernels.prefix_attention.op import prefix_attention
 
 SPACE = {
@@ -141,6 +143,90 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=1e-2, rtol=1e-2),
 }
 
+BWD_SPACE = {
+    "BLOCK_T": (8, 16, 32, 64),
+    "num_warps": (1, 2, 4, 8),
+    "num_stages": (1, 2),  # no tl.dot, no pipelining: kept as a knob as in the forward
+}
+BWD_DEFAULT = {"BLOCK_T": 16, "num_warps": 8, "num_stages": 1}
+# A program holds every head dim: k, v, o, dO, the G scan's operands and prefixes, dK and dV,
+# [BLOCK_T, D] each. Measured with cuobjdump on sm_80 and sm_90 (D = 64, 128): 16 values of the
+# tile per thread take <= 197 registers without spills; 32 reach 255 and spill.
+MAX_BWD_TILE_VALUES_PER_THREAD = 16
+
+
+def check_bwd(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
+    if config["BLOCK_T"] > max(next_power_of_2(problem["T"]), BWD_DEFAULT["BLOCK_T"]):
+        return f"BLOCK_T={config['BLOCK_T']} exceeds the padded T={problem['T']}"
+    tile = config["BLOCK_T"] * next_power_of_2(problem["D"])
+    threads = 32 * config["num_warps"]
+    if tile > MAX_BWD_TILE_VALUES_PER_THREAD * threads:
+        return f"{tile} tile values over {threads} threads would spill registers"
+    if tile < threads:
+        return f"{threads} threads for a {config['BLOCK_T']}x{problem['D']} tile leave threads idle"
+    # The scan's and the reductions' cross-warp exchange: two fp32 tiles at most.
+    return shared_memory_fits(2 * 4 * tile, limits)
+
+
+def make_bwd_inputs(problem: Problem, device: str, seed: int) -> Inputs:
+    """The forward's inputs, an upstream gradient ``do`` (unit normal), and what the forward
+    saves: o and lse (every prefix's log-sum-exp of scores, [B, H, T] fp32), made by the forward
+    kernel with its default config where kernels run, else (a compile-only check) by PyTorch."""
+    inputs = make_inputs(problem, device, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs["do"] = torch.randn(inputs["k"].shape, generator=generator).to(device,
+                                                                          inputs["v"].dtype)
+    if kernels_can_run(device):
+        inputs["o"], inputs["lse"] = run_forward(inputs["q"], inputs["k"], inputs["v"],
+                                                 _scale(inputs), DEFAULT, store_lse=True)
+    else:
+        scores = torch.einsum("bhd,bthd->bht", inputs["q"].float(), inputs["k"].float())
+        inputs["o"] = torch_prefix_attention(inputs)[0]
+        inputs["lse"] = torch.logcumsumexp(scores * _scale(inputs), dim=-1)
+    return inputs
+
+
+def _scale(inputs: Inputs) -> float:
+    return inputs["q"].shape[-1] ** -0.5 if inputs["scale"] is None else float(inputs["scale"])
+
+
+def run_bwd(inputs: Inputs, config: Config) -> Outputs:
+    """(dq, dk, dv)."""
+    return run_backward(inputs["q"], inputs["k"], inputs["v"], inputs["o"], inputs["lse"],
+                        inputs["do"], _scale(inputs), config)
+
+
+def reference_bwd(inputs: Inputs) -> Outputs:
+    """The gradients of sum(o * do) by float64 autograd through ``reference``."""
+    leaves = {n: inputs[n].to("cpu", torch.float64).requires_grad_() for n in ("q", "k", "v")}
+    (o,) = reference({**inputs, **leaves})
+    return torch.autograd.grad(o, list(leaves.values()), inputs["do"].to("cpu", o.dtype))
+
+
+def bwd_flops(problem: Problem) -> float:
+    """Per (batch, head, step): the score (2D), delta = dO.o (2D), the G scan (2D), dV (D),
+    v.G (2D), dK (D), dQ (2D)."""
+    return 12.0 * problem["B"] * problem["T"] * problem["H"] * problem["D"]
+
+
+def bwd_bytes_moved(problem: Problem) -> float:
+    """Read q, k, v, o, dO and lse; write dq, dk, dv."""
+    B, T, H, D = (problem[k] for k in ("B", "T", "H", "D"))
+    element = DTYPES[problem["dtype"]].itemsize
+    return float(element * (2 * B * H * D + 6 * B * T * H * D) + 4 * B * H * T)
+
+
+# fp32: G, E and dq are sums over up to T steps of fp32 products; measured <= 4e-6 absolute
+# (|grads| up to ~9) at T = 2000. Half types: q, k, v, dO are exact in both computations, but the
+# backward reads the saved o rounded to the dtype (delta = dO.o enters dx by a difference, so its
+# error is absolute, ~2^-8 |dO||o|) and rounds dq, dk, dv (2^-8 relative, 2^-7 where the
+# interpreter truncates bf16): measured at most half the bf16 bound on the verify cases.
+BWD_TOLERANCES = {
+    "float32": Tolerance(atol=5e-5, rtol=5e-5),
+    "float16": Tolerance(atol=4e-3, rtol=4e-3),
+    "bfloat16": Tolerance(atol=3e-2, rtol=2e-2),
+}
+
 SPECS = (KernelSpec(
     name="prefix_attention",
     family="scan",
@@ -158,4 +244,20 @@ SPECS = (KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     baselines=BASELINES,
-),)
+), KernelSpec(
+    name="prefix_attention_bwd",
+    family="scan",
+    description="gradients of prefix_attention: reverse scans over the saved log-sum-exps",
+    space=BWD_SPACE,
+    default_config=BWD_DEFAULT,
+    size_fields=("B", "T", "H"),
+    presets=PRESETS,
+    verify_cases=VERIFY_CASES,
+    check=check_bwd,
+    make_inputs=make_bwd_inputs,
+    run=run_bwd,
+    reference=reference_bwd,
+    tolerances=BWD_TOLERANCES,
+    flops=bwd_flops,
+    bytes_moved=bwd_bytes_moved,
+))
