@@ -264,3 +264,113 @@ def test_spec_verify_cases_agree_with_the_reference(kernel):
                        {**smallest, "num_warps": 1}):
             agreement = check_case(spec, problem, config)
             assert agreement.ok, (problem, config, agreement.detail)
+
+
+# seqtune.compat.causal_conv1d, against causal-conv1d's semantics written out in float64.
+def reference_fn(x, weight, bias, seq_idx, silu):
+    """Tap j of token t reads token t - (W - 1) + j when it exists and has t's sequence id;
+    tokens with a negative id output zero (causal-conv1d's seq_idx rule)."""
+    x, weight = x.double(), weight.double()
+    length, width = x.shape[2], weight.shape[1]
+    out = torch.zeros_like(x) + (bias.double()[:, None] if bias is not None else 0)
+    for j in range(width):
+        shift = width - 1 - j
+        source = torch.nn.functional.pad(x, (shift, 0))[:, :, :length]
+        ids = torch.nn.functional.pad(seq_idx, (shift, 0), value=-1)[:, :length]
+        out = out + weight[:, j, None] * source * (ids == seq_idx)[:, None, :]
+    out = torch.nn.functional.silu(out) if silu else out
+    return out * (seq_idx >= 0)[:, None, :]
+
+
+def reference_update(tokens, conv_state, weight, bias, silu, cache_seqlens):
+    """causal-conv1d's update on a [B, D, state_len] state (one row per batch element)."""
+    tokens, conv_state, weight = tokens.double(), conv_state.double(), weight.double()
+    (_, channels, length), state_len = tokens.shape, conv_state.shape[2]
+    width = weight.shape[1]
+    if cache_seqlens is None:
+        stream = torch.cat([conv_state, tokens], dim=2)
+        new_state = stream[:, :, -state_len:]
+    else:
+        before = (torch.arange(-(width - 1), 0) + cache_seqlens[:, None].long()) % state_len
+        stream = torch.cat([conv_state.gather(2, before[:, None].expand(-1, channels, -1)),
+                            tokens], dim=2)
+        slots = (torch.arange(length) + cache_seqlens[:, None].long()) % state_len
+        new_state = conv_state.scatter(2, slots[:, None].expand(-1, channels, -1), tokens)
+    out = torch.nn.functional.conv1d(stream, weight[:, None], bias.double(),
+                                     groups=channels)[:, :, -length:]
+    return (torch.nn.functional.silu(out) if silu else out), new_state
+
+
+def test_compat_fn_matches_conv1d_with_states_and_layouts():
+    from seqtune.compat.causal_conv1d import causal_conv1d_fn
+
+    x, weight, b, h = make(2, 19, 12, 4, torch.float32, state=True)
+    channel_first = x.transpose(1, 2).contiguous().requires_grad_()
+    written = torch.empty(2, 12, 3)
+    out, final = causal_conv1d_fn(channel_first, weight, b, initial_states=h,
+                                  return_final_states=True, final_states_out=written,
+                                  activation="silu")
+    ref_y, ref_final = reference_conv(x, weight, b, h, None, True)
+    assert out.is_contiguous() and out.shape == (2, 12, 19) and final is written
+    assert_close(out, ref_y.transpose(1, 2), torch.float32)
+    assert torch.equal(final.double(), ref_final)
+    out.sum().backward()
+    ref_x = x.double().requires_grad_()
+    reference_conv(ref_x, weight, b, h, None, True)[0].sum().backward()
+    assert_close(channel_first.grad, ref_x.grad.transpose(1, 2), torch.float32, GRAD_TOL)
+    channel_last = causal_conv1d_fn(x.transpose(1, 2), weight, b)
+    assert channel_last.stride(1) == 1
+    assert_close(channel_last, reference_conv(x, weight, b, None, None, False)[0].transpose(1, 2),
+                 torch.float32)
+
+
+def test_compat_fn_seq_idx_keeps_sequences_apart_and_zeroes_padding():
+    from seqtune.compat.causal_conv1d import causal_conv1d_fn
+
+    x, weight, b, _ = make(2, 13, 6, 3, torch.bfloat16)
+    seq_idx = torch.tensor([[0] * 5 + [1] + [2] * 7, [3] * 4 + [4] * 6 + [-1] * 3],
+                           dtype=torch.int32)
+    out = causal_conv1d_fn(x.transpose(1, 2), weight, b, seq_idx=seq_idx, activation="swish")
+    assert_close(out, reference_fn(x.transpose(1, 2), weight, b, seq_idx, True), torch.bfloat16)
+    assert torch.equal(out[1, :, 10:], torch.zeros(6, 3, dtype=torch.bfloat16))
+    with pytest.raises(NotImplementedError, match="seq_idx"):
+        causal_conv1d_fn(x.transpose(1, 2), weight, b,
+                         seq_idx=torch.tensor([[0] * 6 + [1] * 3 + [0] * 4] * 2))
+    with pytest.raises(ValueError, match="initial_states must be None"):
+        causal_conv1d_fn(x.transpose(1, 2), weight, seq_idx=seq_idx,
+                         initial_states=torch.zeros(2, 6, 2, dtype=torch.bfloat16))
+    with pytest.raises(NotImplementedError, match="activation"):
+        causal_conv1d_fn(x.transpose(1, 2), weight, activation="relu")
+
+
+@pytest.mark.parametrize("length, extra, circular", [
+    (None, 0, False),  # [B, D] x, state_len == W - 1: the step kernel
+    (3, 2, False),  # several tokens, a longer state
+    (2, 3, True),  # cache_seqlens: a circular buffer
+])
+def test_compat_update_follows_causal_conv1d(length, extra, circular):
+    from seqtune.compat.causal_conv1d import causal_conv1d_update
+
+    B, D, W = 3, 10, 4
+    x, weight, b, _ = make(B, length or 1, D, W, torch.float32)
+    tokens = x.transpose(1, 2).contiguous()  # [B, D, L]
+    state_len = W - 1 + extra
+    pool = torch.randn(B + 2, D, state_len)
+    indices = torch.tensor([4, -1, 1], dtype=torch.int32)  # element 1 is a padding slot
+    cache_seqlens = torch.tensor([5, 0, 13], dtype=torch.int32) if circular else None
+    before = pool.clone()
+    out = causal_conv1d_update(tokens if length else tokens[:, :, 0], pool, weight, b,
+                               activation="silu", cache_seqlens=cache_seqlens,
+                               conv_state_indices=indices)
+    rows = indices.long().clamp(min=0)
+    ref_out, ref_state = reference_update(tokens, before[rows], weight, b, True, cache_seqlens)
+    ref_out = ref_out if length else ref_out[:, :, 0]
+    assert out.shape == (ref_out.shape if length else (B, D))
+    for i, row in enumerate(indices.tolist()):
+        if row < 0:
+            assert torch.equal(out[i], torch.zeros_like(out[i]))
+            continue
+        assert_close(out[i], ref_out[i], torch.float32)
+        assert torch.equal(pool[row].double(), ref_state[i])
+    for row in (0, 2, 3):  # rows owned by nobody
+        assert torch.equal(pool[row], before[row])

@@ -11,7 +11,10 @@
 
 Each takes the forward spec's inputs and returns ``(y, final_state)``. The backward baselines
 (``torch``, ``fla``) return the gradients of x, weight, bias and initial state by autograd
-(their time includes the forward that autograd needs).
+(their time includes the forward that autograd needs). The step baselines (``torch``,
+``chunkwise_T1``: seqtune's causal_conv1d at T = 1, ``causal_conv1d``: its
+``causal_conv1d_update``) return ``(y, updated pool)`` like the step spec's ``run``, stepping
+a copy of the pool as it does.
 """
 from __future__ import annotations
 
@@ -97,5 +100,39 @@ def _autograd_of(forward):
     return gradients
 
 
+def torch_step(inputs: Inputs) -> Outputs:
+    """One token in PyTorch on a copy of the pool: gather the owned rows, a dot with the
+    taps, scatter the shifted rows back."""
+    x, weight, bias = inputs["x"], inputs["weight"].float(), inputs["bias"]
+    pool, rows = inputs["state"].clone(), inputs["state_indices"].long()
+    window = torch.cat([pool[rows], x[:, :, None].to(pool.dtype)], dim=2)
+    y = (window.float() * weight).sum(-1) + (bias.float() if bias is not None else 0)
+    pool[rows] = window[:, :, 1:]
+    return (F.silu(y) if inputs["activation"] is not None else y).to(x.dtype), pool
+
+
+def chunkwise_step(inputs: Inputs) -> Outputs:
+    """The step as seqtune's ``causal_conv1d`` at T = 1: the owned rows as initial states,
+    the final states scattered back (the launches a model without a step kernel runs)."""
+    from seqtune.kernels.causal_conv1d.op import causal_conv1d
+
+    pool, rows = inputs["state"].clone(), inputs["state_indices"].long()
+    y, final_state = causal_conv1d(inputs["x"][:, None], inputs["weight"], inputs["bias"],
+                                   activation=inputs["activation"], initial_state=pool[rows],
+                                   output_final_state=True)
+    pool[rows] = final_state.to(pool.dtype)
+    return y[:, 0], pool
+
+
+def dao_step(inputs: Inputs) -> Outputs:
+    x = inputs["x"]
+    update = _installed("causal_conv1d", "causal_conv1d_update", x)
+    pool = inputs["state"].clone()
+    y = update(x, pool, inputs["weight"], inputs["bias"], activation=inputs["activation"],
+               conv_state_indices=inputs["state_indices"])
+    return y, pool
+
+
 FORWARD_BASELINES = {"torch": torch_conv1d, "fla": fla_conv1d, "causal_conv1d": dao_conv1d}
 BACKWARD_BASELINES = {"torch": _autograd_of(torch_conv1d), "fla": _autograd_of(fla_conv1d)}
+STEP_BASELINES = {"torch": torch_step, "chunkwise_T1": chunkwise_step, "causal_conv1d": dao_step}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2)
 
+from seqtune.kernels.causal_conv1d.baselines import STEP_BASELINES
 from seqtune.kernels.causal_conv1d.step import causal_conv1d_step
 
 SPACE = {"BD": (32, 64, 128, 256, 512, 1024), "num_warps": (1, 2, 4, 8)}
@@ -138,4 +139,5 @@ STEP_SPEC = KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     problem_defaults=PROBLEM_DEFAULTS,
+    baselines=STEP_BASELINES,
 )

@@ -1,0 +1,183 @@
+"""The causal-conv1d package's entry points on seqtune's kernels: ``causal_conv1d_fn`` (on
+``seqtune.kernels.causal_conv1d``, differentiable) and ``causal_conv1d_update`` (decoding, on
+``causal_conv1d_step``), with causal-conv1d's argument order, defaults, ``[B, D, T]`` layout,
+states ``[B, D, W - 1]`` / ``[N, D, state_len]`` and return values. Widths 2..4.
+"""
+from __future__ import annotations
+
+import torch
+
+from seqtune.checks import expect_shape, expect_tensor
+from seqtune.kernels import causal_conv1d, causal_conv1d_step
+
+ACTIVATIONS = (None, "silu", "swish")
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise NotImplementedError(f"activation must be None, 'silu' or 'swish', got "
+                                  f"{activation!r}")
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
+                     return_final_states=False, final_states_out=None, activation=None):
+    """causal-conv1d's ``causal_conv1d_fn`` on ``seqtune.kernels.causal_conv1d``.
+
+    x ``[B, D, T]`` (channel-first or channel-last memory); weight ``[D, W]`` with W in 2..4;
+    bias ``[D]``; activation None, ``"silu"`` or ``"swish"``; initial_states ``[B, D, W - 1]``.
+
+    ``seq_idx`` (int ``[B, T]``): a tap only reads tokens of the same sequence id, and tokens
+    with a negative id (padding) output zero; as in causal-conv1d it excludes initial and final
+    states. Each id must occupy one run of consecutive tokens per row (how packed batches are
+    laid out); an id that reappears later in a row is refused (NotImplementedError).
+
+    Returns ``out [B, D, T]`` in x's dtype, in x's memory layout (channel-first x: a contiguous
+    copy of the kernel's channel-last output); with ``return_final_states`` also the last
+    W - 1 inputs of each row ``[B, D, W - 1]`` in x's dtype, written into ``final_states_out``
+    when given. Differentiable in x, weight, bias and initial_states.
+    """
+    _check_activation(activation)
+    expect_tensor("x", x, 3)
+    if seq_idx is not None and initial_states is not None:
+        raise ValueError("causal_conv1d_fn: initial_states must be None if seq_idx is not None")
+    if seq_idx is not None and return_final_states:
+        raise ValueError("causal_conv1d_fn: with seq_idx no final states are returned "
+                         "(return_final_states must be False)")
+    channel_last = x.stride(1) == 1 and x.stride(2) != 1
+    sequences = x.transpose(1, 2)  # [B, T, D], a view
+    if seq_idx is None:
+        y, final_state = causal_conv1d(sequences, weight, bias, activation=activation,
+                                       initial_state=initial_states,
+                                       output_final_state=return_final_states)
+    else:
+        y = _packed_rows(sequences, weight, bias, activation, seq_idx)
+        final_state = None
+    out = y.transpose(1, 2)
+    out = out if channel_last else out.contiguous()
+    if not return_final_states:
+        return out
+    if final_states_out is not None:
+        expect_shape("final_states_out", final_states_out, tuple(final_state.shape))
+        final_states_out.copy_(final_state)
+        final_state = final_states_out
+    return out, final_state
+
+
+def _packed_rows(sequences: torch.Tensor, weight, bias, activation,
+                 seq_idx: torch.Tensor) -> torch.Tensor:
+    """y [B, T, D] of rows split wherever seq_idx changes: all rows packed into one, each run
+    of equal ids one sequence of ``cu_seqlens``; padding (negative ids) zeroed."""
+    batch, length, channels = sequences.shape
+    expect_tensor("seq_idx", seq_idx, 2)
+    expect_shape("seq_idx", seq_idx, (batch, length))
+    if seq_idx.dtype not in INDEX_DTYPES:
+        raise ValueError(f"seq_idx must be int32 or int64, got "
+                         f"{str(seq_idx.dtype).removeprefix('torch.')}")
+    if batch * length == 0:
+        return sequences.new_zeros(batch, length, channels)
+    ids = seq_idx.reshape(-1)
+    run_starts = torch.ones_like(ids, dtype=torch.bool)
+    run_starts[1:] = ids[1:] != ids[:-1]
+    run_starts[::length] = True  # a row never continues the previous one
+    starts = run_starts.nonzero().flatten()
+    _refuse_reappearing_ids(ids[starts], starts // length)
+    cu_seqlens = torch.cat([starts, starts.new_tensor([batch * length])]).to(torch.int32)
+    y, _ = causal_conv1d(sequences.reshape(1, batch * length, channels), weight, bias,
+                         activation=activation, cu_seqlens=cu_seqlens)
+    y = y.reshape(batch, length, channels)
+    return torch.where((seq_idx >= 0)[:, :, None], y, y.new_zeros(()))
+
+
+def _refuse_reappearing_ids(run_ids: torch.Tensor, run_rows: torch.Tensor) -> None:
+    real = run_ids >= 0
+    keys = run_rows[real] * (int(run_ids.max()) + 1) + run_ids[real]
+    if keys.unique().numel() != keys.numel():
+        raise NotImplementedError("causal_conv1d_fn: seq_idx with a sequence id that reappears "
+                                  "after another one in a row is not supported by seqtune")
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                         conv_state_indices=None):
+    """causal-conv1d's ``causal_conv1d_update``: decoding tokens through the convolution.
+
+    x ``[B, D]`` or ``[B, D, L]`` (L new tokens per row); conv_state ``[N, D, state_len]`` with
+    state_len >= W - 1, updated in place (N = B without ``conv_state_indices``); weight
+    ``[D, W]`` (W in 2..4); bias ``[D]``.
+
+    - Without ``cache_seqlens`` the state holds the row's last state_len inputs, oldest first:
+      the tokens read its last W - 1 columns, then it shifts left by L and ends with x.
+    - ``cache_seqlens`` (int ``[B]``): the state is a circular buffer; the taps read the W - 1
+      entries before position ``cache_seqlens % state_len``, x is written from there on
+      (wrapping); cache_seqlens itself is not advanced.
+    - ``conv_state_indices`` (int ``[B]``): row i of x uses state row ``conv_state_indices[i]``;
+      a negative index marks a padding slot (zero output, no state touched).
+
+    One token with state_len == W - 1 and no cache_seqlens runs the ``causal_conv1d_step``
+    kernel alone; otherwise the state window is gathered, ``causal_conv1d`` runs with it as the
+    initial state, and the state is updated by PyTorch indexing.
+
+    Returns out of x's shape and dtype.
+    """
+    _check_activation(activation)
+    single = isinstance(x, torch.Tensor) and x.dim() == 2
+    tokens = x[:, :, None] if single else x
+    expect_tensor("x", tokens, 3)
+    expect_tensor("weight", weight, 2)
+    expect_tensor("conv_state", conv_state, 3)
+    batch, channels, _ = tokens.shape
+    width, state_len = weight.shape[1], conv_state.shape[2]
+    if state_len < width - 1:
+        raise ValueError(f"conv_state has state_len={state_len}, expected >= W - 1 = "
+                         f"{width - 1}")
+    indices = _check_update_indices(conv_state_indices, cache_seqlens, batch)
+    if single and state_len == width - 1 and cache_seqlens is None:
+        return causal_conv1d_step(x, weight, bias, activation=activation, state=conv_state,
+                                  state_indices=conv_state_indices)
+    if conv_state_indices is None:
+        expect_shape("conv_state", conv_state, (batch, channels, state_len))
+    out = _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, indices)
+    return out[:, :, 0] if single else out
+
+
+def _check_update_indices(conv_state_indices, cache_seqlens, batch: int) -> torch.Tensor | None:
+    for name, value in (("conv_state_indices", conv_state_indices),
+                        ("cache_seqlens", cache_seqlens)):
+        if value is not None:
+            expect_tensor(name, value, 1)
+            expect_shape(name, value, (batch,))
+            if value.dtype not in INDEX_DTYPES:
+                raise ValueError(f"{name} must be int32 or int64, got "
+                                 f"{str(value.dtype).removeprefix('torch.')}")
+    return conv_state_indices.long() if conv_state_indices is not None else None
+
+
+def _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, indices):
+    """The general update: window gathered, causal_conv1d over the L tokens, state written."""
+    batch, channels, length = tokens.shape
+    width, state_len = weight.shape[1], conv_state.shape[2]
+    rows = indices if indices is not None else torch.arange(batch, device=tokens.device)
+    live = rows >= 0
+    if indices is not None and batch and int(rows.max()) >= conv_state.shape[0]:
+        raise ValueError(f"conv_state_indices must be < N={conv_state.shape[0]}, got max "
+                         f"{int(rows.max())}")
+    states = conv_state[rows.clamp(min=0)]  # [B, D, state_len], a copy
+    if cache_seqlens is None:
+        window = states[:, :, state_len - (width - 1):]
+    else:
+        before = (cache_seqlens.long()[:, None] - (width - 1)
+                  + torch.arange(width - 1, device=tokens.device)) % state_len
+        window = states.gather(2, before[:, None, :].expand(-1, channels, -1))
+    y, _ = causal_conv1d(tokens.transpose(1, 2), weight, bias, activation=activation,
+                         initial_state=window)
+    out = torch.where(live[:, None, None], y.transpose(1, 2), y.new_zeros(()))
+    if cache_seqlens is None:
+        updated = torch.cat([states, tokens.to(states.dtype)], dim=2)[:, :, -state_len:]
+    else:
+        kept = min(length, state_len)  # an older token's slot is overwritten by a later one
+        slots = (cache_seqlens.long()[:, None] + torch.arange(length - kept, length,
+                                                              device=tokens.device)) % state_len
+        updated = states.scatter(2, slots[:, None, :].expand(-1, channels, -1),
+                                 tokens[:, :, length - kept:].to(states.dtype))
+    conv_state[rows[live]] = updated[live]
+    return out
