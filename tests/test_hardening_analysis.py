@@ -99,7 +99,8 @@ def test_a_cache_of_another_shape_is_one_line_naming_the_file(tmp_path, document
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("text", ["not json", "[" * 100000 + "]" * 100000, "\udcff"])
+@pytest.mark.parametrize("text", ["not json", "[" * 100000 + "]" * 100000, "\udcff"],
+                         ids=["not JSON", "nested 100,000 deep", "not UTF-8"])
 def test_a_cache_that_is_not_json_is_one_line(tmp_path, text):
     path = tmp_path / "cache.json"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
