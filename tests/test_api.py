@@ -23,7 +23,7 @@ def test_tune_verify_report_return_data_and_print_nothing(toy_registry, tmp_path
     assert [len(rows) for rows in report.rows_by_file] == [len(tuned["problems"])]
     assert report.as_dict()["profiles"][0]["file"].endswith("cpu-interpreter.yaml")
 
-    assert [k["kernel"] for k in seqtune.kernels()] == [toy_registry.name]
+    assert [k["kernel"] for k in seqtune.list_kernels()] == [toy_registry.name]
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
