@@ -153,3 +153,37 @@ def test_an_empty_profile_dir_is_a_usage_error(empty):
 def test_the_written_profile_round_trips(tmp_path):
     path = profile(tmp_path / "p.yaml", GOOD)
     assert yaml.safe_load(path.read_text())["kernels"]["toy_scale"]["entries"] == [GOOD]
+
+
+SAME_AS_SAFE_LOAD = [
+    "a: yes\nb: no\nc: on\nd: ~\ne: 0x1F\nf: 1_000\ng: .inf\nh: 2025-01-01\ni: '2025-01-01'\n"
+    "j: \"x\"\nk: |\n  multi\n  line\nl: 1e3\nm: 1.0e3\nn: -0\no: 0o17\nq:\nr: [1, {s: t}]\n",
+    "", "- 1\n- 2\n", "just a string", "x: !!str 5\ny: !!int '7'\nz: !!float 1\n",
+    "2025-01-01T00:00:00+00:00: 3\n",
+]
+
+
+@pytest.mark.parametrize("text", SAME_AS_SAFE_LOAD)
+def test_the_profile_parser_builds_what_safe_load_builds(text):
+    from seqtune.store.safe_read import load_yaml
+
+    assert load_yaml(text) == yaml.safe_load(text)
+
+
+def test_a_written_profile_parses_as_safe_load_parses_it(tmp_path):
+    from seqtune.store.safe_read import load_yaml
+
+    entries = [{**GOOD, "problem": {"N": 2**n, "dtype": "float32"}, "tuned_at": None,
+                "time_us": {"median": 1.0 / (n + 1), "p20": 0.5, "p80": 2.0}}
+               for n in range(20)]
+    text = profile(tmp_path / "p.yaml", *entries).read_text()
+    assert load_yaml(text) == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]: x\n", "a: 1\n---\nb: 2\n", "a: [1, 2\n",
+                                  "a: !!python/name:os.system\n", "a: !!set {x}\n"])
+def test_the_profile_parser_refuses_what_is_not_plain_yaml(text):
+    from seqtune.store.safe_read import load_yaml
+
+    with pytest.raises(yaml.YAMLError):
+        load_yaml(text)
