@@ -23,7 +23,7 @@ LAYERS = [
     ("seqtune.tuning",),
     ("seqtune.fleet",),
     ("seqtune.analysis",),
-    ("seqtune.api", "seqtune.compat", "seqtune"),
+    ("seqtune.api", "seqtune.compat", "seqtune.integrations", "seqtune"),
     ("seqtune.cli", "seqtune.__main__"),
 ]
 
