@@ -232,17 +232,23 @@ def test_decoding_token_by_token_equals_the_chunkwise_function(chunk, recurrent)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_decoding_step_leaves_the_initial_state_untouched(dtype):
+@pytest.mark.parametrize("delta", [True, False])
+def test_packed_decoding_step_leaves_the_initial_state_untouched(dtype, delta):
     """vLLM-style decoding: N sequences of one token each, packed (cu_seqlens = 0..N), with a
-    KDA gate and a V-first state: equals the recurrence, and initial_state is not written."""
+    per-channel gate and a V-first state, on the step kernels (KDA: delta_rule_step, GLA:
+    linear_attention_step): equals the recurrence, and initial_state is not written."""
     a = make_inputs(dtype, batch=1, length=3, seed=6)
     h0 = torch.randn(3, 2, 32, 16, generator=torch.Generator().manual_seed(7))  # [N, HV, V, K]
     before = h0.clone()
-    out, final = fla.fused_recurrent_kda(a["q"], a["k"], a["v"], a["gk"], a["beta"],
-                                         initial_state=h0, output_final_state=True,
-                                         state_v_first=True, cu_seqlens=torch.arange(4))
+    options = dict(initial_state=h0, output_final_state=True, state_v_first=True,
+                   cu_seqlens=torch.arange(4))
+    if delta:
+        out, final = fla.fused_recurrent_kda(a["q"], a["k"], a["v"], a["gk"], a["beta"],
+                                             **options)
+    else:
+        out, final = fla.fused_recurrent_gla(a["q"], a["k"], a["v"], a["gk"], **options)
     expected, expected_final = reference(a["q"], a["k"], a["v"], a["beta"], a["gk"], h0.mT,
-                                         torch.arange(4))
+                                         torch.arange(4), delta=delta)
     assert torch.equal(h0, before)
     assert final.shape == (3, 2, 32, 16) and final.dtype == torch.float32
     assert_close(out, expected, dtype)

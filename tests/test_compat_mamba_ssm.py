@@ -122,24 +122,29 @@ def test_varlen_states_are_each_sequences_last_state():
     assert_close(final[0], varlen[3].float(), 1e-2)  # varlen states are rounded to C's dtype
 
 
-def mamba2_step_arguments(a, t, rows):
-    """One token of ssd_inputs in selective_state_update's per-head layout, with dt, A and
-    dt_bias expanded over the head dim as Mamba-2 passes them."""
+def mamba2_step_arguments(a, t, rows, tied=True):
+    """One token of ssd_inputs in selective_state_update's per-head layout. Tied: dt, A and
+    dt_bias expanded over the head dim, as Mamba-2 passes them (ssd_step); else materialised,
+    as a model with per-channel values would pass them (the selective-scan path)."""
     heads, headdim, state_dim = a["x"].shape[2], a["x"].shape[3], a["B"].shape[3]
-    return dict(x=a["x"][:, t], dt=a["dt"][:, t, :, None].expand(-1, heads, headdim),
-                A=a["A"][:, None, None].expand(heads, headdim, state_dim), B=a["B"][:, t],
-                C=a["C"][:, t], D=a["D"], z=a["z"][:, t],
-                dt_bias=a["dt_bias"][:, None].expand(heads, headdim), dt_softplus=True,
-                state_batch_indices=rows)
+    arguments = dict(dt=a["dt"][:, t, :, None].expand(-1, heads, headdim),
+                     A=a["A"][:, None, None].expand(heads, headdim, state_dim),
+                     dt_bias=a["dt_bias"][:, None].expand(heads, headdim))
+    if not tied:
+        arguments = {name: value.contiguous() for name, value in arguments.items()}
+    return dict(x=a["x"][:, t], B=a["B"][:, t], C=a["C"][:, t], D=a["D"], z=a["z"][:, t],
+                dt_softplus=True, state_batch_indices=rows, **arguments)
 
 
-def test_state_update_per_head_steps_equal_the_chunk_scan_with_a_shuffled_pool():
+@pytest.mark.parametrize("tied", [True, False])
+def test_state_update_per_head_steps_equal_the_chunk_scan_with_a_shuffled_pool(tied):
     a = ssd_inputs(torch.float32, length=7, seed=3)
     rows = torch.tensor([3, 0], dtype=torch.int32)
     pool = torch.randn(5, *a["h0"].shape[1:], generator=torch.Generator().manual_seed(4))
     pool[rows.long()] = a["h0"]
     untouched = pool[[1, 2, 4]].clone()
-    steps = [selective_state_update(pool, **mamba2_step_arguments(a, t, rows)) for t in range(7)]
+    steps = [selective_state_update(pool, **mamba2_step_arguments(a, t, rows, tied))
+             for t in range(7)]
     out, final = mamba_chunk_scan_combined(a["x"], a["dt"], a["A"], a["B"], a["C"], 64, a["D"],
                                            a["z"], a["dt_bias"], a["h0"], dt_softplus=True,
                                            return_final_states=True)
@@ -148,19 +153,23 @@ def test_state_update_per_head_steps_equal_the_chunk_scan_with_a_shuffled_pool()
     assert torch.equal(pool[[1, 2, 4]], untouched)
 
 
-def test_state_update_writes_back_into_a_state_that_is_not_a_view():
+@pytest.mark.parametrize("tied, state_dtype", [(True, torch.float32), (False, torch.float32),
+                                               (True, torch.bfloat16)])
+def test_state_update_writes_into_strided_and_half_states(tied, state_dtype):
+    """A state whose (h, p) do not merge into one view, and a bfloat16 state (ssd_step keeps
+    float32 states: a copy is stepped and written back), with D per head (expanded)."""
     a = ssd_inputs(torch.float32, length=1, seed=5)
-    storage = a["h0"].permute(0, 2, 1, 3).contiguous()  # [b, p, h, n]
-    state = storage.permute(0, 2, 1, 3)  # [b, h, p, n]: (h, p) do not merge into a view
-    expected_state = state.clone()
-    arguments = mamba2_step_arguments(a, 0, None)
-    selective_state_update(expected_state, **arguments)
-    out = selective_state_update(state, **arguments)
-    expected, final = ssd_recurrence(a["x"], a["dt"], a["A"], a["B"], a["C"], D=a["D"],
-                                     z=a["z"], dt_bias=a["dt_bias"], softplus=True, h0=a["h0"])
+    storage = a["h0"].permute(0, 2, 1, 3).contiguous().to(state_dtype)  # [b, p, h, n]
+    state = storage.permute(0, 2, 1, 3)  # [b, h, p, n]
+    h0 = state.clone()
+    D = a["D"][:, :1].expand(-1, a["x"].shape[3])
+    out = selective_state_update(state, **(mamba2_step_arguments(a, 0, None, tied) | {"D": D}))
+    expected, final = ssd_recurrence(a["x"], a["dt"], a["A"], a["B"], a["C"], D=D, z=a["z"],
+                                     dt_bias=a["dt_bias"], softplus=True, h0=h0)
+    tolerance = 1e-5 if state_dtype == torch.float32 else 1e-2  # bf16: the stored state rounds
+    assert out.dtype == torch.float32 and state.dtype == state_dtype
     assert_close(out, expected[:, 0], 1e-5)
-    assert_close(state, final, 1e-5)
-    assert_close(expected_state, final, 1e-5)
+    assert_close(state, final, tolerance)
 
 
 def scan_recurrence(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False, h0=None):

@@ -16,9 +16,9 @@ Shared by every function here:
   (``use_gate_in_kernel``), ``sigmoid(beta)`` (``use_beta_sigmoid_in_kernel``), and summing the
   gates fla applies one after the other (``g`` with ``gk``, ``g`` with ``g_gamma``).
 - The fused_recurrent_* functions run the chunkwise kernel (seqtune has no token-serial kernel
-  for a whole sequence): the same recurrence. Those of the delta rule family run a call whose
-  sequences are single tokens (decoding, ``T == 1`` or ``cu_seqlens = [0, 1, ..., N]``) on the
-  one-token kernel ``delta_rule_step`` instead, unless an input requires grad.
+  for a whole sequence): the same recurrence. A call whose sequences are single tokens
+  (decoding: ``T == 1``, or ``cu_seqlens = [0, 1, ..., N]``) runs the one-token kernel
+  (``delta_rule_step``, ``linear_attention_step``) instead, unless an input requires grad.
 - An argument seqtune does not implement raises a one-line NotImplementedError naming it; so does
   any keyword fla's ``**kwargs`` would swallow that is not listed above.
 """
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from seqtune.checks import expect_shape
-from seqtune.kernels import delta_rule, delta_rule_step, linear_attention
+from seqtune.kernels import (delta_rule, delta_rule_step, linear_attention,
+                             linear_attention_step)
 
 L2NORM_EPS = 1e-6
 
@@ -145,19 +146,19 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
         t is not None and t.requires_grad for t in tensors)
 
 
-def _decode_delta_rule(q, k, v, beta, g, scale, initial_state, output_final_state):
-    """One token per sequence on ``delta_rule_step``, from a float32 copy of the initial state
-    (fla's fused_recurrent leaves initial_state untouched too)."""
+def _decode(step, q, k, v, gates, scale, initial_state, output_final_state):
+    """One token per sequence on a step kernel (``delta_rule_step``, ``linear_attention_step``),
+    from a float32 copy of the initial state (fla's fused_recurrent leaves it untouched too)."""
     tokens = q.shape[0] * q.shape[1]
-    shape = (tokens, *v.shape[2:3], q.shape[3], v.shape[3])
+    shape = (tokens, v.shape[2], q.shape[3], v.shape[3])
     if initial_state is None:
         state = torch.zeros(shape, dtype=torch.float32, device=q.device)
     else:
         expect_shape("initial_state", initial_state, shape)
         state = initial_state.to(torch.float32, memory_format=torch.contiguous_format,
                                  copy=True)
-    rows = [None if x is None else x.reshape(tokens, *x.shape[2:]) for x in (q, k, v, beta, g)]
-    o = delta_rule_step(*rows, state=state, scale=scale)
+    rows = [None if x is None else x.reshape(tokens, *x.shape[2:]) for x in (q, k, v, *gates)]
+    o = step(*rows, state=state, scale=scale)
     return o.reshape(v.shape), state if output_final_state else None
 
 
@@ -170,8 +171,8 @@ def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_stat
     initial_state = _state_in(initial_state, state_v_first)
     if (recurrent and _one_token_each(q, cu_seqlens)
             and not _needs_grad(q, k, v, beta, g, initial_state)):
-        o, final = _decode_delta_rule(q, k, v, beta, g, scale, initial_state,
-                                      output_final_state)
+        o, final = _decode(delta_rule_step, q, k, v, (beta, g), scale, initial_state,
+                           output_final_state)
     else:
         o, final = delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                               output_final_state=output_final_state, cu_seqlens=cu_seqlens)
@@ -179,10 +180,17 @@ def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_stat
 
 
 def _run_linear_attention(q, k, v, g, *, scale, initial_state, output_final_state,
-                          state_v_first, cu_seqlens, reverse=False):
+                          state_v_first, cu_seqlens, reverse=False, recurrent=False):
     """Linear attention, optionally in reverse time (fla's ``reverse``: each sequence runs from
-    its last step to its first), by flipping the steps and the order of the sequences."""
+    its last step to its first), by flipping the steps and the order of the sequences; a
+    fused_recurrent_* call whose sequences are single tokens and that needs no gradient runs
+    ``linear_attention_step`` (reverse changes nothing for one token)."""
     initial_state = _state_in(initial_state, state_v_first)
+    if (recurrent and _one_token_each(q, cu_seqlens)
+            and not _needs_grad(q, k, v, g, initial_state)):
+        o, final = _decode(linear_attention_step, q, k, v, (g,), scale, initial_state,
+                           output_final_state)
+        return o, _state_out(final, state_v_first)
     if reverse:
         q, k, v = (x.flip(1) for x in (q, k, v))
         g = None if g is None else g.flip(1)
@@ -351,7 +359,8 @@ def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=Non
                         cu_seqlens=None, **kwargs):
     """fla's ``fused_recurrent_gla`` on ``seqtune.kernels.linear_attention``: gk
     ``[B, T, HV, K]`` (None: no decay); ``reverse`` runs each sequence from its last step
-    (done by flipping the inputs, a copy). Otherwise as ``chunk_gla``. Not supported: ``gv``."""
+    (done by flipping the inputs, a copy); single-token sequences run ``linear_attention_step``.
+    Otherwise as ``chunk_gla``. Not supported: ``gv``."""
     function = "fused_recurrent_gla"
     state_v_first, _ = _options(function, kwargs, state_v_first)
     if gv is not None:
@@ -359,7 +368,7 @@ def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=Non
     return _run_linear_attention(q, k, v, gk, scale=scale, initial_state=initial_state,
                                  output_final_state=output_final_state,
                                  state_v_first=state_v_first, cu_seqlens=cu_seqlens,
-                                 reverse=reverse)
+                                 reverse=reverse, recurrent=True)
 
 
 def _simple_gate(g: torch.Tensor | None, g_gamma: torch.Tensor | None, v: torch.Tensor
@@ -389,10 +398,11 @@ def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initia
                                output_final_state=False, reverse=False, state_v_first=False,
                                cu_seqlens=None, **kwargs):
     """fla's ``fused_recurrent_simple_gla`` on ``seqtune.kernels.linear_attention``: as
-    ``chunk_simple_gla``, with ``reverse`` as in ``fused_recurrent_gla``."""
+    ``chunk_simple_gla``, with ``reverse`` and single-token sequences as in
+    ``fused_recurrent_gla``."""
     state_v_first, _ = _options("fused_recurrent_simple_gla", kwargs, state_v_first)
     return _run_linear_attention(q, k, v, _simple_gate(g, g_gamma, v), scale=scale,
                                  initial_state=initial_state,
                                  output_final_state=output_final_state,
                                  state_v_first=state_v_first, cu_seqlens=cu_seqlens,
-                                 reverse=reverse)
+                                 reverse=reverse, recurrent=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtune.checks import expect_float, expect_shape, expect_tensor
-from seqtune.kernels import selective_scan, ssd
+from seqtune.kernels import selective_scan, ssd, ssd_step
 
 NO_LIMIT = (0.0, float("inf"))
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -173,13 +173,15 @@ def _skip_and_gate(out, x, D, z):
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False, state_batch_indices=None):
     """mamba_ssm's ``selective_state_update``: one decode step of the selective SSM, the state
-    updated in place, on ``seqtune.kernels.selective_scan`` (one step from the cached state).
+    updated in place: per-head dt and A (Mamba-2) on ``seqtune.kernels.ssd_step``, else on
+    ``seqtune.kernels.selective_scan`` (one step from the cached state).
 
     Mamba-1 layout: state ``[N, d, n]``, x, dt, z ``[b, d]``, A ``[d, n]``, B, C ``[b, n]``,
     D, dt_bias ``[d]``. Per-head (Mamba-2) layout: state ``[N, h, p, n]``, x, dt, z
     ``[b, h, p]``, A ``[h, p, n]``, B, C ``[b, g, n]`` (h % g == 0), D, dt_bias ``[h, p]``
-    (Mamba-2 passes dt, A, dt_bias expanded over p: views are fine). The h heads of p channels
-    run as h * p channels of grouped B/C (a view of the state). ``state_batch_indices`` (int
+    (Mamba-2 passes dt, A, dt_bias expanded over p: views are fine). When dt, A or dt_bias vary
+    over p, the h heads of p channels run as h * p channels of grouped B/C (the state seen as
+    ``[N, h * p, n]``: a view when it can be). ``state_batch_indices`` (int
     ``[b]``): the state row of each batch element (a pool, as in continuous batching); without
     it N == b. Inputs of mixed float dtypes are computed in float32.
     Returns ``out`` shaped like x, in x's dtype.
@@ -187,17 +189,19 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     heads_layout = isinstance(state, torch.Tensor) and state.dim() == 4
     if not heads_layout:
         expect_tensor("state", state, 3)
-    pool, state_dim = state.shape[0], state.shape[-1]
-    channels = state.shape[1] * state.shape[2] if heads_layout else state.shape[1]
-    # [N, h, p, n] -> [N, h * p, n]: a view of a state contiguous over (h, p), else a copy
-    flat = state.reshape(pool, channels, state_dim)
     expect_tensor("x", x, state.dim() - 1)
     batch = x.shape[0]
     for name, tensor in (("x", x), ("dt", dt), ("z", z)):
         if tensor is not None:
             expect_tensor(name, tensor, state.dim() - 1)
             expect_shape(name, tensor, (batch, *state.shape[1:-1]))
-    rows = _state_rows(state_batch_indices, batch, pool, x.device)
+    rows = _state_rows(state_batch_indices, batch, state.shape[0], x.device)
+    if heads_layout and _tied_over_head_dim(dt, A, dt_bias):
+        return _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    pool, state_dim = state.shape[0], state.shape[-1]
+    channels = state.shape[1] * state.shape[2] if heads_layout else state.shape[1]
+    # [N, h, p, n] -> [N, h * p, n]: a view of a state contiguous over (h, p), else a copy
+    flat = state.reshape(pool, channels, state_dim)
     y = _one_step(flat, rows, x.reshape(batch, channels), dt.reshape(batch, channels),
                   A.reshape(channels, state_dim), B, C,
                   None if D is None else D.reshape(channels),
@@ -206,6 +210,41 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     if flat.untyped_storage().data_ptr() != state.untyped_storage().data_ptr():
         state.copy_(flat.view(state.shape))
     return y.view(x.shape)
+
+
+def _tied_over_head_dim(dt, A, dt_bias) -> bool:
+    """Whether dt, A and dt_bias hold one value per head, expanded over the head dim p (and A
+    over n) as Mamba-2 passes them (mamba_ssm's ``tie_hdim``)."""
+    return (dt.stride(-1) == 0 and A.dim() == 3 and A.stride(-1) == 0 and A.stride(-2) == 0
+            and (dt_bias is None or (dt_bias.dim() == 2 and dt_bias.stride(-1) == 0)))
+
+
+def _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    """One token on ``ssd_step`` (per-head dt and A) on the state [N, h, p, n] seen as ssd's
+    [N, h, n, p] (a transposed view, updated in place when float32); a D that varies over p and
+    the z gate are applied in float32 afterwards."""
+    out_dtype = x.dtype
+    x_in, B, C = (x, B, C) if x.dtype == B.dtype == C.dtype else (t.float() for t in (x, B, C))
+    head_D = D is not None and D.dim() == 2 and D.stride(-1) == 0
+    arguments = dict(D=D[:, 0] if head_D else None,
+                     dt_bias=None if dt_bias is None else dt_bias[:, 0], dt_softplus=dt_softplus)
+    if state.dtype == torch.float32:
+        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=state.transpose(-1, -2),
+                     state_indices=rows, **arguments)
+    else:  # the kernel keeps float32 states: step a float32 copy of the rows, write them back
+        picked = state if rows is None else state[rows]
+        step_state = picked.transpose(-1, -2).float()
+        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=step_state, **arguments)
+        written = step_state.transpose(-1, -2).to(state.dtype)
+        if rows is None:
+            state.copy_(written)
+        else:
+            state[rows] = written
+    if D is not None and not head_D:
+        y = y.float() + x.float() * D.float()
+    if z is not None:
+        y = y.float() * F.silu(z.float())
+    return y.to(out_dtype)
 
 
 def _state_rows(indices, batch, pool, device):
