@@ -137,7 +137,8 @@ def _one_token_each(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
     if cu_seqlens is None:
         return q.shape[1] == 1
     tokens = q.shape[1]
-    return (isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.shape == (tokens + 1,)
+    return (q.shape[0] == 1 and tokens > 0 and isinstance(cu_seqlens, torch.Tensor)
+            and cu_seqlens.shape == (tokens + 1,)
             and bool((cu_seqlens.cpu() == torch.arange(tokens + 1)).all()))
 
 
@@ -321,11 +322,11 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final
     """fla's ``chunk_delta_rule`` (DeltaNet, no decay) on ``seqtune.kernels.delta_rule``:
     q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, beta ``[B, T, HV]``. Returns
     ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``."""
-    _options("chunk_delta_rule", kwargs, False)
+    state_v_first, _ = _options("chunk_delta_rule", kwargs, False)
     return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                           state_v_first=False, cu_seqlens=cu_seqlens)
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
 
 
 def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=None,
