@@ -7,6 +7,8 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
+from seqtune.kernels.linear_attention.autograd import (Call, LinearAttentionFunction,
+                                                      wants_grad)
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
 from seqtune.loader import config_for
@@ -112,7 +114,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      g: torch.Tensor | None = None, *, scale: float | None = None,
                      initial_state: torch.Tensor | None = None, output_final_state: bool = False,
                      cu_seqlens: torch.Tensor | None = None,
-                     config: Mapping[str, Any] | None = None
+                     config: Mapping[str, Any] | None = None,
+                     bwd_config: Mapping[str, Any] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention with optional decay, computed chunkwise.
 
@@ -132,6 +135,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (batch 1),
             fla's convention; no state crosses a sequence boundary.
         config: a (partial) config of the ``linear_attention`` kernel; None takes the tuned one.
+        bwd_config: likewise for ``linear_attention_bwd``, used when autograd runs the backward
+            (gradients of q, k, v, g and initial_state, through the final state when used).
 
     Returns:
         (o [B, T, HV, V] in q's dtype, final_state or None).
@@ -140,5 +145,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if recurrence is None:
         return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
     cfg = config_for("linear_attention", problem, config)
+    if wants_grad(q, k, v, g, initial_state):
+        call = Call("linear_attention", problem, cfg, bwd_config, recurrence.sequences,
+                    recurrence.scale, output_final_state)
+        return LinearAttentionFunction.apply(q, k, v, g, initial_state, call)
     out, final, _ = run_chunked(recurrence, cfg, output_final_state)
     return out, final

@@ -1,6 +1,8 @@
 """Float64 references: the plain recurrences stepped one time step at a time, on the CPU.
 
 Independent of the chunked kernels: no chunks, no cumulative decays, no matmul tricks.
+Differentiable (inputs are not detached), so float64 autograd through them is the gradients'
+reference.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 
 def _f64(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.detach().to("cpu", torch.float64)
+    return None if tensor is None else tensor.to("cpu", torch.float64)
 
 
 def linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

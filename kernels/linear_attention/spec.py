@@ -428,4 +428,12 @@ SSD = KernelSpec(
     baselines=SSD_BASELINES,
 )
 
-SPECS = (LINEAR_ATTENTION, SSD) + STEP_SPECS
+
+
+def _all_specs() -> tuple[KernelSpec, ...]:
+    from seqtune.kernels.linear_attention.bwd_spec import BWD_SPECS
+
+    return (LINEAR_ATTENTION, SSD) + STEP_SPECS + BWD_SPECS
+
+
+SPECS = _all_specs()

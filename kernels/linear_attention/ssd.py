@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
+from seqtune.kernels.linear_attention.autograd import Call, SsdCall, SsdFunction, wants_grad
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.op import (empty_result, expect_head_dim,
                                                  expect_initial_state)
@@ -49,6 +50,18 @@ def _check_inputs(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     _check_per_head("dt_bias", dt_bias, heads)
 
 
+def check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state, cu_seqlens
+                     ) -> tuple[Sequences, torch.Tensor | None]:
+    """(the sequences, the checked contiguous initial state) of an ``ssd`` call."""
+    _check_inputs(x, dt, A, B, C, D, dt_bias)
+    expect_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias,
+                        "initial_state": initial_state})
+    batch, T, heads, p = x.shape
+    sequences = sequences_of(cu_seqlens, batch, T, x.device)
+    state_shape = (sequences.count, heads, B.shape[3], p)
+    return sequences, expect_initial_state(initial_state, state_shape)
+
+
 def ssd_problem(x: torch.Tensor, B: torch.Tensor, has_D: bool, has_initial: bool,
                 sequences: Sequences) -> dict[str, Any]:
     """The tuning problem of a call (shared by the forward and the backward)."""
@@ -73,7 +86,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
         dt_softplus: bool = False, initial_state: torch.Tensor | None = None,
         output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
-        config: Mapping[str, Any] | None = None
+        config: Mapping[str, Any] | None = None, bwd_config: Mapping[str, Any] | None = None
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba-2 SSD: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t^T h_t + D x_t.
 
@@ -87,22 +100,24 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (b = 1),
             fla's convention; no state crosses a sequence boundary.
         config: a (partial) config of the ``ssd`` kernel; None takes the tuned one.
+        bwd_config: likewise for ``ssd_bwd``, used when autograd runs the backward (gradients
+            of x, dt, A, B, C, D, dt_bias and initial_state).
 
     Returns:
         (y [b, T, h, p] in x's dtype, final_state or None).
     """
-    _check_inputs(x, dt, A, B, C, D, dt_bias)
-    expect_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias,
-                        "initial_state": initial_state})
+    sequences, initial_state = check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state,
+                                                cu_seqlens)
     batch, T, heads, p = x.shape
-    n = B.shape[3]
-    sequences = sequences_of(cu_seqlens, batch, T, x.device)
-    state_shape = (sequences.count, heads, n, p)
-    initial_state = expect_initial_state(initial_state, state_shape)
+    state_shape = (sequences.count, heads, B.shape[3], p)
     if T == 0 or batch == 0 or heads == 0:
         return empty_result(x.shape, x, initial_state, state_shape, output_final_state)
     problem = ssd_problem(x, B, D is not None, initial_state is not None, sequences)
     cfg = config_for("ssd", problem, config)
+    if wants_grad(x, dt, A, B, C, D, dt_bias, initial_state):
+        call = Call("ssd", problem, cfg, bwd_config, sequences, 1.0, output_final_state)
+        return SsdFunction.apply(x, dt, A, B, C, D, dt_bias, initial_state,
+                                 SsdCall(call, dt_softplus))
     step = step_sizes(dt, dt_bias, dt_softplus)
     log_decay = (step * A.to(torch.float32)).contiguous()
     recurrence = Recurrence(C, B, x, log_decay, 1.0, sequences, v_scale=step,
