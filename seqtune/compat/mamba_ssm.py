@@ -59,7 +59,12 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         expect_tensor("D", D, 2)
         expect_shape("D", D, (heads, headdim))
     bounds = _sequence_bounds(seq_idx, cu_seqlens, return_varlen_states, batch, length)
-    h0 = None if initial_states is None else initial_states.transpose(-1, -2)
+    h0 = None
+    if initial_states is not None:
+        expect_tensor("B", B, 4)
+        expect_tensor("initial_states", initial_states, 4)
+        expect_shape("initial_states", initial_states, (batch, heads, headdim, B.shape[3]))
+        h0 = initial_states.transpose(-1, -2)
     kernel_D = D if per_head_D else None
     if bounds is None:
         out, final = ssd(x, dt, A, B, C, D=kernel_D, dt_bias=dt_bias, dt_softplus=dt_softplus,
@@ -122,7 +127,8 @@ def _checked_cu_seqlens(cu_seqlens, changes, batch, length):
     bounds = cu_seqlens.tolist()
     if not bounds or bounds[0] != 0 or bounds[-1] != length or any(
             b < a for a, b in zip(bounds, bounds[1:])):
-        raise ValueError(f"cu_seqlens must rise from 0 to T={length}, got {bounds}")
+        raise ValueError(f"cu_seqlens must be non-decreasing from 0 to T={length}, got "
+                         f"{len(bounds)} offsets from {bounds[:1]} to {bounds[-1:]}")
     inner = sorted(set(bounds) - {0, length})
     if inner != (changes or []):
         raise ValueError("cu_seqlens and seq_idx must describe the same sequences (mamba_ssm "
@@ -191,10 +197,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
         expect_tensor("state", state, 3)
     expect_tensor("x", x, state.dim() - 1)
     batch = x.shape[0]
-    for name, tensor in (("x", x), ("dt", dt), ("z", z)):
+    channel_shape = tuple(state.shape[1:-1])  # (d,) or (h, p)
+    shapes = {"x": (batch, *channel_shape), "dt": (batch, *channel_shape),
+              "z": (batch, *channel_shape), "A": tuple(state.shape[1:]), "D": channel_shape,
+              "dt_bias": channel_shape}
+    for name, tensor in (("x", x), ("dt", dt), ("z", z), ("A", A), ("D", D),
+                         ("dt_bias", dt_bias)):
         if tensor is not None:
-            expect_tensor(name, tensor, state.dim() - 1)
-            expect_shape(name, tensor, (batch, *state.shape[1:-1]))
+            expect_tensor(name, tensor, len(shapes[name]))
+            expect_shape(name, tensor, shapes[name])
     rows = _state_rows(state_batch_indices, batch, state.shape[0], x.device)
     if heads_layout and _tied_over_head_dim(dt, A, dt_bias):
         return _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
