@@ -7,21 +7,25 @@ Runtime use (cheap: imports only the loader)::
                                  causal=True, dtype="bfloat16")
 
 The library API behind the CLI (``seqtune.tune``, ``verify``, ``report``, ``bench``, ``check``,
-``merge``, ``replay``, ``info``, ``kernels``) is loaded on first use from ``seqtune.api``: each
+``merge``, ``replay``, ``info``, ``list_kernels``) is loaded on first use from ``seqtune.api``: each
 returns data and prints nothing.
 """
 __version__ = "0.1.0"
 
-from seqtune.loader import best_config, load_profile  # noqa: E402
+_LOADER = ("best_config", "load_profile")
+_API = ("tune", "verify", "report", "bench", "check", "merge", "replay", "info", "list_kernels")
 
-_API = ("tune", "verify", "report", "bench", "check", "merge", "replay", "info", "kernels")
-
-__all__ = ["best_config", "load_profile", "__version__", *_API]
+__all__ = ["__version__", *_LOADER, *_API]
 
 
 def __getattr__(name: str):
-    # The tuner, search and CLI stacks load only when a tool function is first used, so that
-    # `import seqtune` in model code stays a loader import.
+    # Everything loads on first use: the loader (and torch with it) when model code asks for a
+    # config, the tuner, search and analysis stacks when a tool function is called. Importing
+    # the package itself is free, so `seqtune --help` starts without torch or Triton.
+    if name in _LOADER:
+        from seqtune import loader
+
+        return getattr(loader, name)
     if name in _API:
         from seqtune import api
 

@@ -31,6 +31,42 @@ def prepare_backend() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def profile_folder(profile_dir: Path | None = None) -> Path:
+    """The profile dir a command reads or writes: ``profile_dir``, else ``$SEQTUNE_PROFILE_DIR``,
+    else the user cache dir (where the runtime reads); UsageError when it names a file."""
+    from seqtune.store.profile_file import ENV_PROFILE_DIR, resolve_profile_dir
+
+    folder = resolve_profile_dir(profile_dir)
+    source = ("--profile-dir" if profile_dir else
+              f"${ENV_PROFILE_DIR}" if os.environ.get(ENV_PROFILE_DIR) else "the profile dir")
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "" if part == folder else f": {part}"
+                raise UsageError(f"{source} {folder}{where} is a file, not a directory")
+            break
+    return folder
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileLocation:
+    """Where a command reads or writes this device's profile."""
+
+    folder: Path
+    file: Path
+    exists: bool
+
+
+def profile_location(profile_dir: Path | None = None) -> ProfileLocation:
+    """This device's profile file in the profile dir (see ``profile_folder``)."""
+    from seqtune.device import runtime_device
+    from seqtune.store.profile_file import profile_path
+
+    folder = profile_folder(profile_dir)
+    path = profile_path(folder, runtime_device()[0])
+    return ProfileLocation(folder, path, path.is_file())
+
+
 def specs_named(names: Sequence[str] | None) -> list:
     """The specs of the named kernels (all when none are named); UsageError for an unknown one."""
     from seqtune.registry import UnknownKernelError, all_specs, get_spec
@@ -64,6 +100,7 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
     with ``gpus``, or this rank's share under torchrun) and write the profile; the results."""
     from seqtune.fleet.tuning import distributed_launch, local_fleet, run_tune_mode
 
+    folder = profile_folder(profile_dir)
     launch = distributed_launch(gpus, shard, interpreter_devices)  # before CUDA initialises
     from seqtune.fleet.shard import parse_shard
     from seqtune.tuning.search import STRATEGIES
@@ -93,7 +130,7 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
             target_named(compile_target)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    options = TuneOptions(preset, profile_dir, max_configs, budget_s, seed, keep_spilling,
+    options = TuneOptions(preset, folder, max_configs, budget_s, seed, keep_spilling,
                           isolate, timeout_s, resume, strategy=strategy,
                           jobs=jobs or os.cpu_count() or 1, compile_target=compile_target,
                           shard=share)
@@ -109,12 +146,12 @@ def verify(kernels: Sequence[str] | None = None,
     from seqtune.device import runtime_device
     from seqtune.loader import load_profile
     from seqtune.spec import format_config, format_problem
-    from seqtune.store.profile_file import profile_path, read_profile, resolve_profile_dir
+    from seqtune.store.profile_file import profile_path, read_profile
 
     prepare_backend()
     specs = specs_named(kernels)
     key, limits = runtime_device()
-    path = profile_path(resolve_profile_dir(profile_dir), key)
+    path = profile_path(profile_folder(profile_dir), key)
     if path.exists():
         read_profile(path)  # an unreadable profile is an error here, not a silent fallback
     profile = load_profile(path) if path.exists() else None
@@ -138,6 +175,7 @@ def verify(kernels: Sequence[str] | None = None,
                 seen.append(full)
                 agreement = check_case(spec, case, full, inputs=inputs, reference=reference)
                 rows.append({"kernel": spec.name, "case": format_problem(case),
+                             "problem": dict(case),
                              "config_source": f"{source}: {format_config(full)}",
                              "config": full, "ok": agreement.ok,
                              "max_abs_err": agreement.max_abs_err,
@@ -148,16 +186,19 @@ def verify(kernels: Sequence[str] | None = None,
 @dataclasses.dataclass
 class Report:
     """Profiles read for ``seqtune report``: (path, profile) pairs, each file's rows, and the
-    comparison of the later files to the first."""
+    comparison of the later files to the first; ``folder`` is the profile dir they were found
+    in (None when the files were named)."""
 
     profiles: list[tuple[Path, dict[str, Any]]]
     rows_by_file: list[list[dict[str, Any]]]
     comparison: list[dict[str, Any]]
+    folder: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"profiles": [{"file": str(p), "rows": r}
                              for (p, _), r in zip(self.profiles, self.rows_by_file)],
-                "comparison": self.comparison}
+                "comparison": self.comparison,
+                "profile_dir": None if self.folder is None else str(self.folder)}
 
 
 def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
@@ -168,13 +209,22 @@ def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
     from seqtune.analysis.report import comparison_rows, entry_rows
     from seqtune.loader import stale_reason
     from seqtune.registry import all_specs, source_hash
-    from seqtune.store.profile_file import read_profile, resolve_profile_dir
+    from seqtune.store.profile_file import read_profile
 
+    folder = None
+    if files and profile_dir is not None:
+        raise UsageError("give profile files or --profile-dir, not both")
     if not files:
-        folder = resolve_profile_dir(profile_dir)
+        folder = profile_folder(profile_dir)
         files = sorted(folder.glob("*.yaml"))
         if not files:
             raise Failure(f"no profiles in {folder}; run `seqtune tune` first")
+    for path in files:
+        if Path(path).is_dir():
+            raise UsageError(f"{path} is a directory, not a profile file; report the profiles "
+                             f"in it with --profile-dir {path}")
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such profile file")
     profiles, rows_by_file = [], []
     specs = all_specs()
     for path in files:
@@ -191,34 +241,64 @@ def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
         profiles.append((path, profile))
         rows_by_file.append(entry_rows(profile, path, kernel, stale))
     compared = comparison_rows(rows_by_file) if len(rows_by_file) > 1 else []
-    return Report(profiles, rows_by_file, compared)
+    return Report(profiles, rows_by_file, compared, folder)
 
 
-def info() -> dict[str, Any]:
-    """The device, library versions, profile locations and the active profile."""
+def info(profile_dir: Path | None = None) -> dict[str, Any]:
+    """The device, library versions, the profile dir, and the profile files the runtime reads
+    for this device (the profile dir's, then the shipped one): per file whether it is used,
+    with its entries per kernel, or skipped and why."""
     from seqtune.device import detect_device
-    from seqtune.loader import active_profile
-    from seqtune.store.profile_file import (
-        resolve_profile_dir,
-        shipped_profile_dir,
-        software_versions,
-    )
+    from seqtune.store.profile_file import profile_path, shipped_profile_dir, software_versions
     from seqtune.tuning.timing import INTERPRETER_NOTE
 
     device = detect_device()
-    profile = active_profile()
+    folder = profile_folder(profile_dir)
+    files = [profile_file_status(profile_path(d, device.key))
+             for d in (folder, shipped_profile_dir())]
+    active: dict[str, int] = {}
+    for status in files:
+        for kernel, count in status["entries"].items():
+            active[kernel] = active.get(kernel, 0) + count
     return {
         "device": dataclasses.asdict(device),
         "software": software_versions(),
-        "profile_dir": str(resolve_profile_dir()),
+        "profile_dir": str(folder),
         "shipped_profiles": str(shipped_profile_dir()),
-        "active_profile_files": [str(p) for p in profile.sources] or "none (defaults)",
-        "active_entries": {k: len(v) for k, v in profile.entries.items()},
+        "profile_files": files,
+        "active_profile_files": [s["file"] for s in files if s["state"] == "used"],
+        "active_entries": active,
         "timings": "do_bench on the GPU" if device.backend == "cuda" else INTERPRETER_NOTE,
     }
 
 
-def kernels() -> list[dict[str, Any]]:
+def profile_file_status(path: Path) -> dict[str, Any]:
+    """Whether the runtime uses the profile at ``path``: ``state`` "used" (with its entries per
+    kernel; kernels this seqtune does not know are listed as ignored), "skipped" (with the
+    reason: unreadable, not YAML, wrong schema, ...) or "not found"."""
+    from seqtune.registry import all_specs
+    from seqtune.store.profile_file import ProfileError, read_profile
+
+    status: dict[str, Any] = {"file": str(path), "state": "not found", "reason": None,
+                              "entries": {}, "ignored_kernels": []}
+    if not path.exists():
+        return status
+    try:
+        data = read_profile(path)
+    except ProfileError as exc:
+        reason = str(exc)
+        reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
+        return {**status, "state": "skipped", "reason": reason}
+    known = all_specs()
+    for kernel, section in (data.get("kernels") or {}).items():
+        if kernel in known:
+            status["entries"][kernel] = len(section.get("entries", []))
+        else:
+            status["ignored_kernels"].append(kernel)
+    return {**status, "state": "used"}
+
+
+def list_kernels() -> list[dict[str, Any]]:
     """Every kernel with its config space, stages, search mode and presets."""
     from seqtune.registry import all_specs
 
@@ -300,6 +380,7 @@ def bench(kernels: Sequence[str] | None = None, preset: str | None = None,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     specs = specs_named(kernels)
+    profile_folder(profile_dir)  # a file named as the profile dir is bad usage, not a crash
     options = BenchOptions(preset, parsed_lengths, profile_dir)
     with reporter.progress() as progress:
         task = progress.add_task("bench", total=len(bench_work(specs, options)))

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,7 +23,10 @@ def emit_json(payload: Any) -> None:
 
 
 def progress_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # A long problem description is cut, never wrapped: each bar stays on one line.
+    return Progress(TextColumn("{task.description}", markup=False,
+                               table_column=Column(no_wrap=True, overflow="ellipsis")),
+                    BarColumn(bar_width=20), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
 
 

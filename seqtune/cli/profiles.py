@@ -1,4 +1,5 @@
-"""Commands about profiles and kernels: verify, report, merge, list, info."""
+"""Commands about profiles and kernels: verify, report, merge, list, info. Nothing heavy is
+imported before a command runs (``--help`` loads neither torch nor Triton)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,25 +7,36 @@ from typing import Optional
 
 import typer
 
-from seqtune.cli import render
 from seqtune.cli.app import app, emit_json, err, out
+
+PROFILE_DIR_HELP = ("Profile dir (default: $SEQTUNE_PROFILE_DIR, else the user cache dir, "
+                    "where `seqtune tune` writes and the runtime reads).")
 
 
 @app.command()
 def verify(
     kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to verify (default: all)."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profiles whose tuned configs are "
-                                               "verified too."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir whose tuned configs are "
+                                               "verified too (default: $SEQTUNE_PROFILE_DIR, "
+                                               "else the user cache dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the cases as JSON on stdout."),
 ) -> None:
     """Check every kernel (default and tuned configs) against its float64 reference."""
     from seqtune import api
+    from seqtune.cli.layout import print_path
+    from seqtune.cli.render import show_verify
 
+    location = api.profile_location(profile_dir)
     rows = api.verify(kernels, profile_dir)
+    console = err if as_json else out
+    if location.exists:
+        print_path(console, "tuned configs from", location.file)
+    else:
+        print_path(console, "no profile (default configs only) at", location.file)
     if as_json:
         emit_json(rows)
     else:
-        out.print(render.verify_table(rows))
+        show_verify(out, rows)
     failures = sum(not r["ok"] for r in rows)
     if failures:
         err.print(f"{failures} of {len(rows)} cases failed")
@@ -35,21 +47,27 @@ def verify(
 def report(
     files: Optional[list[Path]] = typer.Argument(None, help="Profile files (default: every "
                                                  "profile in the profile dir)."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir to report."),
+    profile_dir: Optional[Path] = typer.Option(None, help=PROFILE_DIR_HELP),
     kernel: Optional[str] = typer.Option(None, help="Only this kernel."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON on stdout."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML "
+                                        "page with the figures to this file."),
 ) -> None:
-    """Show profiles (best configs, time, TFLOP/s, GB/s, % of peak, speedup) and compare them."""
+    """Show profiles (best configs, time, % of peak, speedup) and compare them: two or more
+    files show the speedup of each over the first as a bar chart."""
     from seqtune import api
 
     result = api.report(files, profile_dir, kernel)
+    if html is not None:
+        from seqtune.cli.html import report_page, write_page
+
+        write_page(html, report_page(result), err if as_json else out)
     if as_json:
         emit_json(result.as_dict())
         return
-    for (path, profile), rows in zip(result.profiles, result.rows_by_file):
-        out.print(render.profile_table(profile, path, rows))
-    if result.comparison:
-        out.print(render.comparison_table(result.comparison))
+    from seqtune.cli.render_report import show_report
+
+    show_report(out, result)
 
 
 @app.command()
@@ -58,7 +76,9 @@ def merge(
     output: Optional[Path] = typer.Option(None, help="Merged profile (default: "
                                           "<profile-dir>/<device-key>.yaml); merged into when "
                                           "it exists."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir of the default output."),
+    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir of the default output "
+                                               "(default: $SEQTUNE_PROFILE_DIR, else the user "
+                                               "cache dir)."),
     force: bool = typer.Option(False, "--force", help="Merge profiles of different device "
                                "keys, under the first file's device."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -66,14 +86,15 @@ def merge(
     """Merge profiles of one device: per problem the fastest fresh entry wins, with its origin."""
     from seqtune import api
 
+    if output is None:
+        api.profile_folder(profile_dir)  # a file named as the profile dir: bad usage
     summary = api.merge(files, output, profile_dir, force)
     if as_json:
         emit_json(summary.as_dict())
         return
-    out.print(render.merge_table(summary))
-    for source, count in summary.kept_from.items():
-        out.print(f"{count} entries from {source}", highlight=False)
-    out.print(f"merged profile: {summary.output}", highlight=False)
+    from seqtune.cli.render import show_merge
+
+    show_merge(out, summary)
 
 
 @app.command("list")
@@ -81,20 +102,31 @@ def list_kernels(as_json: bool = typer.Option(False, "--json")) -> None:
     """List the kernels, their config spaces and presets."""
     from seqtune import api
 
-    rows = api.kernels()
+    rows = api.list_kernels()
     if as_json:
         emit_json(rows)
-    else:
-        out.print(render.kernels_table(rows))
+        return
+    from seqtune.cli.render import show_kernels
+
+    show_kernels(out, rows)
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show the device, library versions and the active profile."""
+def info(
+    profile_dir: Optional[Path] = typer.Option(None, help="Show the profiles the runtime would "
+                                               "read with SEQTUNE_PROFILE_DIR set to this dir "
+                                               "(default: $SEQTUNE_PROFILE_DIR, else the user "
+                                               "cache dir)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the device, library versions, the profile dir and the profile files the runtime
+    reads (used, or skipped and why)."""
     from seqtune import api
 
-    facts = api.info()
+    facts = api.info(profile_dir)
     if as_json:
         emit_json(facts)
-    else:
-        out.print(render.info_table(facts))
+        return
+    from seqtune.cli.render import show_info
+
+    show_info(out, facts)

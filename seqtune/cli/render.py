@@ -1,175 +1,281 @@
-"""Tables the commands print: each turns what a ``seqtune.api`` call returned into rich
-renderables, and computes nothing of its own."""
+"""What the commands print, designed for 80 columns (wider consoles show more columns): each
+view turns what a ``seqtune.api`` call returned into headings, tables (one per kernel, the
+varying problem fields as columns, configs as compact strings) and notes, and computes
+nothing of its own. ``render_report`` and ``render_bench`` hold the report and bench views."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
+from rich.console import Console
 
-from seqtune.spec import format_config, format_problem
-from seqtune.tuning.timing import INTERPRETER_LABEL, INTERPRETER_NOTE
+from seqtune.cli.cells import (
+    config_legend,
+    config_text,
+    number_text,
+    problem_text,
+    shorten,
+    time_text,
+)
+from seqtune.cli.layout import Column, heading, print_lines, print_path, table, with_problem
+from seqtune.tuning.timing import INTERPRETER_LABEL
 
-
-def tune_summaries(results: dict[str, Any]) -> list:
-    """A summary table with its profile and log paths per profile a tune wrote (one for a
-    single process, one per device type for a fleet)."""
-    summaries = results.get("summaries") or [results]
-    renderables = []
-    for summary in summaries:
-        renderables += [summary_table(summary["problems"], summary["timer"]),
-                        f"profile: {summary['profile']}", f"tuning log: {summary['log']}"]
-    return renderables
-
-
-def summary_table(problems: list[dict[str, Any]], label: str) -> Table:
-    caption = f"times are {INTERPRETER_NOTE}" if label == INTERPRETER_LABEL else "do_bench median"
-    compile_s = sum(p["compile_s"] for p in problems)
-    benchmark_s = sum(p["benchmark_s"] for p in problems)
-    compiled = sum(p["compiled"] for p in problems)
-    caption += (f"; waiting on the compiler {compile_s:.1f} s ({compiled} configs compiled "
-                f"ahead), benchmarking {benchmark_s:.1f} s")
-    table = Table(title="seqtune tune: summary", caption=caption)
-    for column in ("kernel", "problem", "best config", "median µs", "vs default", "tried",
-                   "failed", "compile s", "bench s"):
-        table.add_column(column, overflow="fold")
-    for p in problems:
-        failed = ", ".join(f"{k} {v}" for k, v in p["failed"].items() if v) or "-"
-        seconds = (f"{p['compile_s']:.1f}", f"{p['benchmark_s']:.1f}")
-        if p["winner"] is None:
-            table.add_row(p["kernel"], format_problem(p["problem"]), "[red]no valid config[/]",
-                          "-", "-", str(p["tried"]), failed, *seconds)
-            continue
-        speedup = p["speedup_vs_default"]
-        table.add_row(p["kernel"], format_problem(p["problem"]), format_config(p["winner"]),
-                      f"{p['time_us']['median']:.1f}",
-                      "n/a" if speedup is None else f"{speedup:.2f}x", str(p["tried"]), failed,
-                      *seconds)
-    return table
+NOTE_LENGTH = 150  # a reason in a note, at most two lines of 80 columns
 
 
-def verify_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="seqtune verify")
-    for column in ("kernel", "case", "config", "max abs err", "max rel err", "result"):
-        table.add_column(column, overflow="fold")
+def by_kernel(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        table.add_row(row["kernel"], row["case"], row["config_source"],
-                      f"{row['max_abs_err']:.2e}", f"{row['max_rel_err']:.2e}",
-                      "[green]ok[/]" if row["ok"] else f"[red]FAIL[/] {row['detail']}")
-    return table
+        grouped.setdefault(row["kernel"], []).append(row)
+    return grouped
 
 
-def merge_table(summary) -> Table:
-    table = Table(title=f"seqtune merge: {summary.device_key}")
-    for column in ("kernel", "entries", "in several files", "stale kept"):
-        table.add_column(column)
-    for kernel, count in summary.entries.items():
-        table.add_row(kernel, str(count), str(summary.contested[kernel]),
-                      str(summary.stale_kept[kernel]))
-    return table
+def fixed_line(problems: list[dict[str, Any]]) -> str | None:
+    """``"all: B=1 Hq=2 dtype=bf16"``: the fields every problem shares, or None."""
+    from seqtune.cli.cells import fixed_fields
+
+    fixed = fixed_fields(problems)
+    return f"all: {problem_text(fixed)}" if fixed and len(problems) > 1 else None
 
 
-def kernels_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="seqtune kernels")
-    for column in ("kernel", "family", "space", "stages", "search", "presets", "description"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        table.add_row(r["kernel"], r["family"], str(r["space_size"]),
-                      ", ".join(r["stages"]) or "-", r["search"],
-                      " ".join(f"{k}:{v}" for k, v in r["presets"].items()), r["description"])
-    return table
+def speedup_cell(speedup: float | None, interpreter: bool) -> str:
+    """The speedup over the default: on a GPU green when beyond the tuner's noise floor (within
+    it the default wins the tie); on the interpreter never highlighted, since CPU wall-clock
+    differences between configs are noise, not wins."""
+    from seqtune.tuning.tuner import MIN_NOISE
+
+    if speedup is None:
+        return "-"
+    text = f"{speedup:.2f}x"
+    if interpreter:
+        return f"[dim]{text}[/]"
+    return f"[green]{text}[/]" if speedup > 1 + MIN_NOISE else text
 
 
-def info_table(facts: dict[str, Any]) -> Table:
-    table = Table(title="seqtune info", show_header=False)
-    for key, value in facts.items():
-        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list))
-                      else str(value))
-    return table
+def speedup_header(interpreter: bool) -> str:
+    return "CPU vs default" if interpreter else "vs default"
 
 
-def profile_table(profile: dict[str, Any], path: Path, rows: list[dict[str, Any]]) -> Table:
-    device = profile.get("device") or {}
-    software = profile.get("software") or {}
-    interpreter = any(r["timer"] == INTERPRETER_LABEL for r in rows)
-    title = (f"{path}\n{device.get('name', '?')} ({device.get('key', '?')}, "
-             f"{device.get('backend', '?')}) · triton {software.get('triton', '?')} · "
-             f"torch {software.get('torch', '?')}")
-    caption = f"times are {INTERPRETER_NOTE}" if interpreter else "times: do_bench median [p20-p80]"
-    table = Table(title=title, caption=caption, show_lines=False)
-    for column in ("kernel", "problem", "best config", "time µs", "TFLOP/s", "GB/s",
-                   "% peak", "vs default", "max rel err", "tried/failed", "note"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*_cells(row))
-    return table
+INTERPRETER_SPEEDUPS = ("times and speedups are CPU wall-clock in the Triton interpreter, not "
+                        "GPU timings: a config that is faster here is not a GPU win")
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-    time_us = row["time_us"] or {}
-    failed = sum((row["failed"] or {}).values())
-    speedup = row["speedup_vs_default"]
-    peak = row["percent_of_peak"]
-    return [
-        row["kernel"], format_problem(row["problem"] or {}), format_config(row["config"] or {}),
-        f"{time_us.get('median', float('nan')):.1f} [{time_us.get('p20', float('nan')):.1f}-"
-        f"{time_us.get('p80', float('nan')):.1f}]",
-        _num(row["tflops"]), _num(row["gbps"]), "n/a" if peak is None else f"{peak:.1f}%",
-        "n/a" if speedup is None else f"{speedup:.2f}x", _num(row["max_rel_err"], "{:.1e}"),
-        f"{row['tried']}/{failed}", f"STALE: {row['stale']}" if row["stale"] else "",
-    ]
+# ------------------------------------------------------------------------------------ tune
+
+def show_tune(console: Console, results: dict[str, Any]) -> None:
+    """Per profile the tune wrote (one, or one per device type for a fleet): a table per
+    kernel, the time spent, and where the profile and the tuning log are."""
+    for summary in results.get("summaries") or [results]:
+        interpreter = summary["timer"] == INTERPRETER_LABEL
+        for kernel, problems in by_kernel(summary["problems"]).items():
+            heading(console, f"{kernel}: {len(problems)} problems tuned")
+            _tune_table(console, problems, interpreter)
+        problems = summary["problems"]
+        compile_s = sum(p["compile_s"] for p in problems)
+        print_lines(console, [
+            "",
+            INTERPRETER_SPEEDUPS if interpreter else "times: do_bench median on the GPU",
+            f"waiting on the compiler {compile_s:.1f} s ({sum(p['compiled'] for p in problems)} "
+            f"configs compiled ahead), benchmarking "
+            f"{sum(p['benchmark_s'] for p in problems):.1f} s"])
+        print_path(console, "profile written", summary["profile"])
+        print_path(console, "tuning log", summary["log"])
 
 
-def _num(value: Any, fmt: str = "{:.3g}") -> str:
-    return "n/a" if value is None else fmt.format(value)
+def _tune_table(console: Console, problems: list[dict[str, Any]], interpreter: bool) -> None:
+    width = console.width
+    line = fixed_line([p["problem"] for p in problems])
+    if line:
+        print_lines(console, [line])
+    winners = [p["winner"] for p in problems]
+    columns = with_problem([p["problem"] for p in problems], width, [
+        Column("best config", [config_text(w) if w else "[red]none valid[/]" for w in winners]),
+        Column("time", [time_text(p["time_us"]["median"]) if p["winner"] else "-"
+                        for p in problems], justify="right"),
+        Column(speedup_header(interpreter),
+               [speedup_cell(p.get("speedup_vs_default"), interpreter) for p in problems],
+               justify="right"),
+        Column("tried", [str(p["tried"]) for p in problems], priority=1, justify="right"),
+        Column("failed", [" ".join(f"{k} {v}" for k, v in p["failed"].items() if v) or "-"
+                          for p in problems], priority=2, wrap=True, min_width=10),
+        Column("compile", [f"{p['compile_s']:.1f}s" for p in problems], priority=3,
+               justify="right"),
+        Column("bench", [f"{p['benchmark_s']:.1f}s" for p in problems], priority=3,
+               justify="right"),
+    ])
+    console.print(table(columns, width))
+    legend = config_legend(next((w for w in winners if w), None))
+    if legend:
+        print_lines(console, [legend])
 
 
+# ---------------------------------------------------------------------------------- verify
 
-def comparison_table(compared: list[dict[str, Any]]) -> Table:
-    table = Table(title="comparison (ratio = time / time in the first profile)")
-    for column in ("kernel", "problem", "file", "config", "base µs", "µs", "ratio"):
-        table.add_column(column, overflow="fold")
-    for row in compared:
-        table.add_row(row["kernel"], row["problem"], row["file"], format_config(row["config"]),
-                      f"{row['base_time_us']:.1f}", f"{row['time_us']:.1f}", f"{row['ratio']:.2f}")
-    return table
+def show_verify(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Per kernel: each (case, config) with its error against the float64 reference; the
+    first line of each failure's detail below the table."""
+    for kernel, kernel_rows in by_kernel(rows).items():
+        failed = [r for r in kernel_rows if not r["ok"]]
+        heading(console, f"{kernel}: {len(kernel_rows) - len(failed)} of {len(kernel_rows)} "
+                         "cases agree with the float64 reference")
+        problems = [r["problem"] for r in kernel_rows]
+        repeat = {i for i in range(1, len(problems)) if problems[i] == problems[i - 1]}
+        line = fixed_line(problems)
+        if line:
+            print_lines(console, [line])
+        sources = [r["config_source"].partition(":")[0] for r in kernel_rows]
+        columns = with_problem(problems, console.width, blank=repeat, rest=[
+            Column("config", sources),
+            Column("tiles/warps", [config_text(r["config"]) for r in kernel_rows], priority=1),
+            Column("max abs err", [f"{r['max_abs_err']:.1e}" for r in kernel_rows],
+                   priority=2, justify="right"),
+            Column("max rel err", [f"{r['max_rel_err']:.1e}" for r in kernel_rows],
+                   justify="right"),
+            Column("result", ["[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
+                              for r in kernel_rows]),
+        ])
+        console.print(table(columns, console.width))
+        for row in failed:
+            print_lines(console, [f"FAIL {problem_text(row['problem'])} "
+                                  f"{row['config_source']}: "
+                                  f"{shorten(row['detail'], NOTE_LENGTH)}"])
 
-def replay_table(payload: dict[str, Any]) -> Table:
-    """The rich table of a replay payload."""
-    table = Table(title=f"seqtune replay: budget {payload['budget']}, {payload['repeats']} "
-                        f"seeded runs each", caption=f"reached: the share of runs whose pick is "
-                  f"within {payload['tolerance']:.0%} of the best valid config; evaluations: "
-                  "the median configs measured to get there; final gap: how much slower than the best "
-                  "the final picks are, on average")
-    for column in ("source", "problem", "strategy", "space", "budget", "reached",
-                   "median evaluations", "final gap", "beats random"):
-        table.add_column(column, overflow="fold")
+
+# --------------------------------------------------------------------------- merge, list
+
+def show_merge(console: Console, summary) -> None:
+    heading(console, f"merged profiles of {summary.device_key}")
+    kernels = list(summary.entries)
+    console.print(table([
+        Column("kernel", kernels),
+        Column("entries", [str(summary.entries[k]) for k in kernels], justify="right"),
+        Column("in several files", [str(summary.contested[k]) for k in kernels],
+               justify="right"),
+        Column("stale kept", [str(summary.stale_kept[k]) for k in kernels], justify="right"),
+    ], console.width))
+    for source, count in summary.kept_from.items():
+        print_path(console, f"{count} entries from", source)
+    print_path(console, "profile written", summary.output)
+
+
+def show_kernels(console: Console, rows: list[dict[str, Any]]) -> None:
+    search = {True: "stagewise", False: "product"}
+    console.print(table([
+        Column("kernel", [r["kernel"] for r in rows]),
+        Column("family", [r["family"] for r in rows]),
+        Column("configs", [str(r["space_size"]) for r in rows], justify="right"),
+        Column("stages", [" ".join(r["stages"]) or "-" for r in rows], wrap=True,
+               min_width=8),
+        Column("search", [search[r["search"].startswith("stagewise")] for r in rows]),
+        Column("presets", [" ".join(f"{k}:{v}" for k, v in r["presets"].items())
+                           for r in rows], priority=1, wrap=True, min_width=14),
+        Column("description", [r["description"] for r in rows], priority=2, wrap=True,
+               min_width=30),
+    ], console.width))
+    print_lines(console, ["configs: size of the config space; search: stagewise (one stage "
+                          "at a time) or the full product; `seqtune list --json` has every "
+                          "description"])
+
+
+# ------------------------------------------------------------------------------------ info
+
+def show_info(console: Console, facts: dict[str, Any]) -> None:
+    device = facts["device"]
+    software = facts["software"]
+    print_lines(console, [
+        f"device: {device['name']} (key {device['key']}, backend {device['backend']}"
+        + (f", sm_{device['compute_capability'].replace('.', '')}"
+           if device.get("compute_capability") else "") + ")",
+        "software: " + ", ".join(f"{k} {v}" for k, v in software.items() if v),
+        f"timings: {facts['timings']}"])
+    print_path(console, "profile dir", facts["profile_dir"])
+    print_lines(console, ["profile files the runtime reads for this device, in order:"])
+    for status in facts["profile_files"]:
+        print_path(console, f"  {status['state']}", status["file"])
+        if status["state"] == "skipped":
+            print_lines(console, [f"    why: {shorten(status['reason'], NOTE_LENGTH)}"])
+        elif status["state"] == "used":
+            entries = ", ".join(f"{k} {v}" for k, v in status["entries"].items()) or "none"
+            print_lines(console, [f"    entries: {entries}"])
+            if status["ignored_kernels"]:
+                print_lines(console, ["    ignored (unknown kernels): "
+                                      + ", ".join(status["ignored_kernels"])])
+    if not facts["active_profile_files"]:
+        print_lines(console, ["no usable profile: every kernel runs its default config"])
+
+
+# ----------------------------------------------------------------------------------- check
+
+def show_check(console: Console, results: list) -> None:
+    """Per kernel: each (target, problem, config) compiled, with registers, spills, shared
+    memory and the verdict; what does not fit or compile is explained below the table."""
+    rows = [{**r.as_dict(), "result": r} for r in results]
+    for kernel, kernel_rows in by_kernel(rows).items():
+        heading(console, f"{kernel}: compiled for {', '.join(_unique(r['target'] for r in kernel_rows))}"
+                         " (no GPU needed)")
+        problems = [r["problem"] for r in kernel_rows]
+        targets = Column("target", [r["target"] for r in kernel_rows])
+        columns = with_problem(problems, console.width, before=[targets], rest=[
+            Column("config", ["default" if r["is_default"] else config_text(r["config"])
+                              for r in kernel_rows]),
+            Column("regs", [number_text(r["registers"], "{}") for r in kernel_rows],
+                   justify="right"),
+            Column("spill B", [number_text(r["spill_bytes"], "{}") for r in kernel_rows],
+                   justify="right"),
+            Column("smem B", [number_text(r["shared_bytes"], "{}") for r in kernel_rows],
+                   justify="right", priority=1),
+            Column("result", [_verdict(r["result"]) for r in kernel_rows]),
+        ])
+        console.print(table(columns, console.width))
+        for r in kernel_rows:
+            result = r["result"]
+            why = "; ".join(result.reasons) if result.reasons else (
+                result.error if not result.compiled else None)
+            if why:
+                print_lines(console, [f"{r['target']} {problem_text(r['problem'])}: "
+                                      f"{shorten(why, NOTE_LENGTH)}"])
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _verdict(result) -> str:
+    if result.reasons:
+        return "[red]no fit[/]"
+    if not result.compiled:
+        return "[red]error[/]"
+    return "[yellow]spills[/]" if result.spills else "[green]ok[/]"
+
+
+# ---------------------------------------------------------------------------------- replay
+
+def show_replay(console: Console, payload: dict[str, Any]) -> None:
+    """Per recorded space: each strategy's share of runs reaching the best, its median
+    evaluations, the final gap, and whether it beats random search."""
+    print_lines(console, [f"seqtune replay: budget {payload['budget']}, {payload['repeats']} "
+                          "seeded runs per strategy and recorded space"])
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in payload["results"]:
-        strategy = row["strategy"] + (f" ({row['runs_as']})" if row["runs_as"] != row["strategy"]
-                                      else "")
-        median = row["median_evaluations"]
-        verdict = {None: "-", True: "[green]yes[/]", False: "[red]no[/]"}[row["beats_random"]]
-        table.add_row("/".join(Path(row["source"]).parts[-2:]), row["problem"], strategy,
-                      str(row["space"]),
-                      f"{row['budget']} ({row['budget_share']:.1%})",
-                      f"{row['reached_share']:.0%}", "-" if median is None else f"{median:g}",
-                      f"{row['mean_final_gap']:.2%}", verdict)
-    return table
+        groups.setdefault((row["source"], row["problem"]), []).append(row)
+    for (source, problem), rows in groups.items():
+        heading(console, f"{'/'.join(Path(source).parts[-2:])}: {problem}")
+        print_lines(console, [f"{rows[0]['space']} configs recorded, budget {rows[0]['budget']}"
+                              f" ({rows[0]['budget_share']:.1%})"])
+        verdict = {None: "-", True: "[green]yes[/]", False: "[red]no[/]"}
+        console.print(table([
+            Column("strategy", [r["strategy"] + (f" ({r['runs_as']})"
+                                                 if r["runs_as"] != r["strategy"] else "")
+                                for r in rows]),
+            Column("reached", [f"{r['reached_share']:.0%}" for r in rows], justify="right"),
+            Column("evaluations", ["-" if r["median_evaluations"] is None
+                                   else f"{r['median_evaluations']:g}" for r in rows],
+                   justify="right"),
+            Column("final gap", [f"{r['mean_final_gap']:.2%}" for r in rows], justify="right"),
+            Column("beats random", [verdict[r["beats_random"]] for r in rows]),
+        ], console.width))
+    print_lines(console, [
+        "", f"reached: the share of runs whose pick is within {payload['tolerance']:.0%} of "
+        "the best valid config; evaluations: the median configs measured to get there; final "
+        "gap: how much slower than the best the final picks are, on average"])
 
-
-def check_table(results) -> Table:
-    table = Table(title="seqtune check (compiled for GPU targets, no GPU needed)")
-    for column in ("kernel", "target", "problem", "config", "regs", "spill B", "smem B",
-                   "result"):
-        table.add_column(column, overflow="fold")
-    for r in results:
-        info = r.as_dict()
-        verdict = ("[red]does not fit[/] " + "; ".join(r.reasons) if r.reasons else
-                   "[red]compile error[/] " + (r.error or "") if not r.compiled else
-                   "[yellow]spills[/]" if r.spills else "[green]ok[/]")
-        label = "default" if r.is_default else format_config(r.config)
-        table.add_row(r.kernel, r.target, format_problem(r.problem), label,
-                      str(info["registers"]), str(info["spill_bytes"]),
-                      str(info["shared_bytes"]), verdict)
-    return table

@@ -1,79 +1,113 @@
-"""``seqtune bench`` rendered: one table per kernel, and time-vs-length sparkline charts."""
+"""``seqtune bench`` rendered: one table per kernel (fitting 80 columns), and time-vs-length
+sparkline charts."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
+
+from rich.console import Console
 
 from seqtune.analysis.bench import LENGTH_FIELDS
-from seqtune.spec import format_config, format_problem
+from seqtune.cli.cells import (
+    config_legend,
+    config_text,
+    number_text,
+    percent_text,
+    problem_text,
+    ratio_text,
+    shorten,
+    time_range_text,
+    time_text,
+)
+from seqtune.cli.layout import Column, heading, print_lines, print_path, table, with_problem
+from seqtune.cli.render import NOTE_LENGTH, by_kernel, fixed_line
 
 
-def bench_tables(payload: dict[str, Any]) -> list:
-    """One rich table per kernel: a row per implementation and problem."""
-    from rich.table import Table
-
-    caption = (f"times are {payload['timing_note']}" if not payload["gpu_timings"]
-               else payload["timing_note"])
-    tables = []
-    for kernel, records in _by_kernel(payload["results"]).items():
-        baselines = sorted({i["name"] for r in records for i in r["implementations"]
-                            if i["kind"] == "baseline"})
-        table = Table(title=f"seqtune bench: {kernel} on {payload['device']['name']}",
-                      caption=caption)
-        for column in ("problem", "implementation", "config", "time [p20 - p80]", "TFLOP/s",
-                       "GB/s", "% peak", *(f"vs {b}" for b in baselines), "note"):
-            table.add_column(column, overflow="fold", no_wrap=column.startswith("time"))
-        for record in records:
-            for row in _rows(record, baselines):
-                table.add_row(*row)
-            table.add_section()
-        tables.append(table)
-    return tables
-
-
-def _by_kernel(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for record in results:
-        grouped.setdefault(record["kernel"], []).append(record)
-    return grouped
+def show_bench(console: Console, payload: dict[str, Any]) -> None:
+    """Per kernel a table (a row per problem and implementation; the time, % of the roofline
+    where the device's peak is known, and each baseline's time over it), why any implementation
+    has no time below it, then the time-vs-length chart when lengths vary."""
+    interpreter = not payload["gpu_timings"]
+    print_lines(console, [f"seqtune bench on {payload['device']['name']}: "
+                          + (f"times are {payload['timing_note']}" if interpreter
+                             else payload["timing_note"])])
+    if payload["profile"]:
+        print_path(console, "tuned configs from", payload["profile"])
+    else:
+        print_lines(console, ["no profile for this device: tuned = default (run `seqtune "
+                              "tune` first)"])
+    for kernel, records in by_kernel(payload["results"]).items():
+        heading(console, f"{kernel}: {len(records)} problems")
+        _kernel_table(console, records)
+    if any(r["length"] is not None for r in payload["results"]) and payload["lengths"]:
+        console.print()
+        print_lines(console, [f"time against length ({payload['timer']}; one log scale for "
+                              "all lines)", *chart_lines(payload)])
 
 
-def _rows(record: dict[str, Any], baselines: list[str]) -> Iterable[list[str]]:
-    implementations = record["implementations"]
-    default = next(i["config"] for i in implementations if i["kind"] == "default")
-    for index, impl in enumerate(implementations):
-        problem = format_problem(record["problem"]) if index == 0 else ""
-        config = ("-" if impl["config"] is None else
-                  "= default" if impl["kind"] == "tuned" and impl["config"] == default else
-                  format_config(impl["config"]))
+def _kernel_table(console: Console, records: list[dict[str, Any]]) -> None:
+    rows = [(record, impl) for record in records for impl in record["implementations"]]
+    impls = [impl for _, impl in rows]
+    ok = [impl["status"] == "ok" for impl in impls]
+    # a baseline that never ran (not installed here) gets no column, only its note
+    baselines = sorted({i["name"] for i, good in zip(impls, ok)
+                        if i["kind"] == "baseline" and good})
+    firsts = [i == 0 or rows[i - 1][0] is not record for i, (record, _) in enumerate(rows)]
+    line = fixed_line([r["problem"] for r in records])
+    if line:
+        print_lines(console, [line])
+    peaks = [impl["percent_of_peak"] for impl in impls]
+    blank = [i for i, first in enumerate(firsts) if not first]
+    columns = with_problem([record["problem"] for record, _ in rows], console.width,
+                           blank=blank, rest=[
+        Column("impl", [impl["name"] for impl in impls]),
+        Column("config", [_config(record, impl) for record, impl in rows], priority=2),
+        Column("time", [time_text(impl["time_us"]["median"]) if good else
+                        _STATUS[impl["status"]] for impl, good in zip(impls, ok)],
+               justify="right"),
+        Column("% peak", [percent_text(p) for p in peaks] if any(p is not None for p in peaks)
+               else [], priority=1, justify="right"),
+        *(Column(f"vs\n{b}", [ratio_text(impl["vs_baselines"].get(b)) if good else "-"
+                              for impl, good in zip(impls, ok)], priority=1, justify="right")
+          for b in baselines),
+        Column("TFLOP/s", [number_text(impl["tflops"]) for impl in impls], priority=3,
+               justify="right"),
+        Column("GB/s", [number_text(impl["gbps"]) for impl in impls], priority=4,
+               justify="right"),
+        Column("p20-p80", [time_range_text(impl["time_us"], spread=True).partition(" ")[2]
+                           if good else "" for impl, good in zip(impls, ok)], priority=5,
+               justify="right"),
+    ])
+    sections = [i - 1 for i, first in enumerate(firsts) if first and i > 0]
+    console.print(table(columns, console.width, sections=sections))
+    legend = config_legend(next((i["config"] for i in impls if i["config"]), None))
+    explained = "vs X: X's time over this one's (above 1x: faster than X)"
+    print_lines(console, [text for text in (legend, explained if baselines else "") if text])
+    print_lines(console, _missing_notes(rows))
+
+
+_STATUS = {"unavailable": "[yellow]n/a[/]", "failed": "[red]failed[/]"}
+
+
+def _config(record: dict[str, Any], impl: dict[str, Any]) -> str:
+    default = next(i["config"] for i in record["implementations"] if i["kind"] == "default")
+    if impl["config"] is None:
+        return "-"
+    if impl["kind"] == "tuned" and impl["config"] == default:
+        return "= default"
+    return config_text(impl["config"])
+
+
+def _missing_notes(rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """``"fla_chunk unavailable (2 problems): RuntimeError: ..."``: why implementations have
+    no time, once per distinct reason (shortened; ``--json`` has it in full)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for _, impl in rows:
         if impl["status"] != "ok":
-            colour = "yellow" if impl["status"] == "unavailable" else "red"
-            note = f"[{colour}]{impl['status']}[/]: {impl['reason']}"
-            yield [problem, impl["name"], config, "-", "-", "-", "-", *("-" for _ in baselines),
-                   note]
-            continue
-        median, p20, p80 = (_time(impl["time_us"][q]) for q in ("median", "p20", "p80"))
-        ratios = [_ratio(impl["vs_baselines"].get(b)) for b in baselines]
-        yield [problem, impl["name"], config, f"{median} [{p20} - {p80}]",
-               _number(impl["tflops"]), _number(impl["gbps"]),
-               "n/a" if impl["percent_of_peak"] is None else f"{impl['percent_of_peak']:.1f}%",
-               *ratios, ""]
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def _time(microseconds: float) -> str:
-    """A duration in the unit that keeps it short: ``"12.3 µs"``, ``"197 ms"``, ``"1.20 s"``."""
-    for unit, size in (("s", 1e6), ("ms", 1e3)):
-        if microseconds >= size:
-            return f"{microseconds / size:.3g} {unit}"
-    return f"{microseconds:.3g} µs"
+            key = (impl["name"], impl["status"], impl["reason"] or "")
+            counts[key] = counts.get(key, 0) + 1
+    return [f"{name} {status} ({count} problem{'s' if count > 1 else ''}): "
+            f"{shorten(reason, NOTE_LENGTH)}" for (name, status, reason), count in counts.items()]
 
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
@@ -99,8 +133,8 @@ def chart_lines(payload: dict[str, Any]) -> list[str]:
         lengths = _lengths(series, kernel, problem)
         by_length = dict(points)
         spark = "".join(_spark(by_length.get(n), low, high) for n in lengths)
-        ends = (f"{_time(points[0][1])} -> {_time(points[-1][1])}" if len(points) > 1
-                else _time(points[0][1]))
+        ends = (f"{time_text(points[0][1])} -> {time_text(points[-1][1])}" if len(points) > 1
+                else time_text(points[0][1]))
         lines.append(f"  {impl:<{width}} {spark:<{len(lengths)}}  {ends}  {_exponent(points)}")
     return lines
 
@@ -113,7 +147,7 @@ def _series(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tu
             continue
         fixed = {k: v for k, v in record["problem"].items() if k not in LENGTH_FIELDS}
         for impl in record["implementations"]:
-            key = (record["kernel"], format_problem(fixed), impl["name"])
+            key = (record["kernel"], problem_text(fixed), impl["name"])
             points = series.setdefault(key, [])
             if impl["status"] == "ok":
                 points.append((record["length"], impl["time_us"]["median"]))

@@ -1,15 +1,21 @@
-"""Commands that study kernels and searches: check, bench, replay."""
+"""Commands that study kernels and searches: check, bench, replay. Nothing heavy is imported
+before a command runs (``--help`` loads neither torch nor Triton)."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from seqtune.cli import render
 from seqtune.cli.app import ConsoleReporter, app, emit_json, err, out
 from seqtune.errors import UsageError
+
+# Triton 3.9 warns on every first compile that its FP-fusion default will change in 3.10. The
+# check compiles exactly as the kernels do at run time (Triton's default, or the user's
+# TRITON_DEFAULT_FP_FUSION), so the warning tells a `check` user nothing: it is not shown.
+FP_FUSION_WARNING = "TRITON_DEFAULT_FP_FUSION is unset"
 
 
 @app.command()
@@ -29,8 +35,10 @@ def replay(
     payload = api.replay(logs, strategy, budget, repeats)
     if as_json:
         emit_json(payload)
-    else:
-        out.print(render.replay_table(payload))
+        return
+    from seqtune.cli.render import show_replay
+
+    show_replay(out, payload)
 
 
 @app.command()
@@ -50,13 +58,17 @@ def check(
     """Compile kernels for GPU targets without a GPU: registers, spills, shared memory, fit."""
     from seqtune import api
 
-    results = api.check(kernels, target or ["sm_80", "sm_90"], all_configs, preset, jobs,
-                        config=_parse_config(config or []) or None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=FP_FUSION_WARNING)
+        results = api.check(kernels, target or ["sm_80", "sm_90"], all_configs, preset, jobs,
+                            config=_parse_config(config or []) or None)
     bad_defaults = [r for r in results if r.is_default and (not r.fits or r.spills)]
     if as_json:
         emit_json([r.as_dict() for r in results])
     else:
-        out.print(render.check_table(results))
+        from seqtune.cli.render import show_check
+
+        show_check(out, results)
     if bad_defaults:
         err.print(f"{len(bad_defaults)} default-config checks failed, spill or do not fit")
         raise typer.Exit(1)
@@ -72,24 +84,26 @@ def bench(
                                           "to each."),
     profile_dir: Optional[Path] = typer.Option(None, help="Profile dir whose tuned configs are "
                                                "timed (else $SEQTUNE_PROFILE_DIR, else the "
-                                               "cache dir; then the shipped profiles)."),
+                                               "user cache dir; then the shipped profiles)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout "
                                  "(sorted keys, stable for CI diffs)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML "
+                                        "page with the figures to this file."),
 ) -> None:
     """Time tuned configs, default configs and baselines (PyTorch, SDPA, fla) across lengths."""
     from seqtune import api
     from seqtune.analysis.bench import failed, to_json
-    from seqtune.cli.render_bench import bench_tables, chart_lines
+    from seqtune.cli.render_bench import show_bench
 
     payload = api.bench(kernels, preset, lengths, profile_dir, reporter=ConsoleReporter(err))
+    if html is not None:
+        from seqtune.cli.html import bench_page, write_page
+
+        write_page(html, bench_page(payload), err if as_json else out)
     if as_json:
         sys.stdout.write(to_json(payload))
     else:
-        for table in bench_tables(payload):
-            out.print(table)
-        out.print(f"time against length ({payload['timer']}; one log scale for all lines)")
-        for line in chart_lines(payload):
-            out.print(line, markup=False, highlight=False)
+        show_bench(out, payload)
     broken = failed(payload)
     if broken:
         err.print(f"{len(broken)} seqtune runs failed; first: {broken[0]}", markup=False)

@@ -16,7 +16,9 @@ def tune(
     preset: Optional[str] = typer.Option(None, help="tiny | quick | default | full "
                                          "(default: 'default' on a GPU, 'tiny' on the CPU)."),
     profile_dir: Optional[Path] = typer.Option(None, help="Where profiles are written "
-                                               "(else $SEQTUNE_PROFILE_DIR, else the cache dir)."),
+                                               "(default: $SEQTUNE_PROFILE_DIR, else the user "
+                                               "cache dir, where the runtime, report, verify, "
+                                               "bench and info read)."),
     max_configs: Optional[int] = typer.Option(None, min=1, help="At most this many configs "
                                               "evaluated per problem."),
     budget_s: Optional[float] = typer.Option(None, min=0, help="Wall-clock budget of the whole "
@@ -55,7 +57,7 @@ def tune(
     Under torchrun (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) each
     rank tunes its share and rank 0 writes the profiles."""
     from seqtune import api
-    from seqtune.cli.render import tune_summaries
+    from seqtune.cli.render import show_tune
 
     console = err if as_json else out
     try:
@@ -71,8 +73,7 @@ def tune(
                   "finished problem in the profile; continue with the same command plus --resume.")
         raise typer.Exit(130) from None
     if results.get("rank", 0) == 0 and "problems" in results:  # rank 0 speaks for all
-        for renderable in tune_summaries(results):
-            console.print(renderable)
+        show_tune(console, results)
     if as_json and results.get("rank", 0) == 0:
         emit_json(results)
     if results.get("errors") or any(r["winner"] is None for r in results["problems"]):
