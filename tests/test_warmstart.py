@@ -74,3 +74,14 @@ def test_searches_measure_the_tuned_start_right_after_the_default(toy_registry):
     space = tuner.space(toy_registry, {"N": 64, "dtype": "float32"})
     ModelBased().search(space, lambda config: asked.append(config) or 1.0, random.Random(0))
     assert asked[:2] == space.starts and asked[1]["BLOCK"] == 64
+
+
+def test_starts_skip_entries_the_loader_would_not_use(toy_registry, tmp_path):
+    """A float tile, a bool for an int knob or an unknown problem field is never a start."""
+    bad = [{"problem": {"N": 100, "dtype": "float32"}, "config": {"BLOCK": 32.0}},
+           {"problem": {"N": 100, "dtype": "float32"}, "config": {"num_warps": True}},
+           {"problem": {"N": 100, "dtype": "float32", "extra": 1}, "config": {"BLOCK": 32}}]
+    save_entries(tmp_path / "nvidia-h100.yaml", H100.as_dict(), "toy_scale", "x",
+                 [*bad, entry(4096, "float32", 64)])
+    starts = tuned_starts(toy_registry, {"N": 100, "dtype": "float32"}, H100, [tmp_path])
+    assert starts == [entry(4096, "float32", 64)["config"]]

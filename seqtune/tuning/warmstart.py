@@ -16,6 +16,7 @@ from seqtune.device import DeviceInfo
 from seqtune.loader import problem_distance
 from seqtune.spec import Config, KernelSpec, Problem
 from seqtune.store.profile_file import ProfileError, read_profile
+from seqtune.store.validate import EntryRules, InvalidEntry
 
 MAX_STARTS = 3
 
@@ -57,13 +58,14 @@ def tuned_starts(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     ``problem`` (an entry of the problem itself included: a re-tune starts from its last
     winner)."""
     key = spec.bucket(problem)
+    rules = EntryRules(spec)
     starts: list[Config] = []
     for profile in similar_profiles(folders, device):
         entries = ((profile.get("kernels") or {}).get(spec.name) or {}).get("entries") or []
-        scored = [(distance, entry["config"]) for entry in entries
-                  if (distance := _entry_distance(spec, entry, key)) is not None]
+        scored = [pair for entry in entries
+                  if (pair := _nearness(spec, rules, entry, key)) is not None]
         if scored:
-            config = dict(min(scored, key=lambda pair: pair[0])[1])
+            config = min(scored, key=lambda pair: pair[0])[1]
             if config not in starts:
                 starts.append(config)
         if len(starts) == MAX_STARTS:
@@ -71,13 +73,13 @@ def tuned_starts(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     return starts
 
 
-def _entry_distance(spec: KernelSpec, entry: Any, key: Problem) -> float | None:
-    """How far a profile entry's problem is from ``key``; None for an entry that does not
-    match (or is malformed: the loader reports those)."""
-    if not (isinstance(entry, dict) and isinstance(entry.get("config"), dict)
-            and isinstance(entry.get("problem"), dict)):
-        return None
+def _nearness(spec: KernelSpec, rules: EntryRules, entry: Any,
+              key: Problem) -> tuple[float, Config] | None:
+    """How far a profile entry's problem is from ``key``, with its config; None for an entry
+    that does not match or that the loader would not use (it warns about those)."""
     try:
-        return problem_distance(spec, spec.bucket(entry["problem"]), key)
-    except (KeyError, TypeError, ValueError):
+        problem, config = rules.usable(entry)
+    except InvalidEntry:
         return None
+    distance = problem_distance(spec, spec.bucket(problem), key)
+    return None if distance is None else (distance, config)
