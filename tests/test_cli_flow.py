@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import seqtune
 import seqtune.loader
 from seqtune.cli import app, main
+from test_cli_views import assert_fits
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
@@ -152,6 +153,7 @@ def test_check_does_not_show_tritons_fp_fusion_warning():
     assert result.returncode == 0, result.stderr
     assert "TRITON_DEFAULT_FP_FUSION" not in result.stderr + result.stdout
     assert "linear_scan: compiled for sm_80" in result.stdout
+    assert_fits(result.stdout, words=("linear_scan", "sm_80", "default"))  # COLUMNS=80, a pipe
 
 
 def test_the_local_profile_dir_is_git_ignored():

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from seqtune.cli import app
-from seqtune.cli.html import bench_page, report_page
+from seqtune.cli.html import bench_page
 from seqtune.registry import get_spec
 from test_cli_views import WIDE_KERNELS, bench_payload, gpu_profile
 

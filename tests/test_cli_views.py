@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +124,7 @@ def test_report_of_a_gpu_profile_fits_80_columns(tmp_path, monkeypatch):
     text = render(show_report, report_of(path))
     assert_fits(text, words=(*WIDE_KERNELS, *expected_times(path), "16k", "causal"))
     assert "% peak" in text and "[green]" not in text and "1.31x" in text
+    assert "kind: the problem's categorical fields" in text  # the folded fields explained
     # one table per kernel; the fields all its problems share are said once, above it
     attention = text.split("attention: 10 entries\n")[1].split("delta_rule")[0]
     assert attention.startswith("all: dtype=bf16\n") and "bf16" not in attention[16:]

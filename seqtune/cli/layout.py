@@ -154,3 +154,16 @@ def with_problem(problems: Sequence[dict], width: int, rest: Sequence[Column],
     """``before``, the problem columns (see ``problem_columns``), then ``rest``."""
     shown = problem_columns(problems, width, [*before, *rest], blank)
     return [*before, *shown, *rest]
+
+
+KIND_NOTE = ("kind: the problem's categorical fields that differ between rows (a flag is "
+             "named when set)")
+
+
+def print_table(console: Console, columns: Sequence[Column], sections: Iterable[int] = ()
+                ) -> None:
+    """The table of the columns that fit the console, and what a ``kind`` column means."""
+    shown = fitting_columns(columns, console.width)
+    console.print(table(shown, console.width, sections))
+    if any(c.header == "kind" for c in shown):
+        print_lines(console, [KIND_NOTE])

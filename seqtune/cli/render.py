@@ -17,7 +17,14 @@ from seqtune.cli.cells import (
     shorten,
     time_text,
 )
-from seqtune.cli.layout import Column, heading, print_lines, print_path, table, with_problem
+from seqtune.cli.layout import (
+    Column,
+    heading,
+    print_lines,
+    print_path,
+    print_table,
+    with_problem,
+)
 from seqtune.tuning.timing import INTERPRETER_LABEL
 
 NOTE_LENGTH = 150  # a reason in a note, at most two lines of 80 columns
@@ -103,7 +110,7 @@ def _tune_table(console: Console, problems: list[dict[str, Any]], interpreter: b
         Column("bench", [f"{p['benchmark_s']:.1f}s" for p in problems], priority=3,
                justify="right"),
     ])
-    console.print(table(columns, width))
+    print_table(console, columns)
     legend = config_legend(next((w for w in winners if w), None))
     if legend:
         print_lines(console, [legend])
@@ -134,7 +141,7 @@ def show_verify(console: Console, rows: list[dict[str, Any]]) -> None:
             Column("result", ["[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
                               for r in kernel_rows]),
         ])
-        console.print(table(columns, console.width))
+        print_table(console, columns)
         for row in failed:
             print_lines(console, [f"FAIL {problem_text(row['problem'])} "
                                   f"{row['config_source']}: "
@@ -146,13 +153,13 @@ def show_verify(console: Console, rows: list[dict[str, Any]]) -> None:
 def show_merge(console: Console, summary) -> None:
     heading(console, f"merged profiles of {summary.device_key}")
     kernels = list(summary.entries)
-    console.print(table([
+    print_table(console, [
         Column("kernel", kernels),
         Column("entries", [str(summary.entries[k]) for k in kernels], justify="right"),
         Column("in several files", [str(summary.contested[k]) for k in kernels],
                justify="right"),
         Column("stale kept", [str(summary.stale_kept[k]) for k in kernels], justify="right"),
-    ], console.width))
+    ])
     for source, count in summary.kept_from.items():
         print_path(console, f"{count} entries from", source)
     print_path(console, "profile written", summary.output)
@@ -160,7 +167,7 @@ def show_merge(console: Console, summary) -> None:
 
 def show_kernels(console: Console, rows: list[dict[str, Any]]) -> None:
     search = {True: "stagewise", False: "product"}
-    console.print(table([
+    print_table(console, [
         Column("kernel", [r["kernel"] for r in rows]),
         Column("family", [r["family"] for r in rows]),
         Column("configs", [str(r["space_size"]) for r in rows], justify="right"),
@@ -171,7 +178,7 @@ def show_kernels(console: Console, rows: list[dict[str, Any]]) -> None:
                            for r in rows], priority=1, wrap=True, min_width=14),
         Column("description", [r["description"] for r in rows], priority=2, wrap=True,
                min_width=30),
-    ], console.width))
+    ])
     print_lines(console, ["configs: size of the config space; search: stagewise (one stage "
                           "at a time) or the full product; `seqtune list --json` has every "
                           "description"])
@@ -211,11 +218,11 @@ def show_check(console: Console, results: list) -> None:
     memory and the verdict; what does not fit or compile is explained below the table."""
     rows = [{**r.as_dict(), "result": r} for r in results]
     for kernel, kernel_rows in by_kernel(rows).items():
-        heading(console, f"{kernel}: compiled for {', '.join(_unique(r['target'] for r in kernel_rows))}"
-                         " (no GPU needed)")
+        targets = ", ".join(dict.fromkeys(r["target"] for r in kernel_rows))
+        heading(console, f"{kernel}: compiled for {targets} (no GPU needed)")
         problems = [r["problem"] for r in kernel_rows]
-        targets = Column("target", [r["target"] for r in kernel_rows])
-        columns = with_problem(problems, console.width, before=[targets], rest=[
+        target = Column("target", [r["target"] for r in kernel_rows])
+        columns = with_problem(problems, console.width, before=[target], rest=[
             Column("config", ["default" if r["is_default"] else config_text(r["config"])
                               for r in kernel_rows]),
             Column("regs", [number_text(r["registers"], "{}") for r in kernel_rows],
@@ -226,7 +233,7 @@ def show_check(console: Console, results: list) -> None:
                    justify="right", priority=1),
             Column("result", [_verdict(r["result"]) for r in kernel_rows]),
         ])
-        console.print(table(columns, console.width))
+        print_table(console, columns)
         for r in kernel_rows:
             result = r["result"]
             why = "; ".join(result.reasons) if result.reasons else (
@@ -234,10 +241,6 @@ def show_check(console: Console, results: list) -> None:
             if why:
                 print_lines(console, [f"{r['target']} {problem_text(r['problem'])}: "
                                       f"{shorten(why, NOTE_LENGTH)}"])
-
-
-def _unique(items) -> list:
-    return list(dict.fromkeys(items))
 
 
 def _verdict(result) -> str:
@@ -263,7 +266,7 @@ def show_replay(console: Console, payload: dict[str, Any]) -> None:
         print_lines(console, [f"{rows[0]['space']} configs recorded, budget {rows[0]['budget']}"
                               f" ({rows[0]['budget_share']:.1%})"])
         verdict = {None: "-", True: "[green]yes[/]", False: "[red]no[/]"}
-        console.print(table([
+        print_table(console, [
             Column("strategy", [r["strategy"] + (f" ({r['runs_as']})"
                                                  if r["runs_as"] != r["strategy"] else "")
                                 for r in rows]),
@@ -273,7 +276,7 @@ def show_replay(console: Console, payload: dict[str, Any]) -> None:
                    justify="right"),
             Column("final gap", [f"{r['mean_final_gap']:.2%}" for r in rows], justify="right"),
             Column("beats random", [verdict[r["beats_random"]] for r in rows]),
-        ], console.width))
+        ])
     print_lines(console, [
         "", f"reached: the share of runs whose pick is within {payload['tolerance']:.0%} of "
         "the best valid config; evaluations: the median configs measured to get there; final "

@@ -19,7 +19,14 @@ from seqtune.cli.cells import (
     time_range_text,
     time_text,
 )
-from seqtune.cli.layout import Column, heading, print_lines, print_path, table, with_problem
+from seqtune.cli.layout import (
+    Column,
+    heading,
+    print_lines,
+    print_path,
+    print_table,
+    with_problem,
+)
 from seqtune.cli.render import NOTE_LENGTH, by_kernel, fixed_line
 
 
@@ -79,7 +86,7 @@ def _kernel_table(console: Console, records: list[dict[str, Any]]) -> None:
                justify="right"),
     ])
     sections = [i - 1 for i, first in enumerate(firsts) if first and i > 0]
-    console.print(table(columns, console.width, sections=sections))
+    print_table(console, columns, sections)
     legend = config_legend(next((i["config"] for i in impls if i["config"]), None))
     explained = "vs X: X's time over this one's (above 1x: faster than X)"
     print_lines(console, [text for text in (legend, explained if baselines else "") if text])

@@ -15,7 +15,14 @@ from seqtune.cli.cells import (
     time_range_text,
     time_text,
 )
-from seqtune.cli.layout import Column, heading, print_lines, print_path, table, with_problem
+from seqtune.cli.layout import (
+    Column,
+    heading,
+    print_lines,
+    print_path,
+    print_table,
+    with_problem,
+)
 from seqtune.cli.render import (
     INTERPRETER_SPEEDUPS,
     by_kernel,
@@ -84,7 +91,7 @@ def _kernel_table(console: Console, rows: list[dict[str, Any]], interpreter: boo
         Column("tried/failed", [f"{r['tried']}/{sum((r['failed'] or {}).values())}"
                                 for r in rows], priority=4, justify="right"),
     ])
-    console.print(table(columns, console.width))
+    print_table(console, columns)
     legend = config_legend(rows[0]["config"])
     if legend:
         print_lines(console, [legend])
@@ -123,7 +130,7 @@ def show_comparison(console: Console, report) -> None:
         if line:
             print_lines(console, [line])
         scale = max([abs(math.log2(s)) for s in speedups if s] + [1.0])
-        console.print(table(with_problem(shown, console.width, [
+        print_table(console, with_problem(shown, console.width, [
             Column("first", [time_text(r["base_time_us"]) for r in rows], justify="right",
                    priority=1),
             Column("this", [time_text(r["time_us"]) for r in rows], justify="right",
@@ -133,7 +140,7 @@ def show_comparison(console: Console, report) -> None:
                    [speedup_bar(s, scale, interpreter) for s in speedups]),
             Column("configs", [_config_change(r) for r in rows], priority=2, wrap=True,
                    min_width=16),
-        ]), console.width))
+        ]))
 
 
 def speedup_bar(speedup: float | None, scale: float, muted: bool = False) -> str:
