@@ -1,25 +1,28 @@
-"""The selective_scan op: argument checks, config choice and launches."""
+"""The selective_scan op: argument checks, config choice, and the plain or differentiable
+launch."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import torch
-import triton
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
-from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
-from seqtune.kernels.selective_scan.kernel import selective_scan_kernel, sum_state_tiles_kernel
+from seqtune.kernels.selective_scan.autograd import SelectiveScanFunction
+from seqtune.kernels.selective_scan.forward import run_forward
+
+# The backward holds all n states of a channel in one program (as Mamba's kernels do).
+MAX_BWD_STATE_DIM = 256
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, config: Mapping[str, Any] | None = None, *,
+                   return_last_state: bool = False, config: Mapping[str, Any] | None = None,
+                   bwd_config: Mapping[str, Any] | None = None, *,
                    initial_state: torch.Tensor | None = None):
     """Mamba's selective scan, in Mamba's layout.
 
@@ -32,61 +35,33 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     delta += delta_bias, then softplus if ``delta_softplus``;
     x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t;  y_t = C_t . x_t + D u_t;  y *= silu(z).
     Accumulates in fp32. Returns y [b, d, L] in u's dtype, or (y, last_state [b, d, n] fp32).
+    When grad is enabled and a tensor argument requires grad, the op is differentiable (n up to
+    256) with the ``selective_scan_bwd`` config (``bwd_config`` overrides it, as ``config`` the
+    forward's).
     """
-    groups = _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    batch, channels, length = u.shape
-    y = new_output((batch, channels, length), u.dtype, u.device)
-    last_state = new_output((batch, channels, A.shape[1]), torch.float32, u.device)
-    if y.numel() == 0:  # no step: the state passes through unchanged
-        last_state.copy_(initial_state) if initial_state is not None else last_state.zero_()
-        return (y, last_state) if return_last_state else y
-    problem = {"b": batch, "d": channels, "L": length, "n": A.shape[1], "groups": groups,
-               "has_z": z is not None, "has_D": D is not None,
-               "has_delta_bias": delta_bias is not None, "delta_softplus": bool(delta_softplus),
-               "has_initial_state": initial_state is not None, "dtype": dtype_name(u.dtype)}
-    cfg = config_for("selective_scan", problem, config)
-    with sliced_interpreter_scans():
-        _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, initial_state, y, last_state)
+    _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    problem = problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state)
+    cfg = config_for("selective_scan", problem, config) if u.numel() else {}  # empty: no launch
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if A.shape[1] > MAX_BWD_STATE_DIM:
+            raise ValueError(f"selective_scan's backward supports n <= {MAX_BWD_STATE_DIM}, "
+                             f"got n={A.shape[1]}")
+        bwd_cfg = config_for("selective_scan_bwd", problem, bwd_config)
+        y, last_state = SelectiveScanFunction.apply(*tensors, problem, cfg, bwd_cfg)
+    else:
+        y, last_state = run_forward(problem, cfg, *tensors)
     return (y, last_state) if return_last_state else y
 
 
-def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, initial_state, y,
-            last_state) -> None:
-    """The scan, then (when the states are split over programs) the sum over state tiles."""
-    u, delta, A = _unit_stride_last(u), _unit_stride_last(delta), _unit_stride_last(A)
-    z = _unit_stride_last(z) if z is not None else u  # unread when has_z is False
-    # The kernels index the 1-D parameters by channel alone: a strided view must be copied.
-    D = D.contiguous() if D is not None else u  # unread when has_D is False
-    delta_bias = delta_bias.contiguous() if delta_bias is not None else u  # unread without a bias
-    h0 = initial_state if initial_state is not None else last_state  # unread without one
-    # One layout for both, contiguous: grouped [b, g, n, L], ungrouped as g = 1.
-    B, C = (x.contiguous() if x.dim() == 4 else x.unsqueeze(1).contiguous() for x in (B, C))
-    batch, channels, length, state_dim = problem["b"], problem["d"], problem["L"], problem["n"]
-    state_tiles = triton.cdiv(state_dim, cfg["BLOCK_N"])
-    out = y if state_tiles == 1 else new_output((state_tiles, batch, channels, length),
-                                                torch.float32, u.device)
-    channels_per_group = channels // problem["groups"]
-    channel_tiles = triton.cdiv(channels, cfg["BLOCK_D"])
-    flags = {"HAS_D": problem["has_D"], "HAS_Z": problem["has_z"]}
-    launch(selective_scan_kernel, (channel_tiles, batch, state_tiles),
-           u, delta, A, B, C, D, z, delta_bias, h0, out, last_state,
-           channels, length, state_dim, channels_per_group,
-           u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A.stride(0),
-           B.stride(0), B.stride(1), B.stride(2), z.stride(0), z.stride(1),
-           out.stride(0) if state_tiles > 1 else 0, out.stride(-3), out.stride(-2),
-           h0.stride(0), h0.stride(1), h0.stride(2),
-           **flags, HAS_DELTA_BIAS=problem["has_delta_bias"],
-           HAS_INITIAL_STATE=problem["has_initial_state"],
-           DELTA_SOFTPLUS=problem["delta_softplus"],
-           TILE_IN_ONE_GROUP=channels_per_group % cfg["BLOCK_D"] == 0,
-           ALL_STATES=state_tiles == 1, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
-           BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if state_tiles > 1:
-        launch(sum_state_tiles_kernel,
-               (channel_tiles, batch, triton.cdiv(length, cfg["BLOCK_T"])),
-               out, u, D, z, y, channels, length, state_tiles, out.stride(0), out.stride(1),
-               u.stride(0), u.stride(1), z.stride(0), z.stride(1), y.stride(0), **flags,
-               BLOCK_D=cfg["BLOCK_D"], BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"])
+def problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state) -> dict[str, Any]:
+    """The problem (as specs and profiles key it) of checked arguments."""
+    batch, channels, length = u.shape
+    return {"b": batch, "d": channels, "L": length, "n": A.shape[1],
+            "groups": B.shape[1] if B.dim() == 4 else 1, "has_z": z is not None,
+            "has_D": D is not None, "has_delta_bias": delta_bias is not None,
+            "delta_softplus": bool(delta_softplus), "has_initial_state": initial_state is not None,
+            "dtype": dtype_name(u.dtype)}
 
 
 def _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state) -> int:
@@ -136,8 +111,3 @@ def _bc_shape(B: Any, batch: int, state_dim: int, length: int) -> tuple[int, ...
         return (batch, state_dim, length)
     raise ValueError(f"B must have 3 ([b, n, L]) or 4 ([b, g, n, L]) dimensions, "
                      f"got shape {tuple(B.shape)}")
-
-
-def _unit_stride_last(x: torch.Tensor) -> torch.Tensor:
-    """The kernels address the last axis with unit stride; copy only if needed."""
-    return x if x.stride(-1) == 1 else x.contiguous()
