@@ -287,3 +287,26 @@ def test_info_says_a_corrupt_profile_was_skipped_and_why(tmp_path, monkeypatch):
     text = render(show_info, facts)
     assert "skipped" in text and "why: schema is 'seqtune-profile/0'" in text
     assert "every kernel runs its default config" in text
+
+
+def test_merge_and_replay_views_fit():
+    from seqtune.cli.render import show_merge, show_replay
+    from seqtune.store.merge import MergeSummary
+
+    summary = MergeSummary(Path("p/nvidia-h100-80gb-hbm3.yaml"), "nvidia-h100-80gb-hbm3",
+                           {"linear_attention": 18, "attention_decode": 16},
+                           {"linear_attention": 3, "attention_decode": 0},
+                           {"linear_attention": 1, "attention_decode": 0},
+                           {"a.yaml": 20, "b.yaml": 14})
+    text = render(show_merge, summary)
+    assert_fits(text, words=("linear_attention", "attention_decode", "18", "a.yaml"))
+    rows = [{"source": "benchmarks/results/logs/attention.jsonl", "runs_as": runs_as,
+             "problem": "B=4 T=4096 S=4096 Hq=32 Hkv=8 D=128 causal dtype=bfloat16",
+             "strategy": strategy, "space": 11664, "budget": 583, "budget_share": 0.05,
+             "reached_share": 0.96, "median_evaluations": 212.5, "mean_final_gap": 0.0042,
+             "beats_random": strategy != "random"}
+            for strategy, runs_as in (("auto", "stagewise"), ("random", "random"),
+                                      ("model", "model"))]
+    text = render(show_replay, {"tolerance": 0.03, "budget": "5%", "repeats": 50,
+                                "results": rows})
+    assert_fits(text, words=("auto", "stagewise", "96%", "212.5", "0.42%", "11664"))
