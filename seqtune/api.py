@@ -59,10 +59,12 @@ class ProfileLocation:
 
 def profile_location(profile_dir: Path | None = None) -> ProfileLocation:
     """This device's profile file in the profile dir (see ``profile_folder``)."""
-    from seqtune.device import runtime_device
     from seqtune.store.profile_file import profile_path
 
     folder = profile_folder(profile_dir)
+    prepare_backend()  # before anything below can define a kernel
+    from seqtune.device import runtime_device
+
     path = profile_path(folder, runtime_device()[0])
     return ProfileLocation(folder, path, path.is_file())
 
