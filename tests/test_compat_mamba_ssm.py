@@ -273,3 +273,43 @@ def test_bad_arguments_give_one_line_errors(call, error, message):
     with pytest.raises(error, match=message) as raised:
         call(scan_inputs(torch.float32, length=5), ssd_inputs(torch.float32, length=5))
     assert "\n" not in str(raised.value)
+
+
+def _leaves(tensors):
+    """fp32 leaves requiring grad, and their float64 twins for the reference."""
+    ours = {name: t.detach().clone().requires_grad_() for name, t in tensors.items()}
+    ref = {name: t.detach().double().requires_grad_() for name, t in tensors.items()}
+    return ours, ref
+
+
+def _assert_same_gradients(ours, ref, loss, expected_loss):
+    """Gradients of every leaf against float64 autograd; fp32 backward kernels accumulate in
+    fp32 over the sequence and the chunks, so 1e-3 (relative to O(1) gradients)."""
+    names = sorted(ours)
+    grads = torch.autograd.grad(loss, [ours[n] for n in names])
+    expected = torch.autograd.grad(expected_loss, [ref[n] for n in names])
+    for name, grad, want in zip(names, grads, expected):
+        torch.testing.assert_close(grad.double(), want, atol=1e-3, rtol=1e-3, msg=name)
+
+
+def test_chunk_scan_gradients_match_float64_autograd():
+    a = ssd_inputs(torch.float32, length=13, seed=8)
+    ours, ref = _leaves({k: a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")})
+    weights = torch.randn(2, 13, 4, 16, generator=torch.Generator().manual_seed(9))
+    out, final = mamba_chunk_scan_combined(
+        *(ours[k] for k in ("x", "dt", "A", "B", "C")), 64, ours["D"], ours["z"],
+        ours["dt_bias"], ours["h0"], dt_softplus=True, return_final_states=True)
+    expected, expected_final = ssd_recurrence(
+        *(ref[k] for k in ("x", "dt", "A", "B", "C")), D=ref["D"], z=ref["z"],
+        dt_bias=ref["dt_bias"], softplus=True, h0=ref["h0"])
+    _assert_same_gradients(ours, ref, (out * weights).sum() + final.square().sum(),
+                           (expected * weights).sum() + expected_final.square().sum())
+
+
+def test_selective_scan_fn_gradients_match_float64_autograd():
+    a = scan_inputs(torch.float32, length=13, grouped=True)
+    ours, ref = _leaves(a)
+    y = selective_scan_fn(**ours, delta_softplus=True)
+    expected, _ = scan_recurrence(**ref, softplus=True)
+    weights = torch.randn(2, 6, 13, generator=torch.Generator().manual_seed(10))
+    _assert_same_gradients(ours, ref, (y * weights).sum(), (expected * weights).sum())
