@@ -312,12 +312,14 @@ def list_kernels() -> list[dict[str, Any]]:
 
 
 def merge(files: Sequence[Path], output: Path | None = None, profile_dir: Path | None = None,
-          force: bool = False):
-    """Merge profiles of one device (see ``seqtune.store.merge``); the merge summary."""
+          force: bool = False, skip_invalid: bool = False):
+    """Merge profiles of one device (see ``seqtune.store.merge``); the merge summary. A file
+    with an invalid entry is refused (Failure) unless ``skip_invalid``, which leaves such
+    entries out and lists them in the summary's ``skipped``."""
     from seqtune.store.merge import DeviceMismatch, merge_into
 
     try:
-        return merge_into(list(files), output, profile_dir, force)
+        return merge_into(list(files), output, profile_dir, force, skip_invalid=skip_invalid)
     except DeviceMismatch as exc:
         raise UsageError(str(exc)) from None
 
@@ -370,7 +372,8 @@ def bench(kernels: Sequence[str] | None = None, preset: str | None = None,
           lengths: str | None = None, profile_dir: Path | None = None,
           reporter: Reporter = SILENT) -> dict[str, Any]:
     """Time tuned configs, default configs and baselines; the JSON-ready payload."""
-    from seqtune.analysis.bench import BenchOptions, bench_work, parse_lengths, run_bench
+    from seqtune.analysis.bench import (BenchOptions, bench_work, check_lengths, parse_lengths,
+                                        run_bench)
 
     prepare_backend()
     from seqtune.device import detect_device
@@ -381,6 +384,7 @@ def bench(kernels: Sequence[str] | None = None, preset: str | None = None,
         parsed_lengths = parse_lengths(lengths) if lengths is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_lengths(device.backend, parsed_lengths)  # before any progress is shown
     specs = specs_named(kernels)
     profile_folder(profile_dir)  # a file named as the profile dir is bad usage, not a crash
     options = BenchOptions(preset, parsed_lengths, profile_dir)

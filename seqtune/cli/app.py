@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import typer
@@ -16,6 +17,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Autotune, verify and profile the Triton kernels of sequence models.")
 out = Console()
 err = Console(stderr=True)
+
+
+def folder(value: str) -> Path:
+    """The ``--profile-dir`` parser: an empty string would silently mean the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("must name a folder, not an empty string")
+    return Path(value)
 
 
 def emit_json(payload: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from seqtune.cli.app import app, emit_json, err, out
+from seqtune.cli.app import app, emit_json, err, folder, out
 
 PROFILE_DIR_HELP = ("Profile dir (default: $SEQTUNE_PROFILE_DIR, else the user cache dir, "
                     "where `seqtune tune` writes and the runtime reads).")
@@ -16,7 +16,7 @@ PROFILE_DIR_HELP = ("Profile dir (default: $SEQTUNE_PROFILE_DIR, else the user c
 @app.command()
 def verify(
     kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to verify (default: all)."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir whose tuned configs are "
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help="Profile dir whose tuned configs are "
                                                "verified too (default: $SEQTUNE_PROFILE_DIR, "
                                                "else the user cache dir)."),
     as_json: bool = typer.Option(False, "--json", help="Print the cases as JSON on stdout."),
@@ -47,7 +47,7 @@ def verify(
 def report(
     files: Optional[list[Path]] = typer.Argument(None, help="Profile files (default: every "
                                                  "profile in the profile dir)."),
-    profile_dir: Optional[Path] = typer.Option(None, help=PROFILE_DIR_HELP),
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help=PROFILE_DIR_HELP),
     kernel: Optional[str] = typer.Option(None, help="Only this kernel."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON on stdout."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML "
@@ -76,11 +76,14 @@ def merge(
     output: Optional[Path] = typer.Option(None, help="Merged profile (default: "
                                           "<profile-dir>/<device-key>.yaml); merged into when "
                                           "it exists."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir of the default output "
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help="Profile dir of the default output "
                                                "(default: $SEQTUNE_PROFILE_DIR, else the user "
                                                "cache dir)."),
     force: bool = typer.Option(False, "--force", help="Merge profiles of different device "
                                "keys, under the first file's device."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave out invalid entries "
+                                      "(each named on stderr) instead of refusing a file that "
+                                      "has them."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Merge profiles of one device: per problem the fastest fresh entry wins, with its origin."""
@@ -88,7 +91,9 @@ def merge(
 
     if output is None:
         api.profile_folder(profile_dir)  # a file named as the profile dir: bad usage
-    summary = api.merge(files, output, profile_dir, force)
+    summary = api.merge(files, output, profile_dir, force, skip_invalid)
+    for skipped in summary.skipped:
+        err.print(f"seqtune: skipped {skipped}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         emit_json(summary.as_dict())
         return
@@ -113,7 +118,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 def info(
-    profile_dir: Optional[Path] = typer.Option(None, help="Show the profiles the runtime would "
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help="Show the profiles the runtime would "
                                                "read with SEQTUNE_PROFILE_DIR set to this dir "
                                                "(default: $SEQTUNE_PROFILE_DIR, else the user "
                                                "cache dir)."),

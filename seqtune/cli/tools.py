@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from seqtune.cli.app import ConsoleReporter, app, emit_json, err, out
+from seqtune.cli.app import ConsoleReporter, app, emit_json, err, folder, out
 from seqtune.errors import UsageError
 
 # Triton 3.9 warns on every first compile that its FP-fusion default will change in 3.10. The
@@ -82,7 +82,7 @@ def bench(
     lengths: Optional[str] = typer.Option(None, help="Comma-separated sequence lengths (512, "
                                           "1k = 1024, ..., 32k): every problem's T/S/L is set "
                                           "to each."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Profile dir whose tuned configs are "
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help="Profile dir whose tuned configs are "
                                                "timed (else $SEQTUNE_PROFILE_DIR, else the "
                                                "user cache dir; then the shipped profiles)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from seqtune.cli.app import ConsoleReporter, app, emit_json, err, out
+from seqtune.cli.app import ConsoleReporter, app, emit_json, err, folder, out
 
 
 @app.command()
@@ -15,7 +15,7 @@ def tune(
     kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to tune (default: all)."),
     preset: Optional[str] = typer.Option(None, help="tiny | quick | default | full "
                                          "(default: 'default' on a GPU, 'tiny' on the CPU)."),
-    profile_dir: Optional[Path] = typer.Option(None, help="Where profiles are written "
+    profile_dir: Optional[Path] = typer.Option(None, parser=folder, help="Where profiles are written "
                                                "(default: $SEQTUNE_PROFILE_DIR, else the user "
                                                "cache dir, where the runtime, report, verify, "
                                                "bench and info read)."),
