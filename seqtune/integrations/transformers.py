@@ -1,0 +1,284 @@
+"""Swap a loaded Hugging Face transformers model's sequence-mixing kernels for seqtune's.
+
+``patch(model)`` returns how many layers of each kind it patched, e.g. ``{"gated_delta_net": 36,
+"attention": 12}``; ``unpatch(model)`` restores the model; ``patched(model)`` does both around a
+``with`` block. Prefill, cached decoding and (where seqtune's ops have a backward) training run on
+the tuned kernels. transformers is an optional dependency (``pip install seqtune[transformers]``).
+
+Where it patches, and why there:
+
+- Recurrent layers (Qwen3-Next's Gated DeltaNet, Kimi-Linear's KDA, Mamba, Mamba2) call
+  module-level functions of their modeling file (the ones transformers' hub-kernel mapping
+  replaces with flash-linear-attention, mamba_ssm or causal-conv1d when installed), looked up in
+  the module's globals at call time. Each patched layer *instance* gets a forward made from its
+  class's own forward code with a globals mapping in which those names are seqtune's functions
+  (``hf_kernels.HUB_FUNCTIONS``), every other name read live from the modeling module; decorators
+  around the forward are rebuilt around the new function. Nothing process-wide changes: another
+  model of the same class, patched or not, runs as before.
+- Attention layers that dispatch through transformers' ``AttentionInterface`` get seqtune's
+  attention under the name ``"seqtune"`` (``hf_attention.seqtune_attention``, with
+  flash-attention's padding mask). The patched model gets its own copy of its config objects
+  (models built from one config object share it, and the attention implementation is a config
+  field), set to ``"seqtune"``; unpatch puts the original objects back.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import types
+import weakref
+from typing import Any, Callable, Iterator
+
+from seqtune.integrations.hf_attention import seqtune_attention
+from seqtune.integrations.hf_kernels import HUB_FUNCTIONS
+from seqtune.loader import warn_once
+
+ATTENTION_NAME = "seqtune"
+ATTENTION_KIND = "attention"
+
+# transformers' recurrent layer class -> (kind, {name in its modeling module: hub function name})
+CONV = {"causal_conv1d_fn": "causal_conv1d_fn", "causal_conv1d_update": "causal_conv1d_update"}
+RECURRENT_LAYERS: dict[str, tuple[str, dict[str, str]]] = {
+    "Qwen3NextGatedDeltaNet": ("gated_delta_net", {
+        "torch_chunk_gated_delta_rule": "chunk_gated_delta_rule",
+        "torch_recurrent_gated_delta_rule": "fused_recurrent_gated_delta_rule", **CONV}),
+    "KimiLinearDeltaAttention": ("kda", {
+        "chunk_kimi_delta_attention": "chunk_kda",
+        "recurrent_kimi_delta_attention": "fused_recurrent_kda", **CONV}),
+    "MambaMixer": ("mamba", {
+        "mamba_inner_fn": "mamba_inner_fn", "mamba_selective_scan": "selective_scan_fn",
+        "mamba_selective_state_update": "selective_state_update", **CONV}),
+    "Mamba2Mixer": ("mamba2", {
+        "mamba2_split_conv1d_scan_combined": "mamba_split_conv1d_scan_combined",
+        "mamba2_chunk_scan": "mamba_chunk_scan_combined",
+        "mamba2_selective_state_update": "selective_state_update", **CONV}),
+}
+
+
+@dataclasses.dataclass
+class _Patch:
+    """What patch changed, to undo it: (object, attribute, previous value or _ABSENT)."""
+
+    counts: dict[str, int]
+    changes: list[tuple[Any, str, Any]] = dataclasses.field(default_factory=list)
+
+
+_ABSENT = object()
+_PATCHES: "weakref.WeakKeyDictionary[Any, _Patch]" = weakref.WeakKeyDictionary()
+_FORWARDS: dict[type, Callable] = {}
+
+
+def patch(model) -> dict[str, int]:
+    """Route ``model``'s sequence-mixing layers through seqtune's kernels.
+
+    Returns the number of layers patched per kind: ``"gated_delta_net"`` (Qwen3-Next),
+    ``"kda"`` (Kimi-Linear), ``"mamba"``, ``"mamba2"``, ``"attention"`` (any layer that
+    dispatches through transformers' ``AttentionInterface``). A model with nothing seqtune
+    supports is left as it is: ``{}``, with one warning per model class. Patching a patched
+    model changes nothing and returns the same counts.
+    """
+    existing = _PATCHES.get(model)
+    if existing is not None:
+        return dict(existing.counts)
+    record = _Patch(counts={})
+    for module in model.modules():
+        kind = _patch_recurrent(module, record)
+        if kind is not None:
+            record.counts[kind] = record.counts.get(kind, 0) + 1
+    attention_layers = _patch_attention(model, record)
+    if attention_layers:
+        record.counts[ATTENTION_KIND] = attention_layers
+    if not record.counts:
+        warn_once(f"seqtune: nothing to patch in {type(model).__name__}: no layer of "
+                  f"{', '.join(sorted(RECURRENT_LAYERS))} and no attention layer that "
+                  f"dispatches through transformers' AttentionInterface")
+        return {}
+    _PATCHES[model] = record
+    return dict(record.counts)
+
+
+def unpatch(model) -> None:
+    """Restore what ``patch`` changed in ``model`` (nothing happens to an unpatched model)."""
+    record = _PATCHES.pop(model, None)
+    if record is None:
+        return
+    for owner, attribute, previous in reversed(record.changes):
+        if previous is _ABSENT:
+            delattr(owner, attribute)
+        else:
+            setattr(owner, attribute, previous)
+
+
+def is_patched(model) -> bool:
+    return model in _PATCHES
+
+
+@contextlib.contextmanager
+def patched(model) -> Iterator[dict[str, int]]:
+    """``with patched(model) as counts:`` runs the block on seqtune's kernels, then unpatches."""
+    counts = patch(model)
+    try:
+        yield counts
+    finally:
+        unpatch(model)
+
+
+def _set(record: _Patch, owner: Any, attribute: str, value: Any) -> None:
+    record.changes.append((owner, attribute, owner.__dict__.get(attribute, _ABSENT)))
+    setattr(owner, attribute, value)
+
+
+# ---- recurrent layers: per-instance forwards with seqtune's functions in their globals ----
+
+def _patch_recurrent(module, record: _Patch) -> str | None:
+    cls = type(module)
+    entry = RECURRENT_LAYERS.get(cls.__name__)
+    if entry is None or not cls.__module__.startswith("transformers."):
+        return None
+    kind, names = entry
+    forward = _FORWARDS.get(cls)
+    if forward is None:
+        forward = _FORWARDS[cls] = _forward_with(cls, {
+            name: HUB_FUNCTIONS[hub_name] for name, hub_name in names.items()})
+    if forward is None:
+        return None
+    if "forward" not in module.__dict__:
+        _set(record, module, "forward", types.MethodType(forward, module))
+    elif "_old_forward" in module.__dict__:  # accelerate's hooks wrap the original forward
+        _set(record, module, "_old_forward", types.MethodType(forward, module))
+    else:
+        warn_once(f"seqtune: a {cls.__name__} layer has its own forward set by other code; "
+                  f"left unpatched")
+        return None
+    return kind
+
+
+class _LiveGlobals(dict):
+    """A function's globals: the seqtune overrides it holds, every other name read from the
+    modeling module's globals at call time (so later changes there are still seen)."""
+
+    def __init__(self, module_globals: dict, overrides: dict[str, Callable]):
+        super().__init__(overrides, __builtins__=module_globals["__builtins__"])
+        self.module_globals = module_globals
+
+    def __missing__(self, name: str):
+        return self.module_globals[name]
+
+
+def _forward_with(cls: type, overrides: dict[str, Callable]) -> Callable | None:
+    """``cls.forward`` rebuilt with ``overrides`` in its globals, its decorators (functools.wraps
+    wrappers holding the function in their closure) rebuilt around it; None, with a warning, if
+    the forward does not call those names (a transformers version this does not know)."""
+    chain = [cls.forward]
+    while hasattr(chain[-1], "__wrapped__"):
+        chain.append(chain[-1].__wrapped__)
+    original = chain[-1]
+    missing = sorted(set(overrides) - set(original.__code__.co_names))
+    if not isinstance(original, types.FunctionType) or missing:
+        warn_once(f"seqtune: {cls.__name__}.forward does not call {', '.join(missing)} "
+                  f"(another transformers version?); its layers are left unpatched")
+        return None
+    rebuilt = _copy_function(original, _LiveGlobals(original.__globals__, overrides),
+                             original.__closure__)
+    for wrapper, inner in zip(reversed(chain[:-1]), reversed(chain[1:])):
+        rebuilt = _rewrap(wrapper, inner, rebuilt)
+        if rebuilt is None:
+            warn_once(f"seqtune: cannot rebuild the decorators of {cls.__name__}.forward; its "
+                      f"layers are left unpatched")
+            return None
+    return rebuilt
+
+
+def _copy_function(function: types.FunctionType, globals_: dict, closure) -> types.FunctionType:
+    copied = types.FunctionType(function.__code__, globals_, function.__name__,
+                                function.__defaults__, closure)
+    copied.__kwdefaults__ = function.__kwdefaults__
+    copied.__dict__.update(function.__dict__)
+    copied.__qualname__ = function.__qualname__
+    copied.__module__ = function.__module__
+    return copied
+
+
+def _rewrap(wrapper, inner, replacement) -> types.FunctionType | None:
+    """A copy of ``wrapper`` whose closure holds ``replacement`` where it held ``inner``."""
+    cells = wrapper.__closure__ or ()
+    if not isinstance(wrapper, types.FunctionType) or not any(
+            cell.cell_contents is inner for cell in cells):
+        return None
+    closure = tuple(types.CellType(replacement) if cell.cell_contents is inner else cell
+                    for cell in cells)
+    rebuilt = _copy_function(wrapper, wrapper.__globals__, closure)
+    rebuilt.__wrapped__ = replacement
+    return rebuilt
+
+
+# ---- attention: transformers' AttentionInterface ----
+
+def _patch_attention(model, record: _Patch) -> int:
+    layers = [module for module in model.modules() if _dispatches_attention(type(module))]
+    if not layers:
+        return 0
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if can_set is None or not can_set():
+        warn_once(f"seqtune: {type(model).__name__} cannot switch its attention "
+                  f"implementation; its attention layers are left unpatched")
+        return 0
+    reason = _unsupported_attention(model.config)
+    if reason is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: {reason}")
+        return 0
+    _register_attention()
+    _own_configs(model, record)
+    model.set_attn_implementation(ATTENTION_NAME)
+    return len(layers)
+
+
+def _dispatches_attention(cls: type) -> bool:
+    forward = getattr(cls, "forward", None)
+    while hasattr(forward, "__wrapped__"):
+        forward = forward.__wrapped__
+    code = getattr(forward, "__code__", None)
+    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
+
+
+def _unsupported_attention(config) -> str | None:
+    """Why seqtune's attention cannot serve this config's attention layers, or None."""
+    layer_types = getattr(config, "layer_types", None) or ()
+    if "sliding_attention" in layer_types or (
+            getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window",
+                                                                True) and not layer_types):
+        return "sliding-window attention is not supported"
+    for name in ("attn_logit_softcapping", "attention_chunk_size"):
+        if getattr(config, name, None):
+            return f"{name}={getattr(config, name)!r} is not supported"
+    if getattr(config, "attention_dropout", 0.0):
+        return f"attention_dropout={config.attention_dropout!r} is not supported"
+    return None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(ATTENTION_NAME, seqtune_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, flash_attention_mask)
+
+
+def _own_configs(model, record: _Patch) -> None:
+    """Give ``model`` copies of its config and sub-configs, so that setting its attention
+    implementation leaves any other model sharing those objects untouched."""
+    copies: dict[int, Any] = {}
+
+    def pair(original, replacement):
+        copies[id(original)] = replacement
+        for name in getattr(original, "sub_configs", {}) or {}:
+            child = getattr(original, name, None)
+            if child is not None:
+                pair(child, getattr(replacement, name))
+
+    pair(model.config, copy.deepcopy(model.config))
+    for module in model.modules():
+        for attribute, value in list(vars(module).items()):
+            if id(value) in copies and not attribute.startswith("_"):
+                _set(record, module, attribute, copies[id(value)])
