@@ -167,7 +167,8 @@ def assert_close(actual, expected, dtype):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_function_matches_the_recurrence(case, dtype):
     call, expect = CASES[case]
-    inputs = make_inputs(dtype)
+    # batch 2 in fp32 (per-row states); bf16 checks the rounding on one row, for time
+    inputs = make_inputs(dtype, batch=2 if dtype == torch.float32 else 1)
     out, final = call(inputs)
     expected_out, expected_final = expect(inputs)
     assert out.dtype == dtype and out.shape == inputs["v"].shape
