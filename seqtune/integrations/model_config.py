@@ -243,8 +243,9 @@ def _mamba_ssm_layers(config: Mapping[str, Any]) -> list[Layer]:
 # ---- the problems of each layer kind ----
 
 def _conv(dims, batch: int, length: int, dtype: str) -> tuple[str, Problem]:
+    # causal_conv1d counts every row as a sequence (N == B) where the other ops say N = 1
     return "causal_conv1d", {"B": batch, "T": length, "D": dims["conv_dim"], "W": dims["width"],
-                             "N": 1, "varlen": False, "has_bias": dims["conv_bias"],
+                             "N": batch, "varlen": False, "has_bias": dims["conv_bias"],
                              "silu": dims["silu"], "has_initial_state": False, "dtype": dtype}
 
 
