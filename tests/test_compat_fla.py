@@ -2,6 +2,8 @@
 (fla itself is not installed on the CPU machines, so it is not compared against)."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,3 +309,57 @@ def test_chunk_gla_gradients_match_float64_autograd():
                                  [ref[n] for n in names])
     for name, grad, want in zip(names, grads, wanted):
         torch.testing.assert_close(grad.double(), want, atol=1e-3, rtol=1e-3, msg=name)
+
+
+# The originals' signatures, as fla 0.6 defines them (fla/ops/<op>/chunk.py and
+# fused_recurrent.py): same names, order and defaults.
+ORIGINAL_SIGNATURES = {
+    "chunk_gated_delta_rule":
+        "(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, "
+        "use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False, "
+        "allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None, "
+        "chunk_indices=None, cp_context=None, **kwargs)",
+    "fused_recurrent_gated_delta_rule":
+        "(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None, initial_state=None, "
+        "output_final_state=False, use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, "
+        "A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, "
+        "state_v_first=False, cu_seqlens=None, **kwargs)",
+    "chunk_kda":
+        "(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, "
+        "use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, "
+        "use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, safe_gate=False, "
+        "lower_bound=None, disable_recompute=False, return_intermediate_states=False, "
+        "state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None, cp_context=None, "
+        "**kwargs)",
+    "fused_recurrent_kda":
+        "(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=None, "
+        "output_final_state=False, use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, "
+        "use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, lower_bound=None, "
+        "state_v_first=False, cu_seqlens=None, **kwargs)",
+    "chunk_delta_rule":
+        "(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, "
+        "use_qk_l2norm_in_kernel=False, cu_seqlens=None, cu_seqlens_cpu=None, **kwargs)",
+    "fused_recurrent_delta_rule":
+        "(q, k, v, beta=None, scale=None, initial_state=None, output_final_state=False, "
+        "use_qk_l2norm_in_kernel=False, cu_seqlens=None)",
+    "chunk_gla":
+        "(q, k, v, g, scale=None, initial_state=None, output_final_state=False, "
+        "state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None)",
+    "fused_recurrent_gla":
+        "(q, k, v, gk=None, gv=None, scale=None, initial_state=None, "
+        "output_final_state=False, reverse=False, state_v_first=False, cu_seqlens=None, "
+        "**kwargs)",
+    "chunk_simple_gla":
+        "(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, "
+        "output_final_state=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None, "
+        "**kwargs)",
+    "fused_recurrent_simple_gla":
+        "(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, "
+        "output_final_state=False, reverse=False, state_v_first=False, cu_seqlens=None, "
+        "**kwargs)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_SIGNATURES))
+def test_signature_is_the_originals(name):
+    assert str(inspect.signature(getattr(fla, name))) == ORIGINAL_SIGNATURES[name]

@@ -2,9 +2,12 @@
 (flash-attn itself needs CUDA and is not installed on the CPU)."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
+from seqtune.compat import flash_attn
 from seqtune.compat.flash_attn import (flash_attn_func, flash_attn_varlen_func,
                                        flash_attn_with_kvcache)
 
@@ -176,3 +179,26 @@ def test_bad_cache_arguments_give_one_line_errors():
         with pytest.raises((ValueError, TypeError), match=message) as error:
             flash_attn_with_kvcache(q, k_cache, k_cache.clone(), **kwargs)
         assert "\n" not in str(error.value)
+
+
+# The originals' signatures, as flash-attn 2.8 defines them (flash_attn/flash_attn_interface.py):
+# same names, order and defaults.
+ORIGINAL_SIGNATURES = {
+    "flash_attn_func":
+        "(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), "
+        "softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False)",
+    "flash_attn_varlen_func":
+        "(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, "
+        "softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, "
+        "alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None)",
+    "flash_attn_with_kvcache":
+        "(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, "
+        "cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None, "
+        "softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, "
+        "rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_SIGNATURES))
+def test_signature_is_the_originals(name):
+    assert str(inspect.signature(getattr(flash_attn, name))) == ORIGINAL_SIGNATURES[name]

@@ -2,10 +2,13 @@
 token (mamba_ssm needs CUDA and is not installed on the CPU machines)."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from seqtune.compat import mamba_ssm
 from seqtune.compat.mamba_ssm import (mamba_chunk_scan_combined, selective_scan_fn,
                                       selective_state_update)
 
@@ -313,3 +316,24 @@ def test_selective_scan_fn_gradients_match_float64_autograd():
     expected, _ = scan_recurrence(**ref, softplus=True)
     weights = torch.randn(2, 6, 13, generator=torch.Generator().manual_seed(10))
     _assert_same_gradients(ours, ref, (y * weights).sum(), (expected * weights).sum())
+
+
+# The originals' signatures, as mamba_ssm 2.3 defines them (ops/triton/ssd_combined.py,
+# selective_state_update.py, ops/selective_scan_interface.py): same names, order, defaults.
+ORIGINAL_SIGNATURES = {
+    "mamba_chunk_scan_combined":
+        "(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, "
+        "seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, inf), "
+        "return_final_states=False, return_varlen_states=False)",
+    "selective_state_update":
+        "(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, "
+        "state_batch_indices=None)",
+    "selective_scan_fn":
+        "(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, "
+        "return_last_state=False)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_SIGNATURES))
+def test_signature_is_the_originals(name):
+    assert str(inspect.signature(getattr(mamba_ssm, name))) == ORIGINAL_SIGNATURES[name]
