@@ -211,7 +211,7 @@ def test_bad_scale_and_bad_config():
         attention_decode(**arguments, scale="0.5")
     with pytest.raises(ValueError, match="NUM_SPLITS=4 x split.BLOCK_N=32 exceeds"):
         attention_decode(**arguments, config={"NUM_SPLITS": 4, "split.BLOCK_N": 32})
-    with pytest.raises(ValueError, match="split.BLOCK_N=48 is not one of"):
+    with pytest.raises(ValueError, match=r"split.BLOCK_N=48 \(int\) is not one of"):
         attention_decode(**arguments, config={"split.BLOCK_N": 48})
 
 

@@ -68,7 +68,7 @@ def test_compile_ahead_prunes_the_oversized_config_before_launch():
 @pytest.mark.parametrize("args, message", [
     (["check", "--target", "sm_99"], "unknown target 'sm_99'"),
     (["check", "attention", "--config", "BLOCK_M"], "expected KEY=VALUE"),
-    (["check", "attention", "--config", "BLOCK_M=3"], "BLOCK_M=3 is not one of"),
+    (["check", "attention", "--config", "BLOCK_M=3"], "BLOCK_M=3 (int) is not one of"),
 ])
 def test_bad_check_arguments_are_one_line_exit_2(args, message):
     done = seqtune(*args)
