@@ -75,6 +75,13 @@ def _derived(family: str, **options) -> set[tuple[str, tuple]]:
     return {_key(kernel, problem) for kernel, listed in problems.items() for problem in listed}
 
 
+def _tokens(model, shape, seed=0):
+    """Random tokens other than the special ones (0 is the pad token generate is given: a
+    prompt holding it would be read as padded)."""
+    return torch.randint(3, model.config.vocab_size, shape,
+                         generator=torch.Generator().manual_seed(seed))
+
+
 def _generate(model, prompt):
     out = model.generate(prompt, max_new_tokens=NEW_TOKENS, do_sample=False,
                          output_logits=True, return_dict_in_generate=True,
@@ -88,8 +95,7 @@ def test_patched_model_matches_pytorch(family, monkeypatch):
     twin = build(family, seed=1, config=model.config)  # shares the config object
     original_config = model.config
     twin_attention = twin.config._attn_implementation
-    tokens = torch.randint(0, model.config.vocab_size, (BATCH, LENGTH),
-                           generator=torch.Generator().manual_seed(0))
+    tokens = _tokens(model, (BATCH, LENGTH))
     launches = Launches(monkeypatch)
     with torch.no_grad():
         logits = model(tokens).logits
@@ -121,8 +127,7 @@ def test_patched_model_matches_pytorch(family, monkeypatch):
 def test_padded_batch_generation_matches_pytorch(monkeypatch):
     """Left padding: attention runs on the rows' real tokens packed (cu_seqlens)."""
     model = build("llama")
-    tokens = torch.randint(3, model.config.vocab_size, (BATCH, PROMPT),
-                           generator=torch.Generator().manual_seed(1))
+    tokens = _tokens(model, (BATCH, PROMPT), seed=1)
     mask = torch.ones_like(tokens)
     mask[0, :4] = 0
     tokens = tokens.masked_fill(mask == 0, 0)
@@ -175,7 +180,7 @@ def test_accelerate_style_wrapped_forward_is_patched_inside(monkeypatch):
     mixer.forward = wrapper
     launches = Launches(monkeypatch)
     with torch.no_grad():
-        tokens = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(2))
+        tokens = _tokens(model, (1, 7), seed=2)
         expected = model(tokens).logits
         launches.take()
         with patched(model):
@@ -183,3 +188,14 @@ def test_accelerate_style_wrapped_forward_is_patched_inside(monkeypatch):
             torch.testing.assert_close(model(tokens).logits, expected, **TOLERANCE)
         assert "selective_scan" in {kernel for kernel, _ in launches.take()}
     assert mixer.forward is wrapper and mixer._old_forward.__func__ is type(mixer).forward
+
+
+def test_bfloat16_problems_match_model_config(monkeypatch):
+    """Mamba in bfloat16: its decoding step reads mamba_ssm's mixed-dtype inputs in float32,
+    and model_config says so."""
+    model = build("mamba").to(torch.bfloat16)
+    launches = Launches(monkeypatch)
+    with torch.no_grad(), patched(model):
+        _generate(model, _tokens(model, (BATCH, PROMPT)))
+    assert launches.take() == _derived("mamba", lengths=[PROMPT], decode=True,
+                                       dtype="bfloat16")
