@@ -162,8 +162,6 @@ def check_bwd(config: Config, problem: Problem, limits: DeviceLimits) -> str | N
     threads = 32 * config["num_warps"]
     if tile > MAX_BWD_TILE_VALUES_PER_THREAD * threads:
         return f"{tile} tile values over {threads} threads would spill registers"
-    if tile < threads:
-        return f"{threads} threads for a {config['BLOCK_T']}x{problem['D']} tile leave threads idle"
     # The scan's and the reductions' cross-warp exchange: two fp32 tiles at most.
     return shared_memory_fits(2 * 4 * tile, limits)
 
