@@ -164,3 +164,20 @@ def test_spec_run_returns_what_autograd_gives():
         # The spec's o comes from the float64 formula, the op's from the Triton forward (one
         # bf16 rounding apart), so delta and the gradients differ by about one rounding.
         assert compare((grad,), (leaf.grad.double(),), SPEC.tolerances["bfloat16"]).ok
+
+
+@pytest.mark.parametrize("baseline", ["torch_sdpa", "torch"])
+def test_backward_baselines_compute_the_same_gradients(baseline):
+    problem = SPEC.verify_cases[0]  # fp32, GQA, T < S
+    inputs = SPEC.make_inputs(problem, "cpu", 5)
+    run = SPEC.baselines[baseline]
+    assert compare(run(inputs), SPEC.reference(inputs), EXACT).ok
+    packed = SPEC.make_inputs(SPEC.verify_cases[8], "cpu", 5)
+    with pytest.raises(ValueError, match="packed sequences"):
+        run(packed)
+
+
+def test_sdpa_training_baseline_refuses_rows_without_keys():
+    inputs = SPEC.make_inputs(SPEC.verify_cases[2], "cpu", 5)  # causal, T=53 > S=37
+    with pytest.raises(ValueError, match="causal T > S"):
+        SPEC.baselines["torch_sdpa"](inputs)

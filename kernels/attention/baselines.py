@@ -1,4 +1,5 @@
-"""Baselines of ``attention`` for ``seqtune bench``: the same computation by other means.
+"""Baselines of ``attention`` and ``attention_bwd`` for ``seqtune bench``: the same computation
+by other means.
 
 - ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / cuDNN /
   memory-efficient backends on a GPU, chosen by PyTorch), softmax scores only.
@@ -6,12 +7,17 @@
   in the inputs' dtype, softmax (or sigmoid) in float32, weights back to the inputs' dtype for
   the second matmul. Queries go in blocks so long sequences fit in memory.
 
-Both take the spec's inputs (``q [B, T, Hq, D]``, ``k, v [B, S, Hkv, D]``, ``causal``,
-``score``, optional ``sigmoid_bias``) and return ``(o [B, T, Hq, D],)`` like ``spec.run``.
+Forward baselines take the spec's inputs (``q [B, T, Hq, D]``, ``k [B, S, Hkv, D]``,
+``v [B, S, Hkv, Dv]``, ``causal``, ``score``, optional ``sigmoid_bias``) and return
+``(o [B, T, Hq, Dv],)`` like ``spec.run``. The backward's (``BACKWARD_BASELINES``) run the same
+forward and its autograd backward and return ``(dq, dk, dv)``: the training step's attention
+cost, since neither can run its backward alone. Packed inputs (``cu_seqlens``) are refused:
+these formulas would attend across sequences.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +37,14 @@ def visible_keys(queries: int, keys: int, causal: bool, device: torch.device) ->
     return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
 
 
+def _dense_only(inputs: Inputs) -> None:
+    if inputs.get("cu_seqlens") is not None:
+        raise ValueError("packed sequences (cu_seqlens) are not supported by this baseline")
+
+
 def sdpa_attention(inputs: Inputs) -> Outputs:
     """PyTorch's scaled_dot_product_attention on the same inputs (softmax only)."""
+    _dense_only(inputs)
     if inputs["score"] != "softmax":
         raise ValueError("scaled_dot_product_attention computes softmax attention only")
     q, k, v = (inputs[name].transpose(1, 2) for name in ("q", "k", "v"))
@@ -52,6 +64,7 @@ def sdpa_attention(inputs: Inputs) -> Outputs:
 
 def plain_attention(inputs: Inputs) -> Outputs:
     """Scores, mask, softmax or sigmoid, weighted sum: matmuls in the inputs' dtype."""
+    _dense_only(inputs)
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     batch, queries, heads, head_dim = q.shape
     keys, kv_heads = k.shape[1], k.shape[2]
@@ -62,7 +75,7 @@ def plain_attention(inputs: Inputs) -> Outputs:
     visible = visible_keys(queries, keys, inputs["causal"], q.device)
     bias = inputs.get("sigmoid_bias")
     bias = -math.log(max(keys, 1)) if bias is None else float(bias)
-    out = torch.empty(batch, heads, queries, head_dim, dtype=q.dtype, device=q.device)
+    out = torch.empty(batch, heads, queries, v.shape[3], dtype=q.dtype, device=q.device)
     rows = max(1, SCORE_BLOCK_ELEMENTS // max(1, batch * heads * keys))
     for first in range(0, queries, rows):
         last = min(first + rows, queries)
@@ -81,4 +94,24 @@ def _weights(scores: torch.Tensor, visible: torch.Tensor, score: str,
     return torch.sigmoid(scores + bias) * visible
 
 
+def forward_backward(forward: Callable[[Inputs], Outputs]) -> Callable[[Inputs], Outputs]:
+    """A backward baseline: ``forward`` on q, k, v that require grad, then autograd with the
+    inputs' upstream gradient ``do``; returns ``(dq, dk, dv)``."""
+    def run(inputs: Inputs) -> Outputs:
+        leaves = {name: inputs[name].detach().requires_grad_() for name in ("q", "k", "v")}
+        with torch.enable_grad():
+            (out,) = forward({**inputs, **leaves})
+            return torch.autograd.grad(out, tuple(leaves.values()), inputs["do"])
+    return run
+
+
+def sdpa_training(inputs: Inputs) -> Outputs:
+    """SDPA forward and backward; refuses causal T > S, where SDPA's rows that see no key are
+    NaN and would poison the key gradients (the op defines them as zero)."""
+    if inputs["causal"] and inputs["q"].shape[1] > inputs["k"].shape[1]:
+        raise ValueError("SDPA's backward gives NaN for causal T > S (query rows with no key)")
+    return forward_backward(sdpa_attention)(inputs)
+
+
 BASELINES = {"torch_sdpa": sdpa_attention, "torch": plain_attention}
+BACKWARD_BASELINES = {"torch_sdpa": sdpa_training, "torch": forward_backward(plain_attention)}

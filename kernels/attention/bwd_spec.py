@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from seqtune.kernels.attention.autograd import run_backward
+from seqtune.kernels.attention.baselines import BACKWARD_BASELINES
 from seqtune.kernels.attention.forward import head_tile
 from seqtune.kernels.attention.op import prepare
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
@@ -153,6 +154,7 @@ BACKWARD_SPEC = KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     problem_defaults=PROBLEM_DEFAULTS,
+    baselines=BACKWARD_BASELINES,
     stages=("dkdv", "dq"),
     stagewise=True,
 )
