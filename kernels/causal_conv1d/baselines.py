@@ -88,12 +88,16 @@ def dao_conv1d(inputs: Inputs) -> Outputs:
     return (y.transpose(1, 2),)
 
 
-def _autograd_of(forward):
-    """The backward baseline of a forward baseline: gradients of the inputs that exist."""
+def _autograd_of(forward, accumulate_fp32: bool = False):
+    """The backward baseline of a forward baseline: gradients of the inputs that exist.
+    ``accumulate_fp32``: the forward sees fp32 copies of the inputs (gradients come back in the
+    inputs' dtypes), as cuDNN's half-precision convolutions accumulate in fp32 on a GPU; the
+    CPU's bf16 convolution would sum dweight over B*T in bf16."""
     def gradients(inputs: Inputs) -> Outputs:
         names = [k for k in ("x", "weight", "bias", "initial_state") if inputs[k] is not None]
         leaves = {k: inputs[k].detach().requires_grad_() for k in names}
-        y, final_state = forward({**inputs, **leaves})[:2]
+        seen = {k: v.float() for k, v in leaves.items()} if accumulate_fp32 else leaves
+        y, final_state = forward({**inputs, **seen})[:2]
         return torch.autograd.grad((y, final_state),
                                    [leaves[k] for k in names],
                                    (inputs["grad_y"], inputs["grad_final_state"]))
@@ -134,5 +138,6 @@ def dao_step(inputs: Inputs) -> Outputs:
 
 
 FORWARD_BASELINES = {"torch": torch_conv1d, "fla": fla_conv1d, "causal_conv1d": dao_conv1d}
-BACKWARD_BASELINES = {"torch": _autograd_of(torch_conv1d), "fla": _autograd_of(fla_conv1d)}
+BACKWARD_BASELINES = {"torch": _autograd_of(torch_conv1d, accumulate_fp32=True),
+                      "fla": _autograd_of(fla_conv1d)}
 STEP_BASELINES = {"torch": torch_step, "chunkwise_T1": chunkwise_step, "causal_conv1d": dao_step}
