@@ -181,3 +181,13 @@ def test_sdpa_training_baseline_refuses_rows_without_keys():
     inputs = SPEC.make_inputs(SPEC.verify_cases[2], "cpu", 5)  # causal, T=53 > S=37
     with pytest.raises(ValueError, match="causal T > S"):
         SPEC.baselines["torch_sdpa"](inputs)
+
+
+def test_broadcast_upstream_gradient_of_a_sum():
+    """``out.sum().backward()`` hands the backward a dO with all strides 0."""
+    leaves, _, kwargs = _leaves(CASES["packed-causal"], torch.float32)
+    out = attention(*leaves, **kwargs)
+    out.sum().backward()
+    expected = _reference_grads(leaves, torch.ones_like(out), kwargs)
+    for leaf, want in zip(leaves, expected):
+        assert compare((leaf.grad,), (want,), EXACT).ok

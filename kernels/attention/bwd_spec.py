@@ -130,9 +130,17 @@ def bytes_moved(problem: Problem) -> float:
     return float(2 * query_side + 2 * key_side)
 
 
+# Gradients carry more rounding than the output: P and dS are rounded to the input dtype for the
+# dots, dS = P (dP - delta) cancels (dP and delta are both ~|dO| |v| while their difference is
+# smaller), and each gradient sums T or S such products. Measured worst errors relative to the
+# largest gradient on the verify cases (interpreter): bfloat16 1.2e-2, float16 5e-4, float32 6e-7.
 TOLERANCES = {
+    # TF32 dots on GPUs (10-bit mantissa, like float16's) with the cancellation above: twice the
+    # forward's float32 bound.
     "float32": Tolerance(atol=2e-2, rtol=2e-2),
+    # eps 9.8e-4: ten units, room for the cancellation in dS and sums over ~100 terms.
     "float16": Tolerance(atol=1e-2, rtol=1e-2),
+    # eps 7.8e-3: about eight units, five times the worst measured error.
     "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
 }
 

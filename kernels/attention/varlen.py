@@ -55,7 +55,9 @@ def check_offsets(name: str, offsets: object, total: int, total_name: str) -> li
 
 def validate_packing(cu_seqlens: object, cu_seqlens_k: object, q: torch.Tensor,
                      k: torch.Tensor) -> Packing | None:
-    """None for a dense batch; else the checked offsets (one-line ValueError when bad)."""
+    """None for a dense batch; else the checked offsets (one-line ValueError when bad). The
+    offsets are read on the host (one device sync per call, as flash-attn's ``max_seqlen``
+    arguments imply): the grid needs the longest sequence."""
     if cu_seqlens is None:
         if cu_seqlens_k is not None:
             raise ValueError("cu_seqlens_k requires cu_seqlens (the query offsets)")
