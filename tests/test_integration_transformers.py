@@ -199,3 +199,31 @@ def test_bfloat16_problems_match_model_config(monkeypatch):
         _generate(model, _tokens(model, (BATCH, PROMPT)))
     assert launches.take() == _derived("mamba", lengths=[PROMPT], decode=True,
                                        dtype="bfloat16")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_training_gradients_match_pytorch(family, monkeypatch):
+    """A training step (no cache) on the patched model: the same loss and parameter gradients
+    as PyTorch's, through seqtune's forward and backward kernels (the ``_bwd`` problems
+    model_config derives with ``training``)."""
+    model = build(family).train()
+    tokens = _tokens(model, (BATCH, 21))
+
+    def step():
+        model.zero_grad()
+        loss = model(tokens, labels=tokens, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()
+                               if p.grad is not None}
+
+    loss, grads = step()
+    launches = Launches(monkeypatch)
+    with patched(model):
+        patched_loss, patched_grads = step()
+    assert launches.take() == _derived(family, lengths=[21], training=True)
+    torch.testing.assert_close(patched_loss, loss, **TOLERANCE)
+    assert patched_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        # fp32 kernels, another summation order: within 1e-3 of the tensor's largest gradient
+        torch.testing.assert_close(patched_grads[name], grad, rtol=1e-3,
+                                   atol=1e-3 * float(grad.abs().max()) + 1e-7, msg=name)
