@@ -15,9 +15,11 @@ from seqtune.kernels.linear_attention.step import linear_attention_step, ssd_ste
 from seqtune.kernels.linear_scan.op import linear_scan
 from seqtune.kernels.prefix_attention.op import prefix_attention
 from seqtune.kernels.selective_scan.op import selective_scan
+from seqtune.kernels.selective_scan.step import selective_scan_step
 
 __all__ = ["attention", "attention_decode", "delta_rule", "linear_attention", "ssd",
-           "linear_attention_step", "ssd_step",
            "delta_rule_step",
+           "linear_attention_step", "ssd_step",
+           "selective_scan_step",
            "linear_scan", "prefix_attention", "selective_scan", "causal_conv1d",
            "causal_conv1d_step"]

@@ -18,6 +18,7 @@ from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outp
 from seqtune.kernels.selective_scan.autograd import INPUTS, run_backward
 from seqtune.kernels.selective_scan.baselines import BASELINES
 from seqtune.kernels.selective_scan.op import MAX_BWD_STATE_DIM, problem_of, selective_scan
+from seqtune.kernels.selective_scan.step_spec import STEP_SPEC
 
 SPACE = {
     "BLOCK_D": (4, 8, 16, 32),
@@ -351,4 +352,4 @@ SPECS = (KernelSpec(
     problem_defaults=PROBLEM_DEFAULTS,
     stages=("states", "reverse"),
     stagewise=True,
-))
+), STEP_SPEC)
