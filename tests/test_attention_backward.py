@@ -191,3 +191,15 @@ def test_broadcast_upstream_gradient_of_a_sum():
     expected = _reference_grads(leaves, torch.ones_like(out), kwargs)
     for leaf, want in zip(leaves, expected):
         assert compare((leaf.grad,), (want,), EXACT).ok
+
+
+@pytest.mark.parametrize("score, bias", [("softmax", None), ("sigmoid", 0.5)])
+def test_explicit_scale_and_sigmoid_bias_reach_the_backward(score, bias):
+    leaves, do, kwargs = _leaves(CASES["mqa-causal-T>S"], torch.float32)
+    kwargs = {**kwargs, "score": score}
+    attention(*leaves, **kwargs, scale=0.3, sigmoid_bias=bias).backward(do)
+    leaves64 = [leaf.detach().double().requires_grad_() for leaf in leaves]
+    out = attention_math(*leaves64, scale=0.3, sigmoid_bias=bias, **kwargs)
+    expected = torch.autograd.grad(out, leaves64, do.double())
+    for leaf, want in zip(leaves, expected):
+        assert compare((leaf.grad,), (want,), EXACT).ok
