@@ -1,8 +1,8 @@
 """selective_scan_step: token by token it equals the full selective_scan (outputs and last
 state) from the same initial state, grouped or not, with and without D, z, delta_bias and
 softplus; on a shuffled state pool with a padding slot; strided states are updated where they
-lie; its verify cases and tile settings agree with the float64 step; bad arguments raise one
-line before any launch."""
+lie; its verify cases, tile settings and CPU baselines agree with the float64 step; bad arguments
+raise one line before any launch."""
 from __future__ import annotations
 
 import pytest
@@ -37,6 +37,18 @@ def test_tile_settings_agree(problem, tiles):
     assert SPEC.check(config, problem, INTERPRETER_LIMITS) is None
     agreement = check_case(SPEC, problem, config)
     assert agreement.ok, agreement.detail
+
+
+@pytest.mark.parametrize("baseline", ["torch", "chunkwise_T1"])
+def test_cpu_baselines_agree(baseline):
+    """What ``bench`` compares with computes the same step (grouped, on a shuffled pool)."""
+    problem = SPEC.verify_cases[1]
+    inputs = SPEC.make_inputs(problem, "cpu", 0)
+    before = inputs["state"].clone()
+    agreement = compare(SPEC.baselines[baseline](inputs), SPEC.reference(inputs),
+                        SPEC.tolerances[problem["dtype"]])
+    assert agreement.ok, agreement.detail
+    assert torch.equal(inputs["state"], before)
 
 
 def _sequence(b, d, L, n, groups, flags, dtype, seed=0):
