@@ -157,10 +157,10 @@ def test_state_update_per_head_steps_equal_the_chunk_scan_with_a_shuffled_pool(t
 
 
 @pytest.mark.parametrize("tied, state_dtype", [(True, torch.float32), (False, torch.float32),
-                                               (True, torch.bfloat16)])
+                                               (True, torch.bfloat16), (False, torch.bfloat16)])
 def test_state_update_writes_into_strided_and_half_states(tied, state_dtype):
-    """A state whose (h, p) do not merge into one view, and a bfloat16 state (ssd_step keeps
-    float32 states: a copy is stepped and written back), with D per head (expanded)."""
+    """A state whose (h, p) do not merge into one view, and a bfloat16 state (the step kernels
+    keep float32 states: a copy is stepped and written back), with D per head (expanded)."""
     a = ssd_inputs(torch.float32, length=1, seed=5)
     storage = a["h0"].permute(0, 2, 1, 3).contiguous().to(state_dtype)  # [b, p, h, n]
     state = storage.permute(0, 2, 1, 3)  # [b, h, p, n]

@@ -1,8 +1,9 @@
 """mamba_ssm 2.3's entry points on seqtune's kernels: ``mamba_chunk_scan_combined`` (Mamba-2's
 SSD, on ``seqtune.kernels.ssd``), ``selective_state_update`` (one decode step, Mamba-1 and
-Mamba-2 layouts) and ``selective_scan_fn`` (Mamba-1, on ``seqtune.kernels.selective_scan``),
-with mamba_ssm's argument order, defaults, layouts (states ``[b, h, p, n]`` / ``[b, d, n]``),
-dtypes and return values. Unsupported arguments raise a one-line NotImplementedError naming them.
+Mamba-2 layouts, on ``selective_scan_step`` / ``ssd_step``) and ``selective_scan_fn``
+(Mamba-1, on ``seqtune.kernels.selective_scan``), with mamba_ssm's argument order, defaults,
+layouts (states ``[b, h, p, n]`` / ``[b, d, n]``), dtypes and return values. Unsupported
+arguments raise a one-line NotImplementedError naming them.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtune.checks import expect_float, expect_shape, expect_tensor
-from seqtune.kernels import selective_scan, ssd, ssd_step
+from seqtune.kernels import selective_scan, selective_scan_step, ssd, ssd_step
 
 NO_LIMIT = (0.0, float("inf"))
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -180,7 +181,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False, state_batch_indices=None):
     """mamba_ssm's ``selective_state_update``: one decode step of the selective SSM, the state
     updated in place: per-head dt and A (Mamba-2) on ``seqtune.kernels.ssd_step``, else on
-    ``seqtune.kernels.selective_scan`` (one step from the cached state).
+    ``seqtune.kernels.selective_scan_step``.
 
     Mamba-1 layout: state ``[N, d, n]``, x, dt, z ``[b, d]``, A ``[d, n]``, B, C ``[b, n]``,
     D, dt_bias ``[d]``. Per-head (Mamba-2) layout: state ``[N, h, p, n]``, x, dt, z
@@ -243,14 +244,9 @@ def _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
         y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=state.transpose(-1, -2),
                      state_indices=rows, **arguments)
     else:  # the kernel keeps float32 states: step a float32 copy of the rows, write them back
-        picked = state if rows is None else state[rows]
-        step_state = picked.transpose(-1, -2).float()
-        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=step_state, **arguments)
-        written = step_state.transpose(-1, -2).to(state.dtype)
-        if rows is None:
-            state.copy_(written)
-        else:
-            state[rows] = written
+        stepped = (state if rows is None else state[rows]).transpose(-1, -2).float()
+        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=stepped, **arguments)
+        _write_rows(state, rows, stepped.transpose(-1, -2))
     if D is not None and not head_D:
         y = y.float() + x.float() * D.float()
     if z is not None:
@@ -275,22 +271,32 @@ def _state_rows(indices, batch, pool, device):
 
 
 def _one_step(state, rows, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """One selective-scan step of channels [b, d] from state[rows] ([N, d, n]), written back;
-    y [b, d] in u's dtype."""
+    """One token of channels [b, d] on ``selective_scan_step`` from state[rows] ([N, d, n]):
+    in place when float32, else a stepped float32 copy of the rows written back. y [b, d] in
+    u's dtype."""
     out_dtype = u.dtype
-    tensors = [u, delta, A, B, C, D, z, delta_bias]
-    if len({t.dtype for t in tensors if t is not None}) > 1:  # mamba_ssm reads each in fp32
-        u, delta, A, B, C, D, z, delta_bias = (None if t is None else t.float()
-                                               for t in tensors)
-    start = state if rows is None else state[rows]
-    y, last = selective_scan(u[..., None], delta[..., None], A, B[..., None], C[..., None], D,
-                             None if z is None else z[..., None], delta_bias, delta_softplus,
-                             True, initial_state=start)
-    if rows is None:
-        state.copy_(last)
+    streams, parameters = (u, delta, B, C, z), (A, D, delta_bias)
+    if (len({t.dtype for t in streams if t is not None}) > 1
+            or any(t is not None and t.dtype not in (torch.float32, u.dtype)
+                   for t in parameters)):  # mamba_ssm reads each in float32
+        u, delta, B, C, z, A, D, delta_bias = (None if t is None else t.float()
+                                               for t in streams + parameters)
+    arguments = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if state.dtype == torch.float32:
+        y = selective_scan_step(u, delta, A, B, C, state=state, state_indices=rows, **arguments)
     else:
-        state[rows] = last.to(state.dtype)
-    return y[..., 0].to(out_dtype)
+        stepped = (state if rows is None else state[rows]).float()
+        y = selective_scan_step(u, delta, A, B, C, state=stepped, **arguments)
+        _write_rows(state, rows, stepped)
+    return y.to(out_dtype)
+
+
+def _write_rows(state, rows, stepped):
+    """Writes the stepped float32 copy back into the rows of a half-precision state."""
+    if rows is None:
+        state.copy_(stepped)
+    else:
+        state[rows] = stepped.to(state.dtype)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
