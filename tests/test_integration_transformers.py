@@ -14,16 +14,16 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import seqtune.loader  # noqa: E402
-from seqtune.integrations.model_config import problems_for_model, read_config  # noqa: E402
-from seqtune.integrations.transformers import is_patched, patch, patched, unpatch  # noqa: E402
-from seqtune.registry import get_spec  # noqa: E402
+import seqtune.loader
+from seqtune.integrations.model_config import problems_for_model, read_config
+from seqtune.integrations.transformers import is_patched, patch, patched, unpatch
+from seqtune.registry import get_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
 BATCH, LENGTH, PROMPT, NEW_TOKENS = 2, 37, 9, 3
 # fp32 end to end; the kernels accumulate in fp32 in another order than PyTorch's matmuls, and
 # two layers of random weights amplify that by a few: logits (~1 in size) agree to ~1e-5.
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 FAMILIES = {
     "qwen3-next": {"gated_delta_net": 1, "attention": 1},

@@ -13,9 +13,14 @@ import pytest
 import torch
 
 import seqtune.loader
-from seqtune.integrations.model_config import (Layer, model_coverage, model_dtype,
-                                               model_layers, problems_for_model,
-                                               specs_for_model)
+from seqtune.integrations.model_config import (
+    Layer,
+    model_coverage,
+    model_dtype,
+    model_layers,
+    problems_for_model,
+    specs_for_model,
+)
 from seqtune.registry import all_specs, get_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
@@ -122,8 +127,8 @@ def test_sizes_dtype_and_training():
      "num_attention_heads must be a positive integer"),
     ('{"model_type": "mamba2", "hidden_size": 64, "num_heads": 3, "num_hidden_layers": 1}',
      "do not divide evenly"),
-    ('{"model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2, '
-     '"hidden_size": 64, "torch_dtype": "int8"}', "dtype 'int8'"),
+    (('{"model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2, '
+      '"hidden_size": 64, "torch_dtype": "int8"}'), "dtype 'int8'"),
 ])
 def test_bad_configs_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "config.json"

@@ -94,7 +94,7 @@ def _packing(kwargs, batch: int, length: int, keys: int):
     positions = positions.expand(batch, -1)
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] - positions[:, :-1] != 1
-    if bool(starts[:, 1:].any()) is False:
+    if not bool(starts[:, 1:].any()):
         return None
     begins = starts.flatten().nonzero().flatten()
     offsets = torch.cat([begins, begins.new_tensor([batch * length])]).to(torch.int32)

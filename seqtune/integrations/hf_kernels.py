@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -63,7 +63,6 @@ def _no_fused_kernel(*args, **kwargs):
     """mamba_ssm's fused training paths (``mamba_inner_fn``, ``mamba_split_conv1d_scan_combined``)
     have no seqtune counterpart: returning None is how transformers' fallbacks say so, and the
     layer then runs its unfused path, whose convolution and scan are seqtune's."""
-    return None
 
 
 HUB_FUNCTIONS: dict[str, Callable] = {

@@ -28,7 +28,8 @@ import copy
 import dataclasses
 import types
 import weakref
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from seqtune.integrations.hf_attention import seqtune_attention
 from seqtune.integrations.hf_kernels import HUB_FUNCTIONS
@@ -65,7 +66,7 @@ class _Patch:
 
 
 _ABSENT = object()
-_PATCHES: "weakref.WeakKeyDictionary[Any, _Patch]" = weakref.WeakKeyDictionary()
+_PATCHES: weakref.WeakKeyDictionary[Any, _Patch] = weakref.WeakKeyDictionary()
 _FORWARDS: dict[type, Callable] = {}
 
 
