@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtune.kernels import delta_rule
-from seqtune.kernels.delta_rule import op as delta_op
+from seqtune.kernels.delta_rule import stages as delta_stages
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.registry import get_spec
 from seqtune.spec import INTERPRETER_LIMITS, DeviceLimits
@@ -148,7 +148,7 @@ def test_non_contiguous_inputs_and_an_explicit_scale():
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_empty_sequence_returns_empty_outputs_without_launching(monkeypatch, with_state):
-    monkeypatch.setattr(delta_op, "launch", _refuse_launch)
+    monkeypatch.setattr(delta_stages, "launch", _refuse_launch)
     q, k, v, beta, g = _inputs(length=0, gate="scalar", dtype=torch.bfloat16)
     state = torch.randn(1, 2, 32, 40) if with_state else None
     out, final = delta_rule(q, k, v, beta, g, initial_state=state, output_final_state=True)
@@ -211,7 +211,7 @@ def _bad_arguments():
                          ids=[case[0] for case in _bad_arguments()])
 def test_bad_arguments_raise_one_line_errors_before_launching(monkeypatch, build, error,
                                                               message):
-    monkeypatch.setattr(delta_op, "launch", _refuse_launch)
+    monkeypatch.setattr(delta_stages, "launch", _refuse_launch)
     kwargs = build(*_inputs(length=5, gate="scalar"))
     with pytest.raises(error) as caught:
         delta_rule(**kwargs)

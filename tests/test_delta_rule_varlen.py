@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtune.kernels import delta_rule
-from seqtune.kernels.delta_rule import op as delta_op
+from seqtune.kernels.delta_rule import stages as delta_stages
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.registry import get_spec
 from seqtune.agreement import compare
@@ -117,7 +117,7 @@ def test_sixteen_wide_heads(gate):
 
 
 def test_all_sequences_empty_returns_the_initial_states_without_launching(monkeypatch):
-    monkeypatch.setattr(delta_op, "launch", _refuse_launch)
+    monkeypatch.setattr(delta_stages, "launch", _refuse_launch)
     q, k, v, beta, g, state, bounds = packed_inputs(lengths=(0, 0))
     out, final = delta_rule(q, k, v, beta, g, initial_state=state, output_final_state=True,
                             cu_seqlens=bounds)
@@ -148,7 +148,7 @@ BAD_CU_SEQLENS = [
 @pytest.mark.parametrize("change, message", [c[1:] for c in BAD_CU_SEQLENS],
                          ids=[c[0] for c in BAD_CU_SEQLENS])
 def test_bad_cu_seqlens_raise_one_line_errors_before_launching(monkeypatch, change, message):
-    monkeypatch.setattr(delta_op, "launch", _refuse_launch)
+    monkeypatch.setattr(delta_stages, "launch", _refuse_launch)
     q, k, v, beta, g, state, bounds = _good()
     with pytest.raises(ValueError) as caught:
         delta_rule(q, k, v, beta, g, initial_state=state, cu_seqlens=change(bounds))
@@ -157,7 +157,7 @@ def test_bad_cu_seqlens_raise_one_line_errors_before_launching(monkeypatch, chan
 
 @pytest.mark.parametrize("case", ["batch", "states"])
 def test_packed_batch_and_state_count_are_checked(monkeypatch, case):
-    monkeypatch.setattr(delta_op, "launch", _refuse_launch)
+    monkeypatch.setattr(delta_stages, "launch", _refuse_launch)
     q, k, v, beta, g, state, bounds = _good()
     if case == "batch":
         q, k, v, beta, g = (torch.cat([x, x]) for x in (q, k, v, beta, g))

@@ -1,4 +1,5 @@
-"""The delta rule as the tuner sees it: problems, config space, checks, inputs, reference."""
+"""The chunkwise delta rule forward as the tuner sees it: problems, config space, checks, inputs,
+reference."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,6 @@ import torch.nn.functional as F
 from seqtune.kernels.delta_rule.baselines import BASELINES
 from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM, delta_rule
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
-from seqtune.kernels.delta_rule.step_spec import STEP_SPEC
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
@@ -62,15 +62,24 @@ def _check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None
     reason = tiles_fit(config, problem, ("wy.BK", "wy.BV", "h.BV", "o.BK", "o.BV"))
     if reason is not None:
         return reason
-    padded = {"K": next_power_of_2(key_dim), "V": next_power_of_2(value_dim)}
-    per_thread = padded["K"] * config["h.BV"] // (32 * config["h.num_warps"])
-    if per_thread > STATE_VALUES_PER_THREAD:
-        return (f"state slice K x h.BV = {padded['K']} x {config['h.BV']} needs {per_thread} "
-                f"registers per thread with h.num_warps={config['h.num_warps']}")
-    for stage, estimate in (("wy", _wy_shared), ("h", _state_shared), ("o", _output_shared)):
+    reason = state_slice_fits(config, problem, "h")
+    if reason is not None:
+        return reason
+    for stage, estimate in (("wy", wy_shared), ("h", state_shared), ("o", _output_shared)):
         reason = shared_memory_fits(estimate(config, problem), limits)
         if reason is not None:
             return f"{stage}: {reason}"
+    return None
+
+
+def state_slice_fits(config: Config, problem: Problem, stage: str) -> str | None:
+    """A reason when a sequential stage's [K, BV] fp32 slice of the state (or of its gradient)
+    would not stay in registers."""
+    padded, width = next_power_of_2(problem["K"]), config[f"{stage}.BV"]
+    per_thread = padded * width // (32 * config[f"{stage}.num_warps"])
+    if per_thread > STATE_VALUES_PER_THREAD:
+        return (f"state slice K x {stage}.BV = {padded} x {width} needs {per_thread} "
+                f"registers per thread with {stage}.num_warps={config[f'{stage}.num_warps']}")
     return None
 
 
@@ -89,7 +98,7 @@ def tiles_fit(config: Config, problem: Problem, params) -> str | None:
     return None
 
 
-def _wy_shared(config: Config, problem: Problem) -> int:
+def wy_shared(config: Config, problem: Problem) -> int:
     """Pipelined q, k, g and v tiles and two [BT, BT] fp32 operands of the solve (above every
     sm_90 build measured: 16-98 KB at BT=64)."""
     chunk, element = config["BT"], DTYPES[problem["dtype"]].itemsize
@@ -98,7 +107,7 @@ def _wy_shared(config: Config, problem: Problem) -> int:
     return config["wy.num_stages"] * tiles + 8 * chunk * chunk
 
 
-def _state_shared(config: Config, problem: Problem) -> int:
+def state_shared(config: Config, problem: Problem) -> int:
     """Pipelined W and K chunks (all of K) and U0 tiles, the state slice and U as dot operands
     (what sm_90 builds allocate, to the byte, at 4 and 8 warps)."""
     chunk, width = config["BT"], config["h.BV"]
@@ -256,7 +265,7 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
 }
 
-SPECS = (KernelSpec(
+FORWARD_SPEC = KernelSpec(
     name="delta_rule",
     family="delta-rule",
     description="chunkwise delta rule (DeltaNet / Gated DeltaNet / KDA): WY solve, state "
@@ -277,4 +286,4 @@ SPECS = (KernelSpec(
     stages=STAGES,
     stagewise=True,
     baselines=BASELINES,
-), STEP_SPEC)
+)

@@ -264,13 +264,15 @@ def sequence_chunk(chunk_table, cu_seqlens, index):
 
 
 @triton.jit
-def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, chunk_table, cu_seqlens,
-              H, HV, K, V, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-              BV: tl.constexpr):
+def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table, cu_seqlens,
+              H, HV, K, V, GATE: tl.constexpr, STORE_QG: tl.constexpr, BT: tl.constexpr,
+              BK: tl.constexpr, BV: tl.constexpr):
     """One chunk and value head: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
     U0 = (I + A)^-1 diag(beta) V and, gated, the keys decayed to the chunk's end
     K * exp(gam_last - gam) and exp(gam_last), so the sequential state kernel does no decay
-    arithmetic of its own. q and k are read at the value head's key head.
+    arithmetic of its own; with STORE_QG (the backward's recompute, per-channel gate) also the
+    decayed queries Q * exp(gam) for the reverse recurrence. q and k are read at the value
+    head's key head.
 
     Grid (chunks, HV)."""
     chunk, hv = tl.program_id(0), tl.program_id(1)
@@ -302,6 +304,9 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, chunk_table, cu_
                         cols, T)
             tl.store(chunk_decay + decay_base + cols, tl.exp(gam_last), mask=cols < K)
             keys *= tl.exp(gam_tile)
+            if STORE_QG:
+                queries = _load_rows(q, bos, rows, head, H, K, cols, T).to(tl.float32)
+                _store_rows(qg, queries * tl.exp(gam_tile), bos, rows, hv, HV, K, cols, T)
         keys = (keys * beta_rows[:, None]).to(k.dtype.element_ty)
         _store_rows(w, _mma(inverse, keys), bos, rows, hv, HV, K, cols, T)
     for v0 in range(0, V, BV):

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import numbers
+from typing import Mapping
 
 import torch
-import triton
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.delta_rule.kernels import output_kernel, state_kernel, wy_kernel
+from seqtune.kernels.delta_rule.autograd import DeltaRuleFunction
+from seqtune.kernels.delta_rule.stages import run_forward
 from seqtune.kernels.delta_rule.varlen import check_cu_seqlens, packing, uniform_bounds
-from seqtune.launch import launch, new_output
+from seqtune.launch import new_output
 from seqtune.loader import config_for
-from seqtune.spec import Config, dtype_name, next_power_of_2
+from seqtune.spec import Config, dtype_name
 
 KERNEL = "delta_rule"
-GATES = {"none": 0, "scalar": 1, "channel": 2}
 # tl.dot needs 16 along every dimension; the kernels mask tiles wider than a head.
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
@@ -23,8 +23,8 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                g: torch.Tensor | None = None, *, scale: float | None = None,
                initial_state: torch.Tensor | None = None, output_final_state: bool = False,
-               cu_seqlens: torch.Tensor | None = None, config: Config | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+               cu_seqlens: torch.Tensor | None = None, config: Config | None = None,
+               bwd_config: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The delta rule over a sequence, chunkwise.
 
     Recurrence per value head (S_0 = initial_state or zeros; q_t, k_t of its key head)::
@@ -47,6 +47,9 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         cu_seqlens: int32/int64 [N + 1] boundaries of N sequences packed along T (batch 1),
             from 0, non-decreasing, ending at T (empty sequences allowed); no state crosses one.
         config: knobs of ``seqtune.kernels.delta_rule.spec``; None takes the tuned config.
+        bwd_config: knobs of the ``delta_rule_bwd`` spec for the backward; None takes the tuned
+            config. The backward runs when grad is enabled and a tensor input requires grad;
+            it recomputes the forward's chunk terms and states (nothing but the inputs is saved).
 
     Returns:
         (o [B, T, HV, V] in q's dtype, final state [N, HV, K, V] float32 or None).
@@ -74,9 +77,13 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (q, k, v, beta, g, h0)):
+        bwd_cfg = config_for(KERNEL + "_bwd", problem, bwd_config)
+        out, final = DeltaRuleFunction.apply(q, k, v, beta, g, h0, scale, bounds, cfg, bwd_cfg)
+        return out, final if output_final_state else None
     pack = packing(bounds, cfg["BT"], q.device)
-    out, final, _ = run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)
-    return out, final
+    return run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)
 
 
 def _validate(q, k, v, beta, g, initial_state, scale) -> str:
@@ -130,47 +137,3 @@ def _unchanged_state(initial_state, shape, device) -> torch.Tensor:
     if initial_state is not None:
         return initial_state.to(torch.float32, copy=True)
     return torch.zeros(shape, dtype=torch.float32, device=device)
-
-
-def run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack):
-    """The three stages on contiguous inputs: (o, final state or None, chunk states)."""
-    batch, length, heads, key_dim = q.shape
-    value_heads, value_dim = v.shape[2:]
-    chunk, chunks = cfg["BT"], pack.chunks
-    device, dtype = q.device, q.dtype
-    gated = g is not None
-    gate = GATES["none" if g is None else "scalar" if g.dim() == 3 else "channel"]
-    tokens = batch * length
-    # absent optional tensors: any pointer does, the constexpr flags keep them unread
-    g_arg = g if gated else beta
-    w = new_output((tokens, value_heads, key_dim), dtype, device)
-    u0 = new_output((tokens, value_heads, value_dim), dtype, device)
-    if gated:
-        decayed_keys = new_output((tokens, value_heads, key_dim), dtype, device)
-        chunk_decay = new_output((chunks, value_heads, key_dim), torch.float32, device)
-    else:
-        decayed_keys, chunk_decay = k, w
-    scores = new_output((tokens, value_heads, chunk), dtype, device)
-    launch(wy_kernel, (chunks, value_heads), q, k, v, beta, g_arg, w, u0, decayed_keys,
-           chunk_decay, scores, pack.chunk_table, pack.cu_seqlens, heads, value_heads, key_dim,
-           value_dim, GATE=gate, BT=chunk, BK=cfg["wy.BK"], BV=cfg["wy.BV"],
-           num_warps=cfg["wy.num_warps"], num_stages=cfg["wy.num_stages"])
-
-    u = new_output((tokens, value_heads, value_dim), dtype, device)
-    states = new_output((chunks, value_heads, key_dim, value_dim), dtype, device)
-    final = (new_output((pack.sequences, value_heads, key_dim, value_dim), torch.float32, device)
-             if output_final_state else None)
-    launch(state_kernel, (pack.sequences * value_heads, triton.cdiv(value_dim, cfg["h.BV"])),
-           decayed_keys, chunk_decay, w, u0, u, states, w if h0 is None else h0,
-           w if final is None else final, pack.cu_seqlens, pack.chunk_offsets,
-           value_heads if gated else heads, value_heads, key_dim, value_dim, GATED=gated,
-           HAS_H0=h0 is not None, STORE_HT=final is not None, BT=chunk,
-           KP=next_power_of_2(key_dim), BV=cfg["h.BV"], num_warps=cfg["h.num_warps"],
-           num_stages=cfg["h.num_stages"])
-
-    out = new_output((batch, length, value_heads, value_dim), dtype, device)
-    launch(output_kernel, (chunks, triton.cdiv(value_dim, cfg["o.BV"]), value_heads), q,
-           g_arg, u, states, scores, out, scale, pack.chunk_table, pack.cu_seqlens, heads,
-           value_heads, key_dim, value_dim, GATE=gate, BT=chunk, BK=cfg["o.BK"],
-           BV=cfg["o.BV"], num_warps=cfg["o.num_warps"], num_stages=cfg["o.num_stages"])
-    return out, final, states

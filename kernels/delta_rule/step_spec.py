@@ -118,7 +118,8 @@ PRESETS = {
                 ((128, 2), (256, 1))],
     "full": [_problem(batch, heads, dim, gate, group=group, indexed=indexed)
              for gate in GATE_KINDS for batch in (1, 4, 16, 64, 256) for heads in (16, 32)
-             for dim, group in ((64, 1), (128, 1), (128, 2), (256, 1)) for indexed in (False, True)],
+             for dim, group in ((64, 1), (128, 1), (128, 2), (256, 1))
+             for indexed in (False, True)],
 }
 VERIFY_CASES = [
     _problem(3, 2, 48, "none", "float32", 40, group=2, indexed=True),
