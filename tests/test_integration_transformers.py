@@ -191,8 +191,8 @@ def test_accelerate_style_wrapped_forward_is_patched_inside(monkeypatch):
 
 
 def test_bfloat16_problems_match_model_config(monkeypatch):
-    """Mamba in bfloat16: its decoding step reads mamba_ssm's mixed-dtype inputs in float32,
-    and model_config says so."""
+    """Mamba in bfloat16 (float32 A and delta bias, as the model passes them): the problems
+    its prefill and decoding launch are still the bfloat16 ones model_config derives."""
     model = build("mamba").to(torch.bfloat16)
     launches = Launches(monkeypatch)
     with torch.no_grad(), patched(model):

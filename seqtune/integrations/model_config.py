@@ -27,7 +27,11 @@ from typing import Any
 
 from seqtune.spec import Problem, dtype_name
 
-DEFAULT_LENGTHS = (1024, 4096)
+# Prefill lengths per tuning preset, for a caller given no lengths (the interpreter's tiny
+# preset keeps problems small enough for the CPU).
+PRESET_LENGTHS = {"tiny": (64,), "quick": (1024,), "default": (1024, 4096),
+                  "full": (1024, 4096, 32768)}
+DEFAULT_LENGTHS = PRESET_LENGTHS["default"]
 DEFAULT_BATCH_SIZES = (1,)
 DEFAULT_DTYPE = "bfloat16"
 DECODE_HEAD_DIMS = (16, 32, 64, 128, 256)  # attention_decode's; other head dims decode on attention
@@ -301,12 +305,10 @@ def _decode(layer: Layer, batch: int, lengths: Sequence[int], dtype: str
             "B": batch, "H": dims["H"], "GV": dims["HV"] // dims["H"], "K": dims["K"],
             "V": dims["V"], "gate": dims["gate"], "indexed": False, "dtype": dtype})]
     if layer.kind == "mamba":
-        # mamba_ssm's selective_state_update reads its mixed-dtype inputs (float32 A, D and
-        # delta bias) in float32: one step of selective_scan from the cached state
-        return [_conv_step(dims, batch, dtype), ("selective_scan", {
-            "b": batch, "d": dims["d"], "L": 1, "n": dims["n"], "dtype": "float32",
-            "groups": 1, "has_z": True, "has_D": True, "has_delta_bias": True,
-            "delta_softplus": True, "has_initial_state": True})]
+        return [_conv_step(dims, batch, dtype), ("selective_scan_step", {
+            "B": batch, "d": dims["d"], "n": dims["n"], "groups": 1, "has_z": True,
+            "has_D": True, "has_delta_bias": True, "delta_softplus": True, "indexed": False,
+            "dtype": dtype})]
     return [_conv_step(dims, batch, dtype), ("ssd_step", {
         "b": batch, "h": dims["h"], "g": dims["g"], "n": dims["n"], "p": dims["p"],
         "has_D": True, "dtype": dtype, "indexed": False})]

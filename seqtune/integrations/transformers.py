@@ -67,7 +67,7 @@ class _Patch:
 
 _ABSENT = object()
 _PATCHES: weakref.WeakKeyDictionary[Any, _Patch] = weakref.WeakKeyDictionary()
-_FORWARDS: dict[type, Callable] = {}
+_FORWARDS: dict[type, Callable | None] = {}
 
 
 def patch(model) -> dict[str, int]:
@@ -138,10 +138,10 @@ def _patch_recurrent(module, record: _Patch) -> str | None:
     if entry is None or not cls.__module__.startswith("transformers."):
         return None
     kind, names = entry
-    forward = _FORWARDS.get(cls)
-    if forward is None:
-        forward = _FORWARDS[cls] = _forward_with(cls, {
-            name: HUB_FUNCTIONS[hub_name] for name, hub_name in names.items()})
+    if cls not in _FORWARDS:  # None: this class's forward cannot be rebuilt (warned once)
+        _FORWARDS[cls] = _forward_with(cls, {name: HUB_FUNCTIONS[hub_name]
+                                             for name, hub_name in names.items()})
+    forward = _FORWARDS[cls]
     if forward is None:
         return None
     if "forward" not in module.__dict__:
