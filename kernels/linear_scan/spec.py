@@ -6,15 +6,17 @@ h_{-1} is given) and ``dtype`` (of a and b).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
-                          Tolerance, next_power_of_2, shared_memory_fits)
-
+from seqtune.baselines import autograd_of
 from seqtune.kernels.linear_scan.autograd import run_backward, run_forward
 from seqtune.kernels.linear_scan.baselines import BASELINES, torch_linear_scan
 from seqtune.kernels.linear_scan.interpreter import kernels_can_run
 from seqtune.kernels.linear_scan.op import linear_scan
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, next_power_of_2, shared_memory_fits)
 
 SPACE = {
     "BLOCK_D": (16, 32, 64, 128, 256),
@@ -205,7 +207,7 @@ BWD_TOLERANCES = {
     "bfloat16": Tolerance(atol=1e-2, rtol=2e-2),
 }
 
-SPECS = (KernelSpec(
+FORWARD_SPEC = KernelSpec(
     name="linear_scan",
     family="scan",
     description="diagonal linear recurrence h_t = a_t h_{t-1} + b_t (RG-LRU/LRU/S5)",
@@ -223,15 +225,14 @@ SPECS = (KernelSpec(
     bytes_moved=bytes_moved,
     problem_defaults={"initial_state": False},
     baselines=BASELINES,
-), KernelSpec(
+)
+# The backward tunes the forward's problems (same fields, buckets, presets and verify
+# cases): only what differs is given.
+BWD_SPEC = dataclasses.replace(
+    FORWARD_SPEC,
     name="linear_scan_bwd",
-    family="scan",
     description="gradients of linear_scan: a reverse scan g_t = dh_t + a_{t+1} g_{t+1}",
-    space=SPACE,
     default_config=BWD_DEFAULT,
-    size_fields=("B", "T", "D"),
-    presets=PRESETS,
-    verify_cases=VERIFY_CASES,
     check=check_bwd,
     make_inputs=make_bwd_inputs,
     run=run_bwd,
@@ -239,5 +240,6 @@ SPECS = (KernelSpec(
     tolerances=BWD_TOLERANCES,
     flops=bwd_flops,
     bytes_moved=bwd_bytes_moved,
-    problem_defaults={"initial_state": False},
-))
+    baselines={"torch": autograd_of(torch_linear_scan, ("a", "b", "initial_state"), ("dh",))},
+)
+SPECS = (FORWARD_SPEC, BWD_SPEC)

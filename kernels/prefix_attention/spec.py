@@ -5,15 +5,17 @@ Problem fields (both specs): the size fields ``B`` (batch), ``T`` (sequence leng
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
-                          Tolerance, next_power_of_2, shared_memory_fits)
-
+from seqtune.baselines import autograd_of
 from seqtune.kernels.linear_scan.interpreter import kernels_can_run
 from seqtune.kernels.prefix_attention.autograd import run_backward, run_forward
 from seqtune.kernels.prefix_attention.baselines import BASELINES, torch_prefix_attention
 from seqtune.kernels.prefix_attention.op import prefix_attention
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+                          Tolerance, next_power_of_2, shared_memory_fits)
 
 SPACE = {
     # Scans of 128 steps with 8 warps take 255 registers on sm_80 whatever BLOCK_DV: left out.
@@ -225,7 +227,7 @@ BWD_TOLERANCES = {
     "bfloat16": Tolerance(atol=3e-2, rtol=2e-2),
 }
 
-SPECS = (KernelSpec(
+FORWARD_SPEC = KernelSpec(
     name="prefix_attention",
     family="scan",
     description="attention as an RNN (Aaren): every prefix's softmax attention by a scan",
@@ -242,15 +244,15 @@ SPECS = (KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     baselines=BASELINES,
-), KernelSpec(
+)
+# The backward tunes the forward's problems (same fields, buckets, presets and verify
+# cases): only what differs is given.
+BWD_SPEC = dataclasses.replace(
+    FORWARD_SPEC,
     name="prefix_attention_bwd",
-    family="scan",
     description="gradients of prefix_attention: reverse scans over the saved log-sum-exps",
     space=BWD_SPACE,
     default_config=BWD_DEFAULT,
-    size_fields=("B", "T", "H"),
-    presets=PRESETS,
-    verify_cases=VERIFY_CASES,
     check=check_bwd,
     make_inputs=make_bwd_inputs,
     run=run_bwd,
@@ -258,4 +260,6 @@ SPECS = (KernelSpec(
     tolerances=BWD_TOLERANCES,
     flops=bwd_flops,
     bytes_moved=bwd_bytes_moved,
-))
+    baselines={"torch": autograd_of(torch_prefix_attention, ("q", "k", "v"), ("do",))},
+)
+SPECS = (FORWARD_SPEC, BWD_SPEC)
