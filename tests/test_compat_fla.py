@@ -363,3 +363,30 @@ ORIGINAL_SIGNATURES = {
 @pytest.mark.parametrize("name", sorted(ORIGINAL_SIGNATURES))
 def test_signature_is_the_originals(name):
     assert str(inspect.signature(getattr(fla, name))) == ORIGINAL_SIGNATURES[name]
+
+
+def test_chunk_gated_delta_rule_gradients_through_the_pytorch_prologue():
+    """Qwen3-Next's call (qk L2 norm, gate and sigmoid beta from raw inputs, done in PyTorch
+    before the kernel): gradients of every raw input, A_log and dt_bias included, against
+    float64 autograd of the recurrence (fp32 backward kernels: 1e-3)."""
+    a = make_inputs(torch.float32, length=13, seed=11)
+    tensors = {"q": a["q"], "k": a["k"] * 3, "v": a["v"], "g": a["raw"][..., 0],
+               "beta": a["raw"][..., 1], "A_log": a["A_log"], "dt_bias": a["dt_bias"][:2],
+               "h0": a["h0"]}
+    ours = {n: t.detach().clone().requires_grad_() for n, t in tensors.items()}
+    ref = {n: t.detach().double().requires_grad_() for n, t in tensors.items()}
+    out, final = fla.chunk_gated_delta_rule(
+        ours["q"], ours["k"], ours["v"], ours["g"], ours["beta"], initial_state=ours["h0"],
+        output_final_state=True, use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+        use_gate_in_kernel=True, A_log=ours["A_log"], dt_bias=ours["dt_bias"])
+    gate = -ref["A_log"].exp() * F.softplus(ref["g"] + ref["dt_bias"])
+    expected, expected_final = reference(_l2(ref["q"]), _l2(ref["k"]), ref["v"],
+                                         ref["beta"].sigmoid(), gate, ref["h0"])
+    weights = torch.randn(*a["v"].shape, generator=torch.Generator().manual_seed(12))
+    names = sorted(tensors)
+    grads = torch.autograd.grad((out * weights).sum() + final.square().sum(),
+                                [ours[n] for n in names])
+    wanted = torch.autograd.grad((expected * weights).sum() + expected_final.square().sum(),
+                                 [ref[n] for n in names])
+    for name, grad, want in zip(names, grads, wanted):
+        torch.testing.assert_close(grad.double(), want, atol=1e-3, rtol=1e-3, msg=name)
