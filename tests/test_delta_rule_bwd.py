@@ -144,3 +144,12 @@ def test_untuned_config_is_valid_for_every_preset_and_verify_problem(limits):
 def test_spec_runs_only_the_backward_and_agrees(problem):
     agreement = check_case(SPEC, problem, dict(SPEC.default_config))
     assert agreement.ok, agreement.detail
+
+
+def test_plain_pytorch_baseline_gives_the_same_gradients():
+    """The bench's autograd baseline differentiates the same function (packed, grouped)."""
+    problem = SPEC.verify_cases[8]
+    inputs = SPEC.make_inputs(problem, "cpu", 0)
+    agreement = compare(SPEC.baselines["torch"](inputs), SPEC.reference(inputs),
+                        SPEC.tolerances["float32"])
+    assert agreement.ok, agreement.detail

@@ -146,3 +146,12 @@ def test_bad_arguments_raise_one_line_errors_before_launching(monkeypatch, build
     with pytest.raises(error) as caught:
         delta_rule_step(**build())
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_chunkwise_baseline_agrees():
+    """The bench's comparison point: the chunkwise op at T = 1 on the same pool."""
+    problem = SPEC.verify_cases[2]
+    inputs = SPEC.make_inputs(problem, "cpu", 0)
+    agreement = compare(SPEC.baselines["chunkwise_T1"](inputs), SPEC.reference(inputs),
+                        CHUNKED.tolerances["float32"])
+    assert agreement.ok, agreement.detail

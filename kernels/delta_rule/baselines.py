@@ -10,12 +10,15 @@
   refuses float32 inputs for these (reported as unavailable).
 
 Each takes the spec's inputs (packed sequences and grouped value heads included) and returns
-``(o, final_state)`` like ``spec.run``.
+``(o, final_state)`` like ``spec.run``. ``BWD_BASELINES`` (for ``delta_rule_bwd``): the same two
+differentiated by autograd. ``STEP_BASELINES`` (for ``delta_rule_step``): seqtune's chunkwise
+op at T = 1 and fla's fused recurrent kernels.
 """
 from __future__ import annotations
 
 import torch
 
+from seqtune.kernels.delta_rule.op import delta_rule
 from seqtune.kernels.linear_attention.baselines import chunk_terms, fla_function, matmul_in
 from seqtune.spec import Inputs, Outputs
 
@@ -92,3 +95,71 @@ def fla_delta_rule(inputs: Inputs) -> Outputs:
 
 
 BASELINES = {"torch": torch_delta_rule, "fla_chunk": fla_delta_rule}
+
+
+def _gradients_of(forward):
+    """A backward baseline: forward and backward of ``forward`` by autograd (seqtune's backward
+    recomputes its forward's chunk terms and states, so this is the comparable work), returning
+    the gradients in the ``delta_rule_bwd`` order."""
+    def run(inputs: Inputs) -> Outputs:
+        names = [n for n in ("q", "k", "v", "beta", "g", "initial_state")
+                 if inputs[n] is not None]
+        leaves = {n: inputs[n].detach().requires_grad_() for n in names}
+        with torch.enable_grad():
+            out, final = forward({**inputs, **leaves})
+            loss = ((out.float() * inputs["do"].float()).sum()
+                    + (final.float() * inputs["dht"]).sum())
+            return torch.autograd.grad(loss, list(leaves.values()))
+    return run
+
+
+BWD_BASELINES = {"torch": _gradients_of(torch_delta_rule),
+                 "fla_chunk": _gradients_of(fla_delta_rule)}
+
+
+def chunkwise_step(inputs: Inputs) -> Outputs:
+    """One token through seqtune's chunkwise op (T = 1) from each element's state row."""
+    out, final = delta_rule(*_one_token(inputs), initial_state=_rows_of(inputs),
+                            output_final_state=True)
+    return out[:, 0], _scattered(inputs, final)
+
+
+def fla_fused_recurrent_step(inputs: Inputs) -> Outputs:
+    """One token through fla's fused recurrent kernel for the gate kind, when installed."""
+    q, k, v, beta, g = _one_token(inputs)
+    common = {"q": q, "k": k, "v": v, "beta": beta, "scale": q.shape[-1] ** -0.5,
+              "initial_state": _rows_of(inputs), "output_final_state": True}
+    if g is None:
+        step = fla_function("fla.ops.delta_rule", "fused_recurrent_delta_rule", q)
+        out, final = step(**common)
+    elif g.dim() == 3:
+        step = fla_function("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule", q)
+        out, final = step(**common, g=g)
+    else:
+        step = fla_function("fla.ops.kda", "fused_recurrent_kda", q)
+        out, final = step(**common, g=g)
+    return out[:, 0], _scattered(inputs, final)
+
+
+def _one_token(inputs: Inputs):
+    g = inputs["g"]
+    return (inputs["q"][:, None], inputs["k"][:, None], inputs["v"][:, None],
+            inputs["beta"][:, None], None if g is None else g[:, None])
+
+
+def _rows_of(inputs: Inputs) -> torch.Tensor:
+    indices = inputs["state_indices"]
+    return inputs["state"] if indices is None else inputs["state"][indices.long()]
+
+
+def _scattered(inputs: Inputs, final: torch.Tensor) -> torch.Tensor:
+    """The pool after the step, as the spec's run returns it (a copy, updated rows)."""
+    indices = inputs["state_indices"]
+    if indices is None:
+        return final.float()
+    pool = inputs["state"].clone()
+    pool[indices.long()] = final.float()
+    return pool
+
+
+STEP_BASELINES = {"chunkwise_T1": chunkwise_step, "fla_fused_recurrent": fla_fused_recurrent_step}

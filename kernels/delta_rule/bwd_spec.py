@@ -11,6 +11,7 @@ import torch
 
 from seqtune.kernels.delta_rule import forward_spec as fwd
 from seqtune.kernels.delta_rule.autograd import run_backward
+from seqtune.kernels.delta_rule.baselines import BWD_BASELINES
 from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.kernels.delta_rule.varlen import packing, uniform_bounds
@@ -167,6 +168,7 @@ BWD_SPEC = KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     problem_defaults=fwd.PROBLEM_DEFAULTS,
+    baselines=BWD_BASELINES,
     stages=STAGES,
     stagewise=True,
 )

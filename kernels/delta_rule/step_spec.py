@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seqtune.kernels.delta_rule.baselines import STEP_BASELINES
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
 from seqtune.kernels.delta_rule.step import MAX_HEAD_DIM, MIN_HEAD_DIM, delta_rule_step
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
@@ -153,4 +154,5 @@ STEP_SPEC = KernelSpec(
     tolerances=TOLERANCES,
     flops=flops,
     bytes_moved=bytes_moved,
+    baselines=STEP_BASELINES,
 )
