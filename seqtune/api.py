@@ -97,9 +97,14 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
          keep_spilling: bool = False, isolate: bool = True, timeout_s: float = 600.0,
          resume: bool = False, jobs: int | None = None, compile_target: str | None = None,
          gpus: str | None = None, shard: str | None = None,
-         interpreter_devices: int | None = None, reporter: Reporter = SILENT) -> dict[str, Any]:
+         interpreter_devices: int | None = None, model_config: Path | None = None,
+         lengths: str | None = None, batch: str | None = None, decode: bool = False,
+         training: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Tune the kernels' preset problems on this device (one process, one worker per local GPU
-    with ``gpus``, or this rank's share under torchrun) and write the profile; the results."""
+    with ``gpus``, or this rank's share under torchrun) and write the profile; the results.
+
+    With ``model_config`` (a model's config.json) it tunes exactly the problems that model's
+    layers produce instead (see ``model_problems``), restricted to ``kernels`` if named."""
     from seqtune.fleet.tuning import distributed_launch, local_fleet, run_tune_mode
 
     folder = profile_folder(profile_dir)
@@ -118,7 +123,17 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     preset = preset_for(device, preset)
-    specs = specs_named(kernels)
+    if model_config is None:
+        specs = specs_named(kernels)
+    else:
+        from seqtune.integrations.model_config import specs_for_model
+
+        if launch is not None or fleet is not None:
+            raise UsageError("--model-config tunes in one process (or --shard I/N of it); it "
+                             "does not combine with --gpus or a torch.distributed launch")
+        specs = specs_for_model(model_problems(model_config, preset, device.backend, kernels,
+                                               lengths, batch, decode, training), "model")
+        preset = "model"
     if device.backend == "interpreter":
         reporter.message("No CUDA GPU: tuning in the Triton interpreter on the CPU with the tiny "
                          "preset (timings are CPU wall-clock, not GPU timings; warps and stages "
@@ -137,6 +152,51 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
                           jobs=jobs or os.cpu_count() or 1, compile_target=compile_target,
                           shard=share)
     return run_tune_mode(specs, device, options, launch, fleet, reporter)
+
+
+def model_problems(model_config: Path, preset: str, backend: str,
+                   kernels: Sequence[str] | None = None, lengths: str | None = None,
+                   batch: str | None = None, decode: bool = False,
+                   training: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Kernel -> the problems a model's layers produce: prefill at ``lengths`` ("1k,4k"; else
+    the preset's lengths), decode steps at the ``batch`` sizes ("1,8"; else 1) with
+    ``decode``, backward passes with ``training``; only ``kernels`` if named. UsageError for an
+    unreadable config, bad sizes, or lengths the interpreter cannot run."""
+    from seqtune.analysis.bench import check_lengths, parse_lengths
+    from seqtune.integrations.model_config import PRESET_LENGTHS, problems_for_model
+
+    try:
+        parsed = parse_lengths(lengths) if lengths else PRESET_LENGTHS[preset]
+        batches = tuple(int(b) for b in batch.split(",")) if batch else (1,)
+        check_lengths(backend, parsed)
+        problems = problems_for_model(model_config, lengths=parsed, batch_sizes=batches,
+                                      decode=decode, training=training)
+    except ValueError as exc:
+        raise UsageError(f"--model-config {model_config}: {exc}") from None
+    if kernels:
+        unknown = sorted(set(kernels) - set(problems))
+        if unknown:
+            raise UsageError(f"{model_config} produces no problem of {', '.join(unknown)}; it "
+                             f"runs {', '.join(problems)}")
+        problems = {k: v for k, v in problems.items() if k in kernels}
+    return problems
+
+
+def coverage(model_config: Path, profile_dir: Path | None = None, preset: str | None = None,
+             lengths: str | None = None, batch: str | None = None, decode: bool = False,
+             training: bool = False) -> list[dict[str, Any]]:
+    """Which of a model's problems the profile of this device covers: per problem ``status``
+    ``tuned`` (an entry in its own buckets), ``nearest`` (another bucket's entry, ``distance``
+    log2 steps away) or ``default``."""
+    from seqtune.device import detect_device
+    from seqtune.integrations.model_config import model_coverage
+    from seqtune.loader import read_profiles
+
+    prepare_backend()
+    device = detect_device()
+    problems = model_problems(model_config, preset_for(device, preset), device.backend,
+                              lengths=lengths, batch=batch, decode=decode, training=training)
+    return model_coverage(problems, read_profiles(profile_dir=profile_folder(profile_dir)))
 
 
 def verify(kernels: Sequence[str] | None = None,

@@ -197,17 +197,23 @@ def load_profile(path: str | os.PathLike | None = None) -> Profile:
     (``$SEQTUNE_PROFILE_DIR`` or the user cache dir), then the shipped ``profiles/``. A file that
     cannot be read warns once and contributes nothing.
     """
+    global _active
+    _active = read_profiles(None if path is None else [Path(path)])
+    return _active
+
+
+def read_profiles(paths: list[Path] | None = None, profile_dir: Path | None = None) -> Profile:
+    """The entries of ``paths`` (None: this device's profile in ``profile_dir``, else the
+    runtime's profile dir, then the shipped one, where they exist) as a Profile, without
+    making it active. A file that cannot be read warns once and contributes nothing."""
     import triton
 
-    global _active
-    if path is not None:
-        paths = [Path(path)]
-    else:
+    if paths is None:
         from seqtune.device import runtime_device
 
         key = runtime_device()[0]
-        paths = [profile_path(d, key) for d in (resolve_profile_dir(), shipped_profile_dir())]
-        paths = [p for p in paths if os.path.exists(p)]
+        folders = (resolve_profile_dir(profile_dir), shipped_profile_dir())
+        paths = [p for p in (profile_path(d, key) for d in folders) if os.path.exists(p)]
     entries: dict[str, list[Entry]] = {}
     for file in paths:
         try:
@@ -221,8 +227,7 @@ def load_profile(path: str | os.PathLike | None = None) -> Profile:
             continue
         for kernel, items in found.items():
             entries.setdefault(kernel, []).extend(items)
-    _active = Profile(entries, paths)
-    return _active
+    return Profile(entries, paths)
 
 
 _active: Profile | None = None

@@ -1,6 +1,10 @@
 """The CLI ends of issue 15's library rules: `merge --skip-invalid` names what it leaves out,
 an empty `--profile-dir` is bad usage for every command, and `bench --lengths` beyond what the
-interpreter runs is refused before anything runs."""
+interpreter runs is refused before anything runs; `--model-config` tunes and reports exactly
+what a model runs."""
+import json
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -46,3 +50,34 @@ def test_bench_refuses_long_lengths_on_the_interpreter_before_running(toy_regist
                                                                       capsys):
     code, output = run_main(["bench", "toy_scale", "--lengths", "32k"], monkeypatch, capsys)
     assert code == 2 and "lengths up to 256" in output and "32768" in output
+
+
+MODELS = Path(__file__).parent.parent / "benchmarks" / "models"
+
+
+def test_tune_exactly_what_a_model_runs_then_report_its_coverage(tmp_path, monkeypatch, capsys):
+    config = str(MODELS / "tiny-llama.json")
+    before = runner.invoke(app, ["report", "--model-config", config, "--profile-dir",
+                                 str(tmp_path), "--json"])
+    assert before.exit_code == 0, before.output
+    assert {r["status"] for r in json.loads(before.stdout)} == {"default"}
+    tuned = runner.invoke(app, ["tune", "--model-config", config, "--max-configs", "1",
+                                "--no-isolate", "--profile-dir", str(tmp_path), "--json"])
+    assert tuned.exit_code == 0, tuned.output
+    kernels = {p["kernel"] for p in json.loads(tuned.stdout)["problems"]}
+    assert kernels == {"attention"}  # a Llama runs attention only
+    after = runner.invoke(app, ["report", "--model-config", config, "--profile-dir",
+                                str(tmp_path), "--json"])
+    assert {r["status"] for r in json.loads(after.stdout)} == {"tuned"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-config", "missing.json"], "missing.json"),
+    (["--model-config", "{tiny}", "delta_rule"], "produces no problem of delta_rule"),
+    (["--model-config", "{tiny}", "--lengths", "32k"], "lengths up to 256"),
+    (["--model-config", "{tiny}", "--interpreter-devices", "2"], "does not combine with --gpus"),
+])
+def test_bad_model_tunes_are_one_line_usage_errors(args, message, monkeypatch, capsys):
+    args = [a.replace("{tiny}", str(MODELS / "tiny-llama.json")) for a in args]
+    code, output = run_main(["tune", *args], monkeypatch, capsys)
+    assert code == 2 and message in output and "Traceback" not in output

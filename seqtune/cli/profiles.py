@@ -52,11 +52,29 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON on stdout."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML "
                                         "page with the figures to this file."),
+    model_config: Optional[Path] = typer.Option(None, help="A model's config.json: show which "
+                                                "of the problems it runs the profile covers."),
+    lengths: Optional[str] = typer.Option(None, help="With --model-config: prefill lengths."),
+    batch: Optional[str] = typer.Option(None, help="With --model-config: batch sizes."),
+    decode: bool = typer.Option(False, "--decode", help="With --model-config: decode steps."),
+    training: bool = typer.Option(False, "--training", help="With --model-config: backward "
+                                  "passes."),
 ) -> None:
     """Show profiles (best configs, time, % of peak, speedup) and compare them: two or more
-    files show the speedup of each over the first as a bar chart."""
+    files show the speedup of each over the first as a bar chart. With --model-config: which
+    of a model's problems the profile covers."""
     from seqtune import api
 
+    if model_config is not None:
+        rows = api.coverage(model_config, profile_dir, lengths=lengths, batch=batch,
+                            decode=decode, training=training)
+        if as_json:
+            emit_json(rows)
+            return
+        from seqtune.cli.render_report import show_coverage
+
+        show_coverage(out, model_config, rows)
+        return
     result = api.report(files, profile_dir, kernel)
     if html is not None:
         from seqtune.cli.html import report_page, write_page

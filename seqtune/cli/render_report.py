@@ -12,6 +12,7 @@ from seqtune.cli.cells import (
     config_text,
     number_text,
     percent_text,
+    problem_text,
     time_range_text,
     time_text,
 )
@@ -160,4 +161,31 @@ def _config_change(row: dict[str, Any]) -> str:
     if row["config"] == row["base_config"]:
         return "same config"
     return config_text(row["config"]).replace("\n", "; ")
+
+
+
+def show_coverage(console: Console, model_config, rows: list[dict[str, Any]]) -> None:
+    """Per kernel: each problem the model runs and whether the profile has it tuned (in its
+    own buckets), has a nearer or farther entry the loader would use instead, or nothing."""
+    tuned = sum(r["status"] == "tuned" for r in rows)
+    heading(console, f"{model_config}: {tuned} of {len(rows)} problems tuned")
+    for kernel, kernel_rows in by_kernel(rows).items():
+        heading(console, kernel)
+        problems = [r["problem"] for r in kernel_rows]
+        line = fixed_line(problems) if len(problems) > 1 else problem_text(problems[0])
+        if line:
+            print_lines(console, [line])
+        status = {"tuned": "[green]tuned[/]", "nearest": "[yellow]nearest[/]",
+                  "default": "[red]default[/]"}
+        columns = with_problem(problems, console.width, rest=[
+            Column("runs with", [status[r["status"]] for r in kernel_rows]),
+            Column("log2 away", ["-" if r["distance"] is None or r["status"] == "tuned"
+                                 else f"{r['distance']:g}" for r in kernel_rows],
+                   justify="right", priority=1),
+        ])
+        print_table(console, columns)
+    if tuned < len(rows):
+        print_lines(console, ["nearest: the loader uses the closest tuned entry of another size "
+                              "bucket; default: no usable entry. Tune them with `seqtune tune "
+                              "--model-config` and the same size flags."])
 

@@ -51,6 +51,18 @@ def tune(
     interpreter_devices: Optional[int] = typer.Option(None, min=1, hidden=True, help="Tests: "
                                                       "run this many interpreter workers as if "
                                                       "they were GPUs."),
+    model_config: Optional[Path] = typer.Option(None, help="A model's config.json: tune exactly "
+                                                "the problems its layers produce (KERNELs, if "
+                                                "named, filter them)."),
+    lengths: Optional[str] = typer.Option(None, help="With --model-config: prefill lengths "
+                                          "(1k,4k,32k; default: the preset's)."),
+    batch: Optional[str] = typer.Option(None, help="With --model-config: batch sizes (1,8; "
+                                        "default 1)."),
+    decode: bool = typer.Option(False, "--decode", help="With --model-config: also the "
+                                "one-token decode steps (attention over the cache, step "
+                                "kernels)."),
+    training: bool = typer.Option(False, "--training", help="With --model-config: also the "
+                                  "backward passes."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile.
 
@@ -67,7 +79,8 @@ def tune(
                            timeout_s=timeout_s, resume=resume, jobs=jobs,
                            compile_target=compile_target, gpus=gpus, shard=shard,
                            interpreter_devices=interpreter_devices,
-                           reporter=ConsoleReporter(console))
+                           model_config=model_config, lengths=lengths, batch=batch,
+                           decode=decode, training=training, reporter=ConsoleReporter(console))
     except KeyboardInterrupt:
         err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
                   "finished problem in the profile; continue with the same command plus --resume.")
