@@ -168,3 +168,26 @@ def test_packed_batch_and_state_count_are_checked(monkeypatch, case):
     with pytest.raises(ValueError) as caught:
         delta_rule(q, k, v, beta, g, initial_state=state, cu_seqlens=bounds)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_profiles_from_before_packed_batches_still_match(tmp_path):
+    """An entry without GV, N and varlen means one value head per key head and a plain batch:
+    the loader matches it for such a problem and not for a packed one."""
+    import yaml
+
+    import seqtune
+    from seqtune.registry import source_hash
+
+    old_problem = {"B": 4, "T": 2048, "H": 16, "K": 128, "V": 128, "gate": "scalar",
+                   "initial_state": False, "dtype": "bfloat16"}
+    config = {**SPEC.default_config, "BT": 64}
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({
+        "schema": "seqtune-profile/1", "device": {"key": "cpu-interpreter"},
+        "software": {"triton": __import__("triton").__version__},
+        "kernels": {"delta_rule": {"source_hash": source_hash("delta_rule"),
+                                   "entries": [{"problem": old_problem, "config": config}]}}}))
+    seqtune.load_profile(path)
+    assert seqtune.best_config("delta_rule", **old_problem, GV=1, N=1, varlen=False) == config
+    packed = {**old_problem, "B": 1, "T": 8192, "GV": 1, "N": 4, "varlen": True}
+    assert seqtune.best_config("delta_rule", **packed) == SPEC.default_config
