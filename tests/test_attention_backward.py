@@ -203,3 +203,18 @@ def test_explicit_scale_and_sigmoid_bias_reach_the_backward(score, bias):
     expected = torch.autograd.grad(out, leaves64, do.double())
     for leaf, want in zip(leaves, expected):
         assert compare((leaf.grad,), (want,), EXACT).ok
+
+
+@pytest.mark.parametrize("shift", range(-17, 17), ids=lambda shift: f"S-T={shift}")
+def test_causal_gradients_at_offsets_around_the_blocks(shift):
+    """Residues of S - T modulo the 16-row blocks, both signs: the boundaries between the
+    masked diagonal, the unmasked blocks and the ragged last block of each kernel."""
+    T = 24
+    score = "softmax" if shift % 2 else "sigmoid"
+    leaves, do, kwargs = _leaves((1, T, T + shift, 1, 1, 16, 16, True, score, False),
+                                 torch.float32, seed=shift + 17)
+    attention(*leaves, **kwargs, config={"BLOCK_M": 16, "BLOCK_N": 16},
+              bwd_config=SMALL).backward(do)
+    for label, leaf, want in zip("qkv", leaves, _reference_grads(leaves, do, kwargs)):
+        agreement = compare((leaf.grad,), (want,), EXACT)
+        assert agreement.ok, f"d{label}: {agreement.detail}"

@@ -47,32 +47,105 @@ def attention_bwd_delta_kernel(
 
 
 @triton.jit
-def _row_statistics(lse_ptr, delta_ptr, offsets, rows_ok, SIGMOID: tl.constexpr):
+def _row_statistics(lse_ptr, delta_ptr, offsets, rows_ok, SIGMOID: tl.constexpr,
+                    MASKED: tl.constexpr):
     """``(lse, delta)`` of a block of query rows; softmax only (sigmoid weights need neither:
-    zeros stand in). Rows past the sequence read lse = +inf, so their weights are 0."""
+    zeros stand in). With MASKED, rows past the sequence read lse = +inf: their weights are 0."""
     if SIGMOID:
         lse = tl.zeros(rows_ok.shape, dtype=tl.float32)
         delta = lse
-    else:
+    elif MASKED:
         lse = tl.load(lse_ptr + offsets, mask=rows_ok, other=float("inf"))
         delta = tl.load(delta_ptr + offsets, mask=rows_ok, other=0.0)
+    else:
+        lse = tl.load(lse_ptr + offsets)
+        delta = tl.load(delta_ptr + offsets)
     return lse, delta
 
 
 @triton.jit
 def _score_gradient(scores, visible, lse, delta, dp, qk_scale, sigmoid_bias,
-                    SIGMOID: tl.constexpr):
+                    SIGMOID: tl.constexpr, MASKED: tl.constexpr):
     """``(P, dS)`` of a tile from its raw scores ``q . k``, either orientation (``lse`` and
-    ``delta`` already broadcast to the tile); zero where not ``visible``."""
+    ``delta`` already broadcast to the tile); with MASKED, zero where not ``visible``."""
     if SIGMOID:
         weights = tl.sigmoid(scores * qk_scale + sigmoid_bias)
-        weights = tl.where(visible, weights, 0.0)
+        if MASKED:
+            weights = tl.where(visible, weights, 0.0)
         grad = dp * weights * (1.0 - weights)
     else:
         weights = tl.math.exp2(scores * qk_scale - lse)
-        weights = tl.where(visible, weights, 0.0)
+        if MASKED:
+            weights = tl.where(visible, weights, 0.0)
         grad = weights * (dp - delta)
     return weights, grad
+
+
+@triton.jit
+def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m,
+                       offs_n, offs_d, offs_dv, d_ok, dv_ok, keys_ok, first_lo, first_hi,
+                       second_lo, second_hi, q_len, causal_shift, qk_scale, sigmoid_bias,
+                       stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M: tl.constexpr,
+                       MASKED: tl.constexpr, PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
+                       CAUSAL: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """Fold the query blocks of ``[first_lo, first_hi)`` then ``[second_lo, second_hi)`` (each
+    bound a multiple of BLOCK_M but the last) of one query head into the key tile's (dk, dv):
+    one loop for two ranges keeps a single copy of the body. Without MASKED every row is in the
+    sequence and sees every key of the tile (keys past the sequence are computed, not stored)."""
+    first_blocks = tl.cdiv(first_hi - first_lo, BLOCK_M)
+    blocks = first_blocks + tl.cdiv(second_hi - second_lo, BLOCK_M)
+    for block in range(0, blocks):
+        start_m = tl.where(block < first_blocks, first_lo + block * BLOCK_M,
+                           second_lo + (block - first_blocks) * BLOCK_M)
+        queries = start_m + offs_m
+        rows_ok = queries < q_len
+        q = load_tile(q_head + queries.to(tl.int64)[:, None] * stride_qt
+                      + offs_d[None, :] * stride_qd, rows_ok[:, None], d_ok[None, :],
+                      MASKED, PAD_D)
+        do = load_tile(do_head + queries.to(tl.int64)[:, None] * stride_dot
+                       + offs_dv[None, :] * stride_dod, rows_ok[:, None], dv_ok[None, :],
+                       MASKED, PAD_DV)
+        lse, delta = _row_statistics(lse_ptr, delta_ptr, row_head + queries, rows_ok, SIGMOID,
+                                     MASKED)
+        scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
+        visible = keys_ok[:, None] & rows_ok[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[:, None] <= queries[None, :] + causal_shift)
+        dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+        weights_t, grad_t = _score_gradient(scores_t, visible, lse[None, :], delta[None, :],
+                                            dp_t, qk_scale, sigmoid_bias, SIGMOID, MASKED)
+        dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
+        dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
+    return dk, dv
+
+
+@triton.jit
+def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv, d_ok,
+                  dv_ok, rows_ok, key_lo, key_hi, k_len, causal_shift, qk_scale, sigmoid_bias,
+                  stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr, PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
+                  CAUSAL: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """Fold the key blocks from ``key_lo`` (a multiple of BLOCK_N) up to ``key_hi`` into dq.
+    Without MASKED every key is in the sequence and visible to every row of the tile (rows past
+    the sequence have q = dO = 0 and lse = +inf: they add nothing and are not stored)."""
+    for start_n in range(key_lo, key_hi, BLOCK_N):
+        keys = start_n + offs_n
+        keys_ok = keys < k_len
+        k = load_tile(k_head + keys.to(tl.int64)[:, None] * stride_kn
+                      + offs_d[None, :] * stride_kd, keys_ok[:, None], d_ok[None, :],
+                      MASKED, PAD_D)
+        v = load_tile(v_head + keys.to(tl.int64)[:, None] * stride_vn
+                      + offs_dv[None, :] * stride_vd, keys_ok[:, None], dv_ok[None, :],
+                      MASKED, PAD_DV)
+        scores = dot(q, tl.trans(k), None, UPCAST_BF16)
+        visible = rows_ok[:, None] & keys_ok[None, :]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+        dp = dot(do, tl.trans(v), None, UPCAST_BF16)
+        _, grad = _score_gradient(scores, visible, lse[:, None], delta[:, None], dp,
+                                  qk_scale, sigmoid_bias, SIGMOID, MASKED)
+        dq = dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
+    return dq
 
 
 @triton.jit
@@ -121,11 +194,22 @@ def attention_bwd_dkdv_kernel(
     v = load_tile(v_ptrs, keys_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
 
     causal_shift = k_len - q_len
+    # Query blocks [query_lo, unmasked_lo) run masked (the causal diagonal), [unmasked_lo,
+    # full_hi) unmasked (in the sequence, seeing the whole key tile), [full_hi, q_len) masked
+    # (the ragged last block). query_lo <= full_hi (the tile's first key is in the sequence),
+    # so the three ranges tile [query_lo, q_len).
+    full_hi = (q_len // BLOCK_M) * BLOCK_M
     query_lo = 0
+    unmasked_lo = 0
     if CAUSAL:
-        # Query i sees key j when i >= j - shift: blocks above the first key's horizon see none.
-        query_lo = tl.maximum(start_n - causal_shift, 0)
-        query_lo = (query_lo // BLOCK_M) * BLOCK_M
+        # Query i sees key j when i >= j - shift: blocks above the first key's horizon see none;
+        # blocks from the last key's horizon on see the whole tile.
+        query_lo = (tl.maximum(start_n - causal_shift, 0) // BLOCK_M) * BLOCK_M
+        last_key_horizon = tl.maximum(start_n + BLOCK_N - 1 - causal_shift, 0)
+        unmasked_lo = tl.cdiv(last_key_horizon, BLOCK_M) * BLOCK_M
+    unmasked_lo = tl.minimum(unmasked_lo, full_hi)
+    pad_d: tl.constexpr = BLOCK_D != D
+    pad_dv: tl.constexpr = BLOCK_DV != DV
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     for group_member in range(0, heads_per_kv):
@@ -134,26 +218,17 @@ def attention_bwd_dkdv_kernel(
         do_head = (do_ptr + batch * stride_dob + head * stride_doh
                    + q_start.to(tl.int64) * stride_dot)
         row_head = batch * stride_lb + head * stride_lh + q_start.to(tl.int64)
-        for start_m in range(query_lo, q_len, BLOCK_M):
-            queries = start_m + offs_m
-            rows_ok = queries < q_len
-            q = load_tile(q_head + queries.to(tl.int64)[:, None] * stride_qt
-                          + offs_d[None, :] * stride_qd,
-                          rows_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
-            do = load_tile(do_head + queries.to(tl.int64)[:, None] * stride_dot
-                           + offs_dv[None, :] * stride_dod,
-                           rows_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
-            lse, delta = _row_statistics(lse_ptr, delta_ptr, row_head + queries, rows_ok,
-                                         SIGMOID)
-            scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
-            visible = keys_ok[:, None] & rows_ok[None, :]
-            if CAUSAL:
-                visible = visible & (offs_n[:, None] <= queries[None, :] + causal_shift)
-            dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
-            weights_t, grad_t = _score_gradient(scores_t, visible, lse[None, :], delta[None, :],
-                                                dp_t, qk_scale, sigmoid_bias, SIGMOID)
-            dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
-            dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
+        # Masked: the causal diagonal and the ragged last block; then the unmasked blocks.
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
+            offs_d, offs_dv, d_ok, dv_ok, keys_ok, query_lo, unmasked_lo, full_hi, q_len, q_len,
+            causal_shift, qk_scale, sigmoid_bias, stride_qt, stride_qd, stride_dot, stride_dod,
+            BLOCK_M, True, pad_d, pad_dv, CAUSAL, SIGMOID, UPCAST_BF16)
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
+            offs_d, offs_dv, d_ok, dv_ok, keys_ok, unmasked_lo, full_hi, full_hi, full_hi,
+            q_len, causal_shift, qk_scale, sigmoid_bias, stride_qt, stride_qd, stride_dot,
+            stride_dod, BLOCK_M, False, pad_d, pad_dv, CAUSAL, SIGMOID, UPCAST_BF16)
 
     dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
                + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
@@ -207,32 +282,27 @@ def attention_bwd_dq_kernel(
                    + query_rows[:, None] * stride_dot + offs_dv[None, :] * stride_dod,
                    rows_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
     row_ptrs = batch * stride_lb + head * stride_lh + query_rows
-    lse, delta = _row_statistics(lse_ptr, delta_ptr, row_ptrs, rows_ok, SIGMOID)
+    lse, delta = _row_statistics(lse_ptr, delta_ptr, row_ptrs, rows_ok, SIGMOID, True)
 
     causal_shift = k_len - q_len
     key_hi = k_len
+    unmasked_hi = k_len
     if CAUSAL:
         key_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_shift, 0), k_len)
+        # Keys below the first row's horizon are visible to every row of the tile.
+        unmasked_hi = tl.minimum(tl.maximum(start_m + 1 + causal_shift, 0), k_len)
+    unmasked_hi = (unmasked_hi // BLOCK_N) * BLOCK_N
     k_head = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start.to(tl.int64) * stride_kn
     v_head = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start.to(tl.int64) * stride_vn
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, key_hi, BLOCK_N):
-        keys = start_n + offs_n
-        keys_ok = keys < k_len
-        k = load_tile(k_head + keys.to(tl.int64)[:, None] * stride_kn
-                      + offs_d[None, :] * stride_kd,
-                      keys_ok[:, None], d_ok[None, :], True, BLOCK_D != D)
-        v = load_tile(v_head + keys.to(tl.int64)[:, None] * stride_vn
-                      + offs_dv[None, :] * stride_vd,
-                      keys_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
-        scores = dot(q, tl.trans(k), None, UPCAST_BF16)
-        visible = rows_ok[:, None] & keys_ok[None, :]
-        if CAUSAL:
-            visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
-        dp = dot(do, tl.trans(v), None, UPCAST_BF16)
-        _, grad = _score_gradient(scores, visible, lse[:, None], delta[:, None], dp,
-                                  qk_scale, sigmoid_bias, SIGMOID)
-        dq = dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
+    dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
+                       d_ok, dv_ok, rows_ok, 0, unmasked_hi, k_len, causal_shift, qk_scale,
+                       sigmoid_bias, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, False,
+                       BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
+    dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
+                       d_ok, dv_ok, rows_ok, unmasked_hi, key_hi, k_len, causal_shift, qk_scale,
+                       sigmoid_bias, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, True,
+                       BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
 
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + query_rows[:, None] * stride_dqt
                + offs_d[None, :] * stride_dqd)

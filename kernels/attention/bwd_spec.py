@@ -40,9 +40,11 @@ SPACE = {
 }
 # Fits every problem of the default preset on sm_80 and sm_90 without spills (``seqtune check``):
 # the dK/dV program keeps four tiles (k, v and their float32 gradients) of up to 256 padded
-# columns (D=192), so 32 keys and 16 queries at a time with four warps (eight spilled at D=192 on
-# sm_90); the dQ program keeps three (q, dO, dQ), 64 queries with eight warps.
-DEFAULT_CONFIG = {"dkdv.BLOCK_M": 16, "dkdv.BLOCK_N": 32, "dkdv.num_warps": 4,
+# columns (D=192) next to the streamed q and dO tiles, so 16 keys against 32 queries at four
+# warps (ptxas holds these kernels to ~168 registers: 32-key tiles spilled for packed D=128 on
+# sm_90, eight warps spilled at D=192, 16 x 16 tiles left a stack frame at D=64 on sm_90); the
+# dQ program keeps three (q, dO, dQ), 64 queries with eight warps.
+DEFAULT_CONFIG = {"dkdv.BLOCK_M": 32, "dkdv.BLOCK_N": 16, "dkdv.num_warps": 4,
                   "dkdv.num_stages": 1, "dq.BLOCK_M": 64, "dq.BLOCK_N": 32, "dq.num_warps": 8,
                   "dq.num_stages": 1}
 

@@ -73,7 +73,8 @@ def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None
 def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, score: str,
                packing: Packing | None = None) -> Problem:
     """The tuning problem (profile ``problem`` mapping) of a call. ``Dv`` appears only when the
-    value head dim differs from D, so dense problems keep the fields older profiles have."""
+    value head dim differs from D, so problems with Dv == D still match the entries of older
+    profiles (which the spec's problem_defaults complete with ``N: 1, varlen: False``)."""
     batch, queries, heads, head_dim = q.shape
     problem = {"B": batch, "T": queries, "S": k.shape[1], "Hq": heads, "Hkv": k.shape[2],
                "D": head_dim}
