@@ -60,8 +60,10 @@ def _assert_agree(got, want, dtype):
 ], ids=["none-fp32-h0", "scalar-fp32", "channel-fp32-h0", "none-bf16", "scalar-bf16-h0",
         "channel-bf16"])
 def test_every_gradient_matches_float64_autograd(gate, dtype, with_state):
+    """bf16 with a scalar gate: fp32 beta and g (as the models pass them), else all in dtype."""
+    gate_dtype = torch.float32 if gate == "scalar" else dtype
     q, k, v, beta, g, state, _ = packed_inputs(lengths=(45,), group=1, value_dim=48, gate=gate,
-                                               dtype=dtype, gate_dtype=dtype)
+                                               dtype=dtype, gate_dtype=gate_dtype)
     got, want = _gradients((q, k, v, beta, g, state if with_state else None))
     assert len(got) == 5 + (g is not None) - (not with_state)
     _assert_agree(got, want, dtype)
@@ -90,6 +92,22 @@ def test_unused_final_state_and_inputs_without_grad():
                                     initial_state=exact[1], detach=False)
     want = torch.autograd.grad((out64 * do.double()).sum(), exact)
     _assert_agree((v.grad, state.grad), want, torch.float32)
+
+
+def test_only_the_final_state_used():
+    """No gradient reaches the output: the backward runs on the final state's alone (q gets
+    zeros: the final state does not depend on it)."""
+    q, k, v, beta, g, state, _ = packed_inputs(lengths=(33,), gate="channel")
+    q, k, g = (t.clone().requires_grad_() for t in (q, k, g))
+    _, final = delta_rule(q, k, v, beta, g, initial_state=state, output_final_state=True)
+    dht = torch.randn(final.shape, generator=torch.Generator().manual_seed(2))
+    (final * dht).sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
+    exact = [t.detach().double().requires_grad_() for t in (k, g)]
+    _, final64 = delta_rule_reference(q.double(), exact[0], v.double(), beta.double(), exact[1],
+                                      initial_state=state.double(), detach=False)
+    want = torch.autograd.grad((final64 * dht.double()).sum(), exact)
+    _assert_agree((k.grad, g.grad), want, torch.float32)
 
 
 def test_bfloat16_initial_state_gets_a_bfloat16_gradient():
