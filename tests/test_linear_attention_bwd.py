@@ -12,7 +12,7 @@ from seqtune.kernels.linear_attention.reference import (varlen_linear_attention_
                                                         varlen_ssd_reference)
 from seqtune.kernels.linear_attention.ssd import ssd
 from seqtune.registry import get_spec
-from seqtune.verify import check_case, compare
+from seqtune.agreement import check_case, compare
 
 LA_BWD, SSD_BWD = get_spec("linear_attention_bwd"), get_spec("ssd_bwd")
 

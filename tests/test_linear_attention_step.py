@@ -12,7 +12,7 @@ from seqtune.kernels.linear_attention.ssd import ssd
 from seqtune.kernels.linear_attention.step import linear_attention_step, ssd_step
 from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
-from seqtune.verify import check_case, compare
+from seqtune.agreement import check_case, compare
 
 LA = get_spec("linear_attention")
 SPEC_NAMES = ("linear_attention_step", "ssd_step")

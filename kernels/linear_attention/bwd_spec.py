@@ -19,10 +19,12 @@ import dataclasses
 
 import torch
 
+from seqtune.baselines import autograd_of
 from seqtune.kernels.linear_attention import spec as forward
+from seqtune.kernels.linear_attention.baselines import torch_linear_attention, torch_ssd
 from seqtune.kernels.linear_attention.reference import (varlen_linear_attention_reference,
                                                         varlen_ssd_reference)
-from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
+from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, Outputs, Problem,
                           Tolerance, shared_memory_fits)
 
 WARPS = forward.WARPS
@@ -221,7 +223,9 @@ LINEAR_ATTENTION_BWD = dataclasses.replace(
     space=SPACE, default_config=DEFAULT, check=check_la_bwd, make_inputs=make_la_bwd_inputs,
     run=run_la_bwd, reference=reference_la_bwd, tolerances=TOLERANCES,
     flops=_twice(forward.flops_linear_attention),
-    bytes_moved=_twice(forward.bytes_linear_attention), stages=STAGES, baselines={})
+    bytes_moved=_twice(forward.bytes_linear_attention), stages=STAGES,
+    baselines={"torch": autograd_of(torch_linear_attention, ("q", "k", "v", "g", "initial_state"),
+                                    ("do", "dht"))})
 
 SSD_BWD = dataclasses.replace(
     forward.SSD, name="ssd_bwd",
@@ -229,6 +233,7 @@ SSD_BWD = dataclasses.replace(
     space=SPACE, default_config=DEFAULT, check=check_ssd_bwd, make_inputs=make_ssd_bwd_inputs,
     run=run_ssd_bwd, reference=reference_ssd_bwd, tolerances=TOLERANCES,
     flops=_twice(forward.flops_ssd), bytes_moved=_twice(forward.bytes_ssd), stages=STAGES,
-    baselines={})
+    baselines={"torch": autograd_of(torch_ssd, ("x", "dt", "A", "B", "C", "D", "dt_bias",
+                                                "initial_state"), ("do", "dht"))})
 
 BWD_SPECS = (LINEAR_ATTENTION_BWD, SSD_BWD)

@@ -86,9 +86,10 @@ def run_la_step(inputs: Inputs, config: Config) -> Outputs:
 def _stepped(state: torch.Tensor, indices: torch.Tensor | None, decay: torch.Tensor | None,
              k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, scale: float
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o [B, HV, V], the whole state pool after the step) in float64; k, q per value head."""
-    pool = state.detach().to("cpu", torch.float64).clone()
-    rows = torch.arange(k.shape[0]) if indices is None else indices.cpu().long()
+    """(o [B, HV, V], the whole state pool after the step) in k's dtype and device; k, q per
+    value head."""
+    pool = state.detach().to(k.device, k.dtype).clone()
+    rows = torch.arange(k.shape[0]) if indices is None else indices.to(k.device).long()
     S = pool[rows]
     if decay is not None:
         S = S * (decay[..., None, None] if decay.dim() == 2 else decay[..., None])
@@ -101,12 +102,46 @@ def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to("cpu", torch.float64)
 
 
-def reference_la_step(inputs: Inputs) -> Outputs:
-    q, k, v, g = (_f64(inputs[n]) for n in ("q", "k", "v", "g"))
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float()
+
+
+def _la_step(inputs: Inputs, cast) -> Outputs:
+    """One step, every tensor through ``cast`` (the reference: float64 on the CPU)."""
+    q, k, v, g = (cast(inputs[n]) for n in ("q", "k", "v", "g"))
     group = v.shape[1] // q.shape[1]
     q, k = q.repeat_interleave(group, 1), k.repeat_interleave(group, 1)
     decay = None if g is None else g.exp()
     return _stepped(inputs["state"], inputs["state_indices"], decay, k, v, q, q.shape[2] ** -0.5)
+
+
+def reference_la_step(inputs: Inputs) -> Outputs:
+    return _la_step(inputs, _f64)
+
+
+def torch_la_step(inputs: Inputs) -> Outputs:
+    """Baseline: the step in plain PyTorch, fp32 on the inputs' device (o in v's dtype)."""
+    out, pool = _la_step(inputs, _fp32)
+    return out.to(inputs["v"].dtype), pool
+
+
+def _pool_rows(inputs: Inputs) -> torch.Tensor:
+    indices = inputs["state_indices"]
+    return (torch.arange(inputs["state"].shape[0], device=inputs["state"].device)
+            if indices is None else indices.long())
+
+
+def chunkwise_la_step(inputs: Inputs) -> Outputs:
+    """Baseline: ``linear_attention`` at T = 1 from the gathered rows, scattered back."""
+    from seqtune.kernels.linear_attention.op import linear_attention
+
+    pool, rows = inputs["state"].clone(), _pool_rows(inputs)
+    g = inputs["g"]
+    out, final = linear_attention(*(t[:, None] for t in (inputs["q"], inputs["k"], inputs["v"])),
+                                  None if g is None else g[:, None],
+                                  initial_state=pool[rows], output_final_state=True)
+    pool[rows] = final
+    return out[:, 0], pool
 
 
 def make_ssd_step_inputs(problem: Problem, device: str, seed: int) -> Inputs:
@@ -136,20 +171,43 @@ def run_ssd_step(inputs: Inputs, config: Config) -> Outputs:
     return out, state
 
 
-def reference_ssd_step(inputs: Inputs) -> Outputs:
-    x, dt, A, B, C = (_f64(inputs[n]) for n in ("x", "dt", "A", "B", "C"))
+def _ssd_step(inputs: Inputs, cast) -> Outputs:
+    """One step, every tensor through ``cast`` (the reference: float64 on the CPU)."""
+    x, dt, A, B, C = (cast(inputs[n]) for n in ("x", "dt", "A", "B", "C"))
     group = x.shape[1] // B.shape[1]
     if inputs["dt_bias"] is not None:
-        dt = dt + _f64(inputs["dt_bias"])
+        dt = dt + cast(inputs["dt_bias"])
     if inputs["dt_softplus"]:
         dt = F.softplus(dt)
     B, C = B.repeat_interleave(group, 1), C.repeat_interleave(group, 1)
     y, pool = _stepped(inputs["state"], inputs["state_indices"], (dt * A).exp(), B,
                        dt[..., None] * x, C, 1.0)
     if inputs["D"] is not None:
-        y = y + _f64(inputs["D"])[:, None] * x
+        y = y + cast(inputs["D"])[:, None] * x
     return y, pool
 
+
+def reference_ssd_step(inputs: Inputs) -> Outputs:
+    return _ssd_step(inputs, _f64)
+
+
+def torch_ssd_step(inputs: Inputs) -> Outputs:
+    """Baseline: the step in plain PyTorch, fp32 on the inputs' device (y in x's dtype)."""
+    y, pool = _ssd_step(inputs, _fp32)
+    return y.to(inputs["x"].dtype), pool
+
+
+def chunkwise_ssd_step(inputs: Inputs) -> Outputs:
+    """Baseline: ``ssd`` at T = 1 from the gathered rows, scattered back."""
+    from seqtune.kernels.linear_attention.ssd import ssd
+
+    pool, rows = inputs["state"].clone(), _pool_rows(inputs)
+    y, final = ssd(*(inputs[n][:, None] for n in ("x", "dt")), inputs["A"],
+                   *(inputs[n][:, None] for n in ("B", "C")), D=inputs["D"],
+                   dt_bias=inputs["dt_bias"], dt_softplus=inputs["dt_softplus"],
+                   initial_state=pool[rows], output_final_state=True)
+    pool[rows] = final
+    return y[:, 0], pool
 
 def _flops(batch: int, heads: int, K: int, V: int) -> float:
     return 4.0 * batch * heads * K * V
@@ -204,6 +262,7 @@ LINEAR_ATTENTION_STEP = KernelSpec(
     tolerances=TOLERANCES,
     flops=lambda p: _flops(p["B"], p["H"] * p["GV"], p["K"], p["V"]),
     bytes_moved=lambda p: _bytes(p["B"], p["H"] * p["GV"], p["K"], p["V"]),
+    baselines={"torch": torch_la_step, "chunkwise_T1": chunkwise_la_step},
 )
 
 SSD_STEP = KernelSpec(
@@ -231,6 +290,7 @@ SSD_STEP = KernelSpec(
     tolerances=TOLERANCES,
     flops=lambda p: _flops(p["b"], p["h"], p["n"], p["p"]),
     bytes_moved=lambda p: _bytes(p["b"], p["h"], p["n"], p["p"]),
+    baselines={"torch": torch_ssd_step, "chunkwise_T1": chunkwise_ssd_step},
 )
 
 STEP_SPECS = (LINEAR_ATTENTION_STEP, SSD_STEP)
