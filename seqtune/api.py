@@ -79,6 +79,19 @@ def specs_named(names: Sequence[str] | None) -> list:
         raise UsageError(str(exc)) from None
 
 
+def with_backwards(kernels: Sequence[str] | None) -> list[str] | None:
+    """The named kernels, each followed by its backward kernel where one exists."""
+    if not kernels:
+        return None
+    from seqtune.registry import all_specs
+
+    known = all_specs()
+    named = []
+    for name in kernels:
+        named += [name] + ([f"{name}_bwd"] if f"{name}_bwd" in known else [])
+    return list(dict.fromkeys(named))
+
+
 def preset_for(device, preset: str | None) -> str:
     """The preset to run: 'default' on a GPU and 'tiny' on the interpreter unless named; the
     interpreter runs nothing bigger than tiny."""
@@ -99,9 +112,12 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
          gpus: str | None = None, shard: str | None = None,
          interpreter_devices: int | None = None, model_config: Path | None = None,
          lengths: str | None = None, batch: str | None = None, decode: bool = False,
-         training: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+         training: bool = False, with_backward: bool = True,
+         reporter: Reporter = SILENT) -> dict[str, Any]:
     """Tune the kernels' preset problems on this device (one process, one worker per local GPU
     with ``gpus``, or this rank's share under torchrun) and write the profile; the results.
+    A named kernel brings its backward (``<name>_bwd``) along unless ``with_backward`` is
+    False: training runs both.
 
     With ``model_config`` (a model's config.json) it tunes exactly the problems that model's
     layers produce instead (see ``model_problems``), restricted to ``kernels`` if named."""
@@ -124,7 +140,7 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
         raise UsageError(str(exc)) from None
     preset = preset_for(device, preset)
     if model_config is None:
-        specs = specs_named(kernels)
+        specs = specs_named(with_backwards(kernels) if with_backward else kernels)
     else:
         from seqtune.integrations.model_config import specs_for_model
 

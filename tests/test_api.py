@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import seqtune
+import seqtune.api
 from seqtune.errors import UsageError
 
 
@@ -43,3 +44,9 @@ def test_import_seqtune_loads_no_tool_module():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_named_kernel_brings_its_backward_along():
+    assert seqtune.api.with_backwards(["attention", "attention_decode", "attention_bwd"]) == [
+        "attention", "attention_bwd", "attention_decode"]
+    assert seqtune.api.with_backwards(None) is None

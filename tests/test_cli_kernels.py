@@ -37,7 +37,8 @@ def lean_registry(monkeypatch):
 
 @pytest.mark.parametrize("kernel", sorted(all_specs()))
 def test_tune_loader_round_trip_and_verify(kernel, tmp_path, lean_registry):
-    tuned = runner.invoke(app, ["tune", kernel, "--preset", "tiny", "--max-configs", "2",
+    tuned = runner.invoke(app, ["tune", kernel, "--forward-only", "--preset", "tiny",
+                                "--max-configs", "2",
                                 "--no-isolate", "--profile-dir", str(tmp_path), "--json"])
     assert tuned.exit_code == 0, tuned.output[-3000:]
     payload = json.loads(tuned.stdout)

@@ -63,6 +63,9 @@ def tune(
                                 "kernels)."),
     training: bool = typer.Option(False, "--training", help="With --model-config: also the "
                                   "backward passes."),
+    backward: bool = typer.Option(True, "--backward/--forward-only", help="A named kernel's "
+                                  "backward (<name>_bwd) is tuned with it, since training runs "
+                                  "both; --forward-only leaves it out."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile.
 
@@ -80,7 +83,8 @@ def tune(
                            compile_target=compile_target, gpus=gpus, shard=shard,
                            interpreter_devices=interpreter_devices,
                            model_config=model_config, lengths=lengths, batch=batch,
-                           decode=decode, training=training, reporter=ConsoleReporter(console))
+                           decode=decode, training=training, with_backward=backward,
+                           reporter=ConsoleReporter(console))
     except KeyboardInterrupt:
         err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
                   "finished problem in the profile; continue with the same command plus --resume.")
