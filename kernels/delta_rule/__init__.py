@@ -1,5 +1,8 @@
-"""Chunkwise delta rule (DeltaNet, Gated DeltaNet, Kimi Delta Attention) in three Triton stages.
+"""Chunkwise delta rule (DeltaNet, Gated DeltaNet, Kimi Delta Attention) in Triton.
 
-``op.delta_rule`` is the public op; ``spec.SPECS`` describes it to the tuner; ``reference``
-holds the independent float64 recurrence it is checked against.
+``op.delta_rule`` is the public op (three forward stages in ``kernels.py``, launched by
+``stages.py``; packed sequences via ``varlen.py``); ``autograd.py`` and ``backward.py`` its
+backward; ``step.delta_rule_step`` one decoding token on a state pool. ``spec.SPECS`` describes
+``delta_rule``, ``delta_rule_bwd`` and ``delta_rule_step`` to the tuner; ``reference`` holds the
+independent float64 recurrence they are checked against.
 """
