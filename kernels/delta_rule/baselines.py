@@ -162,4 +162,25 @@ def _scattered(inputs: Inputs, final: torch.Tensor) -> torch.Tensor:
     return pool
 
 
-STEP_BASELINES = {"chunkwise_T1": chunkwise_step, "fla_fused_recurrent": fla_fused_recurrent_step}
+def torch_step(inputs: Inputs) -> Outputs:
+    """One token in plain PyTorch, fp32 on the inputs' device: decay the owned state rows,
+    the delta-rule rank-1 correction beta k (v - S^T k)^T, read out S^T q."""
+    q, k, v, beta = (inputs[n].float() for n in ("q", "k", "v", "beta"))
+    group = v.shape[1] // q.shape[1]
+    q, k = q.repeat_interleave(group, 1), k.repeat_interleave(group, 1)
+    pool = inputs["state"].clone()
+    rows = (torch.arange(pool.shape[0], device=pool.device) if inputs["state_indices"] is None
+            else inputs["state_indices"].long())
+    state = pool[rows]
+    if inputs["g"] is not None:
+        decay = inputs["g"].float().exp()
+        state = state * (decay[..., None, None] if decay.dim() == 2 else decay[..., None])
+    error = v - torch.einsum("bhk,bhkv->bhv", k, state)
+    state = state + k[..., :, None] * (beta[..., None] * error)[..., None, :]
+    pool[rows] = state
+    out = torch.einsum("bhk,bhkv->bhv", q, state) * q.shape[-1] ** -0.5
+    return out.to(inputs["v"].dtype), pool
+
+
+STEP_BASELINES = {"torch": torch_step, "chunkwise_T1": chunkwise_step,
+                  "fla_fused_recurrent": fla_fused_recurrent_step}

@@ -197,10 +197,42 @@ def bench_problem(spec: KernelSpec, problem: Problem, device: DeviceInfo, profil
     else:
         measured.insert(0, measure("tuned", "tuned", tuned, lambda: spec.run(inputs, tuned),
                                    timer))
+    forward = _forward_of(spec)
+    if forward is not None and measured[0].status == "ok":
+        measured.insert(1, _with_forward(measured[0], forward, problem, device, profile, timer,
+                                         seed))
     for name in sorted(spec.baselines):
         baseline = spec.baselines[name]
         measured.append(measure(name, "baseline", None, lambda: baseline(inputs), timer))
     return measured
+
+
+def _forward_of(spec: KernelSpec) -> KernelSpec | None:
+    """The forward spec of a backward spec (``<op>_bwd`` -> ``<op>``), else None."""
+    from seqtune.registry import all_specs
+
+    return all_specs().get(spec.name[:-4]) if spec.name.endswith("_bwd") else None
+
+
+def _with_forward(backward: Measurement, forward: KernelSpec, problem: Problem,
+                  device: DeviceInfo, profile: Any, timer: Callable, seed: int) -> Measurement:
+    """``tuned fwd+bwd``: the forward's tuned config timed on the same problem, plus the tuned
+    backward: what a training step costs, and what the autograd baselines (whose time includes
+    their forward) compare with."""
+    from seqtune.tuning.timing import Timing
+
+    config = (profile.best_config(forward.name, problem) if profile is not None
+              else forward.default_for(problem, device.limits))
+    try:
+        inputs = forward.make_inputs(problem, device.torch_device, seed)
+    except Exception as exc:
+        return Measurement("tuned fwd+bwd", "tuned", config, "failed", f"inputs: {one_line(exc)}")
+    timed = measure("tuned fwd+bwd", "tuned", config, lambda: forward.run(inputs, config), timer)
+    if timed.status != "ok":
+        return timed
+    both = Timing(*(getattr(timed.timing, f) + getattr(backward.timing, f)
+                    for f in ("median_us", "p20_us", "p80_us")), timed.timing.samples)
+    return dataclasses.replace(timed, timing=both)
 
 
 def bench_work(specs: list[KernelSpec],
