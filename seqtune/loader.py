@@ -46,10 +46,23 @@ def _log_enabled() -> bool:
     return os.environ.get("SEQTUNE_LOG", "") not in ("", "0")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (a redirected or captured stderr
+    too), not to the stream that was current when logging was first enabled."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_choice(message: str) -> None:
     if _log_enabled():
         if not log.handlers:
-            handler = logging.StreamHandler(sys.stderr)
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("seqtune: %(message)s"))
             log.addHandler(handler)
             log.setLevel(logging.INFO)

@@ -151,3 +151,17 @@ def test_returned_config_is_a_copy(profile_file):
     seqtune.load_profile(profile_file)
     seqtune.best_config("toy_scale", N=64, dtype="float32")["BLOCK"] = 999
     assert seqtune.best_config("toy_scale", N=64, dtype="float32")["BLOCK"] == 16
+
+
+def test_log_follows_a_replaced_stderr(profile_file, monkeypatch):
+    """The log writes to the current sys.stderr, not the one of its first record."""
+    import io
+
+    monkeypatch.setenv("SEQTUNE_LOG", "1")
+    seqtune.load_profile(profile_file)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    seqtune.best_config("toy_scale", N=64, dtype="float32")
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)
+    seqtune.best_config("toy_scale", N=64, dtype="float16")
+    assert "no usable tuned entry" in later.getvalue()
