@@ -95,6 +95,9 @@ class KernelSpec:
         bytes_moved: ``problem -> float`` minimum HBM traffic, for GB/s.
         problem_defaults: values of categorical fields a caller may leave out of a problem
             (e.g. ``{"score": "softmax"}``), filled in before matching.
+        optional_fields: fields present only in some problems, with no constant default (e.g.
+            attention's ``Dv``, present only when it differs from ``D``): a problem with one
+            matches only entries with it.
         baselines: name -> ``(inputs) -> outputs`` other implementations of the same op to
             compare speed with in ``seqtune bench`` (plain PyTorch, SDPA, flash-linear-attention
             when installed); a baseline that cannot run raises and is reported as unavailable.
@@ -121,6 +124,7 @@ class KernelSpec:
     flops: Callable[[Problem], float]
     bytes_moved: Callable[[Problem], float]
     problem_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optional_fields: tuple[str, ...] = ()
     baselines: Mapping[str, Callable[[Inputs], Outputs]] = dataclasses.field(default_factory=dict)
     stages: tuple[str, ...] = ()
     stagewise: bool = False

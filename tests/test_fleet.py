@@ -349,8 +349,8 @@ def test_gloo_ranks_tune_their_shards_and_rank_0_writes_one_merged_profile(tmp_p
     save_entries(profile, {"key": "cpu-interpreter"}, "linear_scan", "h", [earlier])
     launch = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
               "MASTER_PORT": str(free_port()), "TMPDIR": str(scratch)}
-    args = ["tune", *CHEAP_KERNELS, "--max-configs", "1", "--no-isolate", "--profile-dir",
-            str(folder), "--json"]
+    args = ["tune", *CHEAP_KERNELS, "--forward-only", "--max-configs", "1", "--no-isolate",
+            "--profile-dir", str(folder), "--json"]
     # Rank 1 is a process of its own; rank 0 is this one (one interpreter start-up less).
     rank1 = seqtune_process(args, {**launch, "RANK": "1", "LOCAL_RANK": "1"})
     for name, value in {**launch, "RANK": "0", "LOCAL_RANK": "0"}.items():
@@ -380,7 +380,8 @@ def test_gloo_ranks_tune_their_shards_and_rank_0_writes_one_merged_profile(tmp_p
 
 def test_one_worker_process_per_device_all_merging_into_one_profile(tmp_path):
     folder = tmp_path / "profiles"
-    result = CliRunner().invoke(app, ["tune", "linear_scan", "--interpreter-devices", "2",
+    result = CliRunner().invoke(app, ["tune", "linear_scan", "--forward-only",
+                                      "--interpreter-devices", "2",
                                       "--max-configs", "1", "--no-isolate", "--profile-dir",
                                       str(folder), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output[-3000:]

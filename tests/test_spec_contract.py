@@ -20,7 +20,8 @@ def test_every_kernel_folder_is_found():
 def test_presets_and_cases_are_well_formed(spec):
     assert set(spec.presets) >= {"tiny", "quick", "default", "full"}
     presets = [p for ps in spec.presets.values() for p in ps]
-    fields = {frozenset({**spec.problem_defaults, **p}) for p in presets}
+    fields = {frozenset(set({**spec.problem_defaults, **p}) - set(spec.optional_fields))
+              for p in presets}
     assert len(fields) == 1, f"problems of {spec.name} disagree on their fields: {fields}"
     (fields,) = fields
     assert set(spec.size_fields) <= fields
@@ -73,8 +74,10 @@ def test_roofline_counts_are_positive_and_grow_with_length(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_space_is_consistent(spec):
-    assert spec.space_size == len(spec.configs())
-    assert spec.configs()[0] == dict(spec.default_config)
+    if spec.space_size <= 100_000:  # a backward's stagewise space can hold millions
+        configs = spec.configs()
+        assert spec.space_size == len(configs)
+        assert configs[0] == dict(spec.default_config)
     for param in spec.space:
         stage = spec.stage_of(param)
         assert stage is None or stage in spec.stages

@@ -61,7 +61,7 @@ def test_crashing_and_hanging_candidates_do_not_end_the_tune(tmp_path):
 
 
 def test_sigkilled_tune_loses_nothing_measured_and_resumes(tmp_path):
-    process = seqtune("tune", "linear_scan", "--profile-dir", str(tmp_path), "--no-isolate")
+    process = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate")
     wait_for_records(tmp_path, 5, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -69,7 +69,7 @@ def test_sigkilled_tune_loses_nothing_measured_and_resumes(tmp_path):
     measured = list(read_log(log_of(tmp_path)))
     assert len(measured) >= 5
 
-    resumed = seqtune("tune", "linear_scan", "--profile-dir", str(tmp_path), "--no-isolate",
+    resumed = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate",
                       "--resume")
     _, stderr = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, stderr[-3000:]
@@ -84,7 +84,7 @@ def test_sigkilled_tune_loses_nothing_measured_and_resumes(tmp_path):
 
 
 def test_two_concurrent_tunes_end_with_one_profile_holding_both(tmp_path):
-    first = seqtune("tune", "linear_scan", "--profile-dir", str(tmp_path), "--no-isolate",
+    first = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate",
                     "--max-configs", "2")
     second = seqtune("tune", "faulty", "--profile-dir", str(tmp_path), "--no-isolate",
                      "--max-configs", "1")
@@ -99,7 +99,7 @@ def test_two_concurrent_tunes_end_with_one_profile_holding_both(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
-    process = seqtune("tune", "linear_scan", "--profile-dir", str(tmp_path), "--no-isolate")
+    process = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate")
     wait_for_records(tmp_path, 2, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

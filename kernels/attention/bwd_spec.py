@@ -164,6 +164,7 @@ BACKWARD_SPEC = KernelSpec(
     flops=flops,
     bytes_moved=bytes_moved,
     problem_defaults=PROBLEM_DEFAULTS,
+    optional_fields=("Dv",),  # present only when it differs from D (see problems.py)
     baselines=BACKWARD_BASELINES,
     stages=("dkdv", "dq"),
     stagewise=True,

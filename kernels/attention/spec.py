@@ -88,6 +88,7 @@ SPECS = (
         flops=forward_flops,
         bytes_moved=bytes_moved,
         problem_defaults=PROBLEM_DEFAULTS,
+        optional_fields=("Dv",),  # present only when it differs from D (see problems.py)
         baselines=BASELINES,
     ),
     BACKWARD_SPEC,

@@ -26,7 +26,9 @@ def _check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None
     for dim in ("K", "V"):
         if not MIN_HEAD_DIM <= problem[dim] <= MAX_HEAD_DIM:
             return f"head dim {dim}={problem[dim]} outside [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
-        padded = next_power_of_2(problem[dim])
+        # The default's tile runs any head dim (masked); larger tiles than the padded dim do
+        # not, so the tuner never measures them.
+        padded = max(next_power_of_2(problem[dim]), DEFAULT["B" + dim])
         if config["B" + dim] > padded:
             return f"B{dim}={config['B' + dim]} exceeds the padded {dim}={padded}"
     per_thread = config["BK"] * config["BV"] // (32 * config["num_warps"])
