@@ -100,7 +100,7 @@ def _validate(q, k, v, beta, g, initial_state, scale) -> str:
     value_heads = v.shape[2]
     expect_tensor("beta", beta, 3)
     expect_shape("beta", beta, (batch, length, value_heads))
-    gate = _gate_kind(g, (batch, length, value_heads, key_dim))
+    gate = gate_kind(g, (batch, length, value_heads, key_dim))
     for name, dim in (("K", key_dim), ("V", v.shape[-1])):
         if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
             raise ValueError(f"head dim {name}={dim} unsupported: expected "
@@ -119,16 +119,18 @@ def _validate(q, k, v, beta, g, initial_state, scale) -> str:
     return gate
 
 
-def _gate_kind(g, channel_shape) -> str:
+def gate_kind(g, channel_shape) -> str:
+    """"none", "scalar" (g shaped like ``channel_shape`` without its last axis) or "channel"
+    (g shaped ``channel_shape``); TypeError/ValueError naming g otherwise."""
     if g is None:
         return "none"
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"g must be a torch.Tensor or None, got {type(g).__name__}")
-    if tuple(g.shape) == tuple(channel_shape[:3]):
+    if tuple(g.shape) == tuple(channel_shape[:-1]):
         return "scalar"
     if tuple(g.shape) == tuple(channel_shape):
         return "channel"
-    raise ValueError(f"g must have shape {tuple(channel_shape[:3])} (scalar gate) or "
+    raise ValueError(f"g must have shape {tuple(channel_shape[:-1])} (scalar gate) or "
                      f"{tuple(channel_shape)} (per-channel gate), got {tuple(g.shape)}")
 
 

@@ -23,6 +23,8 @@ from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
 
+from seqtune.kernels.delta_rule.op import gate_kind
+
 KERNEL = "delta_rule_step"
 GATES = {"none": 0, "scalar": 1, "channel": 2}
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
@@ -159,7 +161,7 @@ def _validate(q, k, v, beta, g, state, scale, state_indices) -> str:
                              f"{MIN_HEAD_DIM} <= {name} <= {MAX_HEAD_DIM}")
     expect_tensor("beta", beta, 2)
     expect_shape("beta", beta, (batch, value_heads))
-    gate = _gate_kind(g, (batch, value_heads, key_dim))
+    gate = gate_kind(g, (batch, value_heads, key_dim))
     expect_float("q", q)
     expect_same_dtype({"q": q, "k": k, "v": v})
     gates = {"beta": beta} | ({} if g is None else {"g": g})
@@ -180,17 +182,7 @@ def _validate(q, k, v, beta, g, state, scale, state_indices) -> str:
     return gate
 
 
-def _gate_kind(g, channel_shape) -> str:
-    if g is None:
-        return "none"
-    if not isinstance(g, torch.Tensor):
-        raise TypeError(f"g must be a torch.Tensor or None, got {type(g).__name__}")
-    if tuple(g.shape) == tuple(channel_shape[:2]):
-        return "scalar"
-    if tuple(g.shape) == tuple(channel_shape):
-        return "channel"
-    raise ValueError(f"g must have shape {tuple(channel_shape[:2])} (scalar gate) or "
-                     f"{tuple(channel_shape)} (per-channel gate), got {tuple(g.shape)}")
+
 
 
 def _check_indices(state_indices, batch: int, rows: int) -> None:
