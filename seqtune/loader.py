@@ -61,10 +61,13 @@ class _StderrHandler(logging.StreamHandler):
 
 def _log_choice(message: str) -> None:
     if _log_enabled():
-        if not log.handlers:
+        # SEQTUNE_LOG=1 is authoritative: the handler and the level are (re)set here, since
+        # other code (a test's log capture, an application) may reset the logger's level.
+        if not any(isinstance(h, _StderrHandler) for h in log.handlers):
             handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("seqtune: %(message)s"))
             log.addHandler(handler)
+        if not log.isEnabledFor(logging.INFO):
             log.setLevel(logging.INFO)
         log.info(message)
 
