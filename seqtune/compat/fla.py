@@ -24,6 +24,8 @@ Shared by every function here:
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import torch
@@ -47,20 +49,29 @@ def _refuse(function: str, argument: str, value: Any, supported: str) -> None:
                               f"seqtune ({supported})")
 
 
+# the chunk sizes fla accepts per op (a ValueError for any other, as fla)
+DELTA_RULE_CHUNKS = (16, 32, 64)
+KDA_CHUNKS = (32, 64)
+POWER_OF_TWO = "power of 2"
+
+
 def _options(function: str, kwargs: dict[str, Any], state_v_first: bool,
-             accepted: tuple[str, ...] = ()) -> tuple[bool, dict[str, Any]]:
+             accepted: tuple[str, ...] = (), chunk_sizes: tuple[int, ...] | str | None = None
+             ) -> tuple[bool, dict[str, Any]]:
     """fla's ``**kwargs``: (state_v_first after the deprecated ``transpose_state_layout``,
-    the ``accepted`` keywords given). ``chunk_size`` is checked and dropped (a request)."""
+    the ``accepted`` keywords given). ``chunk_size`` is checked as fla checks it
+    (``chunk_sizes``: the values fla allows, ``POWER_OF_TWO``, or None: any positive int) and
+    dropped (a request)."""
     kwargs = dict(kwargs)
     if "transpose_state_layout" in kwargs:
         if state_v_first:
             raise ValueError(f"{function}: pass state_v_first or the deprecated "
                              f"transpose_state_layout, not both")
+        # as fla: stacklevel 3 points at the caller of the entry point
+        warnings.warn("`transpose_state_layout` is deprecated and renamed to `state_v_first`.",
+                      DeprecationWarning, stacklevel=3)
         state_v_first = bool(kwargs.pop("transpose_state_layout"))
-    chunk_size = kwargs.pop("chunk_size", None)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"{function}: chunk_size must be a positive int, got {chunk_size!r}")
+    _check_chunk_size(function, kwargs.pop("chunk_size", None), chunk_sizes)
     if "head_first" in kwargs:
         _refuse(function, "head_first", kwargs["head_first"],
                 "removed in fla too: inputs are [B, T, H, ...]")
@@ -69,6 +80,44 @@ def _options(function: str, kwargs: dict[str, Any], state_v_first: bool,
         name = sorted(kwargs)[0]
         _refuse(function, name, kwargs[name], "not an argument seqtune implements")
     return state_v_first, given
+
+
+def _check_chunk_size(function: str, chunk_size: Any,
+                      allowed: tuple[int, ...] | str | None) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{function}: chunk_size must be a positive int, got {chunk_size!r}")
+    if allowed == POWER_OF_TWO and chunk_size & (chunk_size - 1):
+        raise ValueError(f"{function}: chunk_size must be a power of 2, got {chunk_size}")
+    if isinstance(allowed, tuple) and chunk_size not in allowed:
+        listed = ", ".join(map(str, allowed))
+        raise ValueError(f"{function}: chunk_size must be one of {listed}, got {chunk_size}")
+
+
+# fla's layout of each gate-like argument, in the sizes of q [B, T, H, K] and v [B, T, HV, V]
+STEP, CHANNEL, HEAD, HEAD_CHANNEL = ("B", "T", "HV"), ("B", "T", "HV", "K"), ("HV",), ("HV*K",)
+
+
+def _check_gates(function: str, q: Any, v: Any, **named: tuple[Any, tuple[str, ...]]) -> None:
+    """A one-line error naming the first gate, beta or gate parameter (``name=(tensor,
+    layout)``, None skipped) that is not a tensor of fla's shape for these q and v (e.g. beta
+    passed positionally where fla has ``gk``). q and v themselves are the op's to check."""
+    if not all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in (q, v)):
+        return
+    sizes = {"B": q.shape[0], "T": q.shape[1], "HV": v.shape[2], "K": q.shape[3]}
+    for name, (tensor, layout) in named.items():
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{function}: {name} must be a torch.Tensor or None, got "
+                            f"{type(tensor).__name__}")
+        if name == "beta" and tensor.dim() == 4:
+            _refuse(function, "beta", tensor, "one beta per step and head, [B, T, HV]")
+        expected = tuple(math.prod(sizes[s] for s in axis.split("*")) for axis in layout)
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{function}: {name} must have shape [{', '.join(layout)}] = "
+                             f"{expected}, got {tuple(tensor.shape)}")
 
 
 def _refuse_context_parallel(function: str, cp_context: Any) -> None:
@@ -84,8 +133,6 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
 
 def _beta(beta: torch.Tensor, sigmoid: bool, allow_neg_eigval: bool, function: str
           ) -> torch.Tensor:
-    if isinstance(beta, torch.Tensor) and beta.dim() == 4:
-        _refuse(function, "beta", beta, "one beta per step and head, [B, T, HV]")
     if allow_neg_eigval and not sigmoid:
         raise ValueError(f"{function}: allow_neg_eigval=True requires "
                          f"use_beta_sigmoid_in_kernel=True")
@@ -142,6 +189,19 @@ def _one_token_each(q: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
             and bool((cu_seqlens.cpu() == torch.arange(tokens + 1)).all()))
 
 
+def _one_dtype(q, k, v, gates):
+    """fla's mixed input dtypes (e.g. q and k float32, v float16): (q, k, v in the widest of
+    their dtypes, the gates, each in that dtype or float32), by differentiable casts (each
+    gradient comes back in its input's dtype). Non-tensors are left for the op to name."""
+    tensors = (q, k, v, *(x for x in gates if x is not None))
+    if not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in tensors):
+        return q, k, v, gates
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    gates = tuple(x if x is None or x.dtype in (dtype, torch.float32) else x.float()
+                  for x in gates)
+    return q.to(dtype), k.to(dtype), v.to(dtype), gates
+
+
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
@@ -166,9 +226,12 @@ def _decode(step, q, k, v, gates, scale, initial_state, output_final_state):
 def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_state,
                     use_qk_l2norm_in_kernel, state_v_first, cu_seqlens, recurrent=False):
     """The delta rule on the chunkwise op; a fused_recurrent_* call (``recurrent``) whose
-    sequences are single tokens and that needs no gradient runs ``delta_rule_step`` instead."""
+    sequences are single tokens and that needs no gradient runs ``delta_rule_step`` instead.
+    o is in v's dtype."""
     if use_qk_l2norm_in_kernel:
         q, k = _l2norm(q), _l2norm(k)
+    out_dtype = v.dtype if isinstance(v, torch.Tensor) else None
+    q, k, v, (beta, g) = _one_dtype(q, k, v, (beta, g))
     initial_state = _state_in(initial_state, state_v_first)
     if (recurrent and _one_token_each(q, cu_seqlens)
             and not _needs_grad(q, k, v, beta, g, initial_state)):
@@ -177,7 +240,7 @@ def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_stat
     else:
         o, final = delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                               output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    return o, _state_out(final, state_v_first)
+    return o.to(out_dtype), _state_out(final, state_v_first)
 
 
 def _run_linear_attention(q, k, v, g, *, scale, initial_state, output_final_state,
@@ -185,13 +248,15 @@ def _run_linear_attention(q, k, v, g, *, scale, initial_state, output_final_stat
     """Linear attention, optionally in reverse time (fla's ``reverse``: each sequence runs from
     its last step to its first), by flipping the steps and the order of the sequences; a
     fused_recurrent_* call whose sequences are single tokens and that needs no gradient runs
-    ``linear_attention_step`` (reverse changes nothing for one token)."""
+    ``linear_attention_step`` (reverse changes nothing for one token). o is in v's dtype."""
+    out_dtype = v.dtype if isinstance(v, torch.Tensor) else None
+    q, k, v, (g,) = _one_dtype(q, k, v, (g,))
     initial_state = _state_in(initial_state, state_v_first)
     if (recurrent and _one_token_each(q, cu_seqlens)
             and not _needs_grad(q, k, v, g, initial_state)):
         o, final = _decode(linear_attention_step, q, k, v, (g,), scale, initial_state,
                            output_final_state)
-        return o, _state_out(final, state_v_first)
+        return o.to(out_dtype), _state_out(final, state_v_first)
     if reverse:
         q, k, v = (x.flip(1) for x in (q, k, v))
         g = None if g is None else g.flip(1)
@@ -203,7 +268,7 @@ def _run_linear_attention(q, k, v, g, *, scale, initial_state, output_final_stat
     if reverse:
         o = o.flip(1)
         final = final.flip(0) if final is not None and cu_seqlens is not None else final
-    return o, _state_out(final, state_v_first)
+    return o.to(out_dtype), _state_out(final, state_v_first)
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
@@ -222,7 +287,10 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
     function = "chunk_gated_delta_rule"
     _refuse_context_parallel(function, cp_context)
     state_v_first, extra = _options(function, kwargs, state_v_first,
-                                    ("use_gate_in_kernel", "A_log", "dt_bias"))
+                                    ("use_gate_in_kernel", "A_log", "dt_bias"),
+                                    DELTA_RULE_CHUNKS)
+    _check_gates(function, q, v, g=(g, STEP), beta=(beta, STEP),
+                 A_log=(extra.get("A_log"), HEAD), dt_bias=(extra.get("dt_bias"), HEAD))
     if extra.get("use_gate_in_kernel", False):
         g = _gdn_gate(g, extra.get("A_log"), extra.get("dt_bias"), function)
     beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
@@ -248,6 +316,8 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
     """
     function = "fused_recurrent_gated_delta_rule"
     state_v_first, _ = _options(function, kwargs, state_v_first)
+    _check_gates(function, q, v, g=(g, STEP), gk=(gk, CHANNEL), beta=(beta, STEP),
+                 A_log=(A_log, HEAD), dt_bias=(dt_bias, HEAD))
     if gv is not None:
         _refuse(function, "gv", gv, "decay over key channels (gk) or heads (g) only")
     if use_gate_in_kernel:
@@ -287,7 +357,10 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     if return_intermediate_states:
         _refuse(function, "return_intermediate_states", return_intermediate_states,
                 "only False")
-    state_v_first, extra = _options(function, kwargs, state_v_first, ("A_log", "dt_bias"))
+    state_v_first, extra = _options(function, kwargs, state_v_first, ("A_log", "dt_bias"),
+                                    KDA_CHUNKS)
+    _check_gates(function, q, v, g=(g, CHANNEL), beta=(beta, STEP),
+                 A_log=(extra.get("A_log"), HEAD), dt_bias=(extra.get("dt_bias"), HEAD_CHANNEL))
     if use_gate_in_kernel:
         g = _kda_gate(g, extra.get("A_log"), extra.get("dt_bias"), lower_bound, function)
     beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
@@ -307,6 +380,8 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
     ``delta_rule_step``. Not supported: a per-channel beta ``[B, T, HV, V]``."""
     function = "fused_recurrent_kda"
     state_v_first, _ = _options(function, kwargs, state_v_first)
+    _check_gates(function, q, v, g=(g, CHANNEL), beta=(beta, STEP), A_log=(A_log, HEAD),
+                 dt_bias=(dt_bias, HEAD_CHANNEL))
     if use_gate_in_kernel:
         g = _kda_gate(g, A_log, dt_bias, lower_bound, function)
     beta = _beta(beta, use_beta_sigmoid_in_kernel, allow_neg_eigval, function)
@@ -322,7 +397,8 @@ def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final
     """fla's ``chunk_delta_rule`` (DeltaNet, no decay) on ``seqtune.kernels.delta_rule``:
     q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, beta ``[B, T, HV]``. Returns
     ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``."""
-    state_v_first, _ = _options("chunk_delta_rule", kwargs, False)
+    state_v_first, _ = _options("chunk_delta_rule", kwargs, False, (), DELTA_RULE_CHUNKS)
+    _check_gates("chunk_delta_rule", q, v, beta=(beta, STEP))
     return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
@@ -335,9 +411,9 @@ def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=Non
     """fla's ``fused_recurrent_delta_rule`` on ``seqtune.kernels.delta_rule``: as
     ``chunk_delta_rule``, beta None meaning ones; single-token sequences run ``delta_rule_step``.
     Not supported: a per-channel beta ``[B, T, HV, V]``."""
+    _check_gates("fused_recurrent_delta_rule", q, v, beta=(beta, STEP))
     if beta is None:
         beta = v.new_ones(v.shape[:3])
-    beta = _beta(beta, False, False, "fused_recurrent_delta_rule")
     return _run_delta_rule(q, k, v, beta, None, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
@@ -350,6 +426,7 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     ``seqtune.kernels.linear_attention``: q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, g
     ``[B, T, HV, K]``. Returns ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or
     None)``, differentiable where the seqtune op is."""
+    _check_gates("chunk_gla", q, v, g=(g, CHANNEL))
     return _run_linear_attention(q, k, v, g, scale=scale, initial_state=initial_state,
                                  output_final_state=output_final_state,
                                  state_v_first=state_v_first, cu_seqlens=cu_seqlens)
@@ -366,6 +443,7 @@ def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=Non
     state_v_first, _ = _options(function, kwargs, state_v_first)
     if gv is not None:
         _refuse(function, "gv", gv, "decay over key channels (gk) only")
+    _check_gates(function, q, v, gk=(gk, CHANNEL))
     return _run_linear_attention(q, k, v, gk, scale=scale, initial_state=initial_state,
                                  output_final_state=output_final_state,
                                  state_v_first=state_v_first, cu_seqlens=cu_seqlens,
@@ -388,7 +466,8 @@ def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=No
     """fla's ``chunk_simple_gla`` (scalar decay per step and head: RetNet, Lightning) on
     ``seqtune.kernels.linear_attention``: g ``[B, T, HV]`` and/or the constant g_gamma ``[HV]``
     (summed when both are given; neither: no decay). Otherwise as ``chunk_gla``."""
-    state_v_first, _ = _options("chunk_simple_gla", kwargs, state_v_first)
+    state_v_first, _ = _options("chunk_simple_gla", kwargs, state_v_first, (), POWER_OF_TWO)
+    _check_gates("chunk_simple_gla", q, v, g=(g, STEP), g_gamma=(g_gamma, HEAD))
     return _run_linear_attention(q, k, v, _simple_gate(g, g_gamma, v), scale=scale,
                                  initial_state=initial_state,
                                  output_final_state=output_final_state,
@@ -402,6 +481,7 @@ def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initia
     ``chunk_simple_gla``, with ``reverse`` and single-token sequences as in
     ``fused_recurrent_gla``."""
     state_v_first, _ = _options("fused_recurrent_simple_gla", kwargs, state_v_first)
+    _check_gates("fused_recurrent_simple_gla", q, v, g=(g, STEP), g_gamma=(g_gamma, HEAD))
     return _run_linear_attention(q, k, v, _simple_gate(g, g_gamma, v), scale=scale,
                                  initial_state=initial_state,
                                  output_final_state=output_final_state,

@@ -54,6 +54,12 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise ValueError(f"{function}: chunk_size must be a positive int, got {chunk_size!r}")
     expect_tensor("x", x, 4)
     batch, length, heads, headdim = x.shape
+    # the step and its bias are read here before ssd checks them (dt_limit): checked first
+    expect_tensor("dt", dt, 3)
+    expect_shape("dt", dt, (batch, length, heads))
+    if dt_bias is not None:
+        expect_tensor("dt_bias", dt_bias, 1)
+        expect_shape("dt_bias", dt_bias, (heads,))
     dt, dt_bias, dt_softplus = _limited_steps(dt, dt_bias, dt_softplus, dt_limit)
     per_head_D = D is None or (isinstance(D, torch.Tensor) and D.dim() == 1)
     if not per_head_D:
@@ -91,7 +97,6 @@ def _limited_steps(dt, dt_bias, dt_softplus, dt_limit):
         raise ValueError(f"dt_limit must be a (low, high) pair with low <= high, got {dt_limit!r}")
     if limit == NO_LIMIT:
         return dt, dt_bias, dt_softplus
-    expect_tensor("dt", dt, 3)
     step = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
     step = F.softplus(step) if dt_softplus else step
     return step.clamp(min=limit[0], max=limit[1]), None, False
