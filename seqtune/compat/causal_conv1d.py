@@ -1,6 +1,6 @@
 """The causal-conv1d package's entry points on seqtune's kernels: ``causal_conv1d_fn`` (on
-``seqtune.kernels.causal_conv1d``, differentiable) and ``causal_conv1d_update`` (decoding, on
-``causal_conv1d_step``), with causal-conv1d's argument order, defaults, ``[B, D, T]`` layout,
+``seqtune.kernels.causal_conv1d``, differentiable), ``causal_conv1d_update`` (decoding, on
+``causal_conv1d_step``) and ``causal_conv1d_varlen_states`` (a packed prefill's states), with causal-conv1d's argument order, defaults, ``[B, D, T]`` layout,
 states ``[B, D, W - 1]`` / ``[N, D, state_len]`` and return values. Widths 2..4.
 """
 from __future__ import annotations
@@ -181,3 +181,36 @@ def _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, 
                                  tokens[:, :, length - kept:].to(states.dtype))
     conv_state[rows[live]] = updated[live]
     return out
+
+
+def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
+    """causal-conv1d's ``causal_conv1d_varlen_states``: the conv state each packed sequence
+    leaves, for decoding after a packed prefill.
+
+    x ``[total_tokens, D]``; cu_seqlens int ``[N + 1]`` (from 0, non-decreasing, at most
+    total_tokens); state_len an int >= 0. Returns states ``[N, D, state_len]`` in x's dtype
+    (D contiguous, as causal-conv1d's): each sequence's last state_len tokens, oldest first,
+    with zeros where a sequence is shorter than state_len (no token of another sequence is
+    read). Forward only, as in causal-conv1d; one gather, no kernel.
+    """
+    expect_tensor("x", x, 2)
+    expect_tensor("cu_seqlens", cu_seqlens, 1)
+    if cu_seqlens.dtype not in INDEX_DTYPES:
+        raise ValueError(f"cu_seqlens must be int32 or int64, got "
+                         f"{str(cu_seqlens.dtype).removeprefix('torch.')}")
+    if isinstance(state_len, bool) or not isinstance(state_len, int) or state_len < 0:
+        raise ValueError(f"state_len must be an int >= 0, got {state_len!r}")
+    total = x.shape[0]
+    bounds = cu_seqlens.tolist()
+    if not bounds or bounds[0] != 0 or bounds[-1] > total or any(
+            b < a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing from 0 to at most "
+                         f"total_tokens={total}, got {bounds[:8]}")
+    offsets = cu_seqlens.to(device=x.device, dtype=torch.int64)
+    ends = offsets[1:, None]
+    positions = ends - state_len + torch.arange(state_len, device=x.device)  # [N, state_len]
+    inside = positions >= offsets[:-1, None]
+    rows = x[positions.clamp(min=0, max=max(total - 1, 0))] if total else x.new_zeros(
+        (*positions.shape, x.shape[1]))
+    states = torch.where(inside[:, :, None], rows, rows.new_zeros(()))  # [N, state_len, D]
+    return states.transpose(1, 2)

@@ -1,6 +1,8 @@
 """flash-attn 2.x's entry points (``flash_attn.flash_attn_interface``) on seqtune's kernels:
-``flash_attn_func``, ``flash_attn_varlen_func`` and ``flash_attn_with_kvcache``, with the same
-argument order, defaults, layouts and return values.
+``flash_attn_func``, ``flash_attn_varlen_func``, their packed forms (``flash_attn_qkvpacked_func``,
+``flash_attn_kvpacked_func``, ``flash_attn_varlen_qkvpacked_func``,
+``flash_attn_varlen_kvpacked_func``) and ``flash_attn_with_kvcache``, with the same argument
+order, defaults, layouts and return values.
 
 Supported: softmax attention, causal (bottom-right aligned when the query and key lengths differ,
 as flash-attn does), MQA/GQA, head dims 1..256 (also a value head dim that differs), float32,
@@ -92,6 +94,66 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     out = attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=bool(causal),
                     scale=softmax_scale, cu_seqlens=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     return out.squeeze(0)
+
+
+def _unpack(function: str, name: str, packed: Any, ndim: int, parts: int) -> tuple:
+    """The ``parts`` views of a packed tensor along its third-last axis (q, k, v or k, v)."""
+    expect_tensor(name, packed, ndim)
+    if packed.shape[-3] != parts:
+        raise ValueError(f"{function}: {name} must have {parts} at dim {ndim - 3} "
+                         f"({'q, k, v' if parts == 3 else 'k, v'}), got shape "
+                         f"{tuple(packed.shape)}")
+    return packed.unbind(-3)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False,
+                              window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                              deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_qkvpacked_func``: ``flash_attn_func`` on qkv
+    ``[B, T, 3, H, D]`` (views of it, no copy); returns ``out [B, T, H, D]``, differentiable in
+    qkv. Unsupported arguments as ``flash_attn_func``."""
+    q, k, v = _unpack("flash_attn_qkvpacked_func", "qkv", qkv, 5, 3)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                           alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False,
+                             window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                             deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_kvpacked_func``: ``flash_attn_func`` on q ``[B, T, Hq, D]`` and
+    kv ``[B, S, 2, Hkv, D]`` (``Hq % Hkv == 0``); returns ``out [B, T, Hq, D]``, differentiable
+    in q and kv. Unsupported arguments as ``flash_attn_func``."""
+    k, v = _unpack("flash_attn_kvpacked_func", "kv", kv, 5, 2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                           alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                     softmax_scale=None, causal=False, window_size=(-1, -1),
+                                     softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False):
+    """flash-attn's ``flash_attn_varlen_qkvpacked_func``: ``flash_attn_varlen_func`` on qkv
+    ``[total, 3, H, D]`` with one ``cu_seqlens`` ``[N + 1]`` for queries and keys; returns
+    ``out [total, H, D]``, differentiable in qkv. Unsupported arguments as
+    ``flash_attn_varlen_func``."""
+    q, k, v = _unpack("flash_attn_varlen_qkvpacked_func", "qkv", qkv, 4, 3)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                  dropout_p, softmax_scale, causal, window_size, softcap,
+                                  alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+                                    causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False,
+                                    return_attn_probs=False):
+    """flash-attn's ``flash_attn_varlen_kvpacked_func``: ``flash_attn_varlen_func`` on q
+    ``[total_q, Hq, D]`` and kv ``[total_k, 2, Hkv, D]``; returns ``out [total_q, Hq, D]``,
+    differentiable in q and kv. Unsupported arguments as ``flash_attn_varlen_func``."""
+    k, v = _unpack("flash_attn_varlen_kvpacked_func", "kv", kv, 4, 2)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                  max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
+                                  softcap, alibi_slopes, deterministic, return_attn_probs)
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
