@@ -203,6 +203,10 @@ def test_split_conv1d_scan_norm_after_gate_and_seq_idx_restart():
                          False), NotImplementedError, "real A only"),
     (lambda: _inner_call(dict(inner_inputs(6), delta_bias=torch.zeros(5)), False), ValueError,
      r"delta_bias must have shape \(6,\)"),
+    (lambda: _inner_call(dict(inner_inputs(6), dt_rms_weight=torch.ones(8)), True),
+     ValueError, r"dt_rms_weight must have shape \(6,\)"),
+    (lambda: _inner_call(dict(inner_inputs(6), B_proj_bias=torch.ones(6)), False),
+     ValueError, r"B_proj_bias must have shape \(8,\)"),
     (lambda: _inner_call(dict(inner_inputs(6), x_proj_weight=torch.zeros(18, 6)), False),
      ValueError, r"x_proj_weight must have shape \[r \+ 2n, d\] = \(19, 6\)"),
 ])

@@ -87,6 +87,14 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
                                          and x_proj_weight.shape[0] != rank + 2 * state):
         raise ValueError(f"{function}: x_proj_weight must have shape [r + 2n, d] = "
                          f"{(rank + 2 * state, dim)}, got {tuple(x_proj_weight.shape)}")
+    for name, tensor, size in (("B_proj_bias", B_proj_bias, state),
+                               ("C_proj_bias", C_proj_bias, state),
+                               ("b_rms_weight", b_rms_weight, state),
+                               ("c_rms_weight", c_rms_weight, state),
+                               ("dt_rms_weight", dt_rms_weight, dim)):
+        if tensor is not None:
+            expect_tensor(name, tensor, 1)
+            expect_shape(name, tensor, (size,))
     x, z = xz.chunk(2, dim=1)
     x = causal_conv1d_fn(x, conv1d_weight[:, 0], conv1d_bias, activation="silu")
     x_dbl = F.linear(x.transpose(1, 2).reshape(batch * length, dim), x_proj_weight)
