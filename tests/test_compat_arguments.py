@@ -238,3 +238,22 @@ def test_wrong_shaped_mamba_gate_is_a_one_line_value_error(case):
     with pytest.raises(ValueError) as raised:
         call()
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_readme_lists_every_compat_entry_point():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import seqtune.compat
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Drop-in entry points")[1].split("\n## ")[0]
+    for path in sorted(Path(seqtune.compat.__file__).parent.glob("[!_]*.py")):
+        module = importlib.import_module(f"seqtune.compat.{path.stem}")
+        row = next((line for line in section.splitlines()
+                    if line.startswith(f"| `seqtune.compat.{path.stem}` |")), "")
+        public = [name for name, f in inspect.getmembers(module, inspect.isfunction)
+                  if f.__module__ == module.__name__ and not name.startswith("_")]
+        missing = [name for name in public if f"`{name}`" not in row]
+        assert public and not missing, f"README lacks {path.stem}: {missing}"

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_compat_fla import reference
+from test_compat_fla import _transposed, reference
 
 from seqtune.compat import fla_linear
 
@@ -81,8 +81,7 @@ CASES = {
         lambda a: fla_linear.fused_recurrent_retention(
             a["q"], a["k"], a["v"], initial_state=a["h0"].mT, output_final_state=True,
             reverse=True, state_v_first=True),
-        lambda a: (lambda o, s: (o, s.mT))(*recurrent(a, fixed(retention_decay()), a["h0"],
-                                                      reverse=True))),
+        lambda a: _transposed(recurrent(a, fixed(retention_decay()), a["h0"], reverse=True))),
     "chunk_lightning_attn": (
         lambda a: fla_linear.chunk_lightning_attn(a["q"], a["k"], a["v"], 1, 4,
                                                   initial_state=a["h0"],
@@ -282,3 +281,17 @@ ORIGINAL_SIGNATURES = {
 @pytest.mark.parametrize("name", sorted(ORIGINAL_SIGNATURES))
 def test_signature_is_the_originals(name):
     assert str(inspect.signature(getattr(fla_linear, name))) == ORIGINAL_SIGNATURES[name]
+
+
+def test_bfloat16_inputs_round_as_the_simple_gla_kernel_does():
+    """bf16: the chunk kernel's own tolerance (6e-2 on O(1) outputs, test_compat_fla.py)."""
+    a = {n: x.bfloat16() if n in ("q", "k", "v") else x for n, x in inputs(seed=9, batch=1).items()}
+    out, final = fla_linear.chunk_lightning_attn(a["q"], a["k"], a["v"], 2, 5,
+                                                 initial_state=a["h0"][:1],
+                                                 output_final_state=True)
+    expected, expected_final = reference(a["q"], a["k"], a["v"], None,
+                                         fixed(lightning_decay(2, 5), batch=1), a["h0"][:1],
+                                         delta=False)
+    assert out.dtype == torch.bfloat16 and final.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=6e-2, rtol=6e-2)
+    torch.testing.assert_close(final.double(), expected_final, atol=6e-2, rtol=6e-2)

@@ -1,7 +1,8 @@
 """The causal-conv1d package's entry points on seqtune's kernels: ``causal_conv1d_fn`` (on
 ``seqtune.kernels.causal_conv1d``, differentiable), ``causal_conv1d_update`` (decoding, on
-``causal_conv1d_step``) and ``causal_conv1d_varlen_states`` (a packed prefill's states), with causal-conv1d's argument order, defaults, ``[B, D, T]`` layout,
-states ``[B, D, W - 1]`` / ``[N, D, state_len]`` and return values. Widths 2..4.
+``causal_conv1d_step``) and ``causal_conv1d_varlen_states`` (a packed prefill's states), with
+causal-conv1d's argument order, defaults, ``[B, D, T]`` layout, states ``[B, D, W - 1]`` /
+``[N, D, state_len]`` and return values. Widths 2..4.
 """
 from __future__ import annotations
 

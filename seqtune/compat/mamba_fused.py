@@ -178,7 +178,6 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
         raise ValueError(f"{function}: outproj_bias needs outproj_weight")
     extra, dim, state, heads, headdim = _split_sizes(function, zxbcdt, conv1d_weight, D,
                                                      headdim, ngroups)
-    batch, length, _ = zxbcdt.shape
     zx0, z, xBC, dt = torch.split(zxbcdt, [2 * extra, dim, dim + 2 * ngroups * state, heads],
                                   dim=-1)
     xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias, seq_idx=seq_idx,
