@@ -356,7 +356,7 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     _refuse_context_parallel(function, cp_context)
     if return_intermediate_states:
         _refuse(function, "return_intermediate_states", return_intermediate_states,
-                "only False")
+                "only False: the chunkwise kernel keeps no per-chunk states to return")
     state_v_first, extra = _options(function, kwargs, state_v_first, ("A_log", "dt_bias"),
                                     KDA_CHUNKS)
     _check_gates(function, q, v, g=(g, CHANNEL), beta=(beta, STEP),
