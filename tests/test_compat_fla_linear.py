@@ -295,3 +295,22 @@ def test_bfloat16_inputs_round_as_the_simple_gla_kernel_does():
     assert out.dtype == torch.bfloat16 and final.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected, atol=6e-2, rtol=6e-2)
     torch.testing.assert_close(final.double(), expected_final, atol=6e-2, rtol=6e-2)
+
+
+def test_normalized_decoding_token_by_token_chains_both_states():
+    """fused_recurrent_linear_attn one token at a time (the step kernel), feeding back
+    (kv_state, z_state), equals the whole sequence in one call."""
+    a = inputs(seed=10)
+    a["k"] = a["k"].abs()  # keys of one sign keep the normalizer away from 0
+    out, (final, z_state) = fla_linear.fused_recurrent_linear_attn(
+        *_qkv(a), normalize=True, output_final_state=True)
+    state, steps = (torch.zeros(B, H, K, V), torch.zeros(B, 1, H, K)), []
+    for t in range(T):
+        step = slice(t, t + 1)
+        o, state = fla_linear.fused_recurrent_linear_attn(
+            a["q"][:, step], a["k"][:, step], a["v"][:, step], initial_state=state,
+            normalize=True, output_final_state=True)
+        steps.append(o)
+    torch.testing.assert_close(torch.cat(steps, 1), out, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state[0], final, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state[1], z_state, atol=1e-6, rtol=1e-6)
