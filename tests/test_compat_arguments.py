@@ -31,6 +31,21 @@ def test_mixed_input_dtypes_are_cast_as_fla_does():
                                                           torch.float16)
 
 
+def test_mixed_input_dtypes_decode_on_the_step_kernel():
+    """One token per sequence (the step kernel), q and k float32, v bfloat16: o in bfloat16,
+    equal to the float32 call's output rounded."""
+    a = make_inputs(torch.float32, length=1, seed=28)
+    out, final = fla.fused_recurrent_gated_delta_rule(
+        a["q"], a["k"], a["v"].bfloat16(), a["g"], beta=a["beta"], initial_state=a["h0"],
+        output_final_state=True)
+    want, want_final = fla.fused_recurrent_gated_delta_rule(
+        a["q"], a["k"], a["v"].bfloat16().float(), a["g"], beta=a["beta"],
+        initial_state=a["h0"], output_final_state=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want.bfloat16())
+    torch.testing.assert_close(final, want_final)
+
+
 def test_mixed_gate_dtype_is_accepted():
     """A float16 gate beside bfloat16 inputs (neither their dtype nor float32) runs in
     float32: the result equals the one with the same gate values given in float32."""
