@@ -152,6 +152,7 @@ def test_varlen_states_are_each_sequences_last_tokens(dtype):
 @pytest.mark.parametrize("arguments, message", [
     ((_random(5, 2, seed=10), torch.tensor([0, 3, 2]), 3), "cu_seqlens must be non-decreasing"),
     ((_random(5, 2, seed=10), torch.tensor([0, 6]), 3), "total_tokens=5"),
+    ((_random(5, 2, seed=10), torch.tensor([], dtype=torch.int64), 3), "N \\+ 1 >= 1"),
     ((_random(5, 2, seed=10), torch.tensor([0.0, 5.0]), 3), "int32 or int64"),
     ((_random(5, 2, seed=10), torch.tensor([0, 5]), -1), "state_len"),
     ((_random(1, 5, 2, seed=10), torch.tensor([0, 5]), 3), "x must have 2 dimensions"),

@@ -192,7 +192,8 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
     total_tokens); state_len an int >= 0. Returns states ``[N, D, state_len]`` in x's dtype
     (D contiguous, as causal-conv1d's): each sequence's last state_len tokens, oldest first,
     with zeros where a sequence is shorter than state_len (no token of another sequence is
-    read). Forward only, as in causal-conv1d; one gather, no kernel.
+    read). Forward only, as in causal-conv1d; one gather, no kernel and no host read on a GPU
+    (the offsets are checked there by device asserts).
     """
     expect_tensor("x", x, 2)
     expect_tensor("cu_seqlens", cu_seqlens, 1)
@@ -202,12 +203,10 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
     if isinstance(state_len, bool) or not isinstance(state_len, int) or state_len < 0:
         raise ValueError(f"state_len must be an int >= 0, got {state_len!r}")
     total = x.shape[0]
-    bounds = cu_seqlens.tolist()
-    if not bounds or bounds[0] != 0 or bounds[-1] > total or any(
-            b < a for a, b in zip(bounds, bounds[1:])):
-        raise ValueError(f"cu_seqlens must be non-decreasing from 0 to at most "
-                         f"total_tokens={total}, got {bounds[:8]}")
+    if cu_seqlens.numel() == 0:
+        raise ValueError("cu_seqlens must have N + 1 >= 1 offsets, got none")
     offsets = cu_seqlens.to(device=x.device, dtype=torch.int64)
+    _check_offsets(offsets, total)
     ends = offsets[1:, None]
     positions = ends - state_len + torch.arange(state_len, device=x.device)  # [N, state_len]
     inside = positions >= offsets[:-1, None]
@@ -215,3 +214,16 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
         (*positions.shape, x.shape[1]))
     states = torch.where(inside[:, :, None], rows, rows.new_zeros(()))  # [N, state_len, D]
     return states.transpose(1, 2)
+
+
+def _check_offsets(offsets: torch.Tensor, total: int) -> None:
+    """Offsets from 0, non-decreasing, at most ``total``: a ValueError read on the host for CPU
+    tensors; on a GPU device asserts, which neither sync the stream nor break a CUDA-graph
+    capture (the gather stays in bounds either way)."""
+    message = f"cu_seqlens must be non-decreasing from 0 to at most total_tokens={total}"
+    valid = ((offsets[0] == 0) & (offsets[-1] <= total)
+             & (offsets[1:] >= offsets[:-1]).all())
+    if offsets.device.type != "cpu":
+        torch._assert_async(valid, message)
+    elif not bool(valid):
+        raise ValueError(f"{message}, got {offsets.tolist()[:8]}")
