@@ -129,3 +129,24 @@ def test_causal_conv1d_update_pad_slot_id(length, state_len, pad_slot_id):
 def test_pad_slot_id_must_be_an_int(call):
     with pytest.raises(TypeError, match="pad_slot_id must be an int"):
         call()
+
+
+def test_delta_rule_two_pass_tiles_skip_padding_too():
+    """K in several BK tiles reads the state twice (prediction, then update): both passes
+    are masked for a padding slot."""
+    from seqtune.kernels import delta_rule_step
+
+    generator = torch.Generator().manual_seed(9)
+    q, k = (torch.nn.functional.normalize(torch.randn(3, 1, 48, generator=generator), dim=-1)
+            for _ in range(2))
+    v, beta = torch.randn(3, 1, 24, generator=generator), torch.rand(3, 1, generator=generator)
+    q[1] = float("nan")
+    before = torch.randn(POOL, 1, 48, 24, generator=generator)
+    pool, reference_pool = before.clone(), before.clone()
+    out = delta_rule_step(q, k, v, beta, state=pool, state_indices=ROWS,
+                          config={"BK": 16, "BV": 16})
+    expected = delta_rule_step(q[LIVE], k[LIVE], v[LIVE], beta[LIVE], state=reference_pool,
+                               state_indices=ROWS[LIVE], config={"BK": 16, "BV": 16})
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[LIVE], expected, rtol=0, atol=0)
+    torch.testing.assert_close(pool, reference_pool, rtol=0, atol=0)
