@@ -109,8 +109,8 @@ def _run_step(q, k, v, g, v_scale, D, state, state_indices, scale, gate, cfg) ->
            q, k, v, g if g is not None else q, v_scale if v_scale is not None else q,
            D if D is not None else q, state,
            state_indices.contiguous() if state_indices is not None else q, out, heads,
-           heads // q.shape[1], float(scale), state.shape[0], *q.stride(), *k.stride(), *v.stride(), *g_strides,
-           *state.stride(), *out.stride(), K=K, V=V, GATE=GATES[gate],
+           heads // q.shape[1], float(scale), state.shape[0], *q.stride(), *k.stride(),
+           *v.stride(), *g_strides, *state.stride(), *out.stride(), K=K, V=V, GATE=GATES[gate],
            VSCALE=v_scale is not None, HAS_D=D is not None,
            INDEXED=state_indices is not None, BK=cfg["BK"], BV=cfg["BV"],
            num_warps=cfg["num_warps"])
