@@ -9,7 +9,7 @@ import torch
 
 from seqtune.checks import (expect_shape, expect_state_indices, expect_state_pool,
                             expect_step_tensors, expect_tensor)
-from seqtune.compat.pool import gather_rows, pad_slots, write_rows
+from seqtune.compat._pool import gather_rows, pad_slots, write_rows
 from seqtune.kernels import causal_conv1d, causal_conv1d_step
 
 ACTIVATIONS = (None, "silu", "swish")

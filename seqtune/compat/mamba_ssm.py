@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from seqtune.checks import (expect_float, expect_shape, expect_state_indices, expect_step_tensors,
                             expect_tensor)
-from seqtune.compat.pool import gather_rows, pad_slots, write_rows
+from seqtune.compat._pool import gather_rows, pad_slots, write_rows
 from seqtune.kernels import selective_scan, selective_scan_step, ssd, ssd_step
 
 NO_LIMIT = (0.0, float("inf"))

@@ -1,5 +1,6 @@
 """State-pool rows for the compat decode entry points that step a copy of the rows (a state
 in a dtype the kernel does not update in place, or a window gathered for several tokens).
+Private (a helper, no entry points of its own).
 
 Padding slots (negative rows) make the write-back the hard part: writing only the live rows
 would need a boolean index (a host read, a size that depends on values), which breaks CUDA
