@@ -201,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.batch <= args.pool:
         parser.error(f"--batch must be in [1, --pool={args.pool}], got {args.batch}")
     generator = torch.Generator(device="cuda").manual_seed(0)
-    chosen = [d for d in decodes(args.batch, args.pool, generator)
-              if not args.ops or d.name in args.ops.split(",")]
+    every = decodes(args.batch, args.pool, generator)
+    wanted = args.ops.split(",") if args.ops else [d.name for d in every]
+    unknown = sorted(set(wanted) - {d.name for d in every})
+    if unknown:
+        parser.error(f"--ops: unknown step ops {unknown}; known: {[d.name for d in every]}")
+    chosen = [d for d in every if d.name in wanted]
     print(f"{torch.cuda.get_device_name()}: batch {args.batch}, pool {args.pool}, "
           f"{args.replays} replays per op, us per step over {args.iters} steps")
     print(f"{'op':<24}{'eager':>10}{'compiled':>10}{'graph':>10}  replays")
