@@ -64,3 +64,86 @@ def expect_same_device(named: dict[str, torch.Tensor | None]) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"tensors on different devices: {listed}")
+
+
+# --- Step ops (decode): state pools and their indices --------------------------------------
+# A step op must run inside CUDA-graph capture and torch.compile, so it never reads a tensor's
+# values on the host there: value checks run on the device (torch._assert_async, and the
+# kernels mask rows outside the pool). On the CPU (the interpreter) a read costs nothing and
+# gives a clear one-line error, so there the same checks run on the host.
+
+
+def reads_values_on_host(tensor: torch.Tensor) -> bool:
+    """Whether value checks of ``tensor`` may read it on the host (CPU tensors only)."""
+    return tensor.device.type == "cpu"
+
+
+def expect_step_tensors(named: dict[str, object]) -> None:
+    """Every non-None entry a real (non-meta) tensor, all on one device."""
+    for name, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.is_meta:
+            raise ValueError(f"{name} is a meta tensor; a step op needs real data on the "
+                             f"device of its inputs")
+    expect_same_device(named)
+
+
+def expect_state_pool(state: torch.Tensor, inputs: dict[str, torch.Tensor | None]) -> None:
+    """A pool the kernel may write in place: no autograd history, no two elements at one
+    address (a stride-0 or expanded pool would land several rows' updates in one), and no
+    input sharing its memory (a view of a row written in the same call is undefined)."""
+    if state.requires_grad:
+        raise ValueError("state requires grad; a step op updates it in place outside "
+                         "autograd: pass a pool without requires_grad (e.g. state.detach())")
+    if _overlaps(state.shape, state.stride()):
+        raise ValueError(f"state overlaps itself in memory (shape {tuple(state.shape)}, "
+                         f"strides {tuple(state.stride())}): stride-0 or expanded pools would "
+                         f"write several rows into one; pass a pool with its own memory")
+    if state.numel() == 0:
+        return
+    pool_memory = state.untyped_storage().data_ptr()
+    for name, tensor in inputs.items():
+        if (tensor is not None and tensor.numel()
+                and tensor.untyped_storage().data_ptr() == pool_memory):
+            raise ValueError(f"{name} shares memory with state (the pool written in place): "
+                             f"undefined, pass a copy (e.g. {name}.clone())")
+
+
+def _overlaps(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """True unless, ordered by stride, each dim steps over the whole extent of the smaller
+    ones (sufficient for no overlap; the layouts of contiguous, sliced and permuted pools)."""
+    dims = sorted((abs(stride), size) for size, stride in zip(shape, strides) if size > 1)
+    if any(size == 0 for size in shape):
+        return False
+    extent = 1
+    for stride, size in dims:
+        if stride < extent:
+            return True
+        extent = stride * size
+    return False
+
+
+def expect_state_indices(state_indices: torch.Tensor, rows: int,
+                         name: str = "state_indices") -> None:
+    """Each index < ``rows`` (a negative one is a padding slot) and no row twice among the
+    non-padding ones (two programs would race on it). On the CPU a one-line ValueError; on
+    an accelerator a device-side assert, with no host read and nothing sized by values."""
+    if state_indices.numel() == 0:
+        return
+    ordered = torch.sort(state_indices.reshape(-1)).values
+    beyond = ordered[-1] >= rows
+    repeated = (ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)
+    if reads_values_on_host(state_indices):
+        if bool(beyond):
+            raise ValueError(f"{name} must be < N={rows} (the state pool's rows; a negative "
+                             f"index marks a padding slot), got {int(ordered[-1])}")
+        if bool(repeated.any()):
+            row = int(ordered[1:][repeated][0])
+            raise ValueError(f"{name} has row {row} more than once; each batch element "
+                             f"needs its own state row")
+        return
+    torch._assert_async(~beyond, f"{name} must be < N={rows} (the state pool's rows)")
+    torch._assert_async(~repeated.any(), f"{name} has a row more than once")

@@ -319,7 +319,8 @@ def test_selective_scan_fn_gradients_match_float64_autograd():
 
 
 # The originals' signatures, as mamba_ssm 2.3 defines them (ops/triton/ssd_combined.py,
-# selective_state_update.py, ops/selective_scan_interface.py): same names, order, defaults.
+# selective_state_update.py, ops/selective_scan_interface.py): same names, order, defaults;
+# selective_state_update with the pad_slot_id of vLLM's and SGLang's copies (PAD_SLOT_ID = -1).
 ORIGINAL_SIGNATURES = {
     "mamba_chunk_scan_combined":
         "(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, "
@@ -327,7 +328,7 @@ ORIGINAL_SIGNATURES = {
         "return_final_states=False, return_varlen_states=False)",
     "selective_state_update":
         "(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, "
-        "state_batch_indices=None)",
+        "state_batch_indices=None, pad_slot_id=-1)",
     "selective_scan_fn":
         "(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, "
         "return_last_state=False)",

@@ -133,7 +133,8 @@ def _bad_cases():
         ("indices-shape", call(state_indices=torch.tensor([0])), ValueError,
          "state_indices must have shape (2,)"),
         ("indices-range", call(state_indices=torch.tensor([0, 2])), ValueError,
-         "state_indices must lie in [0, 2), got values in [0, 2]"),
+         "state_indices must be < N=2 (the state pool's rows; a negative index marks a "
+         "padding slot), got 2"),
         ("state-missing", call(state=None), TypeError, "state must be a torch.Tensor"),
     ]
 

@@ -8,7 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from seqtune.checks import expect_float, expect_same_device, expect_shape, expect_tensor
+from seqtune.checks import (expect_float, expect_shape, expect_state_indices, expect_state_pool,
+                            expect_step_tensors, expect_tensor)
 from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
@@ -17,7 +18,7 @@ from seqtune.kernels.causal_conv1d.op import ACTIVATIONS, WIDTHS
 
 
 @triton.jit
-def causal_conv1d_step_kernel(x, weight, bias, state, state_indices, y, D,
+def causal_conv1d_step_kernel(x, weight, bias, state, state_indices, y, D, N,
                               stride_xb, stride_xd, stride_wd, stride_ww, stride_bias,
                               stride_sn, stride_sd, stride_sw, stride_yb, stride_yd,
                               W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -32,10 +33,11 @@ def causal_conv1d_step_kernel(x, weight, bias, state, state_indices, y, D,
         row = tl.load(state_indices + batch).to(tl.int64)
     else:
         row = batch
-    # A negative index marks a padding slot: its output is zero and no state is touched.
-    # (The row is broadcast before the comparison: the interpreter rejects a mask made from
-    # a scalar condition.)
-    mask = (cols < D) & (tl.zeros_like(cols) + row >= 0)
+    # A row outside [0, N) (a negative one: a padding slot) masks every load and store off:
+    # its output is zero and no state is touched. (The row is broadcast before the
+    # comparison: the interpreter rejects a mask made from a scalar condition.)
+    row_cols = tl.zeros_like(col_offsets) + row
+    mask = (cols < D) & (row_cols >= 0) & (row_cols < N)
     x_now = tl.load(x + batch * stride_xb + col_offsets * stride_xd, mask=mask, other=0.0)
     last_tap = tl.load(weight + col_offsets * stride_wd + (W - 1) * stride_ww, mask=mask,
                        other=0.0).to(tl.float32)
@@ -69,10 +71,14 @@ def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         weight: ``[D, W]`` with W in 2..4; bias: ``[D]``; any float dtype.
         activation: None, ``"silu"`` or ``"swish"``.
         state: ``[N, D, W - 1]``, any float dtype, updated in place (oldest column first, as
-            ``causal_conv1d``'s initial and final states).
+            ``causal_conv1d``'s initial and final states): not requiring grad, with its own
+            memory (no stride-0 or expanded pool); an input that is a view of it is undefined
+            (and refused when it shares the pool's storage).
         state_indices: int32/int64 ``[B]``: batch element i owns row ``state_indices[i]`` (a
-            state pool); rows must be distinct; a negative index marks a padding slot (zero
-            output, no state touched). Without it N == B. Its range check costs one sync.
+            state pool); rows must be distinct and < N; a negative index marks a padding slot
+            (vLLM's PAD_SLOT_ID, SGLang's: zero output, no state touched). Without it N == B.
+            Checked on the device on CUDA (no host read: a CUDA graph replays for any
+            assignment).
         config: a (partial) config of the ``causal_conv1d_step`` spec; None: the tuned one.
 
     Returns ``y [B, D]`` in x's dtype (fp32 accumulation).
@@ -89,6 +95,7 @@ def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     indices = state_indices.contiguous() if state_indices is not None else x
     launch(causal_conv1d_step_kernel, (batch, triton.cdiv(channels, cfg["BD"])),
            x, weight, bias if bias is not None else x, state, indices, y, channels,
+           state.shape[0],
            *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
            *state.stride(), *y.stride(), W=width, HAS_BIAS=bias is not None,
            SILU=activation is not None, HAS_INDICES=state_indices is not None, BD=cfg["BD"],
@@ -119,17 +126,18 @@ def _check_arguments(x, weight, bias, activation, state, state_indices) -> None:
     expect_shape("state", state, (pool if state_indices is not None else batch, channels,
                                   width - 1))
     if state_indices is not None:
-        _check_indices(state_indices, batch, pool)
-    expect_same_device({"x": x, "weight": weight, "bias": bias, "state": state,
-                        "state_indices": state_indices})
+        _check_indices(state_indices, batch)
+    inputs = {"x": x, "weight": weight, "bias": bias, "state_indices": state_indices}
+    expect_step_tensors(inputs | {"state": state})
+    expect_state_pool(state, inputs)
+    if state_indices is not None:
+        expect_state_indices(state_indices, pool)
 
 
-def _check_indices(state_indices: Any, batch: int, pool: int) -> None:
+def _check_indices(state_indices: Any, batch: int) -> None:
+    """int [B] (their values are checked after the devices)."""
     expect_tensor("state_indices", state_indices, 1)
     if state_indices.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"state_indices must be int32 or int64, got "
                          f"{str(state_indices.dtype).removeprefix('torch.')}")
     expect_shape("state_indices", state_indices, (batch,))
-    if batch and int(state_indices.max()) >= pool:
-        raise ValueError(f"state_indices must be < N={pool} (the state pool's rows), got "
-                         f"max {int(state_indices.max())}")

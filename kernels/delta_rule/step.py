@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
-                            expect_tensor)
+from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_state_indices,
+                            expect_state_pool, expect_step_tensors, expect_tensor)
 from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
@@ -31,12 +31,13 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 
 @triton.jit
-def _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V, kcols, vcols,
+def _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V, kcols, vcols, vmask,
                   GATE: tl.constexpr):
-    """(S' tile [BK, BV] fp32, k and q along the tile's rows, fp32)."""
+    """(S' tile [BK, BV] fp32, k and q along the tile's rows, fp32); the state read only
+    where ``vmask`` holds."""
     kmask = kcols < K
     tile = tl.load(state_row + kcols[:, None] * V + vcols[None, :],
-                   mask=kmask[:, None] & (vcols < V)[None, :], other=0.0)
+                   mask=kmask[:, None] & vmask[None, :], other=0.0)
     if GATE == 1:
         tile *= tl.exp(tl.load(g + batch * HV + hv).to(tl.float32))
     elif GATE == 2:
@@ -48,10 +49,11 @@ def _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V, kcols, vcols,
 
 
 @triton.jit
-def step_kernel(q, k, v, beta, g, state, indices, o, scale, H, HV, K, V, GATE: tl.constexpr,
-                HAS_INDICES: tl.constexpr, ONE_PASS: tl.constexpr, BK: tl.constexpr,
-                BV: tl.constexpr):
-    """One batch element, value head and V tile. Grid (B * HV, V tiles)."""
+def step_kernel(q, k, v, beta, g, state, indices, o, scale, H, HV, K, V, N,
+                GATE: tl.constexpr, HAS_INDICES: tl.constexpr, ONE_PASS: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr):
+    """One batch element, value head and V tile. Grid (B * HV, V tiles). A row outside
+    [0, N) (a negative one: a padding slot) masks every state access off and stores zeros."""
     program, v_tile = tl.program_id(0), tl.program_id(1)
     batch, hv = program // HV, program % HV
     head = hv // (HV // H)
@@ -63,7 +65,10 @@ def step_kernel(q, k, v, beta, g, state, indices, o, scale, H, HV, K, V, GATE: t
         row = batch.to(tl.int64)
     state_row = state + (row * HV + hv) * K * V
     vcols = v_tile * BV + tl.arange(0, BV)
-    vmask = vcols < V
+    # (The row is broadcast before the comparison: the interpreter rejects a mask made from a
+    # scalar condition.)
+    row_cols = tl.zeros_like(vcols).to(tl.int64) + row
+    vmask = (vcols < V) & (row_cols >= 0) & (row_cols < N)
     value = tl.load(v + (batch.to(tl.int64) * HV + hv) * V + vcols, mask=vmask,
                     other=0.0).to(tl.float32)
     weight = tl.load(beta + batch * HV + hv).to(tl.float32)
@@ -71,7 +76,7 @@ def step_kernel(q, k, v, beta, g, state, indices, o, scale, H, HV, K, V, GATE: t
     if ONE_PASS:
         kcols = tl.arange(0, BK)
         tile, key, query = _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V, kcols,
-                                         vcols, GATE)
+                                         vcols, vmask, GATE)
         correction = weight * (value - tl.sum(tile * key[:, None], axis=0))
         tile += key[:, None] * correction[None, :]
         tl.store(state_row + tile_offsets, tile, mask=(kcols < K)[:, None] & vmask[None, :])
@@ -81,20 +86,22 @@ def step_kernel(q, k, v, beta, g, state, indices, o, scale, H, HV, K, V, GATE: t
         for k0 in range(0, K, BK):
             kcols = k0 + tl.arange(0, BK)
             tile, key, _ = _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V, kcols,
-                                         vcols, GATE)
+                                         vcols, vmask, GATE)
             predicted += tl.sum(tile * key[:, None], axis=0)
         correction = weight * (value - predicted)
         out = tl.zeros([BV], dtype=tl.float32)
         for k0 in range(0, K, BK):
             kcols = k0 + tl.arange(0, BK)
             tile, key, query = _decayed_tile(state_row, q, k, g, batch, head, hv, HV, K, V,
-                                             kcols, vcols, GATE)
+                                             kcols, vcols, vmask, GATE)
             tile += key[:, None] * correction[None, :]
             tl.store(state_row + k0 * V + tile_offsets, tile,
                      mask=(kcols < K)[:, None] & vmask[None, :])
             out += tl.sum(tile * query[:, None], axis=0)
-    tl.store(o + (batch.to(tl.int64) * HV + hv) * V + vcols, (scale * out).to(o.dtype.element_ty),
-             mask=vmask)
+    # where(), not the zero tile alone: a padded slot's inputs may hold anything (inf, NaN)
+    out = tl.where(vmask, scale * out, 0.0)
+    tl.store(o + (batch.to(tl.int64) * HV + hv) * V + vcols, out.to(o.dtype.element_ty),
+             mask=vcols < V)
 
 
 def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -110,10 +117,14 @@ def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: tor
             in q's dtype or float32.
         state: [N, HV, K, V] float32; row state[state_indices[b]] (or state[b]
             without indices, then N == B) belongs to element b and is overwritten with the
-            state after this token. Two elements must not share a row.
+            state after this token. Two elements must not share a row, and no input may be
+            a view of the pool (undefined; refused when it shares the pool's storage). Not
+            requiring grad, with its own memory (no stride-0 or expanded pool).
         scale: defaults to K ** -0.5.
         state_indices: int32/int64 [B] rows of ``state`` (a pool, as continuous batching
-            keeps it), each in [0, N).
+            keeps it), each < N; a negative index marks a padding slot (vLLM's PAD_SLOT_ID,
+            SGLang's): no row is read or written for it and its output row is zero. Checked
+            on the device on CUDA (no host read: a CUDA graph replays for any assignment).
         config: knobs of the ``delta_rule_step`` spec; None takes the tuned config.
 
     Returns:
@@ -136,7 +147,7 @@ def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: tor
     pool = state.contiguous()
     launch(step_kernel, (batch * value_heads, triton.cdiv(value_dim, cfg["BV"])), q, k, v, beta,
            beta if g is None else g, pool, pool if indices is None else indices, out, scale,
-           heads, value_heads, key_dim, value_dim, GATE=GATES[gate],
+           heads, value_heads, key_dim, value_dim, state.shape[0], GATE=GATES[gate],
            HAS_INDICES=indices is not None, ONE_PASS=cfg["BK"] >= key_dim, BK=cfg["BK"],
            BV=cfg["BV"], num_warps=cfg["num_warps"])
     if pool is not state:
@@ -167,22 +178,18 @@ def _validate(q, k, v, beta, g, state, scale, state_indices) -> str:
     gates = {"beta": beta} | ({} if g is None else {"g": g})
     for name, tensor in gates.items():
         expect_float(name, tensor, tuple(dict.fromkeys((q.dtype, torch.float32))))
-    if not isinstance(state, torch.Tensor):
-        raise TypeError(f"state must be a torch.Tensor, got {type(state).__name__}")
     expect_tensor("state", state, 4)
     if tuple(state.shape[1:]) != (value_heads, key_dim, value_dim):
         raise ValueError(f"state must have shape (N, {value_heads}, {key_dim}, {value_dim}), "
                          f"got {tuple(state.shape)}")
     expect_float("state", state, (torch.float32,))
-    expect_same_device({"q": q, "k": k, "v": v} | gates
-                       | {"state": state, "state_indices": state_indices})
+    inputs = {"q": q, "k": k, "v": v} | gates | {"state_indices": state_indices}
+    expect_step_tensors(inputs | {"state": state})
+    expect_state_pool(state, inputs)
     _check_indices(state_indices, batch, state.shape[0])
     if scale is not None and (not isinstance(scale, numbers.Real) or isinstance(scale, bool)):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
     return gate
-
-
-
 
 
 def _check_indices(state_indices, batch: int, rows: int) -> None:
@@ -200,8 +207,4 @@ def _check_indices(state_indices, batch: int, rows: int) -> None:
         raise ValueError(f"state_indices must be int32 or int64, got "
                          f"{str(state_indices.dtype).removeprefix('torch.')}")
     expect_shape("state_indices", state_indices, (batch,))
-    if batch:
-        low, high = (int(x) for x in torch.aminmax(state_indices))
-        if low < 0 or high >= rows:
-            raise ValueError(f"state_indices must lie in [0, {rows}), got values in "
-                             f"[{low}, {high}]")
+    expect_state_indices(state_indices, rows)

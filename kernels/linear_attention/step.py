@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
-                            expect_tensor)
+from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_state_indices,
+                            expect_state_pool, expect_step_tensors, expect_tensor)
 from seqtune.kernels.linear_attention.kernels import GATES
 from seqtune.kernels.linear_attention.op import expect_head_dim
 from seqtune.kernels.linear_attention.ssd import step_sizes
@@ -24,20 +24,24 @@ from seqtune.spec import dtype_name
 
 
 @triton.jit
-def _step_kernel(q, k, v, g, vs, D, state, idx, o, H, QK_GROUP, scale,
+def _step_kernel(q, k, v, g, vs, D, state, idx, o, H, QK_GROUP, scale, N,
                  sqb, sqh, sqd, skb, skh, skd, svb, svh, svd, sgb, sgh, sgd,
                  ssn, ssh, ssk, ssv, sob, soh, sod,
                  K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
                  HAS_D: tl.constexpr, INDEXED: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr):
-    """A [K, BV] column block of one state row, one step. Grid (V/BV, B*H)."""
+    """A [K, BV] column block of one state row, one step. Grid (V/BV, B*H). A row outside
+    [0, N) (a negative one: a padding slot) masks every state access off and stores zeros."""
     pid_v, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     row = b
     if INDEXED:
         row = tl.load(idx + b).to(tl.int64)
     e = pid_v * BV + tl.arange(0, BV)
-    e_mask = e < V
+    # (The row is broadcast before the comparison: the interpreter rejects a mask made from a
+    # scalar condition.)
+    row_e = tl.zeros_like(e).to(tl.int64) + row
+    e_mask = (e < V) & (row_e >= 0) & (row_e < N)
     v_raw = tl.load(v + b * svb + h * svh + e * svd, mask=e_mask, other=0.0).to(tl.float32)
     v_in = v_raw
     if VSCALE:
@@ -65,16 +69,21 @@ def _step_kernel(q, k, v, g, vs, D, state, idx, o, H, QK_GROUP, scale,
     out *= scale
     if HAS_D:
         out += tl.load(D + h).to(tl.float32) * v_raw
-    tl.store(o + b * sob + h * soh + e * sod, out.to(o.dtype.element_ty), mask=e_mask)
+    # where(), not the zero block alone: a padded slot's inputs may hold anything (inf, NaN)
+    out = tl.where(e_mask, out, 0.0)
+    tl.store(o + b * sob + h * soh + e * sod, out.to(o.dtype.element_ty), mask=e < V)
 
 
 def _check_state(state: torch.Tensor, heads: int, K: int, V: int, batch: int,
-                 state_indices: torch.Tensor | None) -> None:
+                 state_indices: torch.Tensor | None, inputs: dict) -> None:
+    """The pool and its indices (see ``expect_state_pool``, ``expect_state_indices``)."""
     expect_tensor("state", state, 4)
     if state.dtype != torch.float32:
         raise TypeError(f"state has dtype {str(state.dtype).removeprefix('torch.')}, "
                         f"expected float32 (it is updated in place)")
     expect_shape("state", state, (state.shape[0], heads, K, V))
+    expect_step_tensors(inputs | {"state": state, "state_indices": state_indices})
+    expect_state_pool(state, inputs | {"state_indices": state_indices})
     if state_indices is None:
         if state.shape[0] != batch:
             raise ValueError(f"state must have {batch} rows (one per batch element) without "
@@ -86,9 +95,7 @@ def _check_state(state: torch.Tensor, heads: int, K: int, V: int, batch: int,
                         f"{str(state_indices.dtype).removeprefix('torch.')}, expected int32 or "
                         f"int64")
     expect_shape("state_indices", state_indices, (batch,))
-    if batch and (int(state_indices.min()) < 0 or int(state_indices.max()) >= state.shape[0]):
-        raise ValueError(f"state_indices must lie in [0, {state.shape[0]}), got values in "
-                         f"[{int(state_indices.min())}, {int(state_indices.max())}]")
+    expect_state_indices(state_indices, state.shape[0])
 
 
 def _run_step(q, k, v, g, v_scale, D, state, state_indices, scale, gate, cfg) -> torch.Tensor:
@@ -102,8 +109,8 @@ def _run_step(q, k, v, g, v_scale, D, state, state_indices, scale, gate, cfg) ->
            q, k, v, g if g is not None else q, v_scale if v_scale is not None else q,
            D if D is not None else q, state,
            state_indices.contiguous() if state_indices is not None else q, out, heads,
-           heads // q.shape[1], float(scale), *q.stride(), *k.stride(), *v.stride(), *g_strides,
-           *state.stride(), *out.stride(), K=K, V=V, GATE=GATES[gate],
+           heads // q.shape[1], float(scale), state.shape[0], *q.stride(), *k.stride(),
+           *v.stride(), *g_strides, *state.stride(), *out.stride(), K=K, V=V, GATE=GATES[gate],
            VSCALE=v_scale is not None, HAS_D=D is not None,
            INDEXED=state_indices is not None, BK=cfg["BK"], BV=cfg["BV"],
            num_warps=cfg["num_warps"])
@@ -120,10 +127,15 @@ def linear_attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q, k: [B, H, K]; v: [B, HV, V] with HV a multiple of H (value head i reads q/k head
             i // (HV / H)); one float dtype.
         g: log decay: None, [B, HV] (scalar) or [B, HV, K] (per channel); fp32 or q's dtype.
-        state: [N, HV, K, V] fp32, updated in place.
+        state: [N, HV, K, V] fp32, updated in place: not requiring grad, with its own memory
+            (no stride-0 or expanded pool); an input that is a view of it is undefined (and
+            refused when it shares the pool's storage).
         scale: defaults to K ** -0.5.
         state_indices: int32/int64 [B]: batch element i owns state row state_indices[i]
-            (a state pool); without it N == B and row i is element i.
+            (a state pool; distinct rows, each < N); without it N == B and row i is element
+            i. A negative index marks a padding slot (vLLM's PAD_SLOT_ID, SGLang's): no row
+            is read or written for it and its output row is zero. Checked on the device on
+            CUDA (no host read: a CUDA graph replays for any assignment).
         config: a (partial) config of the ``linear_attention_step`` kernel.
 
     Returns:
@@ -143,9 +155,7 @@ def linear_attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     expect_head_dim("K (the last dim of q and k)", K)
     expect_head_dim("V (the last dim of v)", V)
     gate = _step_gate(g, batch, HV, K, q.dtype)
-    expect_same_device({"q": q, "k": k, "v": v, "g": g, "state": state,
-                        "state_indices": state_indices})
-    _check_state(state, HV, K, V, batch, state_indices)
+    _check_state(state, HV, K, V, batch, state_indices, {"q": q, "k": k, "v": v, "g": g})
     problem = {"B": batch, "H": H, "K": K, "V": V, "gate": gate, "dtype": dtype_name(q.dtype),
                "GV": HV // H, "indexed": state_indices is not None}
     cfg = config_for("linear_attention_step", problem, config)
@@ -202,21 +212,24 @@ def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     Args:
         x: [B, h, p]; B, C: [B, g, n] with h % g == 0; x, B and C in one float dtype.
         dt: [B, h]; A: [h]; D, dt_bias: [h]; any float dtype (used in fp32).
-        state: [N, h, n, p] fp32 (ssd's state layout), updated in place.
+        state: [N, h, n, p] fp32 (ssd's state layout), updated in place: not requiring grad,
+            with its own memory (no stride-0 or expanded pool); an input that is a view of it
+            is undefined (and refused when it shares the pool's storage).
         dt_softplus: dt <- softplus(dt + dt_bias) rather than dt + dt_bias.
-        state_indices: int32/int64 [B]: batch element i owns state row state_indices[i];
-            without it N == B.
+        state_indices: int32/int64 [B]: batch element i owns state row state_indices[i]
+            (distinct rows, each < N); without it N == B. A negative index marks a padding
+            slot: no row is read or written for it and its output row is zero. Checked on the
+            device on CUDA (no host read: a CUDA graph replays for any assignment).
         config: a (partial) config of the ``ssd_step`` kernel.
 
     Returns:
         y [B, h, p] in x's dtype.
     """
     _check_ssd_step(x, dt, A, B, C, D, dt_bias)
-    expect_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias,
-                        "state": state, "state_indices": state_indices})
     batch, heads, p = x.shape
     n = B.shape[2]
-    _check_state(state, heads, n, p, batch, state_indices)
+    _check_state(state, heads, n, p, batch, state_indices,
+                 {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias})
     problem = {"b": batch, "h": heads, "g": B.shape[1], "n": n, "p": p, "has_D": D is not None,
                "dtype": dtype_name(x.dtype), "indexed": state_indices is not None}
     cfg = config_for("ssd_step", problem, config)

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
-                            expect_tensor)
+from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_state_indices,
+                            expect_state_pool, expect_step_tensors, expect_tensor)
 from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
@@ -33,7 +33,7 @@ KERNEL = "selective_scan_step"
 
 @triton.jit
 def selective_scan_step_kernel(
-        u, delta, A, B, C, D, z, delta_bias, state, state_indices, y, d, n, channels_per_group,
+        u, delta, A, B, C, D, z, delta_bias, state, state_indices, y, d, n, channels_per_group, N,
         stride_u_batch, stride_u_channel, stride_delta_batch, stride_delta_channel,
         stride_A_channel, stride_A_state, stride_B_batch, stride_B_group, stride_B_state,
         stride_C_batch, stride_C_group, stride_C_state, stride_D, stride_z_batch,
@@ -42,8 +42,9 @@ def selective_scan_step_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr, HAS_INDICES: tl.constexpr, BD: tl.constexpr,
         BN: tl.constexpr):
-    """Grid (B, cdiv(d, BD)). A negative state index marks a padding slot: every load of the
-    program is masked off, so its y is zero and its state row is neither read nor written."""
+    """Grid (B, cdiv(d, BD)). A state index outside [0, N) (a negative one: a padding slot)
+    masks every load of the program off, so its y is zero and no state row is read or
+    written."""
     batch = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BD + tl.arange(0, BD)
     if HAS_INDICES:
@@ -52,7 +53,8 @@ def selective_scan_step_kernel(
         row = batch
     # (The row is broadcast before the comparison: the interpreter rejects a mask made from a
     # scalar condition.)
-    live = (channels < d) & (tl.zeros_like(channels) + row >= 0)
+    row_channels = tl.zeros_like(channels).to(tl.int64) + row
+    live = (channels < d) & (row_channels >= 0) & (row_channels < N)
     x_in = tl.load(u + batch * stride_u_batch + channels * stride_u_channel, mask=live,
                    other=0.0).to(tl.float32)
     step = tl.load(delta + batch * stride_delta_batch + channels * stride_delta_channel,
@@ -108,12 +110,15 @@ def selective_scan_step(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
             c // (d / g)), in u's dtype.
         state: [N, d, n] float32 (any strides): row state[state_indices[i]] (or state[i]
             without indices, then N == B) is element i's state, overwritten with the state
-            after this token. Two elements must not share a row.
+            after this token. Two elements must not share a row. Not requiring grad, with its
+            own memory (no stride-0 or expanded pool); an input that is a view of it is
+            undefined (and refused when it shares the pool's storage).
         delta_softplus: delta <- softplus(delta + delta_bias) when set (delta + delta_bias
             otherwise).
-        state_indices: int32/int64 [B], each < N (a state pool, as continuous batching keeps
-            it); a negative index marks a padding slot: its output is zero and no state is
-            touched. Its range check costs one sync.
+        state_indices: int32/int64 [B], distinct, each < N (a state pool, as continuous
+            batching keeps it); a negative index marks a padding slot (vLLM's PAD_SLOT_ID,
+            SGLang's): its output is zero and no state is touched. Checked on the device on
+            CUDA (no host read: a CUDA graph replays for any assignment).
         config: knobs of the ``selective_scan_step`` spec; None takes the tuned config.
 
     Returns:
@@ -135,7 +140,7 @@ def selective_scan_step(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
            u, delta, A, B, C, unread if D is None else D, unread if z is None else z,
            unread if delta_bias is None else delta_bias, state,
            unread if state_indices is None else state_indices, y,
-           channels, A.shape[1], channels // problem["groups"],
+           channels, A.shape[1], channels // problem["groups"], state.shape[0],
            *u.stride(), *delta.stride(), *A.stride(), *B_strides, *C_strides,
            0 if D is None else D.stride(0), *(z.stride() if z is not None else (0, 0)),
            0 if delta_bias is None else delta_bias.stride(0), *state.stride(),
@@ -189,11 +194,11 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, state, state_indices) 
                          f"got {tuple(state.shape)}")
     expect_float("state", state, (torch.float32,))
     _check_indices(state_indices, batch, state.shape[0])
-    expect_same_device({**streams, **parameters, "state": state,
-                        "state_indices": state_indices})
-    if state_indices is not None and batch and int(state_indices.max()) >= state.shape[0]:
-        raise ValueError(f"state_indices must be < N={state.shape[0]} (the state pool's rows), "
-                         f"got max {int(state_indices.max())}")
+    inputs = {**streams, **parameters, "state_indices": state_indices}
+    expect_step_tensors({**inputs, "state": state})
+    expect_state_pool(state, inputs)
+    if state_indices is not None:
+        expect_state_indices(state_indices, state.shape[0])
 
 
 def _bc_shape(B: Any, batch: int, state_dim: int) -> tuple[int, ...]:
@@ -209,7 +214,7 @@ def _bc_shape(B: Any, batch: int, state_dim: int) -> tuple[int, ...]:
 
 
 def _check_indices(state_indices: Any, batch: int, rows: int) -> None:
-    """int [B] (their range is checked after the devices); without them N == B."""
+    """int [B] (their values are checked after the devices); without them N == B."""
     if state_indices is None:
         if rows != batch:
             raise ValueError(f"state has {rows} rows but the batch is {batch}; pass "

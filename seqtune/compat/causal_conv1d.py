@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from seqtune.checks import expect_shape, expect_tensor
+from seqtune.checks import (expect_shape, expect_state_indices, expect_state_pool,
+                            expect_step_tensors, expect_tensor)
+from seqtune.compat._pool import gather_rows, pad_slots, write_rows
 from seqtune.kernels import causal_conv1d, causal_conv1d_step
 
 ACTIVATIONS = (None, "silu", "swish")
@@ -99,7 +101,7 @@ def _refuse_reappearing_ids(run_ids: torch.Tensor, run_rows: torch.Tensor) -> No
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
-                         conv_state_indices=None):
+                         conv_state_indices=None, pad_slot_id=-1):
     """causal-conv1d's ``causal_conv1d_update``: decoding tokens through the convolution.
 
     x ``[B, D]`` or ``[B, D, L]`` (L new tokens per row); conv_state ``[N, D, state_len]`` with
@@ -111,8 +113,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     - ``cache_seqlens`` (int ``[B]``): the state is a circular buffer; the taps read the W - 1
       entries before position ``cache_seqlens % state_len``, x is written from there on
       (wrapping); cache_seqlens itself is not advanced.
-    - ``conv_state_indices`` (int ``[B]``): row i of x uses state row ``conv_state_indices[i]``;
-      a negative index marks a padding slot (zero output, no state touched).
+    - ``conv_state_indices`` (int ``[B]``): row i of x uses state row ``conv_state_indices[i]``
+      (distinct rows < N); an entry equal to ``pad_slot_id`` (vLLM's PAD_SLOT_ID, -1 by
+      default), or any negative one, marks a padding slot (zero output, no state row read or
+      written). No host read (the index checks run on the device on CUDA), so a CUDA graph
+      of the call replays for any slot assignment.
 
     One token with state_len == W - 1 and no cache_seqlens runs the ``causal_conv1d_step``
     kernel alone; otherwise the state window is gathered, ``causal_conv1d`` runs with it as the
@@ -131,17 +136,27 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     if state_len < width - 1:
         raise ValueError(f"conv_state has state_len={state_len}, expected >= W - 1 = "
                          f"{width - 1}")
-    indices = _check_update_indices(conv_state_indices, cache_seqlens, batch)
+    indices = _check_update_indices(conv_state_indices, cache_seqlens, batch, pad_slot_id)
+    expect_step_tensors({"x": x, "conv_state": conv_state, "weight": weight, "bias": bias,
+                         "conv_state_indices": indices})
+    expect_state_pool(conv_state, {"x": x, "weight": weight, "bias": bias})
+    if indices is not None:
+        expect_state_indices(indices, conv_state.shape[0], "conv_state_indices")
     if single and state_len == width - 1 and cache_seqlens is None:
         return causal_conv1d_step(x, weight, bias, activation=activation, state=conv_state,
-                                  state_indices=conv_state_indices)
+                                  state_indices=indices)
     if conv_state_indices is None:
         expect_shape("conv_state", conv_state, (batch, channels, state_len))
     out = _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, indices)
     return out[:, :, 0] if single else out
 
 
-def _check_update_indices(conv_state_indices, cache_seqlens, batch: int) -> torch.Tensor | None:
+def _check_update_indices(conv_state_indices, cache_seqlens, batch: int,
+                          pad_slot_id: int) -> torch.Tensor | None:
+    """conv_state_indices as int64 with padding slots -1 (their values are checked after the
+    devices)."""
+    if isinstance(pad_slot_id, bool) or not isinstance(pad_slot_id, int):
+        raise TypeError(f"pad_slot_id must be an int, got {type(pad_slot_id).__name__}")
     for name, value in (("conv_state_indices", conv_state_indices),
                         ("cache_seqlens", cache_seqlens)):
         if value is not None:
@@ -150,7 +165,7 @@ def _check_update_indices(conv_state_indices, cache_seqlens, batch: int) -> torc
             if value.dtype not in INDEX_DTYPES:
                 raise ValueError(f"{name} must be int32 or int64, got "
                                  f"{str(value.dtype).removeprefix('torch.')}")
-    return conv_state_indices.long() if conv_state_indices is not None else None
+    return pad_slots(conv_state_indices, pad_slot_id) if conv_state_indices is not None else None
 
 
 def _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, indices):
@@ -159,10 +174,7 @@ def _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, 
     width, state_len = weight.shape[1], conv_state.shape[2]
     rows = indices if indices is not None else torch.arange(batch, device=tokens.device)
     live = rows >= 0
-    if indices is not None and batch and int(rows.max()) >= conv_state.shape[0]:
-        raise ValueError(f"conv_state_indices must be < N={conv_state.shape[0]}, got max "
-                         f"{int(rows.max())}")
-    states = conv_state[rows.clamp(min=0)]  # [B, D, state_len], a copy
+    states = gather_rows(conv_state, rows)  # [B, D, state_len], a copy
     if cache_seqlens is None:
         window = states[:, :, state_len - (width - 1):]
     else:
@@ -180,7 +192,7 @@ def _update_tokens(tokens, conv_state, weight, bias, activation, cache_seqlens, 
                                                               device=tokens.device)) % state_len
         updated = states.scatter(2, slots[:, None, :].expand(-1, channels, -1),
                                  tokens[:, :, length - kept:].to(states.dtype))
-    conv_state[rows[live]] = updated[live]
+    write_rows(conv_state, rows, updated, states)
     return out
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seqtune.checks import expect_float, expect_shape, expect_tensor
+from seqtune.checks import (expect_float, expect_shape, expect_state_indices, expect_step_tensors,
+                            expect_tensor)
+from seqtune.compat._pool import gather_rows, pad_slots, write_rows
 from seqtune.kernels import selective_scan, selective_scan_step, ssd, ssd_step
 
 NO_LIMIT = (0.0, float("inf"))
@@ -183,7 +185,7 @@ def _skip_and_gate(out, x, D, z):
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False, state_batch_indices=None):
+                           dt_softplus=False, state_batch_indices=None, pad_slot_id=-1):
     """mamba_ssm's ``selective_state_update``: one decode step of the selective SSM, the state
     updated in place: per-head dt and A (Mamba-2) on ``seqtune.kernels.ssd_step``, else on
     ``seqtune.kernels.selective_scan_step``.
@@ -194,8 +196,12 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     (Mamba-2 passes dt, A, dt_bias expanded over p: views are fine). When dt, A or dt_bias vary
     over p, the h heads of p channels run as h * p channels of grouped B/C (the state seen as
     ``[N, h * p, n]``: a view when it can be). ``state_batch_indices`` (int
-    ``[b]``): the state row of each batch element (a pool, as in continuous batching); without
-    it N == b. Inputs of mixed float dtypes are computed in float32.
+    ``[b]``): the state row of each batch element (a pool, as in continuous batching; distinct
+    rows < N); without it N == b. An entry equal to ``pad_slot_id`` (vLLM's PAD_SLOT_ID, -1 by
+    default), or any negative one, marks a padding slot: no state row is read or written for
+    it and its output row is zero. No host read (the index checks run on the device on CUDA),
+    so a CUDA graph of the call replays for any slot assignment. Inputs of mixed float dtypes
+    are computed in float32.
     Returns ``out`` shaped like x, in x's dtype.
     """
     heads_layout = isinstance(state, torch.Tensor) and state.dim() == 4
@@ -212,7 +218,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
         if tensor is not None:
             expect_tensor(name, tensor, len(shapes[name]))
             expect_shape(name, tensor, shapes[name])
-    rows = _state_rows(state_batch_indices, batch, state.shape[0], x.device)
+    rows = _state_rows(state_batch_indices, batch, state.shape[0], x.device, pad_slot_id)
     if heads_layout and _tied_over_head_dim(dt, A, dt_bias):
         return _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
     pool, state_dim = state.shape[0], state.shape[-1]
@@ -249,17 +255,24 @@ def _mamba2_step(state, rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
         y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=state.transpose(-1, -2),
                      state_indices=rows, **arguments)
     else:  # the kernel keeps float32 states: step a float32 copy of the rows, write them back
-        stepped = (state if rows is None else state[rows]).transpose(-1, -2).float()
-        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=stepped, **arguments)
-        _write_rows(state, rows, stepped.transpose(-1, -2))
+        rows_before, local = _stepped_rows(state, rows)
+        stepped = rows_before.float().transpose(-1, -2)
+        y = ssd_step(x_in, dt[:, :, 0], A[:, 0, 0], B, C, state=stepped, state_indices=local,
+                     **arguments)
+        _write_rows(state, rows, stepped.transpose(-1, -2), rows_before)
     if D is not None and not head_D:
         y = y.float() + x.float() * D.float()
     if z is not None:
         y = y.float() * F.silu(z.float())
+    if rows is not None and (z is not None or (D is not None and not head_D)):
+        y = torch.where((rows >= 0)[:, None, None], y, 0.0)  # padding slots stay zero
     return y.to(out_dtype)
 
 
-def _state_rows(indices, batch, pool, device):
+def _state_rows(indices, batch, pool, device, pad_slot_id):
+    """int64 rows on ``device``, padding slots as -1 (checked on the device on CUDA)."""
+    if isinstance(pad_slot_id, bool) or not isinstance(pad_slot_id, int):
+        raise TypeError(f"pad_slot_id must be an int, got {type(pad_slot_id).__name__}")
     if indices is None:
         if pool != batch:
             raise ValueError(f"state has {pool} rows for a batch of {batch}: pass "
@@ -268,10 +281,9 @@ def _state_rows(indices, batch, pool, device):
     expect_tensor("state_batch_indices", indices, 1)
     expect_float("state_batch_indices", indices, INDEX_DTYPES)
     expect_shape("state_batch_indices", indices, (batch,))
-    rows = indices.to(device=device, dtype=torch.int64)
-    if batch and (int(rows.min()) < 0 or int(rows.max()) >= pool):
-        raise ValueError(f"state_batch_indices must lie in [0, {pool}), got values in "
-                         f"[{int(rows.min())}, {int(rows.max())}]")
+    expect_step_tensors({"state_batch_indices": indices})
+    rows = pad_slots(indices.to(device=device), pad_slot_id)
+    expect_state_indices(rows, pool, "state_batch_indices")
     return rows
 
 
@@ -290,18 +302,29 @@ def _one_step(state, rows, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     if state.dtype == torch.float32:
         y = selective_scan_step(u, delta, A, B, C, state=state, state_indices=rows, **arguments)
     else:
-        stepped = (state if rows is None else state[rows]).float()
-        y = selective_scan_step(u, delta, A, B, C, state=stepped, **arguments)
-        _write_rows(state, rows, stepped)
+        rows_before, local = _stepped_rows(state, rows)
+        stepped = rows_before.float()
+        y = selective_scan_step(u, delta, A, B, C, state=stepped, state_indices=local,
+                                **arguments)
+        _write_rows(state, rows, stepped, rows_before)
     return y.to(out_dtype)
 
 
-def _write_rows(state, rows, stepped):
+def _stepped_rows(state, rows):
+    """(The rows a batch steps, gathered: state itself without indices; the indices that step
+    them: None, or each slot its own copy and padding slots -1, so they stay untouched.)"""
+    if rows is None:
+        return state, None
+    slots = torch.arange(rows.shape[0], device=rows.device)
+    return gather_rows(state, rows), torch.where(rows >= 0, slots, -1)
+
+
+def _write_rows(state, rows, stepped, rows_before):
     """Writes the stepped float32 copy back into the rows of a half-precision state."""
     if rows is None:
         state.copy_(stepped)
     else:
-        state[rows] = stepped.to(state.dtype)
+        write_rows(state, rows, stepped, rows_before)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
