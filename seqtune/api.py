@@ -294,6 +294,9 @@ def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
         raise UsageError("give profile files or --profile-dir, not both")
     if not files:
         folder = profile_folder(profile_dir)
+        if not folder.is_dir():
+            raise Failure(f"the profile dir {folder} does not exist (mistyped --profile-dir or "
+                          "$SEQTUNE_PROFILE_DIR? `seqtune tune` creates it)")
         files = sorted(folder.glob("*.yaml"))
         if not files:
             raise Failure(f"no profiles in {folder}; run `seqtune tune` first")

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from seqtune.spec import Config, KernelSpec, Problem, dtype_name
 from seqtune.store.profile_file import (
+    ENV_PROFILE_DIR,
     ProfileError,
     profile_path,
     read_profile,
@@ -116,8 +117,25 @@ class Profile:
             _log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
         config = spec.default_for(problem, limits)
         why = "the default" if config == spec.default_config else "nearest valid to the default"
-        _log_choice(f"{kernel} {problem}: {why} {config} (no usable tuned entry)")
+        if _log_enabled():
+            _log_choice(f"{kernel} {problem}: {why} {config} (no usable tuned entry"
+                        f"{self._mismatch(spec, problem)})")
         return config
+
+    def _mismatch(self, spec: KernelSpec, problem: Problem) -> str:
+        """``": entries differ in D (64, here 128)"``: the categorical fields (matched exactly,
+        unlike sizes) that kept this kernel's entries from matching, for the log."""
+        entries = self.entries.get(spec.name, [])
+        if not entries:
+            return ": the profile has no entry of this kernel"
+        fields: dict[str, set] = {}
+        for entry in entries:
+            for field, value in problem.items():
+                if field not in spec.size_fields and entry.problem.get(field) != value:
+                    fields.setdefault(field, set()).add(repr(entry.problem.get(field)))
+        words = [f"{field} ({', '.join(sorted(values))}; here {problem[field]!r})"
+                 for field, values in fields.items()]
+        return f": entries differ in {', '.join(words)}, which must match exactly" if words else ""
 
     def _candidates(self, spec: KernelSpec, problem: Problem) -> list[tuple[Entry, float]]:
         """Usable entries with the same categorical fields, nearest in log2 first."""
@@ -229,6 +247,9 @@ def read_profiles(paths: list[Path] | None = None, profile_dir: Path | None = No
 
         key = runtime_device()[0]
         folders = (resolve_profile_dir(profile_dir), shipped_profile_dir())
+        if (profile_dir or os.environ.get(ENV_PROFILE_DIR)) and not folders[0].is_dir():
+            _log_choice(f"profile dir {folders[0]} does not exist (mistyped "
+                        f"--profile-dir or ${ENV_PROFILE_DIR}?): no tuned configs from it")
         paths = [p for p in (profile_path(d, key) for d in folders) if os.path.exists(p)]
     entries: dict[str, list[Entry]] = {}
     for file in paths:

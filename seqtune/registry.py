@@ -10,6 +10,7 @@ replaces a built-in kernel's spec warns, naming both.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib
@@ -80,6 +81,11 @@ class UnknownKernelError(ValueError):
 def get_spec(name: str) -> KernelSpec:
     specs = all_specs()
     if name not in specs:
+        close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.6)
+        if close:
+            raise UnknownKernelError(f"unknown kernel {name!r}; did you mean "
+                                     f"{' or '.join(repr(c) for c in close)}? (`seqtune list` "
+                                     f"shows all {len(specs)})")
         raise UnknownKernelError(f"unknown kernel {name!r}; known: {', '.join(specs) or 'none'}")
     return specs[name]
 

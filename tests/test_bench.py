@@ -137,7 +137,8 @@ def test_bench_table_and_chart_on_the_cpu():
     assert result.exit_code == 0, result.output
     assert "not GPU timings" in result.stdout
     assert "vs" in result.stdout and "time against length" in result.stdout
-    assert "lengths 32, 64" in result.stdout and "~length^" in result.stdout
+    assert "lengths 32, 64" in result.stdout
+    assert "~length^" not in result.stdout  # two noisy points fit no growth exponent
 
 
 def test_an_unavailable_baseline_is_reported_not_raised(toy_with_baselines):

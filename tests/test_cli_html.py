@@ -61,7 +61,9 @@ def test_report_html_has_time_per_length_roofline_and_speedup_figures(tmp_path):
     assert all(f["percent_of_roofline"]["tuned"] for f in figures)  # H100: known peak
     drawn_figures = sum(len(p["figures"]) for p in data["profiles"])
     assert page.count("% of roofline</title>") == drawn_figures
-    assert page.count("time against length</title>") == drawn_figures
+    lines = page.count("time against length</title>")
+    bars = len(re.findall(r"time at length \w+ \d+</title>", page))
+    assert lines and bars and lines + bars == drawn_figures  # one length: bars, not a point
     # the comparison: one bar per shared problem, each titled with its speedup
     shared = sum(len(get_spec(k).presets["default"]) for k in WIDE_KERNELS)
     assert len(data["comparison"]) == shared
@@ -105,3 +107,47 @@ def test_html_to_a_directory_is_bad_usage(tmp_path, monkeypatch, capsys):
         main()
     assert exit_info.value.code == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def _one_length_payload(tuned_us: float, default_us: float, percent: float | None) -> dict:
+    payload = bench_payload()
+    for result in payload["results"]:
+        for implementation in result["implementations"]:
+            implementation["percent_of_peak"] = percent
+            if implementation["name"] in ("tuned", "default"):
+                median = tuned_us if implementation["name"] == "tuned" else default_us
+                implementation["time_us"] = {"median": median, "p20": median, "p80": median}
+    payload["results"] = payload["results"][:1]  # one problem at one length
+    return payload
+
+
+def test_one_length_is_a_bar_per_implementation_with_its_unit_and_notes():
+    # issue 33, point 1: no lone point, units that match the numbers, coinciding series
+    # said, headings with every field, a note where there is no roofline
+    page = bench_page(_one_length_payload(2500.0, 2500.0, percent=None))
+    assert_self_contained(page)
+    assert "time against length</title>" not in page
+    bars = re.search(r"<svg[^>]*aria-label=\"attention: time at length T 1024\".*?</svg>",
+                     page, re.S).group(0)
+    assert bars.count("<rect") == 4  # tuned, default, torch, torch_sdpa
+    assert "2.5 ms" in bars and "time (ms) at one length" in bars
+    assert "tuned = default at every point" in page
+    problem = bench_payload()["results"][0]["problem"]
+    heading = re.search(r"<h3>(.*?)</h3>", page).group(1)
+    assert f"D={problem['D']}" in heading and "T=" not in heading
+    assert "no % of roofline" in page
+    table = re.search(r"<table>.*?</table>", page, re.S).group(0)
+    assert "<td>-</td>" not in table.split("</tr>", 2)[1]  # the problem cell names its length
+
+
+def test_time_axis_is_labelled_in_the_unit_of_its_ticks():
+    payload = bench_payload()
+    page = bench_page(payload)
+    chart = re.search(r"<svg[^>]*aria-label=\"attention: time against length\".*?</svg>",
+                      page, re.S).group(0)
+    ticks = re.findall(r'text-anchor="end">([^<]*)</text>', chart)
+    assert "time (ms)" in chart  # 250 µs .. 1.5 ms: written in ms throughout (0.3, 0.5, 1)
+    assert ticks and all(re.fullmatch(r"[\d.]+", t) for t in ticks)
+    assert "length T (tokens)" in chart
+    shapes = {tag for tag in ("<circle", "<rect x=", "<polygon") if tag in chart}
+    assert len(shapes) == 3  # four series, markers of different shapes

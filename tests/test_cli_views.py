@@ -310,3 +310,26 @@ def test_merge_and_replay_views_fit():
     text = render(show_replay, {"tolerance": 0.03, "budget": "5%", "repeats": 50,
                                 "results": rows})
     assert_fits(text, words=("auto", "stagewise", "96%", "212.5", "0.42%", "11664"))
+
+
+def test_bench_at_80_columns_explains_only_the_columns_it_shows():
+    # issue 33, point 2: legends for shown columns only, a spread beside each time, and a
+    # warning when a figure's spread exceeds its median
+    from seqtune.cli.render_bench import show_bench
+
+    payload = bench_payload()
+    noisy = payload["results"][0]["implementations"][2]  # torch: 80 µs .. 36 ms swings
+    noisy["time_us"] = {"median": 1500.0, "p20": 80.0, "p80": 36000.0}
+    narrow, wide = render(show_bench, payload), render(show_bench, payload, width=250)
+    assert_fits(narrow, words=("250µs", "±10%"))  # the chart's ends carry the spread
+    for text in (narrow, wide):
+        lines = text.splitlines()
+        rule = next(i for i, line in enumerate(lines) if line.startswith("──"))
+        header = " ".join(lines[rule - 2:rule])  # a two-line header: "vs" above "torch"
+        assert ("config" in header.split()) == ("config:" in text)
+        assert ("vs" in header.split()) == ("vs X:" in text)
+        assert ("±" in header.split()) == ("±: half the p20-p80 spread" in text)
+        warnings = [line for line in text.splitlines() if line.startswith("warning: torch's")]
+        assert len(warnings) == 1 and "4 problems:" in warnings[0]  # one dict, 4 rows
+    assert "config:" not in narrow and "config:" in wide  # the config column needs width
+    assert "±10%" in wide.split("time against length")[0]  # a column beside the time

@@ -86,6 +86,9 @@ def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     return problem
 
 
+LAYOUT_HINT = " (layout [B, T, H, D]: sequence before heads; was [B, H, T, D] passed?)"
+
+
 def _validate(q: Any, k: Any, v: Any, score: str, sigmoid_bias: float | None) -> int:
     """The head dim D of valid arguments, else a one-line error."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
@@ -110,5 +113,5 @@ def _validate(q: Any, k: Any, v: Any, score: str, sigmoid_bias: float | None) ->
             raise ValueError(f"head dim {name}={dim} is not supported: expected 1..{MAX_HEAD_DIM}")
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"query heads Hq={heads} must be a multiple of key/value heads "
-                         f"Hkv={kv_heads}")
+                         f"Hkv={kv_heads}{LAYOUT_HINT}")
     return head_dim

@@ -96,7 +96,8 @@ def _validate(q, k, v, beta, g, initial_state, scale) -> str:
     expect_tensor("v", v, 4)
     if tuple(v.shape[:2]) != (batch, length) or heads == 0 or v.shape[2] % heads:
         raise ValueError(f"v must have shape ({batch}, {length}, HV, V) with HV a multiple of "
-                         f"H={heads}, got {tuple(v.shape)}")
+                         f"H={heads}, got {tuple(v.shape)} (layout [B, T, H, K]: sequence "
+                         "before heads; was [B, H, T, K] passed?)")
     value_heads = v.shape[2]
     expect_tensor("beta", beta, 3)
     expect_shape("beta", beta, (batch, length, value_heads))

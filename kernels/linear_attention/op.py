@@ -77,7 +77,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
     expect_shape("v", v, (B, T, HV, V))
     if H == 0 or HV % H:
         raise ValueError(f"the value heads of v ({HV}) must be a multiple of the heads of q and "
-                         f"k ({H})")
+                         f"k ({H}) (layout [B, T, H, K]: sequence before heads; was "
+                         "[B, H, T, K] passed?)")
     expect_head_dim("K (the last dim of q and k)", K)
     expect_head_dim("V (the last dim of v)", V)
     return B, T, H, HV, K, V

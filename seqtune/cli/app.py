@@ -9,11 +9,27 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+# Commands in the order people use them; one not listed here comes after these, by name.
+COMMAND_ORDER = ("tune", "record", "verify", "report", "bench", "check", "merge", "replay",
+                 "list", "info")
+
+
+class _UsageOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
+        return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+# rich_markup_mode=None: click's formatter rewraps each docstring paragraph at the terminal's
+# width (rich mode keeps the source's line breaks, breaking sentences mid-line) and gives the
+# option descriptions the width the type column took.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, cls=_UsageOrder,
                   help="Autotune, verify and profile the Triton kernels of sequence models.")
 out = Console()
 err = Console(stderr=True)

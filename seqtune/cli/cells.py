@@ -29,6 +29,13 @@ def time_range_text(time_us: Mapping[str, float] | None, spread: bool = False) -
     return f"{median} [{time_text(time_us['p20'])}-{time_text(time_us['p80'])}]"
 
 
+def count_text(count: int, noun: str, plural: str | None = None) -> str:
+    """``"1 entry"``, ``"2 entries"``, ``"3 problems"``: a count with its noun agreeing."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {plural or (noun[:-1] + 'ies' if noun.endswith('y') else noun + 's')}"
+
+
 def number_text(value: float | None, fmt: str = "{:.3g}") -> str:
     return "-" if value is None else fmt.format(value)
 

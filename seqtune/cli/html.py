@@ -3,7 +3,8 @@ script, nothing fetched from the network) that a user can open or attach to a pu
 
 Per kernel and per problem shape (the problem without its length fields ``T``, ``S``, ``L``):
 time against length for every implementation (bench: tuned, default and each baseline;
-report: tuned and default), and the % of the roofline where the device's peak is known; for a
+report: tuned and default; a bar per implementation where a problem has one length), and the %
+of the roofline where the device's peak is known (a note where it is not); for a
 report of two or more profiles, the speedup of each over the first. Under each figure a table
 holds the numbers it draws, and the page embeds them as JSON (``<script type="application/json"
 id="seqtune-data">``, data only) for anyone who wants to re-plot them."""
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from seqtune.analysis.bench import LENGTH_FIELDS
-from seqtune.cli.cells import config_text, problem_text, time_text, varying_fields
+from seqtune.cli.cells import (config_text, fixed_fields, problem_text, time_text,
+                               varying_fields)
 from seqtune.cli.render import by_kernel
 
 WIDTH, HEIGHT = 620, 300
@@ -29,6 +31,8 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}
 td,th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:.9em}
 svg text{font-size:11px;font-family:system-ui,sans-serif}"""
+MARKERS = ("circle", "square", "triangle", "diamond")
+DASHES = ("none", "6 3", "2 2", "8 3 2 3")
 
 
 def write_page(path: Path, page: str, console) -> None:
@@ -105,8 +109,10 @@ def _page(title: str, body: list[str], data: dict[str, Any]) -> str:
 def _kernel_figures(body: list[str], kernel: str, records: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """Figures of one kernel: per kind of problem (its categorical fields: dtype, causal,
-    ...), time against length and % of the roofline (when known), each followed by the table
-    of its numbers; the figures' data."""
+    ...; headed by every field its problems share, head dims included), time against length,
+    or a bar per implementation where the kind has one length, and the % of the roofline (or
+    a note saying why there is none), each followed by the table of its numbers; the
+    figures' data."""
     body.append(f"<h2>{_e(kernel)}</h2>")
     kinds: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -119,13 +125,32 @@ def _kernel_figures(body: list[str], kernel: str, records: list[dict[str, Any]]
         times = {n: [(x, r["series"].get(n)) for x, r in zip(xs, group)] for n in names}
         percents = {n: [(x, r["percent"].get(n)) for x, r in zip(xs, group)]
                     for n in names if any(r["percent"].get(n) is not None for r in group)}
-        body.append(f"<h3>{_e(kernel)} {_e(kind)}</h3>")
+        shared = fixed_fields([r["problem"] for r in group])
+        heading = problem_text({k: v for k, v in shared.items() if k not in LENGTH_FIELDS})
+        body.append(f"<h3>{_e(kernel)} {_e(heading)}</h3>")
         x_labels = dict(zip(xs, labels)) if lines else {x: f"{x:g}" for x in xs}
-        body.append(svg_chart(times, x_labels, log_x, log_y=True, y_label="time (µs)",
-                              title=f"{kernel}: time against length", lines=lines))
-        if percents:
+        x_name = _x_name(group)
+        one_length = len(group) == 1
+        if one_length:
+            at = f"{x_name.split(' (')[0]} {labels[0]}"
+            body.append(svg_one_length({n: v[0][1] for n, v in times.items()}, "time",
+                                       title=f"{kernel}: time at {at}"))
+        else:
+            body.append(svg_chart(times, x_labels, log_x, log_y=True, y_label="time",
+                                  x_label=x_name, title=f"{kernel}: time against length",
+                                  lines=lines))
+        body.append(_coincident_note(times))
+        if percents and one_length:
+            body.append(svg_one_length({n: v[0][1] for n, v in percents.items()},
+                                       "% of roofline", title=f"{kernel}: % of roofline"))
+        elif percents:
             body.append(svg_chart(percents, x_labels, log_x, log_y=False, lines=lines,
-                                  y_label="% of roofline", title=f"{kernel}: % of roofline"))
+                                  y_label="% of roofline", x_label=x_name,
+                                  title=f"{kernel}: % of roofline"))
+        else:
+            body.append("<p class=note>no % of roofline: this device's peak FLOP/s and "
+                        "bandwidth are not known (the CPU interpreter, or a GPU seqtune has "
+                        "no data sheet figures for)</p>")
         body.append(_table(group, _row_labels(group), names, bool(percents)))
         figures.append({"kernel": kernel, "kind": kind, "x": labels, "time_us": times,
                         "percent_of_roofline": percents})
@@ -140,7 +165,7 @@ def _x_axis(group: list[dict[str, Any]]) -> tuple[list[float], list[str], bool, 
     """(x of each record, its label, log scale, join the points by lines): the length when
     every problem has one (joined when nothing but the length differs), else the index."""
     problems = [r["problem"] for r in group]
-    lengths = [next((p[k] for k in LENGTH_FIELDS if k in p), None) for p in problems]
+    lengths = [_length(p) for p in problems]
     if all(lengths):
         joined = set(varying_fields(problems)) <= set(LENGTH_FIELDS)
         return [float(n) for n in lengths], [str(n) for n in lengths], True, joined
@@ -148,10 +173,37 @@ def _x_axis(group: list[dict[str, Any]]) -> tuple[list[float], list[str], bool, 
             False)
 
 
+def _length(problem: dict[str, Any]) -> int | None:
+    return next((problem[k] for k in LENGTH_FIELDS if k in problem), None)
+
+
+def _x_name(group: list[dict[str, Any]]) -> str:
+    """The x axis's label: the length field that sets x, else the problem's row number."""
+    problem = group[0]["problem"]
+    field = next((k for k in LENGTH_FIELDS if k in problem), None)
+    lengths = [_length(r["problem"]) for r in group]
+    if field and all(lengths):
+        return f"length {field} (tokens)"
+    return "problem (row of the table below)"
+
+
+def _coincident_note(series: dict[str, list[tuple[float, float | None]]]) -> str:
+    """A note naming the series drawn on top of each other (equal at every point), which
+    markers of different shapes alone would leave to the eye."""
+    groups: dict[tuple, list[str]] = {}
+    for name, values in series.items():
+        if any(y is not None for _, y in values):
+            groups.setdefault(tuple(values), []).append(name)
+    same = [" = ".join(names) for names in groups.values() if len(names) > 1]
+    return f"<p class=note>{_e('; '.join(same))} at every point</p>" if same else ""
+
+
 def _row_labels(group: list[dict[str, Any]]) -> list[str]:
+    """Each row's problem: the fields that vary in the group, else its length, else every
+    field (never an empty cell)."""
     problems = [r["problem"] for r in group]
-    varying = varying_fields(problems)
-    return [problem_text(p, varying) or "-" for p in problems]
+    varying = varying_fields(problems) or [k for k in LENGTH_FIELDS if k in problems[0]]
+    return [problem_text(p, varying) or problem_text(p) or "-" for p in problems]
 
 
 def _table(group: list[dict[str, Any]], labels: list[str], names: list[str],
@@ -187,9 +239,12 @@ def _comparison(report) -> str:
 # ----------------------------------------------------------------------------------- SVG
 
 def svg_chart(series: dict[str, list[tuple[float, float | None]]], labels: dict[float, str],
-              log_x: bool, log_y: bool, y_label: str, title: str, lines: bool = True) -> str:
-    """A line chart: points per series (each titled with its value), joined when ``lines``,
-    x ticks at the data's x values, y ticks at 1-2-5 steps (log) or five even steps."""
+              log_x: bool, log_y: bool, y_label: str, title: str, lines: bool = True,
+              x_label: str = "") -> str:
+    """A line chart: points per series (each a marker of its own shape, titled with its
+    value), joined when ``lines``, x ticks at the data's x values, y ticks at 1-2-5 steps
+    (log) or five even steps. A time axis (``y_label`` "time") is labelled with the one unit
+    its ticks are written in."""
     points = [(x, y) for values in series.values() for x, y in values if y is not None and y > 0]
     if not points:
         return "<p class=note>nothing to draw: no timed point</p>"
@@ -198,33 +253,66 @@ def svg_chart(series: dict[str, list[tuple[float, float | None]]], labels: dict[
     if not log_y:
         low = 0.0
     fy = _scale([low, high], log_y, HEIGHT - BOTTOM, TOP)
+    unit, size = _time_unit(high) if y_label == "time" else ("", 1.0)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
            f'role="img" aria-label="{_e(title)}"><title>{_e(title)}</title>',
            f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" '
            f'height="{HEIGHT - TOP - BOTTOM}" fill="none" stroke="#ccc"/>']
     for tick in _y_ticks(low, high, log_y):
         y = fy(tick)
+        text = f"{tick / size:.3g}" if unit else _tick_text(tick, y_label)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                    f'stroke="#eee"/><text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">'
-                   f'{_e(_tick_text(tick, y_label))}</text>')
+                   f'{_e(text)}</text>')
     for x in sorted({x for x, _ in points}):
         out.append(f'<text x="{fx(x):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">'
                    f'{_e(labels.get(x, f"{x:g}"))}</text>')
-    out.append(f'<text x="{LEFT - 55}" y="{TOP - 12}">{_e(y_label)}</text>')
+    out.append(f'<text x="{LEFT - 55}" y="{TOP - 12}">'
+               f'{_e(f"{y_label} ({unit})" if unit else y_label)}</text>')
+    if x_label:
+        out.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{HEIGHT - 8}" '
+                   f'text-anchor="middle">{_e(x_label)}</text>')
     for index, (name, values) in enumerate(series.items()):
         colour = PALETTE[index % len(PALETTE)]
         drawn = [(fx(x), fy(y), y) for x, y in values if y is not None and y > 0]
         if lines and len(drawn) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in drawn)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" '
-                       'stroke-width="1.8"/>')
+                       f'stroke-width="1.8" stroke-dasharray="{DASHES[index % len(DASHES)]}"/>')
         for px, py, y in drawn:
-            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}">'
-                       f'<title>{_e(name)}: {_e(_tick_text(y, y_label))}</title></circle>')
+            out.append(_marker(index, px, py, colour,
+                               f"{name}: {_tick_text(y, y_label)}"))
         ly = TOP + 14 * index + 6
-        out.append(f'<rect x="{WIDTH - RIGHT + 10}" y="{ly - 8}" width="10" height="10" '
-                   f'fill="{colour}"/><text x="{WIDTH - RIGHT + 24}" y="{ly + 1}">'
-                   f'{_e(name)}</text>')
+        out.append(_marker(index, WIDTH - RIGHT + 15, ly - 3, colour, name)
+                   + f'<text x="{WIDTH - RIGHT + 24}" y="{ly + 1}">{_e(name)}</text>')
+    return "".join(out) + "</svg>"
+
+
+def svg_one_length(values: dict[str, float | None], y_label: str, title: str) -> str:
+    """One horizontal bar per implementation (tuned, default, baselines) for a problem
+    measured at one length, where a line chart would be a lone point; a time axis shares one
+    unit across its bars."""
+    drawn = {name: v for name, v in values.items() if v is not None and v > 0}
+    if not drawn:
+        return "<p class=note>nothing to draw: no timed point</p>"
+    top = max(drawn.values())
+    unit, size = _time_unit(top) if y_label == "time" else ("%", 1.0)
+    row, label_width, length = 24, 120, WIDTH - 120 - 110
+    height = row * len(drawn) + 36
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+           f'role="img" aria-label="{_e(title)}"><title>{_e(title)}</title>']
+    for index, (name, value) in enumerate(drawn.items()):
+        y = 6 + index * row
+        width = value / top * length
+        out.append(f'<text x="{label_width - 6}" y="{y + 14}" text-anchor="end">{_e(name)}'
+                   f'</text><rect x="{label_width}" y="{y + 2}" width="{width:.1f}" '
+                   f'height="{row - 6}" fill="{PALETTE[index % len(PALETTE)]}"><title>'
+                   f'{_e(name)}: {_e(_tick_text(value, y_label))}</title></rect><text '
+                   f'x="{label_width + width + 6:.1f}" y="{y + 14}">{value / size:.3g} '
+                   f'{_e(unit)}</text>')
+    axis = f"time ({unit})" if y_label == "time" else y_label
+    out.append(f'<text x="{label_width}" y="{height - 6}">{_e(axis)} at one length: a bar '
+               'per implementation</text>')
     return "".join(out) + "</svg>"
 
 
@@ -268,6 +356,31 @@ def _y_ticks(low: float, high: float, log: bool) -> list[float]:
                                         math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)]
     inside = [t for t in ticks if low <= t <= high]
     return inside or [low, high]
+
+
+def _time_unit(largest_us: float) -> tuple[str, float]:
+    """(unit, microseconds per unit) that writes an axis reaching ``largest_us`` shortly."""
+    for unit, size in (("s", 1e6), ("ms", 1e3)):
+        if largest_us >= size:
+            return unit, size
+    return "µs", 1.0
+
+
+def _marker(index: int, x: float, y: float, colour: str, title: str) -> str:
+    """Series ``index``'s marker: circle, square, triangle, diamond, ... so that series drawn
+    on top of each other stay distinguishable."""
+    shape = MARKERS[index % len(MARKERS)]
+    tip = f"<title>{_e(title)}</title>"
+    if shape == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}">{tip}</circle>'
+    if shape == "square":
+        return (f'<rect x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" fill="none" '
+                f'stroke="{colour}" stroke-width="1.5">{tip}</rect>')
+    corners = {"triangle": ((0, -5), (4.5, 3.5), (-4.5, 3.5)),
+               "diamond": ((0, -5), (5, 0), (0, 5), (-5, 0))}[shape]
+    path = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in corners)
+    return (f'<polygon points="{path}" fill="none" stroke="{colour}" stroke-width="1.5">'
+            f'{tip}</polygon>')
 
 
 def _tick_text(value: float, y_label: str) -> str:

@@ -161,9 +161,11 @@ KIND_NOTE = ("kind: the problem's categorical fields that differ between rows (a
 
 
 def print_table(console: Console, columns: Sequence[Column], sections: Iterable[int] = ()
-                ) -> None:
-    """The table of the columns that fit the console, and what a ``kind`` column means."""
+                ) -> set[str]:
+    """The table of the columns that fit the console, and what a ``kind`` column means; the
+    headers shown (so that legends speak only of columns that are there)."""
     shown = fitting_columns(columns, console.width)
     console.print(table(shown, console.width, sections))
     if any(c.header == "kind" for c in shown):
         print_lines(console, [KIND_NOTE])
+    return {c.header for c in shown}

@@ -12,6 +12,7 @@ from rich.console import Console
 from seqtune.cli.cells import (
     config_legend,
     config_text,
+    count_text,
     number_text,
     problem_text,
     shorten,
@@ -38,11 +39,14 @@ def by_kernel(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def fixed_line(problems: list[dict[str, Any]]) -> str | None:
-    """``"all: B=1 Hq=2 dtype=bf16"``: the fields every problem shares, or None."""
+    """``"all: B=1 Hq=2 dtype=bf16"``: the fields every problem shares (a lone problem's
+    fields as ``"problem: ..."``, since its table has no field that varies), or None."""
     from seqtune.cli.cells import fixed_fields
 
+    if len(problems) == 1:
+        return f"problem: {problem_text(problems[0])}" if problems[0] else None
     fixed = fixed_fields(problems)
-    return f"all: {problem_text(fixed)}" if fixed and len(problems) > 1 else None
+    return f"all: {problem_text(fixed)}" if fixed else None
 
 
 def speedup_cell(speedup: float | None, interpreter: bool) -> str:
@@ -75,7 +79,7 @@ def show_tune(console: Console, results: dict[str, Any]) -> None:
     for summary in results.get("summaries") or [results]:
         interpreter = summary["timer"] == INTERPRETER_LABEL
         for kernel, problems in by_kernel(summary["problems"]).items():
-            heading(console, f"{kernel}: {len(problems)} problems tuned")
+            heading(console, f"{kernel}: {count_text(len(problems), 'problem')} tuned")
             _tune_table(console, problems, interpreter)
         problems = summary["problems"]
         compile_s = sum(p["compile_s"] for p in problems)
@@ -118,6 +122,10 @@ def _tune_table(console: Console, problems: list[dict[str, Any]], interpreter: b
 
 # ---------------------------------------------------------------------------------- verify
 
+VERIFY_LEGEND = ("config: default = the kernel's own; loader = the one the runtime launches "
+                 "this case with (from the profile); tuned #N = the profile's Nth other tuned "
+                 "config valid for the case")
+
 def show_verify(console: Console, rows: list[dict[str, Any]]) -> None:
     """Per kernel: each (case, config) with its error against the float64 reference; the
     first line of each failure's detail below the table."""
@@ -142,6 +150,7 @@ def show_verify(console: Console, rows: list[dict[str, Any]]) -> None:
                               for r in kernel_rows]),
         ])
         print_table(console, columns)
+        print_lines(console, [VERIFY_LEGEND])
         for row in failed:
             print_lines(console, [f"FAIL {problem_text(row['problem'])} "
                                   f"{row['config_source']}: "
@@ -161,27 +170,29 @@ def show_merge(console: Console, summary) -> None:
         Column("stale kept", [str(summary.stale_kept[k]) for k in kernels], justify="right"),
     ])
     for source, count in summary.kept_from.items():
-        print_path(console, f"{count} entries from", source)
+        print_path(console, f"{count_text(count, 'entry')} from", source)
     print_path(console, "profile written", summary.output)
 
 
 def show_kernels(console: Console, rows: list[dict[str, Any]]) -> None:
     search = {True: "stagewise", False: "product"}
+    names = list(dict.fromkeys(k for r in rows for k in r["presets"]))
     print_table(console, [
         Column("kernel", [r["kernel"] for r in rows]),
-        Column("family", [r["family"] for r in rows]),
+        Column("family", [r["family"] for r in rows], priority=1),
         Column("configs", [str(r["space_size"]) for r in rows], justify="right"),
         Column("stages", [" ".join(r["stages"]) or "-" for r in rows], wrap=True,
                min_width=8),
         Column("search", [search[r["search"].startswith("stagewise")] for r in rows]),
-        Column("presets", [" ".join(f"{k}:{v}" for k, v in r["presets"].items())
-                           for r in rows], priority=1, wrap=True, min_width=14),
+        Column("presets", ["/".join(str(r["presets"].get(k, "-")) for k in names)
+                           for r in rows], justify="right"),
         Column("description", [r["description"] for r in rows], priority=2, wrap=True,
                min_width=30),
     ])
     print_lines(console, ["configs: size of the config space; search: stagewise (one stage "
-                          "at a time) or the full product; `seqtune list --json` has every "
-                          "description"])
+                          "at a time) or the full product; presets: problems in "
+                          f"{'/'.join(names)} (`seqtune tune --preset NAME`); "
+                          "`seqtune list --json` has every description"])
 
 
 # ------------------------------------------------------------------------------------ info

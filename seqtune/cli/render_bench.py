@@ -11,6 +11,7 @@ from seqtune.analysis.bench import LENGTH_FIELDS
 from seqtune.cli.cells import (
     config_legend,
     config_text,
+    count_text,
     number_text,
     percent_text,
     problem_text,
@@ -44,7 +45,7 @@ def show_bench(console: Console, payload: dict[str, Any]) -> None:
         print_lines(console, ["no profile for this device: tuned = default (run `seqtune "
                               "tune` first)"])
     for kernel, records in by_kernel(payload["results"]).items():
-        heading(console, f"{kernel}: {len(records)} problems")
+        heading(console, f"{kernel}: {count_text(len(records), 'problem')}")
         _kernel_table(console, records)
     if any(r["length"] is not None for r in payload["results"]) and payload["lengths"]:
         console.print()
@@ -72,6 +73,8 @@ def _kernel_table(console: Console, records: list[dict[str, Any]]) -> None:
         Column("time", [time_text(impl["time_us"]["median"]) if good else
                         _STATUS[impl["status"]] for impl, good in zip(impls, ok)],
                justify="right"),
+        Column("±", [_spread(impl["time_us"]) if good else "" for impl, good in zip(impls, ok)],
+               priority=2, justify="right"),
         Column("% peak", [percent_text(p) for p in peaks] if any(p is not None for p in peaks)
                else [], priority=1, justify="right"),
         *(Column(f"vs\n{b}", [ratio_text(impl["vs_baselines"].get(b)) if good else "-"
@@ -86,14 +89,41 @@ def _kernel_table(console: Console, records: list[dict[str, Any]]) -> None:
                justify="right"),
     ])
     sections = [i - 1 for i, first in enumerate(firsts) if first and i > 0]
-    print_table(console, columns, sections)
-    legend = config_legend(next((i["config"] for i in impls if i["config"]), None))
-    explained = "vs X: X's time over this one's (above 1x: faster than X)"
-    print_lines(console, [text for text in (legend, explained if baselines else "") if text])
-    print_lines(console, _missing_notes(rows))
+    shown = print_table(console, columns, sections)
+    legends = [SPREAD_LEGEND if "±" in shown else ""]
+    if "config" in shown:
+        legends.append(config_legend(next((i["config"] for i in impls if i["config"]), None)))
+    if any(header.startswith("vs\n") for header in shown):
+        legends.append("vs X: X's time over this one's (above 1x: faster than X)")
+    print_lines(console, [text for text in legends if text])
+    print_lines(console, _missing_notes(rows) + _noise_warnings(rows))
 
 
 _STATUS = {"unavailable": "[yellow]n/a[/]", "failed": "[red]failed[/]"}
+SPREAD_LEGEND = "±: half the p20-p80 spread of the runs, relative to the median time"
+
+
+def _spread(time_us: dict[str, float] | None) -> str:
+    """``"±4%"``: how far the middle of the runs strays from the median."""
+    time_us = time_us or {}
+    median, low, high = time_us.get("median"), time_us.get("p20"), time_us.get("p80")
+    if low is None or high is None or not median:
+        return ""
+    return f"±{percent_text(50 * (high - low) / median)}"
+
+
+def _noise_warnings(rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """One line per implementation whose p20-p80 spread exceeds its median on some problem:
+    its figures say more about the machine's noise than about the code."""
+    noisy: dict[str, int] = {}
+    for _, impl in rows:
+        time_us = impl["time_us"] or {}
+        if impl["status"] == "ok" and time_us.get("p80") is not None and (
+                time_us["p80"] - time_us["p20"] > time_us["median"]):
+            noisy[impl["name"]] = noisy.get(impl["name"], 0) + 1
+    return [f"warning: {name}'s spread exceeds its median on {count} "
+            f"problem{'s' if count > 1 else ''}: its times are noise, not a measurement"
+            for name, count in noisy.items()]
 
 
 def _config(record: dict[str, Any], impl: dict[str, Any]) -> str:
@@ -118,15 +148,17 @@ def _missing_notes(rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[st
 
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+MIN_FIT_LENGTHS = 4
 
 
 def chart_lines(payload: dict[str, Any]) -> list[str]:
     """Time against length, one line per kernel problem and implementation: a sparkline on one
     log scale shared by every line (so steeper growth shows as a steeper climb), the first and
-    last times, and the exponent k of a least-squares fit time ~ length^k (about 2 for
-    attention prefill, 1 for the recurrent and scan kernels once past launch overheads)."""
+    last times, and, from four lengths on, the exponent k of a least-squares fit time ~
+    length^k (about 2 for attention prefill, 1 for the recurrent and scan kernels once past
+    launch overheads)."""
     series = _series(payload["results"])
-    times = [t for points in series.values() for _, t in points if t > 0]
+    times = [t for points in series.values() for _, t, _ in points if t > 0]
     if not times:
         return ["nothing to chart: no timed kernel has a sequence length (T, S or L)"]
     low, high = math.log(min(times)), math.log(max(times))
@@ -138,17 +170,18 @@ def chart_lines(payload: dict[str, Any]) -> list[str]:
                          f"{', '.join(_length(n) for n in _lengths(series, kernel, problem))}")
             previous = (kernel, problem)
         lengths = _lengths(series, kernel, problem)
-        by_length = dict(points)
+        by_length = {n: t for n, t, _ in points}
         spark = "".join(_spark(by_length.get(n), low, high) for n in lengths)
-        ends = (f"{time_text(points[0][1])} -> {time_text(points[-1][1])}" if len(points) > 1
-                else time_text(points[0][1]))
+        ends = " -> ".join(_timed(point) for point in (points[0], points[-1])[:len(points)])
         lines.append(f"  {impl:<{width}} {spark:<{len(lengths)}}  {ends}  {_exponent(points)}")
     return lines
 
 
-def _series(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
-    """(kernel, problem without its length fields, implementation) -> [(length, median µs)]."""
-    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+def _series(results: list[dict[str, Any]]
+            ) -> dict[tuple[str, str, str], list[tuple[int, float, str]]]:
+    """(kernel, problem without its length fields, implementation) -> [(length, median µs,
+    its spread)]."""
+    series: dict[tuple[str, str, str], list[tuple[int, float, str]]] = {}
     for record in results:
         if record["length"] is None:
             continue
@@ -157,13 +190,14 @@ def _series(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tu
             key = (record["kernel"], problem_text(fixed), impl["name"])
             points = series.setdefault(key, [])
             if impl["status"] == "ok":
-                points.append((record["length"], impl["time_us"]["median"]))
+                points.append((record["length"], impl["time_us"]["median"],
+                               _spread(impl["time_us"])))
     return {key: sorted(points) for key, points in series.items() if points}
 
 
 def _lengths(series: dict, kernel: str, problem: str) -> list[int]:
     return sorted({n for (k, p, _), points in series.items() if (k, p) == (kernel, problem)
-                   for n, _ in points})
+                   for n, _, _ in points})
 
 
 def _spark(time_us: float | None, low: float, high: float) -> str:
@@ -173,12 +207,18 @@ def _spark(time_us: float | None, low: float, high: float) -> str:
     return SPARK_LEVELS[min(len(SPARK_LEVELS) - 1, int(share * len(SPARK_LEVELS)))]
 
 
-def _exponent(points: list[tuple[int, float]]) -> str:
-    """``"~length^1.97"`` from a least-squares fit in log-log space; blank for one length."""
-    if len({n for n, _ in points}) < 2:
+def _timed(point: tuple[int, float, str]) -> str:
+    """``"250µs ±4%"``: a point's median time and its spread."""
+    return " ".join(text for text in (time_text(point[1]), point[2]) if text)
+
+
+def _exponent(points: list[tuple[int, float, str]]) -> str:
+    """``"~length^1.97"`` from a least-squares fit in log-log space; blank below
+    ``MIN_FIT_LENGTHS`` lengths, where a slope is more noise than growth."""
+    if len({n for n, _, _ in points}) < MIN_FIT_LENGTHS:
         return ""
-    xs = [math.log(n) for n, _ in points]
-    ys = [math.log(t) for _, t in points]
+    xs = [math.log(n) for n, _, _ in points]
+    ys = [math.log(t) for _, t, _ in points]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = (sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
              / sum((x - mean_x) ** 2 for x in xs))

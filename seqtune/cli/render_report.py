@@ -10,6 +10,7 @@ from rich.console import Console
 from seqtune.cli.cells import (
     config_legend,
     config_text,
+    count_text,
     number_text,
     percent_text,
     problem_text,
@@ -44,6 +45,11 @@ def show_report(console: Console, report) -> None:
         show_profile(console, path, profile, rows)
     if report.comparison:
         show_comparison(console, report)
+    elif len(report.profiles) > 1:
+        console.print()
+        print_lines(console, [f"nothing to compare: the profiles share no problem with "
+                              f"{report.profiles[0][0]} (kernel, categorical fields and size "
+                              "buckets must all match)"])
 
 
 def show_profile(console: Console, path, profile: dict[str, Any],
@@ -61,7 +67,7 @@ def show_profile(console: Console, path, profile: dict[str, Any],
     if not rows:
         print_lines(console, ["no entries"])
     for kernel, kernel_rows in by_kernel(rows).items():
-        heading(console, f"{kernel}: {len(kernel_rows)} entries")
+        heading(console, f"{kernel}: {count_text(len(kernel_rows), 'entry')}")
         _kernel_table(console, kernel_rows, interpreter)
 
 
@@ -101,7 +107,7 @@ def _kernel_table(console: Console, rows: list[dict[str, Any]], interpreter: boo
         if r["stale"]:
             reasons[r["stale"]] = reasons.get(r["stale"], 0) + 1
     for reason, count in reasons.items():
-        print_lines(console, [f"stale ({count} entries): {reason}"])
+        print_lines(console, [f"stale ({count_text(count, 'entry')}): {reason}"])
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -168,11 +174,11 @@ def show_coverage(console: Console, model_config, rows: list[dict[str, Any]]) ->
     """Per kernel: each problem the model runs and whether the profile has it tuned (in its
     own buckets), has a nearer or farther entry the loader would use instead, or nothing."""
     tuned = sum(r["status"] == "tuned" for r in rows)
-    heading(console, f"{model_config}: {tuned} of {len(rows)} problems tuned")
+    heading(console, f"{model_config}: {tuned} of {count_text(len(rows), 'problem')} tuned")
     for kernel, kernel_rows in by_kernel(rows).items():
         heading(console, kernel)
         problems = [r["problem"] for r in kernel_rows]
-        line = fixed_line(problems) if len(problems) > 1 else problem_text(problems[0])
+        line = fixed_line(problems)
         if line:
             print_lines(console, [line])
         status = {"tuned": "[green]tuned[/]", "nearest": "[yellow]nearest[/]",
