@@ -1,0 +1,30 @@
+"""A user's kernel under seqtune.autotune, for tests/test_autotune.py: out = x * scale + y.
+Its configs differ in BLOCK; the one with TAIL=False skips a partial last block, so it is the
+fastest (fewest programs) and wrong whenever n is not a multiple of its BLOCK."""
+import triton
+import triton.language as tl
+
+import seqtune
+
+CONFIGS = [triton.Config({"BLOCK": 16, "TAIL": True}, num_warps=4, num_stages=1),
+           triton.Config({"BLOCK": 32, "TAIL": True}, num_warps=4, num_stages=1),
+           triton.Config({"BLOCK": 64, "TAIL": False}, num_warps=4, num_stages=1)]
+WRONG = {"BLOCK": 64, "TAIL": False, "num_warps": 4, "num_stages": 1}
+
+
+@seqtune.autotune(configs=CONFIGS, key=["n"])
+@triton.jit
+def axpy(x, y, out, n, scale, BLOCK: tl.constexpr, TAIL: tl.constexpr):
+    start = tl.program_id(0) * BLOCK
+    if TAIL or start + BLOCK <= n:
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n
+        a = tl.load(x + offs, mask=mask)
+        b = tl.load(y + offs, mask=mask)
+        tl.store(out + offs, a * scale + b, mask=mask)
+
+
+def run(x, y, scale=2.0):
+    out = x.new_empty(x.shape)
+    axpy[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, y, out, x.numel(), scale)
+    return out
