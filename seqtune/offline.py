@@ -26,7 +26,8 @@ from triton.runtime.autotuner import Autotuner as TritonAutotuner
 
 from seqtune.loader import active_profile, log_choice, reread_profile, warn_once
 from seqtune.workload.calls import (allowed_configs, cache_key, call_identity, call_problem,
-                                    describe_call, kernel_name, named_args)
+                                    describe_call, flat_configs, kernel_name,
+                                    named_args)
 
 ENV_FREEZE = "SEQTUNE_FREEZE_AUTOTUNE"
 
@@ -204,9 +205,16 @@ def _lookup(autotuner: TritonAutotuner, args: tuple, kwargs: dict[str, Any],
     default = getattr(autotuner, "seqtune_default", 0)
     index = default if default in allowed else allowed[0]
     which = "the default" if isinstance(autotuner, Autotuner) else "the first"
-    log_choice(f"{name} {problem}: {which} config {autotuner.configs[index]} (no usable tuned "
+    log_choice(f"{name} {problem}: {which} config {_flat(autotuner, index)} (no usable tuned "
                "entry)")
     return autotuner.configs[index]
+
+
+def _flat(autotuner: TritonAutotuner, index: int) -> Any:
+    try:
+        return flat_configs(autotuner.configs)[index]
+    except ValueError:  # configs of different knobs: Triton's own text
+        return str(autotuner.configs[index])
 
 
 def _spec(autotuner: TritonAutotuner, args: tuple, kwargs: dict[str, Any]) -> Any:

@@ -1,0 +1,174 @@
+"""Offline tuning of any Triton kernel (issue 31), end to end in the interpreter: a user's kernel
+under ``seqtune.autotune`` and a library's kernels under plain ``triton.autotune`` (one with
+``restore_value``, one with ``reset_to_zero``) are recorded by ``seqtune record``, tuned by
+``seqtune tune --workload`` and run frozen in a new process. Each kernel has a config that is the
+fastest and wrong (it skips a partial last block): it must never reach the profile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+WRONG = {"BLOCK": 64, "TAIL": False, "num_warps": 4, "num_stages": 1}
+
+PROGRAM = f"""
+import sys
+import torch
+sys.path.insert(0, {str(HERE)!r})
+import autotune_library
+import autotune_user
+
+for dtype in (torch.float32, torch.float16):
+    x, y = torch.randn(200, dtype=dtype), torch.randn(200, dtype=dtype)
+    assert torch.allclose(autotune_user.run(x, y).float(), (2 * x + y).float(), atol=1e-2)
+x, y = torch.randn(200), torch.randn(200)
+expected = x + y
+assert torch.allclose(autotune_library.accumulate(x, y), expected)
+assert torch.allclose(autotune_library.total(x), x.sum(), atol=1e-4)
+"""
+
+FROZEN = f"""
+import json
+import sys
+import torch
+sys.path.insert(0, {str(HERE)!r})
+import seqtune
+from triton.runtime.autotuner import Autotuner
+
+seqtune.freeze_triton_autotune()
+benchmarks = []
+bench = Autotuner._bench
+Autotuner._bench = lambda self, *a, **k: benchmarks.append(1) or bench(self, *a, **k)
+import autotune_library
+import autotune_user
+
+chosen = {{}}
+for n in (200, 700):
+    x, y = torch.randn(n), torch.randn(n)
+    assert torch.allclose(autotune_user.run(x, y), 2 * x + y)
+    expected = x + y
+    assert torch.allclose(autotune_library.accumulate(x, y), expected)
+    assert torch.allclose(autotune_library.total(x), x.sum(), atol=1e-4)
+    for kernel in (autotune_user.axpy, autotune_library.accumulate_kernel,
+                   autotune_library.total_kernel):
+        config = kernel.best_config
+        chosen[f"{{kernel.base_fn.__name__}} {{n}}"] = {{**config.kwargs,
+            "num_warps": config.num_warps, "num_stages": config.num_stages}}
+print(json.dumps({{"benchmarks": len(benchmarks), "chosen": chosen}}))
+"""
+
+
+def seqtune_env(profiles: Path) -> dict[str, str]:
+    return {**os.environ, "TRITON_INTERPRET": "1", "SEQTUNE_PROFILE_DIR": str(profiles),
+            "SEQTUNE_LOG": "1"}
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def entries(profiles: Path) -> dict[str, list[dict]]:
+    (path,) = profiles.glob("*.yaml")
+    kernels = yaml.safe_load(path.read_text())["kernels"]
+    return {name: section["entries"] for name, section in kernels.items()}
+
+
+def test_record_tune_freeze(tmp_path):
+    profiles, env = tmp_path / "profiles", seqtune_env(tmp_path / "profiles")
+    (tmp_path / "program.py").write_text(PROGRAM)
+    (tmp_path / "frozen.py").write_text(FROZEN)
+    seqtune = [sys.executable, "-m", "seqtune"]
+
+    recorded = run([*seqtune, "record", "--output", "W.jsonl", "--json", "--",
+                    sys.executable, "program.py"], env, tmp_path)
+    summary = json.loads(recorded.stdout)
+    assert summary["kernels"] == {"autotune_user.axpy": 2,
+                                  "autotune_library.accumulate_kernel": 1,
+                                  "autotune_library.total_kernel": 1}
+    assert "no usable tuned entry" in recorded.stderr  # the default ran, with one log line
+    records = {r["kernel"]: r for r in map(json.loads, (tmp_path / "W.jsonl").open())}
+    assert records["autotune_library.accumulate_kernel"]["restore_value"] == ["y"]
+    assert records["autotune_library.total_kernel"]["reset_to_zero"] == ["total"]
+    assert records["autotune_user.axpy"]["args"]["n"] == {"value": 200}
+
+    run([*seqtune, "tune", "--workload", "W.jsonl", "--no-isolate"], env, tmp_path)
+    tuned = entries(profiles)
+    assert sorted(tuned) == ["autotune_library.accumulate_kernel",
+                             "autotune_library.total_kernel", "autotune_user.axpy"]
+    assert sorted(e["problem"]["dtype"] for e in tuned["autotune_user.axpy"]) == [
+        "float16", "float32"]  # one entry per dtype
+    for items in tuned.values():
+        for entry in items:
+            assert entry["config"] != WRONG and entry["problem"]["n"] == 256
+            assert entry["failed"]["mismatch"] == 1  # the wrong config was run and rejected
+
+    frozen = json.loads(run([sys.executable, "frozen.py"], env, tmp_path).stdout)
+    assert frozen["benchmarks"] == 0
+    fp32 = {name: next(e for e in items if e["problem"]["dtype"] == "float32")["config"]
+            for name, items in tuned.items()}
+    for name, config in fp32.items():
+        function = name.rpartition(".")[2]
+        assert frozen["chosen"][f"{function} 200"] == config  # the recorded size's entry
+        assert frozen["chosen"][f"{function} 700"] == config  # the nearest entry (n=256)
+
+    verified = run([*seqtune, "verify", "autotune_user.axpy", "--json"], env, tmp_path)
+    rows = json.loads(verified.stdout)
+    assert rows and all(r["ok"] for r in rows)
+    assert {r["problem"]["n"] for r in rows} == {200}  # the recorded shapes
+
+
+@pytest.fixture
+def kernels_registered_here():
+    """Kernels registered by a test's calls are forgotten after it."""
+    import seqtune.registry
+
+    specs = seqtune.registry.all_specs()
+    saved = dict(specs)
+    yield
+    specs.clear()
+    specs.update(saved)
+    seqtune.registry.source_hash.cache_clear()
+
+
+def test_seqtune_autotune_runs_the_default_without_a_profile(capfd, monkeypatch,
+                                                             kernels_registered_here):
+    """No entry: the default config (here the first), no benchmark, one log line."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(HERE))
+    import autotune_user
+
+    monkeypatch.setenv("SEQTUNE_LOG", "1")
+    monkeypatch.setattr(autotune_user.axpy, "_bench", lambda *a, **k: pytest.fail("benchmark"))
+    x, y = torch.randn(37), torch.randn(37)
+    assert torch.allclose(autotune_user.run(x, y, 3.0), 3 * x + y)
+    assert autotune_user.axpy.best_config is autotune_user.CONFIGS[0]
+    log = capfd.readouterr().err
+    assert log.count("autotune_user.axpy") == 1 and "the default config" in log
+
+
+def test_bad_arguments_are_named():
+    import triton
+
+    from seqtune.offline import autotune
+
+    configs = [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})]
+    with pytest.raises(TypeError, match="configs must be a non-empty list"):
+        autotune([], key=["n"])
+    with pytest.raises(ValueError, match="buckets names 'T'"):
+        autotune(configs, key=["n"], buckets={"T": [64]})
+    with pytest.raises(ValueError, match=r"buckets\['n'\]=\[64, 32\]"):
+        autotune(configs, key=["n"], buckets={"n": [64, 32]})
+    with pytest.raises(ValueError, match="default=2 is not an index"):
+        autotune(configs, key=["n"], default=2)
+    with pytest.raises(TypeError, match="decorates a @triton.jit function"):
+        autotune(configs, key=["n"])(lambda x: x)
