@@ -28,3 +28,13 @@ def run(x, y, scale=2.0):
     out = x.new_empty(x.shape)
     axpy[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, y, out, x.numel(), scale)
     return out
+
+
+def expected_axpy(x, y, out, n, scale):
+    """axpy's reference, called like the kernel: writes its result into ``out``."""
+    out.copy_(x * scale + y)
+
+
+# The same kernel with the wrong config as its default: only a reference tells it is wrong.
+axpy_checked = seqtune.autotune(configs=CONFIGS, key=["n"], default=2, reference=expected_axpy,
+                                name="axpy_checked")(axpy.fn)

@@ -127,9 +127,11 @@ def test_record_tune_freeze(tmp_path):
 
 
 @pytest.fixture
-def kernels_registered_here():
-    """Kernels registered by a test's calls are forgotten after it."""
+def kernels_registered_here(monkeypatch):
+    """Kernels and workload dirs registered by a test's calls are forgotten after it."""
     import seqtune.registry
+
+    monkeypatch.setenv("SEQTUNE_WORKLOAD_DIRS", os.environ.get("SEQTUNE_WORKLOAD_DIRS", ""))
 
     specs = seqtune.registry.all_specs()
     saved = dict(specs)
@@ -172,3 +174,55 @@ def test_bad_arguments_are_named():
         autotune(configs, key=["n"], default=2)
     with pytest.raises(TypeError, match="decorates a @triton.jit function"):
         autotune(configs, key=["n"])(lambda x: x)
+
+
+def record_call(kernel, args: tuple, n: int, path: Path) -> None:
+    """One call's record, as `seqtune record` writes it, without running a program."""
+    import triton
+
+    from seqtune.workload.calls import describe_call
+
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+    record = describe_call(kernel, args, {"grid": grid, "warmup": False})
+    path.write_text(json.dumps(record) + "\n")
+
+
+def test_reference_judges_configs_when_given(tmp_path, monkeypatch, kernels_registered_here):
+    """The default config is the wrong one here: checked against the kernel's reference, it is
+    rejected and a correct config wins."""
+    import torch
+
+    import seqtune
+
+    monkeypatch.syspath_prepend(str(HERE))
+    import autotune_user
+
+    x, y, out = torch.randn(37), torch.randn(37), torch.empty(37)
+    record_call(autotune_user.axpy_checked, (x, y, out, 37, 2.0), 37, tmp_path / "W.jsonl")
+    result = seqtune.tune(workload=tmp_path / "W.jsonl", profile_dir=tmp_path / "profiles",
+                          isolate=False)
+    (problem,) = result["problems"]
+    assert problem["kernel"] == "axpy_checked"
+    assert problem["winner"] not in (None, WRONG) and problem["failed"]["mismatch"] == 1
+
+
+def test_buckets_round_sizes_up_or_match_exactly(monkeypatch):
+    import torch
+
+    from seqtune.offline import autotune
+    from seqtune.workload.calls import describe_call
+    from seqtune.workload.spec import spec_from_records
+
+    monkeypatch.syspath_prepend(str(HERE))
+    import autotune_user
+
+    def spec_of(buckets):
+        kernel = autotune(autotune_user.CONFIGS, key=["n"], buckets=buckets)(autotune_user.axpy.fn)
+        x = torch.randn(100)
+        return spec_from_records([describe_call(kernel, (x, x, x, 100, 1.0), {"grid": (1,)})])
+
+    sized = spec_of({"n": [64, 512]})
+    assert [sized.bucket({"n": n})["n"] for n in (3, 64, 100, 5000)] == [64, 64, 512, 512]
+    assert spec_of({}).bucket({"n": 100})["n"] == 128  # powers of two without buckets
+    exact = spec_of({"n": None})
+    assert exact.size_fields == () and exact.bucket({"n": 100})["n"] == 100
