@@ -226,3 +226,41 @@ def test_buckets_round_sizes_up_or_match_exactly(monkeypatch):
     assert spec_of({}).bucket({"n": 100})["n"] == 128  # powers of two without buckets
     exact = spec_of({"n": None})
     assert exact.size_fields == () and exact.bucket({"n": 100})["n"] == 100
+
+
+FREEZE_FROM_ENV = f"""
+import json
+import sys
+import torch
+sys.path.insert(0, {str(HERE)!r})
+import seqtune
+from triton.runtime.autotuner import Autotuner
+
+benchmarks = []
+# Triton cannot benchmark in the interpreter: a stand-in that counts and ties every config
+Autotuner._bench = lambda self, *a, **k: benchmarks.append(1) or [1.0, 1.0, 1.0]
+import autotune_library
+
+x = torch.randn(100)
+assert torch.allclose(autotune_library.total(x), x.sum(), atol=1e-4)
+first = autotune_library.total_kernel.best_config is autotune_library.CONFIGS[0]
+strict = len(benchmarks)
+seqtune.freeze_triton_autotune(strict=False)  # no entry: Triton's own behaviour again
+x = torch.randn(300)
+assert torch.allclose(autotune_library.total(x), x.sum(), atol=1e-4)
+print(json.dumps({{"first": first, "strict": strict, "kept": len(benchmarks)}}))
+"""
+
+
+def test_freeze_from_the_environment(tmp_path):
+    """SEQTUNE_FREEZE_AUTOTUNE=strict freezes at `import seqtune`: no entry, the first config
+    and no benchmark; strict=False leaves a kernel without an entry to Triton. Without the
+    variable, `import seqtune` imports neither Triton nor torch."""
+    env = {**seqtune_env(tmp_path / "profiles"), "SEQTUNE_FREEZE_AUTOTUNE": "strict"}
+    (tmp_path / "script.py").write_text(FREEZE_FROM_ENV)
+    result = json.loads(run([sys.executable, "script.py"], env, tmp_path).stdout)
+    assert result == {"first": True, "strict": 0, "kept": 3}  # Triton timed its 3 configs
+    env.pop("SEQTUNE_FREEZE_AUTOTUNE")
+    cheap = run([sys.executable, "-c", "import sys, seqtune; "
+                 "print('triton' in sys.modules, 'torch' in sys.modules)"], env, tmp_path)
+    assert cheap.stdout.split() == ["False", "False"]
