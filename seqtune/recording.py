@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,7 +61,7 @@ def run_recorded(command: Sequence[str], output: Path) -> dict[str, Any]:
         env = dict(os.environ)
         env[ENV_RECORD] = str(output)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, env.get("PYTHONPATH")]))
-        returncode = subprocess.call(list(command), env=env, stdin=sys.stdin)
+        returncode = subprocess.call(list(command), env=env)
     records = read_workload(output)
     return {"output": str(output), "command": list(command), "returncode": returncode,
             "calls": len(records),

@@ -264,3 +264,21 @@ def test_freeze_from_the_environment(tmp_path):
     cheap = run([sys.executable, "-c", "import sys, seqtune; "
                  "print('triton' in sys.modules, 'torch' in sys.modules)"], env, tmp_path)
     assert cheap.stdout.split() == ["False", "False"]
+
+
+def test_bad_workloads_and_commands_are_usage_errors(tmp_path, kernels_registered_here):
+    from seqtune import api
+    from seqtune.errors import UsageError
+
+    bad = tmp_path / "bad.jsonl"
+    for text, message in [('{"kernel": "k"}\n', r"bad.jsonl:1: not a seqtune record \(module"),
+                          ("[1, 2]\n", "a list, not a mapping"), ("{\n", "not a JSON record")]:
+        bad.write_text(text)
+        with pytest.raises(UsageError, match=message):
+            api.tune(workload=bad, isolate=False)
+    with pytest.raises(UsageError, match="no such file"):
+        api.tune(workload=tmp_path / "missing.jsonl", isolate=False)
+    with pytest.raises(UsageError, match="record needs a command"):
+        api.record([], tmp_path / "W.jsonl")
+    with pytest.raises(UsageError, match="cannot run 'no-such-program-here'"):
+        api.record(["no-such-program-here"], tmp_path / "W.jsonl")

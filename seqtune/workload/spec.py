@@ -314,14 +314,34 @@ def read_workload(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            missing = [k for k in ("kernel", "configs", "problem", "args", "grids")
-                       if k not in record]
-        except (json.JSONDecodeError, TypeError) as exc:
+        except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from None
-        if missing:
-            raise ValueError(f"{path}:{number}: not a seqtune record (no {', '.join(missing)})")
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"{path}:{number}: not a seqtune record ({problem})")
         records.append(record)
     return records
+
+
+RECORD_FIELDS = {"kernel": str, "module": str, "qualname": str, "digest": str, "key": list,
+                 "buckets": dict, "size_fields": list, "configs": list, "default": int,
+                 "problem": dict, "args": dict, "options": dict, "grids": list,
+                 "allowed": list, "restore_value": list, "reset_to_zero": list}
+
+
+def _record_problem(record: Any) -> str | None:
+    """What makes ``record`` no record of ``seqtune record``, or None."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a mapping"
+    for field, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(field), kind):
+            return f"{field} is {type(record.get(field)).__name__}, not {kind.__name__}"
+    configs = record["configs"]
+    if not configs or not all(isinstance(c, dict) for c in configs):
+        return "configs is not a non-empty list of mappings"
+    if len(record["grids"]) != len(configs) or not 0 <= record["default"] < len(configs):
+        return "grids or default do not match the configs"
+    return None
 
 
 def by_kernel(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
