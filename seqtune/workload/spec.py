@@ -26,7 +26,7 @@ import torch
 from seqtune.launch import capturing, launch, poisoned_outputs, poisoning
 from seqtune.spec import (Config, DeviceLimits, KernelSpec, Problem, Tolerance,
                           next_power_of_2)
-from seqtune.workload.calls import autotuner_of, call_identity, kernel_name
+from seqtune.workload.calls import autotuner_of, kernel_name
 
 # Against the default config's output: only the summation order differs, so a few units in the
 # last place of the output's dtype, relative to the output's scale.
@@ -356,12 +356,13 @@ def workload_file(folder: Path, kernel: str) -> Path:
 
 
 def save_workload(folder: Path, kernel: str, records: list[dict[str, Any]]) -> Path:
-    """Merge a kernel's records into ``<folder>/workloads/<kernel>.jsonl`` (a call recorded
-    twice is kept once), replacing the file atomically."""
+    """Merge a kernel's records into ``<folder>/workloads/<kernel>.jsonl``, the latest call
+    per problem (the runtime reads this file: packed batches recorded at every step, each with
+    its own offsets, would otherwise grow it without bound), replacing the file atomically."""
     path = workload_file(folder, kernel)
     path.parent.mkdir(parents=True, exist_ok=True)
     known = read_workload(path) if path.is_file() else []
-    merged = {call_identity(r): r for r in [*known, *records]}
+    merged = {_problem_key(r["problem"]): r for r in [*known, *records]}
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".workload-")
     with os.fdopen(handle, "w") as out:
         out.writelines(json.dumps(r) + "\n" for r in merged.values())
