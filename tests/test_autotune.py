@@ -282,3 +282,24 @@ def test_bad_workloads_and_commands_are_usage_errors(tmp_path, kernels_registere
         api.record([], tmp_path / "W.jsonl")
     with pytest.raises(UsageError, match="cannot run 'no-such-program-here'"):
         api.record(["no-such-program-here"], tmp_path / "W.jsonl")
+
+
+def test_arguments_are_rebuilt_with_their_strides_and_integers():
+    import torch
+
+    from seqtune.workload.calls import encode_arg, rebuild_args
+
+    base = torch.randn(5, 12)
+    strided = base[1:, ::3]  # an offset view with gaps
+    offsets = torch.tensor([0, 7, 19, 37], dtype=torch.int32)
+    record = {"kernel": "k", "args": {"x": encode_arg(strided), "cu": encode_arg(offsets),
+                                      "n": encode_arg(37), "eps": encode_arg(1e-6),
+                                      "g": encode_arg(None)}}
+    rebuilt = rebuild_args(record, "cpu", seed=0)
+    x = rebuilt["x"]
+    assert (x.shape, x.stride(), x.storage_offset()) == (strided.shape, strided.stride(), 12)
+    assert not torch.equal(x, strided)  # random floats, not the recorded ones
+    assert torch.equal(rebuilt["cu"], offsets) and rebuilt["cu"].dtype == torch.int32
+    assert (rebuilt["n"], rebuilt["eps"], rebuilt["g"]) == (37, 1e-6, None)
+    with pytest.raises(ValueError, match="argument 'fn' .* cannot be rebuilt"):
+        rebuild_args({"kernel": "k", "args": {"fn": encode_arg(print)}}, "cpu", seed=0)

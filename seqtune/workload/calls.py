@@ -189,13 +189,15 @@ def _tensor(item: Mapping[str, Any], device: str, generator: torch.Generator) ->
     if any(n == 0 for n in shape):
         extent = item["offset"]
     if torch.empty((), dtype=dtype).is_floating_point():
-        storage = torch.randn(extent, generator=generator).to(dtype)
+        storage = torch.randn(extent, generator=generator).to(device=device, dtype=dtype)
     else:
-        storage = torch.zeros(extent, dtype=dtype)
+        storage = torch.zeros(extent, dtype=dtype, device=device)
+    # Viewed in place on the device: the recorded strides (and the stride arguments a kernel
+    # is given beside its pointers) hold; copying a strided view would make it contiguous.
     view = storage.as_strided(shape, stride, item["offset"])
     if "values" in item:
         view.copy_(torch.tensor(item["values"], dtype=dtype).reshape(shape))
-    return view.to(device) if device != "cpu" else view
+    return view
 
 
 def _grid(grid: Any, meta: dict[str, Any]) -> list[int] | None:
