@@ -72,12 +72,12 @@ def _add_workloads(specs: dict[str, KernelSpec], folder: Path, built_in: set[str
 
 def use_workload_dir(folder: Path) -> None:
     """Also know the kernels recorded into ``folder`` (a ``--profile-dir``), in this process
-    and in the processes it starts."""
+    (read again if the specs were scanned before: the folder may have changed since) and in
+    the processes it starts."""
     folder = Path(folder)
-    known = os.environ.get(ENV_WORKLOAD_DIRS, "").split(os.pathsep)
-    if str(folder) in known or folder in workload_dirs():
-        return
-    os.environ[ENV_WORKLOAD_DIRS] = os.pathsep.join(filter(None, [*known, str(folder)]))
+    if folder not in workload_dirs():
+        known = os.environ.get(ENV_WORKLOAD_DIRS, "")
+        os.environ[ENV_WORKLOAD_DIRS] = os.pathsep.join(filter(None, [known, str(folder)]))
     scanned = getattr(all_specs, "cache_info", None)  # absent where all_specs was replaced
     if scanned is not None and scanned().currsize:
         specs = all_specs()

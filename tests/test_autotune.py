@@ -82,7 +82,7 @@ def entries(profiles: Path) -> dict[str, list[dict]]:
     return {name: section["entries"] for name, section in kernels.items()}
 
 
-def test_record_tune_freeze(tmp_path):
+def test_record_tune_freeze(tmp_path, kernels_registered_here):
     profiles, env = tmp_path / "profiles", seqtune_env(tmp_path / "profiles")
     (tmp_path / "program.py").write_text(PROGRAM)
     (tmp_path / "frozen.py").write_text(FROZEN)
@@ -124,6 +124,21 @@ def test_record_tune_freeze(tmp_path):
     rows = json.loads(verified.stdout)
     assert rows and all(r["ok"] for r in rows)
     assert {r["problem"]["n"] for r in rows} == {200}  # the recorded shapes
+    tools_see_them_like_built_in_kernels(profiles, tuned)
+
+
+def tools_see_them_like_built_in_kernels(profiles: Path, tuned: dict[str, list]) -> None:
+    from seqtune import api
+
+    rows = api.report(profile_dir=profiles).rows_by_file[0]
+    assert {r["kernel"] for r in rows} == set(tuned) and not any(r["stale"] for r in rows)
+    counts = {name: len(items) for name, items in tuned.items()}
+    assert api.info(profiles)["active_entries"] == counts
+    (profile,) = profiles.glob("*.yaml")
+    assert api.merge([profile], output=profiles.parent / "merged.yaml").entries == counts
+    (log,) = (profiles / "logs").glob("*.jsonl")
+    replayed = api.replay([log], repeats=2)["results"]
+    assert {r["problem"].split()[0] for r in replayed} == set(tuned)
 
 
 @pytest.fixture
