@@ -38,3 +38,12 @@ def expected_axpy(x, y, out, n, scale):
 # The same kernel with the wrong config as its default: only a reference tells it is wrong.
 axpy_checked = seqtune.autotune(configs=CONFIGS, key=["n"], default=2, reference=expected_axpy,
                                 name="axpy_checked")(axpy.fn)
+
+
+def small_blocks(configs, named_args, **kwargs):
+    """prune_configs_by's early_config_prune: blocks of at most 16 below 64 elements."""
+    return [c for c in configs if named_args["n"] >= 64 or c.kwargs["BLOCK"] <= 16]
+
+
+axpy_pruned = seqtune.autotune(configs=CONFIGS, key=["n"], name="axpy_pruned",
+                               prune_configs_by={"early_config_prune": small_blocks})(axpy.fn)

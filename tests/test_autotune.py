@@ -318,3 +318,32 @@ def test_arguments_are_rebuilt_with_their_strides_and_integers():
     assert (rebuilt["n"], rebuilt["eps"], rebuilt["g"]) == (37, 1e-6, None)
     with pytest.raises(ValueError, match="argument 'fn' .* cannot be rebuilt"):
         rebuild_args({"kernel": "k", "args": {"fn": encode_arg(print)}}, "cpu", seed=0)
+
+
+def test_prune_configs_by_limits_tuning_and_the_runtime(tmp_path, monkeypatch,
+                                                        kernels_registered_here):
+    """Configs the kernel's prune drops for a call are never tuned for it, nor run at it even
+    when the profile's nearest entry names one."""
+    import torch
+
+    import seqtune
+    from seqtune.loader import Profile
+
+    monkeypatch.syspath_prepend(str(HERE))
+    import autotune_user
+
+    x, y, out = torch.randn(37), torch.randn(37), torch.empty(37)
+    record_call(autotune_user.axpy_pruned, (x, y, out, 37, 2.0), 37, tmp_path / "W.jsonl")
+    result = seqtune.tune(workload=tmp_path / "W.jsonl", profile_dir=tmp_path / "profiles",
+                          isolate=False)
+    (problem,) = result["problems"]
+    assert problem["winner"]["BLOCK"] == 16 and problem["tried"] == 1
+
+    block_32 = {"BLOCK": 32, "TAIL": True, "num_warps": 4, "num_stages": 1}
+    monkeypatch.setattr(Profile, "tuned_config", lambda self, kernel, problem: dict(block_32))
+    autotune_user.axpy_pruned[(3,)](x, y, out, 37, 2.0)
+    assert torch.allclose(out, 2 * x + y)
+    assert autotune_user.axpy_pruned.best_config.kwargs["BLOCK"] == 16  # 32: pruned here
+    z = torch.randn(100)
+    autotune_user.axpy_pruned[(4,)](z, z, torch.empty(100), 100, 2.0)
+    assert autotune_user.axpy_pruned.best_config.kwargs["BLOCK"] == 32  # 32: kept at n=100
