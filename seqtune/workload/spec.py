@@ -373,7 +373,11 @@ def save_workload(folder: Path, kernel: str, records: list[dict[str, Any]]) -> P
 def folder_specs(folder: Path) -> tuple[dict[str, WorkloadSpec], list[str]]:
     """The specs of the workload files of a profile dir, and a reason per unusable file."""
     specs, problems = {}, []
-    for path in sorted((Path(folder) / WORKLOAD_DIR).glob("*.jsonl")):
+    try:
+        paths = sorted((Path(folder) / WORKLOAD_DIR).glob("*.jsonl"))
+    except OSError as exc:  # an unreadable folder: no recorded kernels from it
+        return {}, [f"{folder}: {exc}"]
+    for path in paths:
         try:
             for name, records in by_kernel(read_workload(path)).items():
                 specs[name] = spec_from_records(records)
