@@ -17,11 +17,13 @@ def record(
                                 "(JSON lines; replaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Run a program and record every distinct call of every triton.autotune and
-    seqtune.autotune kernel in its Python processes (kernel, configs, key values, argument
-    shapes, dtypes, strides, scalars, small integer tensors). Nothing is benchmarked: a kernel
-    with no profile entry runs its default or first config. Tune the recording with
-    `seqtune tune --workload W.jsonl`. Exits with the program's exit code."""
+    """Run a program and record the calls of its autotuned Triton kernels.
+
+    Every distinct call of every triton.autotune and seqtune.autotune kernel in the program's
+    Python processes: kernel, configs, key values, argument shapes, dtypes, strides, scalars,
+    small integer tensors. Nothing is benchmarked: a kernel with no profile entry runs its
+    default or first config. Tune the recording with `seqtune tune --workload W.jsonl`. Exits
+    with the program's exit code."""
     from seqtune import api
 
     summary = api.record(command, output)
