@@ -98,8 +98,8 @@ class Profile:
         return dict(cached)
 
     def tuned_config(self, kernel: str, problem: Mapping[str, Any]) -> Config | None:
-        """The config of the nearest usable entry, or None (logged only when found): for
-        callers with their own fallback (``seqtune.freeze_triton_autotune``)."""
+        """The config of the nearest usable entry, or None (then the caller logs its own
+        fallback: ``seqtune.freeze_triton_autotune``, ``seqtune.autotune``)."""
         cache_key = ("tuned", kernel, *problem.items())
         if cache_key not in self._cache:
             from seqtune.device import runtime_device
@@ -135,7 +135,7 @@ class Profile:
                 reason = f"check raised {type(exc).__name__}: {exc}"
             if reason is None:
                 log_choice(f"{kernel} {problem}: tuned config {entry.config} from "
-                            f"{entry.origin} (entry {entry.problem}, log2 distance {distance:g})")
+                           f"{entry.origin} (entry {entry.problem}, log2 distance {distance:g})")
                 return dict(entry.config)
             log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
         return None
