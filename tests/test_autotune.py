@@ -120,16 +120,15 @@ def test_record_tune_freeze(tmp_path, kernels_registered_here):
         assert frozen["chosen"][f"{function} 200"] == config  # the recorded size's entry
         assert frozen["chosen"][f"{function} 700"] == config  # the nearest entry (n=256)
 
-    verified = run([*seqtune, "verify", "autotune_user.axpy", "--json"], env, tmp_path)
-    rows = json.loads(verified.stdout)
-    assert rows and all(r["ok"] for r in rows)
-    assert {r["problem"]["n"] for r in rows} == {200}  # the recorded shapes
     tools_see_them_like_built_in_kernels(profiles, tuned)
 
 
 def tools_see_them_like_built_in_kernels(profiles: Path, tuned: dict[str, list]) -> None:
     from seqtune import api
 
+    rows = api.verify(["autotune_user.axpy"], profile_dir=profiles)
+    assert rows and all(r["ok"] for r in rows)
+    assert {r["problem"]["n"] for r in rows} == {200}  # the recorded shapes
     rows = api.report(profile_dir=profiles).rows_by_file[0]
     assert {r["kernel"] for r in rows} == set(tuned) and not any(r["stale"] for r in rows)
     counts = {name: len(items) for name, items in tuned.items()}
