@@ -28,9 +28,11 @@ from seqtune.spec import (Config, DeviceLimits, KernelSpec, Problem, Tolerance,
                           next_power_of_2)
 from seqtune.workload.calls import autotuner_of, kernel_name
 
-# Against the default config's output: only the summation order differs, so a few units in the
-# last place of the output's dtype, relative to the output's scale.
-TOLERANCES = {"float32": Tolerance(1e-4, 1e-4), "float16": Tolerance(4e-3, 4e-3),
+# Against the default config's output, where only the summation order differs: a few units in
+# the last place of a 16-bit output; float32 as loose as TF32 (tl.dot's default precision for
+# float32 on NVIDIA GPUs) makes it, as attention's float32 tolerance is. A config that leaves
+# outputs unwritten or indexes wrongly misses by far more (or by NaN).
+TOLERANCES = {"float32": Tolerance(1e-2, 1e-2), "float16": Tolerance(4e-3, 4e-3),
               "bfloat16": Tolerance(3e-2, 3e-2)}
 PRESET = "workload"
 WORKLOAD_DIR = "workloads"
