@@ -262,14 +262,14 @@ def _zero(problem: Problem) -> float:
     return 0.0
 
 
-_kernels: dict[tuple[str, str], Any] = {}
+_kernels: dict[tuple[str, str, str], Any] = {}
 
 
 def load_kernel(record: Mapping[str, Any]) -> Any:
     """The live autotuned kernel of a record: its module imported (its folder put on the path
     when needed), the autotuner found by its qualified name. ValueError saying why not."""
     module_name, qualname = record["module"], record["qualname"]
-    key = (module_name, qualname)
+    key = (module_name, qualname, record["kernel"])  # one function may be two kernels
     if key not in _kernels:
         if module_name == "__main__":
             raise ValueError(f"{record['kernel']} is defined in a script (__main__); move it "
