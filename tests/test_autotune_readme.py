@@ -32,9 +32,12 @@ def test_readme_example_runs_as_written(tmp_path):
     assert sorted(files) == ["mykernels.py", "train.py"] and len(commands) == 3
     for name, code in files.items():
         (tmp_path / name).write_text(code)
-    # `python` and `seqtune` are this interpreter's (its bin folder first on the PATH)
-    bin_folder = Path(sys.executable).parent
-    assert (bin_folder / "seqtune").exists()
+    # `python` and `seqtune` run this interpreter (wherever pip put its scripts)
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    for name, command in (("python", sys.executable), ("seqtune", f"{sys.executable} -m seqtune")):
+        (bin_folder / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (bin_folder / name).chmod(0o755)
     env = {**os.environ, "TRITON_INTERPRET": "1", "SEQTUNE_LOG": "1",
            "SEQTUNE_PROFILE_DIR": str(tmp_path / "profiles"),
            "PATH": os.pathsep.join([str(bin_folder), os.environ.get("PATH", "")])}

@@ -1,6 +1,7 @@
 """The ``seqtune`` command line: a thin layer that parses arguments, calls ``seqtune.api`` and
 renders what it returns (``render.py``, ``render_bench.py``). Commands: ``tune.py`` (tune),
-``profiles.py`` (verify, report, merge, list, info), ``tools.py`` (check, bench, replay), ``record.py`` (record).
+``profiles.py`` (verify, report, merge, list, info), ``tools.py`` (check, bench, replay),
+``record.py`` (record).
 
 Exit codes: 0 ok, 1 failures (a kernel disagrees, a profile cannot be read, nothing tunable),
 2 bad usage. Every error is one line on stderr, never a traceback (``SEQTUNE_DEBUG=1`` shows it).
