@@ -36,7 +36,10 @@ def profile_folder(profile_dir: Path | None = None) -> Path:
     else the user cache dir (where the runtime reads); UsageError when it names a file."""
     from seqtune.store.profile_file import ENV_PROFILE_DIR, resolve_profile_dir
 
+    from seqtune.registry import use_workload_dir
+
     folder = resolve_profile_dir(profile_dir)
+    use_workload_dir(folder)  # the kernels recorded into it are known like built-in ones
     source = ("--profile-dir" if profile_dir else
               f"${ENV_PROFILE_DIR}" if os.environ.get(ENV_PROFILE_DIR) else "the profile dir")
     for part in (folder, *folder.parents):
@@ -112,7 +115,7 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
          gpus: str | None = None, shard: str | None = None,
          interpreter_devices: int | None = None, model_config: Path | None = None,
          lengths: str | None = None, batch: str | None = None, decode: bool = False,
-         training: bool = False, with_backward: bool = True,
+         training: bool = False, with_backward: bool = True, workload: Path | None = None,
          reporter: Reporter = SILENT) -> dict[str, Any]:
     """Tune the kernels' preset problems on this device (one process, one worker per local GPU
     with ``gpus``, or this rank's share under torchrun) and write the profile; the results.
@@ -120,7 +123,9 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
     False: training runs both.
 
     With ``model_config`` (a model's config.json) it tunes exactly the problems that model's
-    layers produce instead (see ``model_problems``), restricted to ``kernels`` if named."""
+    layers produce instead (see ``model_problems``), restricted to ``kernels`` if named.
+    With ``workload`` (a file of ``seqtune record``) it tunes the recorded calls of its
+    kernels instead (see ``workload_specs``)."""
     from seqtune.fleet.tuning import distributed_launch, local_fleet, run_tune_mode
 
     folder = profile_folder(profile_dir)
@@ -139,7 +144,11 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     preset = preset_for(device, preset)
-    if model_config is None:
+    if workload is not None:
+        if model_config is not None:
+            raise UsageError("--workload and --model-config are exclusive")
+        specs, preset = workload_specs(workload, folder, kernels), "workload"
+    elif model_config is None:
         specs = specs_named(with_backwards(kernels) if with_backward else kernels)
     else:
         from seqtune.integrations.model_config import specs_for_model
@@ -168,6 +177,55 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
                           jobs=jobs or os.cpu_count() or 1, compile_target=compile_target,
                           shard=share)
     return run_tune_mode(specs, device, options, launch, fleet, reporter)
+
+
+def workload_specs(path: Path, folder: Path, kernels: Sequence[str] | None = None) -> list:
+    """The specs of the kernels recorded in ``path`` (only ``kernels`` if named), each tuning
+    one recorded call per bucket; their records are merged into ``<folder>/workloads/`` so
+    that verify, report and the runtime there know them. UsageError for a bad file."""
+    import dataclasses as dc
+
+    from seqtune.registry import register
+    from seqtune.store.safe_read import UnsafeFile
+    from seqtune.workload.spec import (PRESET, by_kernel, read_workload, save_workload,
+                                       spec_from_records)
+
+    try:
+        grouped = by_kernel(read_workload(path))
+    except FileNotFoundError:
+        raise UsageError(f"--workload {path}: no such file") from None
+    except (ValueError, UnsafeFile) as exc:
+        raise UsageError(f"--workload {path}: {exc}") from None
+    unknown = sorted(set(kernels or ()) - set(grouped))
+    if unknown:
+        raise UsageError(f"{path} records no call of {', '.join(unknown)}; it records "
+                         f"{', '.join(grouped) or 'nothing'}")
+    if not grouped:
+        raise Failure(f"{path} records no kernel call: was the program's kernel autotuned?")
+    specs = []
+    for name, records in grouped.items():
+        if kernels and name not in kernels:
+            continue
+        merged = read_workload(save_workload(folder, name, records))
+        mine = spec_from_records(records).presets[PRESET]
+        specs.append(dc.replace(spec_from_records(merged), presets={PRESET: mine}))
+        register(specs[-1])
+    return specs
+
+
+def record(command: Sequence[str], output: Path) -> dict[str, Any]:
+    """Run ``command`` recording every distinct call of its autotuned Triton kernels
+    (``triton.autotune`` and ``seqtune.autotune``) into ``output``; the summary (calls per
+    kernel, the program's exit code). Nothing is benchmarked while recording."""
+    from seqtune.recording import run_recorded
+
+    if not command:
+        raise UsageError("record needs a command to run: seqtune record --output W.jsonl -- "
+                         "python train.py ...")
+    try:
+        return run_recorded(command, output)
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot run {command[0]!r}: {exc.strerror}") from None
 
 
 def model_problems(model_config: Path, preset: str, backend: str,
@@ -227,9 +285,10 @@ def verify(kernels: Sequence[str] | None = None,
     from seqtune.store.profile_file import profile_path, read_profile
 
     prepare_backend()
+    folder = profile_folder(profile_dir)  # first: the kernels recorded into it are named too
     specs = specs_named(kernels)
     key, limits = runtime_device()
-    path = profile_path(profile_folder(profile_dir), key)
+    path = profile_path(folder, key)
     if path.exists():
         read_profile(path)  # an unreadable profile is an error here, not a silent fallback
     profile = load_profile(path) if path.exists() else None
@@ -307,6 +366,11 @@ def report(files: Sequence[Path] | None = None, profile_dir: Path | None = None,
         if not Path(path).exists():
             raise UsageError(f"{path}: no such profile file")
     profiles, rows_by_file = [], []
+    if folder is None:
+        from seqtune.registry import use_workload_dir
+
+        for path in files:  # the kernels recorded next to the named profiles
+            use_workload_dir(Path(path).parent)
     specs = all_specs()
     for path in files:
         profile = read_profile(path)

@@ -66,6 +66,17 @@ def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device | 
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
+def poisoning() -> bool:
+    """Whether outputs are being poisoned now (kernels that write into buffers they were given,
+    rather than ones from ``new_output``, poison those themselves)."""
+    return _poison.get()
+
+
+def capturing() -> bool:
+    """Whether launches are being recorded instead of run now."""
+    return _capture.get() is not None
+
+
 @contextlib.contextmanager
 def poisoned_outputs() -> Iterator[None]:
     token = _poison.set(True)

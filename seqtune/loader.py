@@ -60,7 +60,7 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _log_choice(message: str) -> None:
+def log_choice(message: str) -> None:
     if _log_enabled():
         # SEQTUNE_LOG=1 is authoritative: the handler and the level are (re)set here, since
         # other code (a test's log capture, an application) may reset the logger's level.
@@ -98,6 +98,20 @@ class Profile:
             cached = self._cache[cache_key] = self._match(kernel, dict(problem))
         return dict(cached)
 
+    def tuned_config(self, kernel: str, problem: Mapping[str, Any]) -> Config | None:
+        """The config of the nearest usable entry, or None (then the caller logs its own
+        fallback: ``seqtune.freeze_triton_autotune``, ``seqtune.autotune``)."""
+        cache_key = ("tuned", kernel, *problem.items())
+        if cache_key not in self._cache:
+            from seqtune.device import runtime_device
+            from seqtune.registry import get_spec
+
+            spec = get_spec(kernel)
+            self._cache[cache_key] = self._tuned(spec, _normalise(spec, dict(problem)),
+                                                 runtime_device()[1])
+        cached = self._cache[cache_key]
+        return None if cached is None else dict(cached)
+
     def _match(self, kernel: str, problem: Problem) -> Config:
         from seqtune.device import runtime_device
         from seqtune.registry import get_spec
@@ -105,22 +119,29 @@ class Profile:
         spec = get_spec(kernel)
         problem = _normalise(spec, problem)
         limits = runtime_device()[1]
+        tuned = self._tuned(spec, problem, limits)
+        if tuned is not None:
+            return tuned
+        config = spec.default_for(problem, limits)
+        why = "the default" if config == spec.default_config else "nearest valid to the default"
+        if _log_enabled():
+            log_choice(f"{kernel} {problem}: {why} {config} (no usable tuned entry"
+                       f"{self._mismatch(spec, problem)})")
+        return config
+
+    def _tuned(self, spec: KernelSpec, problem: Problem, limits: Any) -> Config | None:
+        kernel = spec.name
         for entry, distance in self._candidates(spec, problem):
             try:
                 reason = spec.check(entry.config, problem, limits)
             except Exception as exc:  # a check that cannot judge this problem does not vouch
                 reason = f"check raised {type(exc).__name__}: {exc}"
             if reason is None:
-                _log_choice(f"{kernel} {problem}: tuned config {entry.config} from "
-                            f"{entry.origin} (entry {entry.problem}, log2 distance {distance:g})")
+                log_choice(f"{kernel} {problem}: tuned config {entry.config} from "
+                           f"{entry.origin} (entry {entry.problem}, log2 distance {distance:g})")
                 return dict(entry.config)
-            _log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
-        config = spec.default_for(problem, limits)
-        why = "the default" if config == spec.default_config else "nearest valid to the default"
-        if _log_enabled():
-            _log_choice(f"{kernel} {problem}: {why} {config} (no usable tuned entry"
-                        f"{self._mismatch(spec, problem)})")
-        return config
+            log_choice(f"{kernel}: entry {entry.problem} skipped, invalid here: {reason}")
+        return None
 
     def _mismatch(self, spec: KernelSpec, problem: Problem) -> str:
         """``": entries differ in D (64, here 128)"``: the categorical fields (matched exactly,
@@ -248,7 +269,7 @@ def read_profiles(paths: list[Path] | None = None, profile_dir: Path | None = No
         key = runtime_device()[0]
         folders = (resolve_profile_dir(profile_dir), shipped_profile_dir())
         if (profile_dir or os.environ.get(ENV_PROFILE_DIR)) and not folders[0].is_dir():
-            _log_choice(f"profile dir {folders[0]} does not exist (mistyped "
+            log_choice(f"profile dir {folders[0]} does not exist (mistyped "
                         f"--profile-dir or ${ENV_PROFILE_DIR}?): no tuned configs from it")
         paths = [p for p in (profile_path(d, key) for d in folders) if os.path.exists(p)]
     entries: dict[str, list[Entry]] = {}
@@ -268,6 +289,14 @@ def read_profiles(paths: list[Path] | None = None, profile_dir: Path | None = No
 
 
 _active: Profile | None = None
+
+
+def reread_profile() -> None:
+    """Read the active profile's files again, if one is active: a kernel registered since
+    (``seqtune.autotune``) gets the entries that were skipped as unknown."""
+    global _active
+    if _active is not None:
+        _active = read_profiles(list(_active.sources))
 
 
 def active_profile() -> Profile:

@@ -42,7 +42,59 @@ def all_specs() -> dict[str, KernelSpec]:
     for name in filter(None, (n.strip() for n in
                               os.environ.get("SEQTUNE_KERNEL_MODULES", "").split(","))):
         _add_plugin(specs, name, built_in)
+    for folder in workload_dirs():
+        _add_workloads(specs, folder, built_in)
     return dict(sorted(specs.items()))
+
+
+# The profile dirs whose recorded workloads this process uses besides the runtime's own; set by
+# the tools for --profile-dir and inherited by the tuning workers they spawn.
+ENV_WORKLOAD_DIRS = "SEQTUNE_WORKLOAD_DIRS"
+
+
+def workload_dirs() -> list[Path]:
+    """The runtime's profile dir, then those of ``$SEQTUNE_WORKLOAD_DIRS``."""
+    from seqtune.store.profile_file import resolve_profile_dir
+
+    extra = [Path(p) for p in os.environ.get(ENV_WORKLOAD_DIRS, "").split(os.pathsep) if p]
+    return list(dict.fromkeys([resolve_profile_dir(None), *extra]))
+
+
+def _add_workloads(specs: dict[str, KernelSpec], folder: Path, built_in: set[str]) -> None:
+    """The kernels recorded into a profile dir (``seqtune tune --workload``); a damaged
+    workload file warns once and costs only its kernels."""
+    from seqtune.workload.spec import folder_specs
+
+    found, problems = folder_specs(folder)
+    for problem in problems:
+        warnings.warn(f"seqtune: workload skipped: {problem}", RuntimeWarning, stacklevel=4)
+    specs.update((name, spec) for name, spec in found.items() if name not in built_in)
+
+
+def use_workload_dir(folder: Path) -> None:
+    """Also know the kernels recorded into ``folder`` (a ``--profile-dir``), in this process
+    (read again if the specs were scanned before: the folder may have changed since) and in
+    the processes it starts."""
+    folder = Path(folder)
+    if folder not in workload_dirs():
+        known = os.environ.get(ENV_WORKLOAD_DIRS, "")
+        os.environ[ENV_WORKLOAD_DIRS] = os.pathsep.join(filter(None, [known, str(folder)]))
+    scanned = getattr(all_specs, "cache_info", None)  # absent where all_specs was replaced
+    if scanned is not None and scanned().currsize:
+        specs = all_specs()
+        built_in = {n for n, s in specs.items() if not getattr(s, "digest", "")}
+        _add_workloads(specs, folder, built_in)
+        source_hash.cache_clear()
+
+
+def register(spec: KernelSpec) -> bool:
+    """Add or replace a kernel spec in this process (a live ``seqtune.autotune`` or frozen
+    ``triton.autotune`` kernel); whether its name was unknown before."""
+    specs = all_specs()
+    new = spec.name not in specs
+    specs[spec.name] = spec
+    source_hash.cache_clear()
+    return new
 
 
 def _add(specs: dict[str, KernelSpec], module) -> None:
@@ -93,7 +145,10 @@ def get_spec(name: str) -> KernelSpec:
 @functools.cache
 def source_hash(name: str) -> str:
     """A short hash of the kernel folder's Python sources: changes whenever the kernel does."""
-    folder = get_spec(name).source_dir
+    spec = get_spec(name)
+    if getattr(spec, "digest", ""):  # a recorded kernel: its own digest of source and configs
+        return spec.digest
+    folder = spec.source_dir
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.py")):
         digest.update(path.relative_to(folder).as_posix().encode())

@@ -1,9 +1,13 @@
 import os
+import tempfile
 
 # Kernels must be defined under the interpreter: set it before anything imports triton kernels.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # rich reads the width when seqtune.cli creates its consoles: wide, unfolded tables for the tests.
 os.environ["COLUMNS"] = "250"
+# Not the user's profile dir, even while collecting: kernels recorded into it (`seqtune tune
+# --workload`) would join the registry that parametrized tests enumerate.
+os.environ["SEQTUNE_PROFILE_DIR"] = os.path.join(tempfile.gettempdir(), "seqtune-tests-no-profile")
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402

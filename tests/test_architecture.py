@@ -19,7 +19,8 @@ MAX_LINES = 600
 LAYERS = [
     ("seqtune.errors", "seqtune.events", "seqtune.spec", "seqtune.launch", "seqtune.checks",
      "seqtune.baselines"),
-    ("seqtune.device", "seqtune.registry", "seqtune.agreement", "seqtune.store"),
+    ("seqtune.device", "seqtune.registry", "seqtune.agreement", "seqtune.store",
+     "seqtune.workload"),
     ("seqtune.loader",),
     ("seqtune.tuning",),
     ("seqtune.fleet",),

@@ -1,6 +1,7 @@
 """The ``seqtune`` command line: a thin layer that parses arguments, calls ``seqtune.api`` and
 renders what it returns (``render.py``, ``render_bench.py``). Commands: ``tune.py`` (tune),
-``profiles.py`` (verify, report, merge, list, info), ``tools.py`` (check, bench, replay).
+``profiles.py`` (verify, report, merge, list, info), ``tools.py`` (check, bench, replay),
+``record.py`` (record).
 
 Exit codes: 0 ok, 1 failures (a kernel disagrees, a profile cannot be read, nothing tunable),
 2 bad usage. Every error is one line on stderr, never a traceback (``SEQTUNE_DEBUG=1`` shows it).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from seqtune.cli import profiles, tools, tune  # noqa: F401  (they register their commands)
+from seqtune.cli import profiles, record, tools, tune  # noqa: F401  (they register their commands)
 from seqtune.cli.app import app, err
 from seqtune.errors import Failure, UsageError
 

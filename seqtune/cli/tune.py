@@ -66,6 +66,10 @@ def tune(
     backward: bool = typer.Option(True, "--backward/--forward-only", help="A named kernel's "
                                   "backward (<name>_bwd) is tuned with it, since training runs "
                                   "both; --forward-only leaves it out."),
+    workload: Optional[Path] = typer.Option(None, help="A file of `seqtune record`: tune the "
+                                            "recorded calls of its kernels (KERNELs, if named, "
+                                            "filter them), each config checked against the "
+                                            "default config's outputs."),
 ) -> None:
     """Search each kernel's config space on this device and write its profile.
 
@@ -84,7 +88,7 @@ def tune(
                            interpreter_devices=interpreter_devices,
                            model_config=model_config, lengths=lengths, batch=batch,
                            decode=decode, training=training, with_backward=backward,
-                           reporter=ConsoleReporter(console))
+                           workload=workload, reporter=ConsoleReporter(console))
     except KeyboardInterrupt:
         err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
                   "finished problem in the profile; continue with the same command plus --resume.")

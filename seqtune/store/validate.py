@@ -95,7 +95,7 @@ class EntryRules:
     def __init__(self, spec: KernelSpec):
         self.spec = spec
         problems = [*spec.verify_cases, *(p for ps in spec.presets.values() for p in ps)]
-        self.fields = {*spec.size_fields, *spec.problem_defaults,
+        self.fields = {*spec.size_fields, *spec.problem_defaults, *spec.optional_fields,
                        *(field for problem in problems for field in problem)}
 
     def usable(self, raw: Any) -> tuple[Problem, Config]:
