@@ -27,7 +27,6 @@ import contextlib
 import copy
 import dataclasses
 import types
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,14 +58,24 @@ RECURRENT_LAYERS: dict[str, tuple[str, dict[str, str]]] = {
 
 @dataclasses.dataclass
 class _Patch:
-    """What patch changed, to undo it: (object, attribute, previous value or _ABSENT)."""
+    """What patch changed, to undo it: (object, attribute, previous value or _ABSENT, the value
+    patch set). It lives on the patched model (``RECORD``), so ``copy.deepcopy`` of the model
+    copies it along, its objects mapped to the copy's: the copy is patched and unpatches."""
 
     counts: dict[str, int]
-    changes: list[tuple[Any, str, Any]] = dataclasses.field(default_factory=list)
+    changes: list[tuple[Any, str, Any, Any]] = dataclasses.field(default_factory=list)
 
 
-_ABSENT = object()
-_PATCHES: weakref.WeakKeyDictionary[Any, _Patch] = weakref.WeakKeyDictionary()
+class _Absent:
+    """No previous value (the attribute was not in the object's own dict); one object, also
+    through ``copy.deepcopy``."""
+
+    def __deepcopy__(self, memo) -> _Absent:
+        return self
+
+
+_ABSENT = _Absent()
+RECORD = "_seqtune_patch"
 _FORWARDS: dict[type, Callable | None] = {}
 
 
@@ -77,9 +86,10 @@ def patch(model) -> dict[str, int]:
     ``"kda"`` (Kimi-Linear), ``"mamba"``, ``"mamba2"``, ``"attention"`` (any layer that
     dispatches through transformers' ``AttentionInterface``). A model with nothing seqtune
     supports is left as it is: ``{}``, with one warning per model class. Patching a patched
-    model changes nothing and returns the same counts.
+    model changes nothing and returns the same counts. TypeError for anything but a
+    ``torch.nn.Module``.
     """
-    existing = _PATCHES.get(model)
+    existing = _record(model, "patch")
     if existing is not None:
         return dict(existing.counts)
     record = _Patch(counts={})
@@ -95,16 +105,21 @@ def patch(model) -> dict[str, int]:
                   f"{', '.join(sorted(RECURRENT_LAYERS))} and no attention layer that "
                   f"dispatches through transformers' AttentionInterface")
         return {}
-    _PATCHES[model] = record
+    model.__dict__[RECORD] = record  # beside the modules: not a submodule, not in state_dict
     return dict(record.counts)
 
 
 def unpatch(model) -> None:
-    """Restore what ``patch`` changed in ``model`` (nothing happens to an unpatched model)."""
-    record = _PATCHES.pop(model, None)
+    """Restore what ``patch`` changed in ``model`` (nothing happens to an unpatched model). An
+    attribute that other code changed after ``patch`` (e.g. its own ``forward``) is left as
+    that code set it."""
+    record = _record(model, "unpatch")
     if record is None:
         return
-    for owner, attribute, previous in reversed(record.changes):
+    del model.__dict__[RECORD]
+    for owner, attribute, previous, value in reversed(record.changes):
+        if owner.__dict__.get(attribute, _ABSENT) is not value:
+            continue  # changed since: not ours to undo
         if previous is _ABSENT:
             delattr(owner, attribute)
         else:
@@ -112,7 +127,16 @@ def unpatch(model) -> None:
 
 
 def is_patched(model) -> bool:
-    return model in _PATCHES
+    return _record(model, "is_patched") is not None
+
+
+def _record(model, caller: str) -> _Patch | None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{caller}() takes a torch.nn.Module (a transformers model), got "
+                        f"{type(model).__name__}")
+    return model.__dict__.get(RECORD)
 
 
 @contextlib.contextmanager
@@ -126,8 +150,10 @@ def patched(model) -> Iterator[dict[str, int]]:
 
 
 def _set(record: _Patch, owner: Any, attribute: str, value: Any) -> None:
-    record.changes.append((owner, attribute, owner.__dict__.get(attribute, _ABSENT)))
+    previous = owner.__dict__.get(attribute, _ABSENT)
     setattr(owner, attribute, value)
+    # what setattr stored (a module keeps sub-configs and forwards in its own __dict__)
+    record.changes.append((owner, attribute, previous, owner.__dict__.get(attribute, _ABSENT)))
 
 
 # ---- recurrent layers: per-instance forwards with seqtune's functions in their globals ----
