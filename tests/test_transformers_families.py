@@ -1,0 +1,127 @@
+"""Every recurrent and hybrid family of transformers 5.23 on a tiny random model (hidden 64, two
+layers: a recurrent one and, for hybrids, an attention one): `patch` finds its layers by the
+hub-kernel functions they call and counts them by mechanism, the patched logits equal
+transformers' own PyTorch path, cached greedy generation gives the same tokens, and unpatch
+restores it. qwen4_exp's and glm5_next's attention reads its own 4-D mask: it stays
+unpatched with one warning and the model still runs (issue 29)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from seqtune.integrations.transformers import is_patched, patch, unpatch
+
+BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+            num_key_value_heads=2, num_hidden_layers=2, tie_word_embeddings=False,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+GDN = dict(BASE, head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16,
+           linear_num_key_heads=2, linear_num_value_heads=4, linear_conv_kernel_dim=4,
+           layer_types=["linear_attention", "full_attention"])
+MAMBA2 = dict(BASE, mamba_n_heads=4, mamba_d_head=32, mamba_n_groups=1, mamba_d_state=16,
+              mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16)
+MOE = dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32)
+KDA = dict(BASE, **MOE, num_key_value_heads=4, mlp_layer_types=["dense", "dense"],
+           qk_nope_head_dim=16, v_head_dim=16, linear_head_dim=16, linear_num_heads=2)
+HYBRID = {"attention": 1}
+
+# model_type -> (class, config fields, patch's counts, a warning it must give)
+FAMILIES = {
+    "qwen3_5_text": ("Qwen3_5ForCausalLM", GDN, {"gated_delta_net": 1, **HYBRID}, None),
+    "qwen3_5_moe_text": ("Qwen3_5MoeForCausalLM", dict(GDN, **MOE,
+                         shared_expert_intermediate_size=32), {"gated_delta_net": 1, **HYBRID},
+                         None),
+    "olmo_hybrid": ("OlmoHybridForCausalLM", GDN, {"gated_delta_net": 1, **HYBRID}, None),
+    "qwen4_exp_text": ("Qwen4ExpForCausalLM", dict(
+        GDN, **MOE, shared_expert_intermediate_size=32, indexer_n_heads=2, indexer_kv_heads=1,
+        indexer_head_dim=16, indexer_budget=8, indexer_compress_ratio=4,
+        layer_types=["linear_attention", "indexed_attention"]), {"gated_delta_net": 1},
+        "reads the attention mask itself"),
+    "bailing_hybrid": ("BailingHybridForCausalLM", dict(
+        KDA, qk_rope_head_dim=16, head_dim=16, layer_group_size=2,
+        layer_types=["linear_attention", "full_attention"]), {"kda": 1, **HYBRID}, None),
+    "glm5_next_text": ("Glm5NextTextModel", dict(
+        KDA, qk_rope_head_dim=0, head_dim=0, index_head_dim=16, index_n_heads=2,
+        n_routed_experts=2, indexer_types=["full", "full"],
+        layer_types=["linear_attention", "indexed_attention"]), {"kda": 1},
+        "reads the attention mask itself"),
+    "falcon_mamba": ("FalconMambaForCausalLM", dict(
+        BASE, state_size=8, time_step_rank=4), {"mamba": 2}, None),
+    "jamba": ("JambaForCausalLM", dict(
+        BASE, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+        expert_layer_offset=1, num_experts=2, mamba_d_state=8, mamba_dt_rank=4),
+        {"mamba": 1, **HYBRID}, None),
+    "zamba": ("ZambaForCausalLM", dict(
+        BASE, layers_block_type=["mamba", "hybrid"], mamba_d_state=8, mamba_dt_rank=4,
+        n_mamba_heads=1, attention_head_dim=32, attention_hidden_size=128),
+        {"mamba": 2, **HYBRID}, None),
+    "bamba": ("BambaForCausalLM", dict(MAMBA2, attn_layer_indices=[1]),
+              {"mamba2": 1, **HYBRID}, None),
+    "falcon_h1": ("FalconH1ForCausalLM", dict(MAMBA2, mamba_d_ssm=128),
+                  {"mamba2": 2, "attention": 2}, None),
+    "granitemoehybrid": ("GraniteMoeHybridForCausalLM", dict(
+        MAMBA2, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
+        shared_intermediate_size=64), {"mamba2": 1, **HYBRID}, None),
+    "nemotron_h": ("NemotronHForCausalLM", dict(
+        BASE, layers_block_type=["mamba", "attention"], head_dim=16, ssm_state_size=16,
+        mamba_num_heads=4, mamba_head_dim=32, n_groups=1, conv_kernel=4, expand=2,
+        chunk_size=16), {"mamba2": 1, **HYBRID}, None),
+    "zamba2": ("Zamba2ForCausalLM", dict(
+        BASE, layers_block_type=["mamba", "hybrid"], mamba_d_state=16, mamba_headdim=32,
+        n_mamba_heads=4, mamba_ngroups=1, chunk_size=16, hybrid_layer_ids=[1],
+        attention_head_dim=32), {"mamba2": 2, **HYBRID}, None),
+    "lfm2": ("Lfm2ForCausalLM", dict(BASE, layer_types=["conv", "full_attention"]),
+             {"short_conv": 1, **HYBRID}, None),
+    "lfm2_moe": ("Lfm2MoeForCausalLM", dict(
+        BASE, layer_types=["conv", "full_attention"], num_dense_layers=1, num_experts=2,
+        num_experts_per_tok=1, moe_intermediate_size=32), {"short_conv": 1, **HYBRID}, None),
+}
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def build(model_type: str):
+    name, fields, _, _ = FAMILIES[model_type]
+    config = transformers.AutoConfig.for_model(model_type, **fields)
+    torch.manual_seed(0)
+    return getattr(transformers, name)(config).eval()
+
+
+def output(model, tokens) -> torch.Tensor:
+    with torch.no_grad():
+        result = model(tokens)
+    return result.logits if getattr(result, "logits", None) is not None \
+        else result.last_hidden_state
+
+
+def greedy(model, prompt) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=2, do_sample=False, use_cache=True,
+                              pad_token_id=0)
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_a_family_runs_on_seqtune_and_matches_its_own_path(model_type):
+    _, _, counts, warning = FAMILIES[model_type]
+    model = build(model_type)
+    tokens = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    expected = output(model, tokens)
+    generates = hasattr(model, "generate") and "ForCausalLM" in type(model).__name__
+    tokens_expected = greedy(model, tokens[:, :5]) if generates else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert patch(model) == counts
+        torch.testing.assert_close(output(model, tokens), expected, **TOLERANCE)
+        if generates:
+            assert torch.equal(greedy(model, tokens[:, :5]), tokens_expected)
+    seqtune_warnings = [str(w.message) for w in caught if "seqtune" in str(w.message)]
+    if warning is None:
+        assert not seqtune_warnings, seqtune_warnings
+    else:
+        assert len(seqtune_warnings) == 1 and warning in seqtune_warnings[0], seqtune_warnings
+    recurrent = [m for m in model.modules() if "forward" in vars(m)]
+    assert len(recurrent) == sum(n for kind, n in counts.items() if kind != "attention")
+    unpatch(model)
+    assert not is_patched(model) and not any("forward" in vars(m) for m in model.modules())
