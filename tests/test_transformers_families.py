@@ -2,7 +2,7 @@
 layers: a recurrent one and, for hybrids, an attention one): `patch` finds its layers by the
 hub-kernel functions they call and counts them by mechanism, the patched logits equal
 transformers' own PyTorch path, cached greedy generation gives the same tokens, and unpatch
-restores it. qwen4_exp's and glm5_next's attention reads its own 4-D mask: it stays
+restores it; every kernel launch is a problem `--model-config` derives from its config. qwen4_exp's and glm5_next's attention reads its own 4-D mask: it stays
 unpatched with one warning and the model still runs (issue 29)."""
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import seqtune.loader
+from seqtune.integrations.model_config import problems_for_model
 from seqtune.integrations.transformers import is_patched, patch, unpatch
+from seqtune.registry import get_spec
 
 BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_attention_heads=4,
             num_key_value_heads=2, num_hidden_layers=2, tie_word_embeddings=False,
@@ -89,39 +92,61 @@ def build(model_type: str):
     return getattr(transformers, name)(config).eval()
 
 
-def output(model, tokens) -> torch.Tensor:
+def run(model, tokens) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Greedy generation of two tokens with the cache (a prefill, then one cached decoding
+    step): the tokens and the logits of both steps; a model without a language-model head
+    gives its last hidden states."""
     with torch.no_grad():
-        result = model(tokens)
-    return result.logits if getattr(result, "logits", None) is not None \
-        else result.last_hidden_state
+        if not hasattr(model, "generate") or "ForCausalLM" not in type(model).__name__:
+            return model(tokens).last_hidden_state, None
+        out = model.generate(tokens, max_new_tokens=2, do_sample=False, use_cache=True,
+                             pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    return torch.stack(out.logits), out.sequences
 
 
-def greedy(model, prompt) -> torch.Tensor:
-    with torch.no_grad():
-        return model.generate(prompt, max_new_tokens=2, do_sample=False, use_cache=True,
-                              pad_token_id=0)
+class Launches:
+    """The (kernel, bucketed problem) of every launch that asks the loader for a config."""
+
+    def __init__(self, monkeypatch):
+        self.seen: set[tuple[str, tuple]] = set()
+        original = seqtune.loader.Profile.best_config
+
+        def recording(profile, kernel, problem):
+            self.seen.add(key(kernel, problem))
+            return original(profile, kernel, problem)
+
+        monkeypatch.setattr(seqtune.loader.Profile, "best_config", recording)
+
+
+def key(kernel: str, problem: dict) -> tuple[str, tuple]:
+    return kernel, tuple(sorted(get_spec(kernel).bucket(problem).items()))
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
-def test_a_family_runs_on_seqtune_and_matches_its_own_path(model_type):
+def test_a_family_runs_on_seqtune_and_matches_its_own_path(model_type, monkeypatch):
     _, _, counts, warning = FAMILIES[model_type]
     model = build(model_type)
     tokens = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
-    expected = output(model, tokens)
-    generates = hasattr(model, "generate") and "ForCausalLM" in type(model).__name__
-    tokens_expected = greedy(model, tokens[:, :5]) if generates else None
+    expected, expected_tokens = run(model, tokens)
+    launches = Launches(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert patch(model) == counts
-        torch.testing.assert_close(output(model, tokens), expected, **TOLERANCE)
-        if generates:
-            assert torch.equal(greedy(model, tokens[:, :5]), tokens_expected)
+        logits, generated = run(model, tokens)
+    torch.testing.assert_close(logits, expected, **TOLERANCE)
+    assert generated is None or torch.equal(generated, expected_tokens)
     seqtune_warnings = [str(w.message) for w in caught if "seqtune" in str(w.message)]
     if warning is None:
         assert not seqtune_warnings, seqtune_warnings
     else:
         assert len(seqtune_warnings) == 1 and warning in seqtune_warnings[0], seqtune_warnings
-    recurrent = [m for m in model.modules() if "forward" in vars(m)]
-    assert len(recurrent) == sum(n for kind, n in counts.items() if kind != "attention")
+    # every launch is a problem --model-config derives from this model's config
+    derived = problems_for_model(model.config.to_dict(), lengths=[9, 10], batch_sizes=[1],
+                                 decode=True, dtype="float32")
+    assert launches.seen <= {key(kernel, problem) for kernel, listed in derived.items()
+                             for problem in listed}
+    assert {kernel for kernel, _ in launches.seen} >= {
+        kernel for kernel in derived if not kernel.endswith("_step") and kernel != "attention"
+        and kernel != "attention_decode"}
     unpatch(model)
     assert not is_patched(model) and not any("forward" in vars(m) for m in model.modules())
