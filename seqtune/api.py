@@ -448,9 +448,14 @@ def replay(logs: Sequence[Path], strategy: str = "auto", budget: str = "5%",
 
 def check(kernels: Sequence[str] | None = None, targets: Sequence[str] = ("sm_80", "sm_90"),
           all_configs: bool = False, preset: str = "default", jobs: int = 1,
-          config: dict[str, Any] | None = None) -> list:
+          config: dict[str, Any] | None = None, *, model_config: Path | None = None,
+          lengths: str | None = None, batch: str | None = None, decode: bool = False,
+          training: bool = False) -> list:
     """Compile kernels for GPU targets without a GPU: one ``CheckResult`` per (kernel, target,
-    problem, config), each with ``is_default`` set."""
+    problem, config), each with ``is_default`` set. With ``model_config``: exactly the problems
+    that model runs (see ``model_problems``; ``kernels`` filter them)."""
+    if model_config is not None:
+        check_model_request(model_config, lengths, batch)
     # Compiling needs real @triton.jit kernels, which TRITON_INTERPRET would replace.
     os.environ.pop("TRITON_INTERPRET", None)
     from seqtune.tuning.compiler import run_check, target_named
@@ -459,8 +464,15 @@ def check(kernels: Sequence[str] | None = None, targets: Sequence[str] = ("sm_80
         parsed = [target_named(t) for t in targets]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    specs = specs_named(kernels)
-    if preset not in PRESETS:
+    if model_config is None:
+        specs = specs_named(kernels)
+    else:
+        from seqtune.integrations.model_config import specs_for_model
+
+        specs = specs_for_model(model_problems(model_config, preset, "compile", kernels, lengths,
+                                               batch, decode, training), "model")
+        preset = "model"
+    if preset not in (*PRESETS, "model"):
         raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if config and len(specs) != 1:
         raise UsageError("--config needs exactly one kernel")
