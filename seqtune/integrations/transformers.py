@@ -30,6 +30,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from seqtune.integrations.config_file import ATTENTION_HEAD_DIMS
 from seqtune.integrations.hf_attention import seqtune_attention
 from seqtune.integrations.hf_discovery import (
     dispatches_attention,
@@ -267,6 +268,12 @@ def _patch_attention(model, record: _Patch) -> int:
         warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
                   f"{own_mask.__name__}.forward reads the attention mask itself (it needs "
                   f"transformers' 4-D mask, which seqtune's attention does not build)")
+        return 0
+    wide = next((layer for layer in layers if isinstance(getattr(layer, "head_dim", None), int)
+                 and layer.head_dim > ATTENTION_HEAD_DIMS[1]), None)
+    if wide is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: head dim "
+                  f"{wide.head_dim} is over the {ATTENTION_HEAD_DIMS[1]} seqtune's attention runs")
         return 0
     can_set = getattr(model, "_can_set_attn_implementation", None)
     if can_set is None or not can_set():
