@@ -2,12 +2,11 @@
 model runs without knowing seqtune's problem fields (``seqtune tune --model-config``).
 
 A config (a local ``config.json``: transformers' format, or mamba_ssm's ``d_model``/``ssm_cfg``
-one) is read as its sequence-mixing layers (``model_layers``): softmax attention (any model with
-``num_attention_heads``; Kimi-Linear's MLA with its key and value head dims), Qwen3-Next's Gated
-DeltaNet, Kimi-Linear's KDA, Mamba and Mamba2 layers, each with the short convolution in front
-of it. ``problems_for_model`` turns them into the problems of the kernels that
-``seqtune.integrations.transformers.patch`` makes those layers launch, field for field as the
-ops key them (so the tuned entries are the ones the patched model reads):
+one) is read as its sequence-mixing layers (``model_families.model_layers``: softmax attention,
+Gated DeltaNet, KDA, Mamba, Mamba-2 and short-convolution layers of every family
+``seqtune.integrations.transformers.patch`` patches, each with the short convolution in front of
+it). ``problems_for_model`` turns them into the problems of the kernels that the patch makes
+those layers launch, field for field as the ops key them (so the tuned entries are the ones the patched model reads):
 
 - prefill: every batch size x length (no initial state, one sequence per row);
 - ``decode``: one token per row at every batch size (attention against a cache of every

@@ -7,14 +7,14 @@ the tuned kernels. transformers is an optional dependency (``pip install seqtune
 
 Where it patches, and why there:
 
-- Recurrent layers (Qwen3-Next's Gated DeltaNet, Kimi-Linear's KDA, Mamba, Mamba2) call
-  module-level functions of their modeling file (the ones transformers' hub-kernel mapping
-  replaces with flash-linear-attention, mamba_ssm or causal-conv1d when installed), looked up in
-  the module's globals at call time. Each patched layer *instance* gets a forward made from its
-  class's own forward code with a globals mapping in which those names are seqtune's functions
-  (``hf_kernels.HUB_FUNCTIONS``), every other name read live from the modeling module; decorators
-  around the forward are rebuilt around the new function. Nothing process-wide changes: another
-  model of the same class, patched or not, runs as before.
+- Recurrent layers (any class whose code calls a hub-kernel function seqtune implements, found
+  by ``hf_discovery``) call module-level functions of their modeling file (the ones transformers'
+  hub-kernel mapping replaces with flash-linear-attention, mamba_ssm or causal-conv1d when
+  installed), looked up in the module's globals at call time. Each patched layer *instance* gets
+  the methods that reach those functions rebuilt from its class's own code with a globals
+  mapping in which those names are seqtune's functions (``hf_kernels.HUB_FUNCTIONS``), every
+  other name read live from the modeling module; decorators around them are rebuilt too.
+  Nothing process-wide changes: another model of the same class, patched or not, runs as before.
 - Attention layers that dispatch through transformers' ``AttentionInterface`` get seqtune's
   attention under the name ``"seqtune"`` (``hf_attention.seqtune_attention``, with
   flash-attention's padding mask). The patched model gets its own copy of its config objects
