@@ -6,7 +6,8 @@ one) is read as its sequence-mixing layers (``model_families.model_layers``: sof
 Gated DeltaNet, KDA, Mamba, Mamba-2 and short-convolution layers of every family
 ``seqtune.integrations.transformers.patch`` patches, each with the short convolution in front of
 it). ``problems_for_model`` turns them into the problems of the kernels that the patch makes
-those layers launch, field for field as the ops key them (so the tuned entries are the ones the patched model reads):
+those layers launch, field for field as the ops key them (so the tuned entries are the ones
+the patched model reads):
 
 - prefill: every batch size x length (no initial state, one sequence per row);
 - ``decode``: one token per row at every batch size (attention against a cache of every
