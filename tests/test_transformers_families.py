@@ -150,3 +150,47 @@ def test_a_family_runs_on_seqtune_and_matches_its_own_path(model_type, monkeypat
         and kernel != "attention_decode"}
     unpatch(model)
     assert not is_patched(model) and not any("forward" in vars(m) for m in model.modules())
+
+
+def test_a_new_family_is_found_by_the_function_it_calls(monkeypatch):
+    """A layer class seqtune has never seen, calling a hub function through a helper of its
+    module: patched (kind by mechanism) and its output equal to its own PyTorch path."""
+    import types
+
+    from transformers.integrations import use_kernel_func_from_hub_with_fallback
+
+    module = types.ModuleType("transformers.models.newfamily.modeling_newfamily")
+    source = '''
+import torch
+from torch import nn
+
+def short_conv(x, weight, bias=None, activation=None):
+    width = weight.shape[1]
+    padded = torch.nn.functional.pad(x, (width - 1, 0))
+    return torch.nn.functional.conv1d(padded, weight[:, None], bias, groups=x.shape[1])
+
+def mix(x, weight):
+    return short_conv(x, weight)
+
+class NewShortConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(24, 4))
+
+    def forward(self, x):
+        return mix(x.transpose(1, 2), self.weight).transpose(1, 2)
+'''
+    exec(compile(source, module.__name__, "exec"), module.__dict__)
+    module.short_conv = use_kernel_func_from_hub_with_fallback(
+        "causal_conv1d_fn", "causal_conv1d")(module.short_conv)
+    layer = module.NewShortConv()
+    x = torch.randn(2, 37, 24)
+    launches = Launches(monkeypatch)
+    with torch.no_grad():
+        expected = layer(x)
+        assert patch(layer) == {"short_conv": 1}
+        torch.testing.assert_close(layer(x), expected, **TOLERANCE)
+    assert {kernel for kernel, _ in launches.seen} == {"causal_conv1d"}
+    assert "forward" in vars(layer)
+    unpatch(layer)
+    assert "forward" not in vars(layer)
