@@ -194,3 +194,23 @@ class NewShortConv(nn.Module):
     assert "forward" in vars(layer)
     unpatch(layer)
     assert "forward" not in vars(layer)
+
+
+def test_a_call_seqtune_refuses_runs_the_layers_own_function_with_one_warning():
+    """LFM2 with width-5 convolutions (seqtune's causal_conv1d runs 2..4): the patched model
+    still runs, each refused call on the layer's own function, with one warning naming it."""
+    name, fields, _, _ = FAMILIES["lfm2"]
+    config = transformers.AutoConfig.for_model("lfm2", **dict(fields, conv_L_cache=5))
+    torch.manual_seed(0)
+    model = getattr(transformers, name)(config).eval()
+    tokens = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    expected, expected_tokens = run(model, tokens)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert patch(model) == {"short_conv": 1, "attention": 1}
+        logits, generated = run(model, tokens)
+    torch.testing.assert_close(logits, expected, **TOLERANCE)
+    assert torch.equal(generated, expected_tokens)
+    refused = [str(w.message) for w in caught if "refuses" in str(w.message)]
+    assert refused and all("width 5" in m for m in refused)
+    assert len([m for m in refused if "causal_conv1d_fn" in m]) == 1
