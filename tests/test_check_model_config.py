@@ -18,7 +18,7 @@ def seqtune(*args):
 
 
 def test_check_compiles_the_short_convolutions_a_model_runs():
-    config = MODELS / "lfm2_moe-default.json"
+    config = MODELS / "qwen3_5-default.json"
     done = seqtune("check", "causal_conv1d", "causal_conv1d_step", "--model-config",
                    str(config), "--target", "sm_90", "--decode", "--json")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,6 +7,7 @@ unpatched with one warning and the model still runs (issue 29)."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,35 @@ def test_a_call_seqtune_refuses_runs_the_layers_own_function_with_one_warning():
     refused = [str(w.message) for w in caught if "refuses" in str(w.message)]
     assert refused and all("width 5" in m for m in refused)
     assert len([m for m in refused if "causal_conv1d_fn" in m]) == 1
+
+
+SHIPPED = {  # benchmarks/models/<family>-default.json: transformers 5.23's default configs
+    "qwen3_5": {"gated_delta_net": 24, "attention": 8},
+    "qwen3_5_moe": {"gated_delta_net": 30, "attention": 10},
+    "olmo_hybrid": {"gated_delta_net": 24, "attention": 8},
+    "bailing_hybrid": {"kda": 35, "attention": 7},
+    "falcon_mamba": {"mamba": 32},
+    "jamba": {"mamba": 28, "attention": 4},
+    "bamba": {"mamba2": 32},
+    "falcon_h1": {"mamba2": 32, "attention": 32},
+    "granitemoehybrid": {"mamba2": 32},
+    "nemotron_h": {"mamba2": 1, "attention": 1},
+}
+
+
+@pytest.mark.parametrize("family", list(SHIPPED))
+def test_a_shipped_family_config_reads_as_transformers_builds_it(family):
+    """The shipped config's layer counts are those of the model transformers builds from it
+    (counted by its modules, without weights: on the meta device)."""
+    from seqtune.integrations.model_config import model_layers, read_config
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / f"{family}-default.json"
+    assert {layer.kind: layer.count for layer in model_layers(path)} == SHIPPED[family]
+    raw = read_config(path)
+    config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
+    with torch.device("meta"):
+        model = transformers.AutoModel.from_config(config)
+    counts = patch(model)
+    unpatch(model)
+    assert {k: v for k, v in counts.items() if k != "attention"} == {
+        k: v for k, v in SHIPPED[family].items() if k != "attention"}
