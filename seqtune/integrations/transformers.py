@@ -182,6 +182,10 @@ def _rebuilt_methods(cls: type) -> tuple[str, dict[str, Callable]] | None:
                   f"does not implement; its layers keep their own implementation")
         return None
     module_globals = _plain_method(cls, plan.methods[0]).__globals__
+    if any(_plain_method(cls, name).__globals__ is not module_globals for name in plan.methods):
+        warn_once(f"seqtune: {cls.__name__}'s methods come from several modeling modules; its "
+                  f"layers keep their own implementation")
+        return None
     overrides = {name: with_fallback(HUB_FUNCTIONS[hub], module_globals[name], hub, cls.__name__)
                  for name, hub in plan.calls.items()}
     live = _LiveGlobals(module_globals, overrides)
