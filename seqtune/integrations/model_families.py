@@ -99,8 +99,6 @@ def mamba_ssm_layers(config: Mapping[str, Any]) -> list[Layer]:
                          True)]
 
 
-
-
 def _pattern(config: Mapping[str, Any]) -> list[str]:
     """A layer pattern, one name per layer: ``layer_types`` or ``layers_block_type``, else
     Nemotron-H's ``hybrid_override_pattern`` (M mamba, * attention, - MLP, E MoE)."""
@@ -114,17 +112,15 @@ def _pattern(config: Mapping[str, Any]) -> list[str]:
                      f"hybrid_override_pattern), got {shown(config.get('layer_types'))}")
 
 
-def _attention_if(config: Mapping[str, Any], layer_types: Sequence[str],
-                  head_dim: str = "head_dim") -> Layer | None:
+def _attention_if(config: Mapping[str, Any], layer_types: Sequence[str]) -> Layer | None:
+    """The attention layer of a hybrid whose ``layer_types`` have one, else None."""
     if not any(kind in ATTENTION_TYPES + ("hybrid",) for kind in layer_types):
         return None
-    dim = positive(config, head_dim) if config.get(head_dim) else None
-    return attention_layer(config, 0, head_dim=dim)
+    return attention_layer(config, 0)
 
 
-def _mamba2_hybrid(config: Mapping[str, Any], fields: Mapping[str, str],
-                   layer_types: Sequence[str], channels: int | None = None,
-                   head_dim: str = "head_dim") -> list[Layer]:
+def _mamba2_hybrid(config: Mapping[str, Any], fields: Mapping[str, str | None],
+                   layer_types: Sequence[str], channels: int | None = None) -> list[Layer]:
     """A Mamba-2 hybrid whose mixer fields are named ``fields`` (heads, groups, state, conv,
     bias, expand)."""
     if channels is None:
@@ -136,7 +132,7 @@ def _mamba2_hybrid(config: Mapping[str, Any], fields: Mapping[str, str],
                          positive(config, fields["state"], 128, SSD_HEAD_DIMS),
                          positive(config, fields["conv"], 4, CONV_WIDTHS),
                          bool(config.get(fields["bias"], True)), True)
-    return split(layer_types, by_type(mixer, _attention_if(config, layer_types, head_dim),
+    return split(layer_types, by_type(mixer, _attention_if(config, layer_types),
                                       "mamba", "linear_attention"))
 
 
