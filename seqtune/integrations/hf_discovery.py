@@ -4,7 +4,7 @@ without a change here.
 
 transformers marks each swappable function of a modeling file with
 ``use_kernel_func_from_hub_with_fallback(func_name, package)``; the wrapper it returns keeps
-``func_name`` in its closure (``hub_name``). A layer class is a recurrent layer when one of its
+``func_name`` (``hub_name``). A layer class is a recurrent layer when one of its
 methods, or a plain function of its modeling module that a method calls, refers to such a
 function by a module-level name (``layer_plan``). Its kind follows from the mechanism those
 functions implement (``KINDS``). An attention layer whose forward reads the attention mask
@@ -40,12 +40,17 @@ class LayerPlan:
     kind: str
     calls: dict[str, str]
     methods: tuple[str, ...]
-    helpers: tuple[str, ...]
+    helpers: dict[str, types.FunctionType]
     unsupported: tuple[str, ...]
 
 
 def hub_name(obj) -> str | None:
-    """The hub function name transformers' hub-kernel wrapper gave ``obj``, or None."""
+    """The hub function name transformers' hub-kernel wrapper gave ``obj``, or None. With the
+    ``kernels`` package installed the wrapper is a module holding the name as
+    ``kernel_layer_name``; without it, a function keeping ``func_name`` in its closure."""
+    layer_name = getattr(obj, "kernel_layer_name", None)
+    if isinstance(layer_name, str):
+        return layer_name
     seen = 0
     while obj is not None and seen < 16:  # a wrapper chain, bounded
         code = getattr(obj, "__code__", None)
@@ -55,6 +60,27 @@ def hub_name(obj) -> str | None:
             return value if isinstance(value, str) else None
         obj, seen = getattr(obj, "__wrapped__", None), seen + 1
     return None
+
+
+def _wrapped_by_kernels(obj) -> types.FunctionType | None:
+    """The function a ``kernels`` function module wraps (the ``func`` its forward closes
+    over), else None."""
+    forward = getattr(type(obj), "forward", None)
+    code = getattr(forward, "__code__", None)
+    if code is None or "func" not in code.co_freevars or not forward.__closure__:
+        return None
+    inner = forward.__closure__[code.co_freevars.index("func")].cell_contents
+    return inner if isinstance(inner, types.FunctionType) else None
+
+
+def _helper(obj, caller: types.FunctionType) -> types.FunctionType | None:
+    """``obj`` as a plain function of ``caller``'s module that a patch can rebuild (a
+    ``kernels`` function module's own function included), else None."""
+    function = obj if isinstance(obj, types.FunctionType) else _wrapped_by_kernels(obj)
+    if (function is None or function is caller or hasattr(function, "__wrapped__")
+            or function.__module__ != caller.__module__):
+        return None
+    return function
 
 
 def _names(code: types.CodeType) -> Iterator[str]:
@@ -84,22 +110,23 @@ def _methods(cls: type) -> dict[str, types.FunctionType]:
     return found
 
 
-def _hub_calls(function: types.FunctionType, helpers: dict[str, bool],
-               calls: dict[str, str]) -> bool:
+def _hub_calls(function: types.FunctionType, known: Callable[[str], bool],
+               helpers: dict[str, bool], calls: dict[str, str]) -> bool:
     """Whether ``function`` refers to a hub function (or a helper that does), adding each
-    name to ``calls`` (hub functions) or ``helpers`` (plain functions of its module)."""
+    name to ``calls`` (hub functions) or ``helpers`` (plain functions of its module, among
+    them a hub-wrapped block seqtune does not know whose own code calls ``known`` ones)."""
     module_globals, refers = function.__globals__, False
     for name in set(_names(function.__code__)):
         obj = module_globals.get(name)
         hub = hub_name(obj) if callable(obj) else None
-        if hub is not None:
-            calls[name], refers = hub, True
-        elif (isinstance(obj, types.FunctionType) and obj.__module__ == function.__module__
-              and not hasattr(obj, "__wrapped__") and obj is not function):
+        helper = _helper(obj, function) if hub is None or not known(hub) else None
+        if helper is not None:
             if name not in helpers:
                 helpers[name] = False  # visiting: a recursive helper refers through itself
-                helpers[name] = _hub_calls(obj, helpers, calls)
+                helpers[name] = _hub_calls(helper, known, helpers, calls)
             refers = refers or helpers[name]
+        elif hub is not None:
+            calls[name], refers = hub, True
     return refers
 
 
@@ -108,14 +135,17 @@ def layer_plan(cls: type, supported: Callable[[str], bool]) -> LayerPlan | None:
     calls: dict[str, str] = {}
     helpers: dict[str, bool] = {}
     methods = tuple(name for name, function in _methods(cls).items()
-                    if _hub_calls(function, helpers, calls))
+                    if _hub_calls(function, supported, helpers, calls))
     if not methods:
         return None
     hubs = set(calls.values())
     kind = next((kind for kind, names in KINDS if hubs & names), None)
     if kind is None:
         return None
-    return LayerPlan(kind, calls, methods, tuple(n for n, refers in helpers.items() if refers),
+    caller = _methods(cls)[methods[0]]
+    return LayerPlan(kind, calls, methods,
+                     {name: _helper(caller.__globals__[name], caller)
+                      for name, refers in helpers.items() if refers},
                      tuple(sorted(hub for hub in hubs if not supported(hub))))
 
 

@@ -189,8 +189,7 @@ def _rebuilt_methods(cls: type) -> tuple[str, dict[str, Callable]] | None:
     overrides = {name: with_fallback(HUB_FUNCTIONS[hub], module_globals[name], hub, cls.__name__)
                  for name, hub in plan.calls.items()}
     live = _LiveGlobals(module_globals, overrides)
-    for name in plan.helpers:  # module functions that reach a hub function, in the same globals
-        helper = module_globals[name]
+    for name, helper in plan.helpers.items():  # module functions reaching a hub function
         live[name] = _copy_function(helper, live, helper.__closure__)
     rebuilt = {}
     for name in plan.methods:
