@@ -11,6 +11,7 @@ progress of long calls goes to a ``seqtune.events.Reporter`` (silent by default)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -128,6 +129,8 @@ def tune(kernels: Sequence[str] | None = None, *, preset: str | None = None,
     kernels instead (see ``workload_specs``)."""
     from seqtune.fleet.tuning import distributed_launch, local_fleet, run_tune_mode
 
+    if model_config is not None:
+        check_model_request(model_config, lengths, batch)
     folder = profile_folder(profile_dir)
     launch = distributed_launch(gpus, shard, interpreter_devices)  # before CUDA initialises
     from seqtune.fleet.shard import parse_shard
@@ -228,6 +231,36 @@ def record(command: Sequence[str], output: Path) -> dict[str, Any]:
         raise UsageError(f"cannot run {command[0]!r}: {exc.strerror}") from None
 
 
+def check_model_request(model_config: Path, lengths: str | None = None,
+                        batch: str | None = None) -> None:
+    """UsageError naming the file, the field and the value for a config that is unsafe to read
+    or asks for sizes the kernels do not run: checked before torch loads or anything is
+    allocated, so a bad config costs a fraction of a second and writes nothing."""
+    from seqtune.integrations.model_config import DEFAULT_LENGTHS, validate_model
+
+    with _model_errors(model_config):
+        validate_model(model_config, _sizes(lengths, "--lengths") or DEFAULT_LENGTHS,
+                       _sizes(batch, "--batch") or (1,))
+
+
+def _sizes(text: str | None, flag: str) -> tuple[int, ...] | None:
+    from seqtune.integrations.config_file import parse_sizes
+
+    return parse_sizes(text, flag) if text else None
+
+
+@contextlib.contextmanager
+def _model_errors(model_config: Path):
+    """A ValueError about the config as a UsageError naming the file once."""
+    try:
+        yield
+    except ValueError as exc:
+        message = str(exc)
+        if str(model_config) not in message:
+            message = f"--model-config {model_config}: {message}"
+        raise UsageError(message) from None
+
+
 def model_problems(model_config: Path, preset: str, backend: str,
                    kernels: Sequence[str] | None = None, lengths: str | None = None,
                    batch: str | None = None, decode: bool = False,
@@ -236,17 +269,15 @@ def model_problems(model_config: Path, preset: str, backend: str,
     the preset's lengths), decode steps at the ``batch`` sizes ("1,8"; else 1) with
     ``decode``, backward passes with ``training``; only ``kernels`` if named. UsageError for an
     unreadable config, bad sizes, or lengths the interpreter cannot run."""
-    from seqtune.analysis.bench import check_lengths, parse_lengths
+    from seqtune.analysis.bench import check_lengths
     from seqtune.integrations.model_config import PRESET_LENGTHS, problems_for_model
 
-    try:
-        parsed = parse_lengths(lengths) if lengths else PRESET_LENGTHS[preset]
-        batches = tuple(int(b) for b in batch.split(",")) if batch else (1,)
+    with _model_errors(model_config):
+        parsed = _sizes(lengths, "--lengths") or PRESET_LENGTHS[preset]
         check_lengths(backend, parsed)
-        problems = problems_for_model(model_config, lengths=parsed, batch_sizes=batches,
+        problems = problems_for_model(model_config, lengths=parsed,
+                                      batch_sizes=_sizes(batch, "--batch") or (1,),
                                       decode=decode, training=training)
-    except ValueError as exc:
-        raise UsageError(f"--model-config {model_config}: {exc}") from None
     if kernels:
         unknown = sorted(set(kernels) - set(problems))
         if unknown:
@@ -262,6 +293,7 @@ def coverage(model_config: Path, profile_dir: Path | None = None, preset: str | 
     """Which of a model's problems the profile of this device covers: per problem ``status``
     ``tuned`` (an entry in its own buckets), ``nearest`` (another bucket's entry, ``distance``
     log2 steps away) or ``default``."""
+    check_model_request(model_config, lengths, batch)  # before torch loads
     from seqtune.device import detect_device
     from seqtune.integrations.model_config import model_coverage
     from seqtune.loader import read_profiles
@@ -483,9 +515,14 @@ def replay(logs: Sequence[Path], strategy: str = "auto", budget: str = "5%",
 
 def check(kernels: Sequence[str] | None = None, targets: Sequence[str] = ("sm_80", "sm_90"),
           all_configs: bool = False, preset: str = "default", jobs: int = 1,
-          config: dict[str, Any] | None = None) -> list:
+          config: dict[str, Any] | None = None, *, model_config: Path | None = None,
+          lengths: str | None = None, batch: str | None = None, decode: bool = False,
+          training: bool = False) -> list:
     """Compile kernels for GPU targets without a GPU: one ``CheckResult`` per (kernel, target,
-    problem, config), each with ``is_default`` set."""
+    problem, config), each with ``is_default`` set. With ``model_config``: exactly the problems
+    that model runs (see ``model_problems``; ``kernels`` filter them)."""
+    if model_config is not None:
+        check_model_request(model_config, lengths, batch)
     # Compiling needs real @triton.jit kernels, which TRITON_INTERPRET would replace.
     os.environ.pop("TRITON_INTERPRET", None)
     from seqtune.tuning.compiler import run_check, target_named
@@ -494,8 +531,15 @@ def check(kernels: Sequence[str] | None = None, targets: Sequence[str] = ("sm_80
         parsed = [target_named(t) for t in targets]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    specs = specs_named(kernels)
-    if preset not in PRESETS:
+    if model_config is None:
+        specs = specs_named(kernels)
+    else:
+        from seqtune.integrations.model_config import specs_for_model
+
+        specs = specs_for_model(model_problems(model_config, preset, "compile", kernels, lengths,
+                                               batch, decode, training), "model")
+        preset = "model"
+    if preset not in (*PRESETS, "model"):
         raise UsageError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if config and len(specs) != 1:
         raise UsageError("--config needs exactly one kernel")

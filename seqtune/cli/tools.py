@@ -54,6 +54,16 @@ def check(
     config: Optional[list[str]] = typer.Option(None, help="KEY=VALUE, repeatable: check this "
                                                "config (completed from the default) instead."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+    model_config: Optional[Path] = typer.Option(None, help="A model's config.json: compile "
+                                                "exactly the problems its layers run (KERNELs, "
+                                                "if named, filter them)."),
+    lengths: Optional[str] = typer.Option(None, help="With --model-config: prefill lengths "
+                                          "(default 1k,4k)."),
+    batch: Optional[str] = typer.Option(None, help="With --model-config: batch sizes."),
+    decode: bool = typer.Option(False, "--decode", help="With --model-config: also the decode "
+                                "steps."),
+    training: bool = typer.Option(False, "--training", help="With --model-config: also the "
+                                  "backward passes."),
 ) -> None:
     """Compile kernels for GPU targets without a GPU: registers, spills, shared memory, fit."""
     from seqtune import api
@@ -61,7 +71,9 @@ def check(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=FP_FUSION_WARNING)
         results = api.check(kernels, target or ["sm_80", "sm_90"], all_configs, preset, jobs,
-                            config=_parse_config(config or []) or None)
+                            config=_parse_config(config or []) or None,
+                            model_config=model_config, lengths=lengths, batch=batch,
+                            decode=decode, training=training)
     bad_defaults = [r for r in results if r.is_default and (not r.fits or r.spills)]
     if as_json:
         emit_json([r.as_dict() for r in results])

@@ -76,7 +76,6 @@ def tune(
     Under torchrun (or any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) each
     rank tunes its share and rank 0 writes the profiles."""
     from seqtune import api
-    from seqtune.cli.render import show_tune
 
     console = err if as_json else out
     try:
@@ -93,6 +92,9 @@ def tune(
         err.print("seqtune: interrupted. Every measured candidate is in the tuning log and every "
                   "finished problem in the profile; continue with the same command plus --resume.")
         raise typer.Exit(130) from None
+    from seqtune.cli.render import show_tune  # after the tune: it loads torch, and a bad
+    # --model-config is refused before anything does
+
     if results.get("rank", 0) == 0 and "problems" in results:  # rank 0 speaks for all
         show_tune(console, results)
     if as_json and results.get("rank", 0) == 0:

@@ -17,6 +17,8 @@ import torch
 from seqtune.compat import causal_conv1d as conv_compat
 from seqtune.compat import fla, mamba_ssm
 from seqtune.kernels import causal_conv1d_step
+from seqtune.kernels.causal_conv1d.op import WIDTHS
+from seqtune.loader import warn_once
 
 
 def _named_keywords_only(function: Callable) -> Callable:
@@ -41,6 +43,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     ``causal_conv1d_step`` kernel on the state's last W - 1 columns, a view updated in place,
     after the older columns have been shifted left by one in PyTorch: the state ends as
     causal-conv1d leaves it, at one kernel launch."""
+    _check_width(weight)
     width = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
     one_token = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == 1
     if (width is None or not one_token or cache_seqlens is not None
@@ -59,6 +62,39 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     return y[:, :, None]
 
 
+def with_fallback(function: Callable, own: Callable, hub: str, layer: str) -> Callable:
+    """``function`` in place of a layer's hub function ``hub``; a call with an argument seqtune
+    refuses (its NotImplementedError) runs the layer's ``own`` function instead, with one
+    warning naming the function and the argument, so a patched model runs wherever it ran."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except NotImplementedError as exc:
+            warn_once(f"seqtune: {layer} calls {hub} with what seqtune refuses ({exc}); such "
+                      f"calls run the layer's own implementation")
+            return own(*args, **kwargs)
+
+    return call
+
+
+def _check_width(weight) -> None:
+    """NotImplementedError (the layer then runs its own convolution) for a width seqtune's
+    causal_conv1d does not run."""
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] not in WIDTHS:
+        raise NotImplementedError(f"weight of width {weight.shape[1]} (seqtune's causal_conv1d "
+                                  f"runs {min(WIDTHS)}..{max(WIDTHS)})")
+
+
+@functools.wraps(conv_compat.causal_conv1d_fn)
+def causal_conv1d_fn(x, weight, *args, **kwargs):
+    """causal-conv1d's ``causal_conv1d_fn`` (``seqtune.compat.causal_conv1d``) for the widths
+    seqtune runs."""
+    _check_width(weight)
+    return conv_compat.causal_conv1d_fn(x, weight, *args, **kwargs)
+
+
 def _no_fused_kernel(*args, **kwargs):
     """mamba_ssm's fused training paths (``mamba_inner_fn``, ``mamba_split_conv1d_scan_combined``)
     have no seqtune counterpart: returning None is how transformers' fallbacks say so, and the
@@ -70,7 +106,7 @@ HUB_FUNCTIONS: dict[str, Callable] = {
     "fused_recurrent_gated_delta_rule": _named_keywords_only(fla.fused_recurrent_gated_delta_rule),
     "chunk_kda": _named_keywords_only(fla.chunk_kda),
     "fused_recurrent_kda": _named_keywords_only(fla.fused_recurrent_kda),
-    "causal_conv1d_fn": _named_keywords_only(conv_compat.causal_conv1d_fn),
+    "causal_conv1d_fn": _named_keywords_only(causal_conv1d_fn),
     "causal_conv1d_update": _named_keywords_only(causal_conv1d_update),
     "mamba_chunk_scan_combined": _named_keywords_only(mamba_ssm.mamba_chunk_scan_combined),
     "selective_state_update": _named_keywords_only(mamba_ssm.selective_state_update),

@@ -2,12 +2,12 @@
 model runs without knowing seqtune's problem fields (``seqtune tune --model-config``).
 
 A config (a local ``config.json``: transformers' format, or mamba_ssm's ``d_model``/``ssm_cfg``
-one) is read as its sequence-mixing layers (``model_layers``): softmax attention (any model with
-``num_attention_heads``; Kimi-Linear's MLA with its key and value head dims), Qwen3-Next's Gated
-DeltaNet, Kimi-Linear's KDA, Mamba and Mamba2 layers, each with the short convolution in front
-of it. ``problems_for_model`` turns them into the problems of the kernels that
-``seqtune.integrations.transformers.patch`` makes those layers launch, field for field as the
-ops key them (so the tuned entries are the ones the patched model reads):
+one) is read as its sequence-mixing layers (``model_families.model_layers``: softmax attention,
+Gated DeltaNet, KDA, Mamba, Mamba-2 and short-convolution layers of every family
+``seqtune.integrations.transformers.patch`` patches, each with the short convolution in front of
+it). ``problems_for_model`` turns them into the problems of the kernels that the patch makes
+those layers launch, field for field as the ops key them (so the tuned entries are the ones
+the patched model reads):
 
 - prefill: every batch size x length (no initial state, one sequence per row);
 - ``decode``: one token per row at every batch size (attention against a cache of every
@@ -20,12 +20,22 @@ Nothing here needs transformers or a GPU: only the JSON file.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from seqtune.spec import Problem, dtype_name
+from seqtune.integrations.config_file import (
+    MAX_BATCH,
+    MAX_ELEMENTS,
+    MAX_LENGTH,
+    config_dtype_name,
+    read_config,  # noqa: F401  (re-exported: callers read configs from here)
+    shown,
+)
+from seqtune.integrations.model_families import model_layers
+from seqtune.integrations.model_layers import Layer, as_config
+
+Problem = dict[str, Any]  # seqtune.spec's (which imports torch)
 
 # Prefill lengths per tuning preset, for a caller given no lengths (the interpreter's tiny
 # preset keeps problems small enough for the CPU).
@@ -35,214 +45,12 @@ DEFAULT_LENGTHS = PRESET_LENGTHS["default"]
 DEFAULT_BATCH_SIZES = (1,)
 DEFAULT_DTYPE = "bfloat16"
 DECODE_HEAD_DIMS = (16, 32, 64, 128, 256)  # attention_decode's; other head dims decode on attention
-SILU = ("silu", "swish")
-
-
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    """One kind of sequence-mixing layer of a model: ``kind`` (``"attention"``,
-    ``"gated_delta_net"``, ``"kda"``, ``"mamba"``, ``"mamba2"``), how many layers of the model
-    are of it, and the dimensions its kernels see."""
-
-    kind: str
-    count: int
-    dims: Mapping[str, Any]
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A ``config.json`` as a dict; a one-line ValueError for a missing or malformed file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read model config {path}: {exc.strerror or exc}") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"model config {path} is not valid JSON: {exc.msg} (line "
-                         f"{exc.lineno})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"model config {path} must hold a JSON object, got "
-                         f"{type(config).__name__}")
-    return config
-
-
-def _as_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    config = read_config(config) if isinstance(config, (str, Path)) else dict(config)
-    text = config.get("text_config")
-    if isinstance(text, Mapping) and "hidden_size" not in config:  # multimodal wrappers
-        config = {**config, **text}
-    return config
-
-
-def _positive(config: Mapping[str, Any], name: str, default: Any = None) -> int:
-    value = config.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _silu(config: Mapping[str, Any]) -> bool:
-    return config.get("hidden_act", "silu") in SILU
 
 
 def model_dtype(config: str | Path | Mapping[str, Any]) -> str:
     """The dtype the config names (``dtype`` or ``torch_dtype``), else bfloat16."""
-    config = _as_config(config)
-    name = config.get("dtype") or config.get("torch_dtype") or DEFAULT_DTYPE
-    try:
-        return dtype_name(name)
-    except ValueError:
-        raise ValueError(f"model config: dtype {name!r} is not one seqtune runs (float32, "
-                         f"float16, bfloat16)") from None
-
-
-# ---- a config's layers ----
-
-def model_layers(config: str | Path | Mapping[str, Any]) -> list[Layer]:
-    """The sequence-mixing layer kinds of a model config, in the order they first appear."""
-    config = _as_config(config)
-    model_type = config.get("model_type")
-    if "ssm_cfg" in config and "d_model" in config:
-        return _mamba_ssm_layers(config)
-    readers = {"qwen3_next": _qwen3_next_layers, "kimi_linear": _kimi_linear_layers,
-               "mamba": _mamba_layers, "falcon_mamba": _mamba_layers,
-               "mamba2": _mamba2_layers}
-    if model_type in readers:
-        return readers[model_type](config)
-    if "num_attention_heads" in config:
-        return [_attention(config, _positive(config, "num_hidden_layers"))]
-    raise ValueError(f"model config of type {model_type!r}: no attention or recurrent layers "
-                     f"seqtune knows (supported: qwen3_next, kimi_linear, mamba, mamba2, and "
-                     f"attention models with num_attention_heads)")
-
-
-def _attention(config: Mapping[str, Any], count: int, head_dim: int | None = None,
-               value_dim: int | None = None, kv_heads: int | None = None) -> Layer:
-    layer_types = config.get("layer_types") or ()
-    if "sliding_attention" in layer_types:
-        raise ValueError("model config: sliding-window attention layers are not supported")
-    heads = _positive(config, "num_attention_heads")
-    if kv_heads is None:
-        kv_heads = _positive(config, "num_key_value_heads", heads)
-    if head_dim is None:
-        head_dim = config.get("head_dim") or _positive(config, "hidden_size") // heads
-    if heads % kv_heads:
-        raise ValueError(f"model config: num_attention_heads={heads} is not a multiple of "
-                         f"num_key_value_heads={kv_heads}")
-    return Layer("attention", count, {"Hq": heads, "Hkv": kv_heads, "D": head_dim,
-                                      "Dv": value_dim or head_dim})
-
-
-def _split(layer_types: Sequence[str], linear: Layer, attention: Layer) -> list[Layer]:
-    """The linear and full attention layers of ``layer_types`` with their counts, in the order
-    each first appears."""
-    by_type = {"linear_attention": linear, "full_attention": attention}
-    unknown = [kind for kind in layer_types if kind not in by_type]
-    if unknown:
-        raise ValueError(f"model config: unknown layer type {unknown[0]!r} in layer_types")
-    return [dataclasses.replace(by_type[kind], count=list(layer_types).count(kind))
-            for kind in dict.fromkeys(layer_types)]
-
-
-def _qwen3_next_layers(config: Mapping[str, Any]) -> list[Layer]:
-    total = _positive(config, "num_hidden_layers")
-    interval = _positive(config, "full_attention_interval", 4)
-    layer_types = config.get("layer_types") or [
-        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(total)]
-    key_heads = _positive(config, "linear_num_key_heads")
-    value_heads = _positive(config, "linear_num_value_heads")
-    key_dim = _positive(config, "linear_key_head_dim")
-    value_dim = _positive(config, "linear_value_head_dim")
-    if value_heads % key_heads:
-        raise ValueError(f"model config: linear_num_value_heads={value_heads} is not a multiple "
-                         f"of linear_num_key_heads={key_heads}")
-    delta = Layer("gated_delta_net", 0, {
-        "H": key_heads, "HV": value_heads, "K": key_dim, "V": value_dim, "gate": "scalar",
-        "conv_dim": 2 * key_heads * key_dim + value_heads * value_dim,
-        "width": _positive(config, "linear_conv_kernel_dim", 4), "conv_bias": False,
-        "silu": _silu(config)})
-    return _split(layer_types, delta, _attention(config, 0))
-
-
-def _kimi_linear_layers(config: Mapping[str, Any]) -> list[Layer]:
-    total = _positive(config, "num_hidden_layers")
-    linear = config.get("linear_attn_config") or {}
-    heads = _positive(linear, "num_heads", config.get("linear_num_heads", 32))
-    head_dim = _positive(linear, "head_dim", config.get("linear_head_dim", 128))
-    layer_types = config.get("layer_types")
-    if not layer_types and "full_attn_layers" in linear and "kda_layers" in linear:
-        layer_types = [None] * total
-        for number in linear["full_attn_layers"]:  # 1-based in the checkpoint's config
-            layer_types[number - 1] = "full_attention"
-        for number in linear["kda_layers"]:
-            layer_types[number - 1] = "linear_attention"
-    if not layer_types:
-        layer_types = ["full_attention" if i and i % 4 == 0 else "linear_attention"
-                       for i in range(total)]
-    kda = Layer("kda", 0, {
-        "H": heads, "HV": heads, "K": head_dim, "V": head_dim, "gate": "channel",
-        "conv_dim": 3 * heads * head_dim,
-        "width": _positive(linear, "short_conv_kernel_size",
-                           config.get("linear_conv_kernel_dim", 4)),
-        "conv_bias": False, "silu": _silu(config)})
-    heads_mla = _positive(config, "num_attention_heads")
-    mla = _attention(config, 0, kv_heads=heads_mla,  # MLA expands its latent to every head
-                     head_dim=_positive(config, "qk_nope_head_dim")
-                     + _positive(config, "qk_rope_head_dim"),
-                     value_dim=_positive(config, "v_head_dim"))
-    return _split(layer_types, kda, mla)
-
-
-def _mamba_layer(count: int, channels: int, state: int, width: int, conv_bias: bool,
-                 silu: bool) -> Layer:
-    return Layer("mamba", count, {"d": channels, "n": state, "conv_dim": channels,
-                                  "width": width, "conv_bias": conv_bias, "silu": silu})
-
-
-def _mamba2_layer(count: int, channels: int, heads: int, groups: int, state: int, width: int,
-                  conv_bias: bool, silu: bool) -> Layer:
-    if channels % heads or heads % groups:
-        raise ValueError(f"model config: {channels} channels in {heads} heads of {groups} "
-                         f"groups do not divide evenly")
-    return Layer("mamba2", count, {"h": heads, "p": channels // heads, "g": groups, "n": state,
-                                   "conv_dim": channels + 2 * groups * state, "width": width,
-                                   "conv_bias": conv_bias, "silu": silu})
-
-
-def _mamba_layers(config: Mapping[str, Any]) -> list[Layer]:
-    hidden = _positive(config, "hidden_size")
-    channels = config.get("intermediate_size") or _positive(config, "expand", 2) * hidden
-    return [_mamba_layer(_positive(config, "num_hidden_layers"), channels,
-                         _positive(config, "state_size", 16), _positive(config, "conv_kernel", 4),
-                         bool(config.get("use_conv_bias", True)), _silu(config))]
-
-
-def _mamba2_layers(config: Mapping[str, Any]) -> list[Layer]:
-    channels = _positive(config, "expand", 2) * _positive(config, "hidden_size")
-    return [_mamba2_layer(_positive(config, "num_hidden_layers"), channels,
-                          _positive(config, "num_heads", 128), _positive(config, "n_groups", 1),
-                          _positive(config, "state_size", 128),
-                          _positive(config, "conv_kernel", 4),
-                          bool(config.get("use_conv_bias", True)), _silu(config))]
-
-
-def _mamba_ssm_layers(config: Mapping[str, Any]) -> list[Layer]:
-    """mamba_ssm's own config format (``d_model``, ``n_layer``, ``ssm_cfg``), with its
-    defaults: Mamba-1 d_state 16, Mamba2 d_state 128, headdim 64; d_conv 4, expand 2, conv bias
-    on, SiLU."""
-    ssm = config.get("ssm_cfg") or {}
-    if config.get("attn_layer_idx"):
-        raise ValueError("model config: mamba_ssm configs with attention layers "
-                         "(attn_layer_idx) are not supported")
-    count = _positive(config, "n_layer")
-    channels = _positive(ssm, "expand", 2) * _positive(config, "d_model")
-    width, bias = _positive(ssm, "d_conv", 4), bool(ssm.get("conv_bias", True))
-    if ssm.get("layer", "Mamba1") == "Mamba2":
-        heads = channels // _positive(ssm, "headdim", 64)
-        return [_mamba2_layer(count, channels, heads, _positive(ssm, "ngroups", 1),
-                              _positive(ssm, "d_state", 128), width, bias, True)]
-    return [_mamba_layer(count, channels, _positive(ssm, "d_state", 16), width, bias, True)]
+    config = as_config(config)
+    return config_dtype_name(config.get("dtype") or config.get("torch_dtype") or DEFAULT_DTYPE)
 
 
 # ---- the problems of each layer kind ----
@@ -274,6 +82,8 @@ def _prefill(layer: Layer, batch: int, length: int, dtype: str) -> list[tuple[st
     dims = layer.dims
     if layer.kind == "attention":
         return [("attention", _attention_problem(dims, batch, length, length, dtype))]
+    if layer.kind == "short_conv":
+        return [_conv(dims, batch, length, dtype)]
     if layer.kind in ("gated_delta_net", "kda"):
         return [_conv(dims, batch, length, dtype), ("delta_rule", {
             "B": batch, "T": length, "H": dims["H"], "GV": dims["HV"] // dims["H"], "N": 1,
@@ -300,6 +110,8 @@ def _decode(layer: Layer, batch: int, lengths: Sequence[int], dtype: str
                     for length in lengths]
         return [("attention", _attention_problem(dims, batch, 1, length, dtype))
                 for length in lengths]
+    if layer.kind == "short_conv":
+        return [_conv_step(dims, batch, dtype)]
     if layer.kind in ("gated_delta_net", "kda"):
         return [_conv_step(dims, batch, dtype), ("delta_rule_step", {
             "B": batch, "H": dims["H"], "GV": dims["HV"] // dims["H"], "K": dims["K"],
@@ -314,12 +126,57 @@ def _decode(layer: Layer, batch: int, lengths: Sequence[int], dtype: str
         "has_D": True, "dtype": dtype, "indexed": False})]
 
 
-def _sizes(name: str, values: Iterable[int]) -> tuple[int, ...]:
+def _sizes(name: str, values: Iterable[int], limit: int) -> tuple[int, ...]:
     values = tuple(values)
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0
                          for v in values):
-        raise ValueError(f"{name} must be positive integers, got {list(values)!r}")
+        raise ValueError(f"{name} must be positive integers, got {shown(list(values))}")
+    if max(values) > limit:
+        raise ValueError(f"{name} must be at most {limit}, got {max(values)}")
     return values
+
+
+def _widest(layer: Layer) -> tuple[int, int]:
+    """The elements per token of the layer's widest activation, and of its recurrent state
+    per sequence (what a problem allocates beside batch x length)."""
+    dims = layer.dims
+    if layer.kind == "attention":
+        return dims["Hq"] * max(dims["D"], dims["Dv"]), 0
+    if layer.kind == "short_conv":
+        return dims["conv_dim"], 0
+    if layer.kind in ("gated_delta_net", "kda"):
+        return max(dims["conv_dim"], dims["HV"] * dims["V"]), dims["HV"] * dims["K"] * dims["V"]
+    if layer.kind == "mamba":
+        return dims["conv_dim"], dims["d"] * dims["n"]
+    return dims["conv_dim"], dims["h"] * dims["n"] * dims["p"]
+
+
+def check_sizes(layers: Sequence[Layer], lengths: Iterable[int], batch_sizes: Iterable[int]
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The lengths and batch sizes, checked: positive, within the caps, and no tensor of any
+    layer over the elements a kernel indexes; a one-line ValueError naming the value."""
+    lengths = _sizes("lengths", lengths, MAX_LENGTH)
+    batch_sizes = _sizes("batch sizes", batch_sizes, MAX_BATCH)
+    batch, length = max(batch_sizes), max(lengths)
+    for layer in layers:
+        per_token, state = _widest(layer)
+        elements = max(batch * length * per_token, batch * state)
+        if elements > MAX_ELEMENTS:
+            raise ValueError(f"batch {batch} x length {length} gives a {layer.kind} tensor of "
+                             f"{elements} elements, over the {MAX_ELEMENTS} a kernel indexes")
+    return lengths, batch_sizes
+
+
+def validate_model(config: str | Path | Mapping[str, Any], lengths: Iterable[int],
+                   batch_sizes: Iterable[int]
+                   ) -> tuple[list[Layer], str, tuple[int, ...], tuple[int, ...]]:
+    """The config's layers and dtype, and the lengths and batch sizes, all checked (a one-line
+    ValueError naming the field and value otherwise), without torch and without allocating:
+    what a command checks before it starts."""
+    config = as_config(config)  # a file is read once
+    layers = model_layers(config)
+    dtype = model_dtype(config)
+    return (layers, dtype, *check_sizes(layers, lengths, batch_sizes))
 
 
 def problems_for_model(config: str | Path | Mapping[str, Any],
@@ -332,10 +189,10 @@ def problems_for_model(config: str | Path | Mapping[str, Any],
     dtype. Only kernels this seqtune has are listed (a ``_bwd`` kernel not yet written is
     left out)."""
     from seqtune.registry import all_specs
+    from seqtune.spec import dtype_name
 
-    layers = model_layers(config)
-    dtype = dtype_name(dtype) if dtype is not None else model_dtype(config)
-    lengths, batch_sizes = _sizes("lengths", lengths), _sizes("batch sizes", batch_sizes)
+    layers, config_dtype, lengths, batch_sizes = validate_model(config, lengths, batch_sizes)
+    dtype = dtype_name(dtype) if dtype is not None else config_dtype
     found: list[tuple[str, Problem]] = []
     for layer in layers:
         for batch in batch_sizes:

@@ -7,14 +7,14 @@ the tuned kernels. transformers is an optional dependency (``pip install seqtune
 
 Where it patches, and why there:
 
-- Recurrent layers (Qwen3-Next's Gated DeltaNet, Kimi-Linear's KDA, Mamba, Mamba2) call
-  module-level functions of their modeling file (the ones transformers' hub-kernel mapping
-  replaces with flash-linear-attention, mamba_ssm or causal-conv1d when installed), looked up in
-  the module's globals at call time. Each patched layer *instance* gets a forward made from its
-  class's own forward code with a globals mapping in which those names are seqtune's functions
-  (``hf_kernels.HUB_FUNCTIONS``), every other name read live from the modeling module; decorators
-  around the forward are rebuilt around the new function. Nothing process-wide changes: another
-  model of the same class, patched or not, runs as before.
+- Recurrent layers (any class whose code calls a hub-kernel function seqtune implements, found
+  by ``hf_discovery``) call module-level functions of their modeling file (the ones transformers'
+  hub-kernel mapping replaces with flash-linear-attention, mamba_ssm or causal-conv1d when
+  installed), looked up in the module's globals at call time. Each patched layer *instance* gets
+  the methods that reach those functions rebuilt from its class's own code with a globals
+  mapping in which those names are seqtune's functions (``hf_kernels.HUB_FUNCTIONS``), every
+  other name read live from the modeling module; decorators around them are rebuilt too.
+  Nothing process-wide changes: another model of the same class, patched or not, runs as before.
 - Attention layers that dispatch through transformers' ``AttentionInterface`` get seqtune's
   attention under the name ``"seqtune"`` (``hf_attention.seqtune_attention``, with
   flash-attention's padding mask). The patched model gets its own copy of its config objects
@@ -27,59 +27,58 @@ import contextlib
 import copy
 import dataclasses
 import types
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from seqtune.integrations.config_file import ATTENTION_HEAD_DIMS
 from seqtune.integrations.hf_attention import seqtune_attention
-from seqtune.integrations.hf_kernels import HUB_FUNCTIONS
+from seqtune.integrations.hf_discovery import (
+    dispatches_attention,
+    layer_plan,
+    reads_its_mask,
+)
+from seqtune.integrations.hf_kernels import HUB_FUNCTIONS, with_fallback
 from seqtune.loader import warn_once
 
 ATTENTION_NAME = "seqtune"
 ATTENTION_KIND = "attention"
 
-# transformers' recurrent layer class -> (kind, {name in its modeling module: hub function name})
-CONV = {"causal_conv1d_fn": "causal_conv1d_fn", "causal_conv1d_update": "causal_conv1d_update"}
-RECURRENT_LAYERS: dict[str, tuple[str, dict[str, str]]] = {
-    "Qwen3NextGatedDeltaNet": ("gated_delta_net", {
-        "torch_chunk_gated_delta_rule": "chunk_gated_delta_rule",
-        "torch_recurrent_gated_delta_rule": "fused_recurrent_gated_delta_rule", **CONV}),
-    "KimiLinearDeltaAttention": ("kda", {
-        "chunk_kimi_delta_attention": "chunk_kda",
-        "recurrent_kimi_delta_attention": "fused_recurrent_kda", **CONV}),
-    "MambaMixer": ("mamba", {
-        "mamba_inner_fn": "mamba_inner_fn", "mamba_selective_scan": "selective_scan_fn",
-        "mamba_selective_state_update": "selective_state_update", **CONV}),
-    "Mamba2Mixer": ("mamba2", {
-        "mamba2_split_conv1d_scan_combined": "mamba_split_conv1d_scan_combined",
-        "mamba2_chunk_scan": "mamba_chunk_scan_combined",
-        "mamba2_selective_state_update": "selective_state_update", **CONV}),
-}
-
-
 @dataclasses.dataclass
 class _Patch:
-    """What patch changed, to undo it: (object, attribute, previous value or _ABSENT)."""
+    """What patch changed, to undo it: (object, attribute, previous value or _ABSENT, the value
+    patch set). It lives on the patched model (``RECORD``), so ``copy.deepcopy`` of the model
+    copies it along, its objects mapped to the copy's: the copy is patched and unpatches."""
 
     counts: dict[str, int]
-    changes: list[tuple[Any, str, Any]] = dataclasses.field(default_factory=list)
+    changes: list[tuple[Any, str, Any, Any]] = dataclasses.field(default_factory=list)
 
 
-_ABSENT = object()
-_PATCHES: weakref.WeakKeyDictionary[Any, _Patch] = weakref.WeakKeyDictionary()
-_FORWARDS: dict[type, Callable | None] = {}
+class _Absent:
+    """No previous value (the attribute was not in the object's own dict); one object, also
+    through ``copy.deepcopy``."""
+
+    def __deepcopy__(self, memo) -> _Absent:
+        return self
+
+
+_ABSENT = _Absent()
+RECORD = "_seqtune_patch"
+# layer class -> its kind and its methods rebuilt on seqtune's functions (None: not patchable)
+_METHODS: dict[type, tuple[str, dict[str, Callable]] | None] = {}
 
 
 def patch(model) -> dict[str, int]:
     """Route ``model``'s sequence-mixing layers through seqtune's kernels.
 
-    Returns the number of layers patched per kind: ``"gated_delta_net"`` (Qwen3-Next),
-    ``"kda"`` (Kimi-Linear), ``"mamba"``, ``"mamba2"``, ``"attention"`` (any layer that
-    dispatches through transformers' ``AttentionInterface``). A model with nothing seqtune
-    supports is left as it is: ``{}``, with one warning per model class. Patching a patched
-    model changes nothing and returns the same counts.
+    Returns the number of layers patched per kind, by the mechanism of the hub-kernel functions
+    a layer calls (see ``hf_discovery``): ``"gated_delta_net"``, ``"kda"``, ``"mamba"``,
+    ``"mamba2"``, ``"short_conv"``, and ``"attention"`` (any layer that dispatches through
+    transformers' ``AttentionInterface``). A model with nothing seqtune supports is left as it
+    is: ``{}``, with one warning per model class. Patching a patched
+    model changes nothing and returns the same counts. TypeError for anything but a
+    ``torch.nn.Module``.
     """
-    existing = _PATCHES.get(model)
+    existing = _record(model, "patch")
     if existing is not None:
         return dict(existing.counts)
     record = _Patch(counts={})
@@ -91,20 +90,26 @@ def patch(model) -> dict[str, int]:
     if attention_layers:
         record.counts[ATTENTION_KIND] = attention_layers
     if not record.counts:
-        warn_once(f"seqtune: nothing to patch in {type(model).__name__}: no layer of "
-                  f"{', '.join(sorted(RECURRENT_LAYERS))} and no attention layer that "
-                  f"dispatches through transformers' AttentionInterface")
+        warn_once(f"seqtune: nothing to patch in {type(model).__name__}: no layer calls a "
+                  f"hub-kernel function seqtune implements ({', '.join(sorted(HUB_FUNCTIONS))})"
+                  f" and no attention layer dispatches through transformers' "
+                  f"AttentionInterface")
         return {}
-    _PATCHES[model] = record
+    model.__dict__[RECORD] = record  # beside the modules: not a submodule, not in state_dict
     return dict(record.counts)
 
 
 def unpatch(model) -> None:
-    """Restore what ``patch`` changed in ``model`` (nothing happens to an unpatched model)."""
-    record = _PATCHES.pop(model, None)
+    """Restore what ``patch`` changed in ``model`` (nothing happens to an unpatched model). An
+    attribute that other code changed after ``patch`` (e.g. its own ``forward``) is left as
+    that code set it."""
+    record = _record(model, "unpatch")
     if record is None:
         return
-    for owner, attribute, previous in reversed(record.changes):
+    del model.__dict__[RECORD]
+    for owner, attribute, previous, value in reversed(record.changes):
+        if owner.__dict__.get(attribute, _ABSENT) is not value:
+            continue  # changed since: not ours to undo
         if previous is _ABSENT:
             delattr(owner, attribute)
         else:
@@ -112,7 +117,16 @@ def unpatch(model) -> None:
 
 
 def is_patched(model) -> bool:
-    return model in _PATCHES
+    return _record(model, "is_patched") is not None
+
+
+def _record(model, caller: str) -> _Patch | None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{caller}() takes a torch.nn.Module (a transformers model), got "
+                        f"{type(model).__name__}")
+    return model.__dict__.get(RECORD)
 
 
 @contextlib.contextmanager
@@ -126,33 +140,71 @@ def patched(model) -> Iterator[dict[str, int]]:
 
 
 def _set(record: _Patch, owner: Any, attribute: str, value: Any) -> None:
-    record.changes.append((owner, attribute, owner.__dict__.get(attribute, _ABSENT)))
+    previous = owner.__dict__.get(attribute, _ABSENT)
     setattr(owner, attribute, value)
+    # what setattr stored (a module keeps sub-configs and forwards in its own __dict__)
+    record.changes.append((owner, attribute, previous, owner.__dict__.get(attribute, _ABSENT)))
 
 
-# ---- recurrent layers: per-instance forwards with seqtune's functions in their globals ----
+# ---- recurrent layers: per-instance methods with seqtune's functions in their globals ----
 
 def _patch_recurrent(module, record: _Patch) -> str | None:
     cls = type(module)
-    entry = RECURRENT_LAYERS.get(cls.__name__)
-    if entry is None or not cls.__module__.startswith("transformers."):
+    if not cls.__module__.startswith("transformers."):
         return None
-    kind, names = entry
-    if cls not in _FORWARDS:  # None: this class's forward cannot be rebuilt (warned once)
-        _FORWARDS[cls] = _forward_with(cls, {name: HUB_FUNCTIONS[hub_name]
-                                             for name, hub_name in names.items()})
-    forward = _FORWARDS[cls]
-    if forward is None:
+    if cls not in _METHODS:
+        _METHODS[cls] = _rebuilt_methods(cls)
+    if _METHODS[cls] is None:
         return None
-    if "forward" not in module.__dict__:
-        _set(record, module, "forward", types.MethodType(forward, module))
-    elif "_old_forward" in module.__dict__:  # accelerate's hooks wrap the original forward
-        _set(record, module, "_old_forward", types.MethodType(forward, module))
-    else:
-        warn_once(f"seqtune: a {cls.__name__} layer has its own forward set by other code; "
+    kind, methods = _METHODS[cls]
+    targets = {name: "_old_forward" if name == "forward" and "_old_forward" in vars(module)
+               else name for name in methods}  # accelerate's hooks wrap the original forward
+    taken = [name for name, target in targets.items()
+             if target in vars(module) and target != "_old_forward"]
+    if taken:
+        warn_once(f"seqtune: a {cls.__name__} layer has its own {taken[0]} set by other code; "
                   f"left unpatched")
         return None
+    for name, function in methods.items():
+        _set(record, module, targets[name], types.MethodType(function, module))
     return kind
+
+
+def _rebuilt_methods(cls: type) -> tuple[str, dict[str, Callable]] | None:
+    """The methods of ``cls`` that call hub functions, rebuilt with seqtune's in their globals
+    (each falling back to the layer's own function, with a warning, for arguments seqtune
+    refuses); None if ``cls`` calls none, or one seqtune does not implement (warned)."""
+    plan = layer_plan(cls, HUB_FUNCTIONS.__contains__)
+    if plan is None:
+        return None
+    if plan.unsupported:
+        warn_once(f"seqtune: {cls.__name__} calls {', '.join(plan.unsupported)}, which seqtune "
+                  f"does not implement; its layers keep their own implementation")
+        return None
+    module_globals = _plain_method(cls, plan.methods[0]).__globals__
+    if any(_plain_method(cls, name).__globals__ is not module_globals for name in plan.methods):
+        warn_once(f"seqtune: {cls.__name__}'s methods come from several modeling modules; its "
+                  f"layers keep their own implementation")
+        return None
+    overrides = {name: with_fallback(HUB_FUNCTIONS[hub], module_globals[name], hub, cls.__name__)
+                 for name, hub in plan.calls.items()}
+    live = _LiveGlobals(module_globals, overrides)
+    for name, helper in plan.helpers.items():  # module functions reaching a hub function
+        live[name] = _copy_function(helper, live, helper.__closure__)
+    rebuilt = {}
+    for name in plan.methods:
+        method = _rebuild(cls, name, live)
+        if method is None:
+            return None
+        rebuilt[name] = method
+    return plan.kind, rebuilt
+
+
+def _plain_method(cls: type, name: str) -> types.FunctionType:
+    method = getattr(cls, name)
+    while hasattr(method, "__wrapped__"):
+        method = method.__wrapped__
+    return method
 
 
 class _LiveGlobals(dict):
@@ -167,25 +219,19 @@ class _LiveGlobals(dict):
         return self.module_globals[name]
 
 
-def _forward_with(cls: type, overrides: dict[str, Callable]) -> Callable | None:
-    """``cls.forward`` rebuilt with ``overrides`` in its globals, its decorators (functools.wraps
-    wrappers holding the function in their closure) rebuilt around it; None, with a warning, if
-    the forward does not call those names (a transformers version this does not know)."""
-    chain = [cls.forward]
+def _rebuild(cls: type, name: str, live: _LiveGlobals) -> Callable | None:
+    """``cls.<name>`` rebuilt on the ``live`` globals, its decorators (functools.wraps wrappers
+    holding the function in their closure) rebuilt around it; None, with a warning, if they
+    cannot be."""
+    chain = [getattr(cls, name)]
     while hasattr(chain[-1], "__wrapped__"):
         chain.append(chain[-1].__wrapped__)
     original = chain[-1]
-    missing = sorted(set(overrides) - set(original.__code__.co_names))
-    if not isinstance(original, types.FunctionType) or missing:
-        warn_once(f"seqtune: {cls.__name__}.forward does not call {', '.join(missing)} "
-                  f"(another transformers version?); its layers are left unpatched")
-        return None
-    rebuilt = _copy_function(original, _LiveGlobals(original.__globals__, overrides),
-                             original.__closure__)
+    rebuilt = _copy_function(original, live, original.__closure__)
     for wrapper, inner in zip(reversed(chain[:-1]), reversed(chain[1:])):
         rebuilt = _rewrap(wrapper, inner, rebuilt)
         if rebuilt is None:
-            warn_once(f"seqtune: cannot rebuild the decorators of {cls.__name__}.forward; its "
+            warn_once(f"seqtune: cannot rebuild the decorators of {cls.__name__}.{name}; its "
                       f"layers are left unpatched")
             return None
     return rebuilt
@@ -217,8 +263,20 @@ def _rewrap(wrapper, inner, replacement) -> types.FunctionType | None:
 # ---- attention: transformers' AttentionInterface ----
 
 def _patch_attention(model, record: _Patch) -> int:
-    layers = [module for module in model.modules() if _dispatches_attention(type(module))]
+    layers = [module for module in model.modules() if dispatches_attention(type(module))]
     if not layers:
+        return 0
+    own_mask = next((type(layer) for layer in layers if reads_its_mask(type(layer))), None)
+    if own_mask is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
+                  f"{own_mask.__name__}.forward reads the attention mask itself (it needs "
+                  f"transformers' 4-D mask, which seqtune's attention does not build)")
+        return 0
+    wide = next((layer for layer in layers if isinstance(getattr(layer, "head_dim", None), int)
+                 and layer.head_dim > ATTENTION_HEAD_DIMS[1]), None)
+    if wide is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: head dim "
+                  f"{wide.head_dim} is over the {ATTENTION_HEAD_DIMS[1]} seqtune's attention runs")
         return 0
     can_set = getattr(model, "_can_set_attn_implementation", None)
     if can_set is None or not can_set():
@@ -233,14 +291,6 @@ def _patch_attention(model, record: _Patch) -> int:
     _own_configs(model, record)
     model.set_attn_implementation(ATTENTION_NAME)
     return len(layers)
-
-
-def _dispatches_attention(cls: type) -> bool:
-    forward = getattr(cls, "forward", None)
-    while hasattr(forward, "__wrapped__"):
-        forward = forward.__wrapped__
-    code = getattr(forward, "__code__", None)
-    return code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names
 
 
 def _unsupported_attention(config) -> str | None:
