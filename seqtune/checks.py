@@ -64,3 +64,13 @@ def expect_same_device(named: dict[str, torch.Tensor | None]) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"tensors on different devices: {listed}")
+
+
+def host_reads_allowed(tensor: torch.Tensor) -> bool:
+    """Whether an op may read ``tensor``'s values on the host (``.tolist()``, ``int(t)``) to
+    check them or size a launch. True on the CPU, where a read costs nothing and gives the
+    clearest error; False on a GPU (and meta), where a read syncs the stream and aborts a
+    CUDA-graph capture, so checks run on the device and grids come from shapes. The one switch
+    every op consults (as ``checks.host_reads_allowed``), so tests can take the device path on
+    the CPU by patching it."""
+    return tensor.device.type == "cpu"
