@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seqtune.kernels import attention, causal_conv1d, delta_rule, linear_attention, ssd
+from seqtune.kernels.varlen import chunk_bound, chunk_tables
 
 
 def _inputs(T: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -58,3 +59,22 @@ def test_only_empty_sequences_give_empty_outputs_and_unchanged_states(op):
                          output_final_state=True)
     assert out.shape[:2] == (1, 0)
     torch.testing.assert_close(final, initial.to(final.dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_offsets_on_another_device_are_refused_before_any_read(op):
+    with pytest.raises(ValueError, match="cu_seqlens .*on meta") as error:
+        OPS[op](**_inputs(5)[op], cu_seqlens=torch.tensor([0, 2, 5], device="meta"))
+    assert "\n" not in str(error.value)
+
+
+def test_chunk_table_lists_every_chunk_then_spare_rows_past_the_end():
+    """Empty sequences have no chunk; the bound from shapes, (26 + 5 * 3) // 4 = 10 rows, leaves
+    two spare rows, which name the chunk after the last sequence's last one."""
+    cu = torch.tensor([0, 0, 5, 5, 21, 26])
+    bound = chunk_bound(26, 5, 4)
+    table, offsets = chunk_tables(cu, 4, bound)
+    assert bound == 10 and offsets.tolist() == [0, 0, 2, 2, 6, 8]
+    assert table.tolist() == [[1, 0], [1, 1], [3, 0], [3, 1], [3, 2], [3, 3], [4, 0], [4, 1],
+                              [4, 2], [4, 2]]
+    assert chunk_bound(26, 5, 4, max_seqlen=16) == 10 and chunk_bound(26, 5, 4, 4) == 5
