@@ -6,8 +6,8 @@ shapes alone: N sequences of T tokens in all have at most ``sum ceil(T_n / BT) <
 (T + N (BT - 1)) // BT`` chunks of BT tokens (``N ceil(max_seqlen / BT)`` when flash-attn's
 ``max_seqlen`` is given). The (sequence, chunk) table is built on the device with that many rows;
 rows past the real chunks are spare: they name the chunk one past the end of the last sequence,
-so every load and store of a program that reads one is masked off (kernels with a tile bound
-check exit at once). On the CPU (``checks.host_reads_allowed``) the ops keep their host-side
+which no kernel runs (its programs exit at once: the chunk starts at or past the sequence's
+end). On the CPU (``checks.host_reads_allowed``) the ops keep their host-side
 checks, whose errors name the offending entry.
 """
 from __future__ import annotations
@@ -43,8 +43,10 @@ def check_max_seqlen(max_seqlen: object, offsets: torch.Tensor, name: str = "max
     message = f"{name}={max_seqlen} is less than the longest sequence of {offsets_name}"
     if not checks.host_reads_allowed(offsets):
         torch._assert_async((lengths <= max_seqlen).all(), message)
-    elif int(lengths.max()) > max_seqlen:
-        raise ValueError(f"{message} ({int(lengths.max())})")
+        return max_seqlen
+    longest = int(lengths.max())
+    if longest > max_seqlen:
+        raise ValueError(f"{message} ({longest})")
     return max_seqlen
 
 
