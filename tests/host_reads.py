@@ -31,7 +31,8 @@ SEQTUNE_SOURCES = tuple(str(Path(module.__file__).parent) + "/"
 # Tensor methods whose result is the tensor's values on the host, or whose output size depends
 # on them (so the host must wait for the values before allocating).
 TENSOR_READS = ("item", "tolist", "numpy", "cpu", "__int__", "__index__", "__float__",
-                "__complex__", "__bool__", "nonzero", "argwhere", "unique",
+                "__complex__", "__bool__", "__format__", "__repr__", "__str__", "__array__",
+                "__contains__", "nonzero", "argwhere", "unique",
                 "unique_consecutive", "masked_select", "equal", "allclose", "is_nonzero",
                 "bincount", "repeat_interleave")
 TORCH_READS = ("nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "equal",

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from host_reads import HostRead, forbid_host_reads
+from host_reads import SEQTUNE_SOURCES, HostRead, forbid_host_reads
 from seqtune.checks import expect_tensor
 from seqtune.kernels import (attention, attention_decode, causal_conv1d, delta_rule,
                              linear_attention, ssd)
@@ -125,6 +125,32 @@ def test_the_helper_catches_host_reads_but_not_shapes():
     with forbid_host_reads():
         expect_tensor("q", q, 4)  # shapes, strides and dims are no read
         assert torch.tensor([3]).item() == 3  # nor is a read outside seqtune
+
+
+READS = ["t[0].item()", "t.tolist()", "int(t[0])", "bool(t[0])", "float(t[1])", "f'{t[0]}'",
+         "t.cpu()", "t.numpy()", "torch.nonzero(t)", "t.unique()", "torch.equal(t, t)",
+         "torch.repeat_interleave(t, t)", "t.repeat_interleave(t)", "range(t[0])"]
+NOT_READS = ["t.shape[0]", "len(t)", "t.numel()", "int(t.shape[0])", "t + 1", "t.to(torch.int64)",
+             "torch.repeat_interleave(t, t, output_size=3)", "torch.repeat_interleave(t, 2)"]
+
+
+def _as_seqtune_code(expression: str):
+    """``expression`` compiled as if it were a line of seqtune's source."""
+    return compile(expression, SEQTUNE_SOURCES[0] + "pretend.py", "eval")
+
+
+@pytest.mark.parametrize("expression", READS)
+def test_every_kind_of_host_read_from_seqtune_trips_the_helper(expression):
+    t = torch.tensor([1, 2])
+    with forbid_host_reads(), pytest.raises(HostRead):
+        eval(_as_seqtune_code(expression), {"t": t, "torch": torch})
+    eval(_as_seqtune_code(expression), {"t": t, "torch": torch})  # outside it: allowed
+
+
+@pytest.mark.parametrize("expression", NOT_READS)
+def test_shapes_and_device_work_do_not_trip_the_helper(expression):
+    with forbid_host_reads():
+        eval(_as_seqtune_code(expression), {"t": torch.tensor([1, 2]), "torch": torch})
 
 
 BAD_CU = torch.tensor([0, 9, 5, 26], dtype=torch.int32)
