@@ -34,7 +34,7 @@ TENSOR_READS = ("item", "tolist", "numpy", "cpu", "__int__", "__index__", "__flo
                 "__complex__", "__bool__", "__format__", "__repr__", "__str__", "__array__",
                 "__contains__", "nonzero", "argwhere", "unique",
                 "unique_consecutive", "masked_select", "equal", "allclose", "is_nonzero",
-                "bincount", "repeat_interleave")
+                "bincount", "repeat_interleave", "__getitem__", "__setitem__")
 TORCH_READS = ("nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "equal",
                "allclose", "is_nonzero", "bincount", "repeat_interleave")
 
@@ -53,8 +53,12 @@ def _caller_in_seqtune() -> str | None:
 
 
 def _reads_values(name: str, args: tuple, kwargs: dict) -> bool:
-    """Whether this call reads values: repeat_interleave only with tensor repeats and no
-    ``output_size`` (with it, the output size is known without a read)."""
+    """Whether this call reads values: indexing only by a boolean mask (its size depends on the
+    mask: a nonzero inside), repeat_interleave only with tensor repeats and no ``output_size``
+    (with it, the output size is known without a read)."""
+    if name in ("__getitem__", "__setitem__"):
+        parts = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
     if name != "repeat_interleave":
         return True
     repeats = args[1] if len(args) > 1 else kwargs.get("repeats")

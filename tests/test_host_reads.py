@@ -129,8 +129,10 @@ def test_the_helper_catches_host_reads_but_not_shapes():
 
 READS = ["t[0].item()", "t.tolist()", "int(t[0])", "bool(t[0])", "float(t[1])", "f'{t[0]}'",
          "t.cpu()", "t.numpy()", "torch.nonzero(t)", "t.unique()", "torch.equal(t, t)",
-         "torch.repeat_interleave(t, t)", "t.repeat_interleave(t)", "range(t[0])"]
+         "torch.repeat_interleave(t, t)", "t.repeat_interleave(t)", "range(t[0])",
+         "t[t > 1]", "t.__setitem__(t > 1, 0)"]
 NOT_READS = ["t.shape[0]", "len(t)", "t.numel()", "int(t.shape[0])", "t + 1", "t.to(torch.int64)",
+             "t[1:]", "t[t - 1]", "torch.where(t > 1, t, 0)",
              "torch.repeat_interleave(t, t, output_size=3)", "torch.repeat_interleave(t, 2)"]
 
 
