@@ -4,6 +4,8 @@ host and gives what its host path gives; its device-side checks still refuse bad
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,7 @@ def _randn(*shape, seed):
 def _attention_case():
     q, k, v = (_randn(1, T, heads, 16, seed=i) for i, heads in enumerate((2, 1, 1)))
     cu_k = torch.tensor([0, 7, 9, 26], dtype=torch.int64)
-    run = lambda q, k, v, **kw: attention(q, k, v, causal=True, cu_seqlens=CU,  # noqa: E731
-                                          cu_seqlens_k=cu_k, **kw)
+    run = functools.partial(attention, causal=True, cu_seqlens=CU, cu_seqlens_k=cu_k)
     return run, {"q": q, "k": k, "v": v}, {"max_seqlen": LONGEST, "max_seqlen_k": 17}
 
 
@@ -39,8 +40,8 @@ def _linear_attention_case(gate):
     tensors = {"q": q, "k": k, "v": v, "initial_state": _randn(3, 1, 16, 24, seed=4)}
     if shape is not None:
         tensors["g"] = F.logsigmoid(_randn(*shape, seed=3) + 2)
-    run = lambda **t: linear_attention(**t, output_final_state=True,  # noqa: E731
-                                       cu_seqlens=CU, config={"BT": 16}, bwd_config={"BT": 16})
+    run = functools.partial(linear_attention, output_final_state=True, cu_seqlens=CU,
+                            config={"BT": 16}, bwd_config={"BT": 16})
     return run, tensors, {"max_seqlen": LONGEST}
 
 
@@ -49,8 +50,8 @@ def _ssd_case():
                "A": -torch.rand(2, generator=torch.Generator().manual_seed(2)) - 0.5,
                "B": _randn(1, T, 1, 16, seed=3), "C": _randn(1, T, 1, 16, seed=4),
                "initial_state": _randn(3, 2, 16, 16, seed=5)}
-    run = lambda **t: ssd(**t, dt_softplus=True, output_final_state=True,  # noqa: E731
-                          cu_seqlens=CU, config={"BT": 16}, bwd_config={"BT": 16})
+    run = functools.partial(ssd, dt_softplus=True, output_final_state=True, cu_seqlens=CU,
+                            config={"BT": 16}, bwd_config={"BT": 16})
     return run, tensors, {"max_seqlen": LONGEST}
 
 
@@ -60,16 +61,16 @@ def _delta_rule_case():
                "beta": torch.sigmoid(_randn(1, T, 1, seed=3)),
                "g": F.logsigmoid(_randn(1, T, 1, 16, seed=4) + 2),
                "initial_state": _randn(3, 1, 16, 16, seed=5)}
-    run = lambda **t: delta_rule(**t, output_final_state=True, cu_seqlens=CU,  # noqa: E731
-                                 config={"BT": 16}, bwd_config={"BT": 16})
+    run = functools.partial(delta_rule, output_final_state=True, cu_seqlens=CU,
+                            config={"BT": 16}, bwd_config={"BT": 16})
     return run, tensors, {"max_seqlen": LONGEST}
 
 
 def _causal_conv1d_case():
     tensors = {"x": _randn(1, T, 8, seed=0), "weight": _randn(8, 4, seed=1),
                "bias": _randn(8, seed=2), "initial_state": _randn(3, 8, 3, seed=3)}
-    run = lambda **t: causal_conv1d(**t, activation="silu", output_final_state=True,  # noqa
-                                    cu_seqlens=CU)
+    run = functools.partial(causal_conv1d, activation="silu", output_final_state=True,
+                            cu_seqlens=CU)
     return run, tensors, {}
 
 
