@@ -73,8 +73,13 @@ def expect_same_device(named: dict[str, torch.Tensor | None]) -> None:
 # gives a clear one-line error, so there the same checks run on the host.
 
 
-def reads_values_on_host(tensor: torch.Tensor) -> bool:
-    """Whether value checks of ``tensor`` may read it on the host (CPU tensors only)."""
+def host_reads_allowed(tensor: torch.Tensor) -> bool:
+    """Whether an op may read ``tensor``'s values on the host (``.tolist()``, ``int(t)``) to
+    check them or size a launch. True on the CPU, where a read costs nothing and gives the
+    clearest error; False on a GPU (and meta), where a read syncs the stream and aborts a
+    CUDA-graph capture, so checks run on the device and grids come from shapes. The one switch
+    every op consults (as ``checks.host_reads_allowed``), so tests can take the device path on
+    the CPU by patching it."""
     return tensor.device.type == "cpu"
 
 
@@ -136,7 +141,7 @@ def expect_state_indices(state_indices: torch.Tensor, rows: int,
     ordered = torch.sort(state_indices.reshape(-1)).values
     beyond = ordered[-1] >= rows
     repeated = (ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)
-    if reads_values_on_host(state_indices):
+    if host_reads_allowed(state_indices):
         if bool(beyond):
             raise ValueError(f"{name} must be < N={rows} (the state pool's rows; a negative "
                              f"index marks a padding slot), got {int(ordered[-1])}")

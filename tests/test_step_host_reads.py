@@ -6,7 +6,7 @@ allocates by a value-dependent size (boolean indexing, nonzero, unique).
 On the CPU the step ops do read the indices on the host, on purpose: there the value checks
 (range, duplicates) give a clear one-line ValueError, and a read costs nothing. On CUDA they
 run on the device instead. These tests exercise the device path on the CPU by switching the
-predicate ``seqtune.checks.reads_values_on_host`` off: the checks then run as on CUDA
+predicate ``seqtune.checks.host_reads_allowed`` off: the checks then run as on CUDA
 (``torch._assert_async``, synchronous on CPU tensors), and the guard below makes any host read
 from seqtune's code raise."""
 from __future__ import annotations
@@ -83,7 +83,7 @@ def no_host_reads(monkeypatch):
 @pytest.fixture
 def device_checks(monkeypatch):
     """The value checks as on CUDA: on the device, never read on the host."""
-    monkeypatch.setattr(seqtune.checks, "reads_values_on_host", lambda tensor: False)
+    monkeypatch.setattr(seqtune.checks, "host_reads_allowed", lambda tensor: False)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,7 +11,7 @@ import triton
 from seqtune.kernels.attention.backward import (attention_bwd_delta_kernel,
                                                 attention_bwd_dkdv_kernel, attention_bwd_dq_kernel)
 from seqtune.kernels.attention.forward import (AttentionCall, head_tile, kernel_flags, offsets,
-                                               run_forward, sequence_grid)
+                                               run_forward, tile_grid)
 from seqtune.launch import launch, new_output
 
 # Elements of O (and of dO) one program of the delta kernel reads: 32 a thread at 4 warps.
@@ -96,12 +96,10 @@ def _shared_arguments(q, k, v, grad_out, lse, delta, call) -> dict[str, Any]:
 
 def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tensor,
                  k: torch.Tensor, call: AttentionCall, cfg: Mapping[str, Any]) -> None:
-    batch, keys, kv_heads = k.shape[0], k.shape[1], k.shape[2]
-    longest = keys if call.packing is None else call.packing.max_keys
-    sequences = sequence_grid(call, batch, q.shape[1])[1]
     block_n = cfg["dkdv.BLOCK_N"]
-    launch(attention_bwd_dkdv_kernel, (triton.cdiv(longest, block_n), kv_heads, sequences),
-           *shared["inputs"], *shared["rows"], dk, dv, *shared["offsets"], *shared["strides"],
+    grid, tiles = tile_grid(call, block_n, k.shape[0], k.shape[1], k.shape[2], keys=True)
+    launch(attention_bwd_dkdv_kernel, grid, *shared["inputs"], *shared["rows"], dk, dv,
+           *shared["offsets"], tiles, *shared["strides"],
            *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
            num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"])
@@ -109,10 +107,10 @@ def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tens
 
 def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionCall,
                cfg: Mapping[str, Any]) -> None:
-    longest, sequences = sequence_grid(call, q.shape[0], q.shape[1])
     block_m = cfg["dq.BLOCK_M"]
-    launch(attention_bwd_dq_kernel, (triton.cdiv(longest, block_m), q.shape[2], sequences),
-           *shared["inputs"], *shared["rows"], dq, *shared["offsets"], *shared["strides"],
+    grid, tiles = tile_grid(call, block_m, q.shape[0], q.shape[1], q.shape[2])
+    launch(attention_bwd_dq_kernel, grid, *shared["inputs"], *shared["rows"], dq,
+           *shared["offsets"], tiles, *shared["strides"],
            *dq.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=block_m, BLOCK_N=cfg["dq.BLOCK_N"], **shared["flags"],
            num_warps=cfg["dq.num_warps"], num_stages=cfg["dq.num_stages"])

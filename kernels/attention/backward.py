@@ -20,7 +20,8 @@ and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
 import triton
 import triton.language as tl
 
-from seqtune.kernels.attention.kernel import batch_row, dot, load_tile, locate_sequence
+from seqtune.kernels.attention.kernel import (batch_row, dot, load_tile, locate_sequence,
+                                             locate_tile)
 
 
 @triton.jit
@@ -151,6 +152,7 @@ def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d,
 @triton.jit
 def attention_bwd_dkdv_kernel(
         q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
+        tiles_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
@@ -163,13 +165,13 @@ def attention_bwd_dkdv_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
         UPCAST_BF16: tl.constexpr):
-    """Grid ``(cdiv(longest S_n, BLOCK_N), Hkv, B or N)``. Score tiles are kept transposed (keys
+    """Grid ``(cdiv(S, BLOCK_N), Hkv, B)``, or packed ``(rows of the key tile table, Hkv, 1)``. Score tiles are kept transposed (keys
     as rows: ``s^T = K Q^T``), so dK and dV accumulate without transposing them; every tile is
     loaded row-major (transposed loads through pointers cost twice the registers). ``lse`` and
     ``delta`` are ``[B, Hq, T]`` with unit row stride and share strides."""
-    seq = tl.program_id(2)
+    seq, tile_n = locate_tile(tiles_ptr, VARLEN, False)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
-    start_n = tl.program_id(0) * BLOCK_N
+    start_n = tile_n * BLOCK_N
     if start_n >= k_len:
         return
     kv_head = tl.program_id(1)
@@ -241,7 +243,7 @@ def attention_bwd_dkdv_kernel(
 
 @triton.jit
 def attention_bwd_dq_kernel(
-        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr,
+        q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, tiles_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
@@ -253,10 +255,10 @@ def attention_bwd_dq_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
         UPCAST_BF16: tl.constexpr):
-    """Grid ``(cdiv(longest T_n, BLOCK_M), Hq, B or N)``."""
-    seq = tl.program_id(2)
+    """Grid ``(cdiv(T, BLOCK_M), Hq, B)``, or packed ``(rows of the query tile table, Hq, 1)``."""
+    seq, tile_m = locate_tile(tiles_ptr, VARLEN, False)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = tile_m * BLOCK_M
     if start_m >= q_len:
         return
     head = tl.program_id(1)

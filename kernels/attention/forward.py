@@ -47,11 +47,15 @@ def head_tile(dim: int) -> int:
     return max(MIN_HEAD_TILE, next_power_of_2(dim))
 
 
-def sequence_grid(call: AttentionCall, batch: int, queries: int) -> tuple[int, int]:
-    """(longest query length, sequences): the grid's row-tile and sequence extents."""
+def tile_grid(call: AttentionCall, block: int, batch: int, rows: int, heads: int,
+              keys: bool = False) -> tuple[tuple[int, int, int], torch.Tensor | None]:
+    """(grid, tile table or None) of a launch over ``block``-row tiles of the queries (of the
+    keys with ``keys``): ``(cdiv(rows, block), heads, B)`` dense; packed, one program per row of
+    the (sequence, tile) table, whose size comes from shapes alone (no host read)."""
     if call.packing is None:
-        return queries, batch
-    return call.packing.max_queries, call.packing.count
+        return (triton.cdiv(rows, block), heads, batch), None
+    tiles = call.packing.tiles(block, keys)
+    return (tiles.shape[0], heads, 1), tiles
 
 
 def offsets(call: AttentionCall) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -88,10 +92,11 @@ def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Attenti
         if lse is not None:
             lse.fill_(float("inf"))
         return out, lse
-    longest, sequences = sequence_grid(call, batch, queries)
+    grid, tiles = tile_grid(call, cfg["BLOCK_M"], batch, queries, heads)
+    if grid[0] == 0:
+        return out, lse
     cu_q, cu_k = offsets(call)
-    grid = (triton.cdiv(longest, cfg["BLOCK_M"]), heads, sequences)
-    launch(attention_fwd_kernel, grid, q, k, v, out, lse, cu_q, cu_k,
+    launch(attention_fwd_kernel, grid, q, k, v, out, lse, cu_q, cu_k, tiles,
            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
            *(lse.stride()[:2] if lse is not None else (0, 0)),
            queries, keys, heads // kv_heads, call.qk_scale, call.bias,

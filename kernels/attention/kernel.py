@@ -76,6 +76,23 @@ def locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def locate_tile(tiles_ptr, VARLEN: tl.constexpr, REVERSE: tl.constexpr):
+    """``(sequence, tile within it)`` of this program: grid axes 2 and 0 for a dense batch; with
+    VARLEN row ``program_id(0)`` of the (sequence, tile) table, whose spare rows name a tile past
+    the last sequence's end (the program exits). REVERSE walks axis 0 from its end."""
+    pid = tl.program_id(0)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+    if VARLEN:
+        seq = tl.load(tiles_ptr + 2 * pid)
+        tile = tl.load(tiles_ptr + 2 * pid + 1)
+    else:
+        seq = tl.program_id(2)
+        tile = pid
+    return seq, tile
+
+
+@triton.jit
 def batch_row(seq, VARLEN: tl.constexpr):
     """The batch row of sequence ``seq`` (int64, for pointer offsets): 0 when packed."""
     if VARLEN:
@@ -130,7 +147,7 @@ def _attend_key_range(acc, row_max, row_sum, q, k_tile_ptrs, v_tile_ptrs, offs_m
 
 @triton.jit
 def attention_fwd_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
+        q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, tiles_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
@@ -141,17 +158,14 @@ def attention_fwd_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
         STORE_LSE: tl.constexpr, UPCAST_BF16: tl.constexpr):
-    """Grid ``(cdiv(longest T_n, BLOCK_M), Hq, B or N)``. ``qk_scale`` is ``scale * log2(e)`` for
+    """Grid ``(cdiv(T, BLOCK_M), Hq, B)``, or packed ``(rows of the query tile table, Hq, 1)``.
+    ``qk_scale`` is ``scale * log2(e)`` for
     softmax and ``scale`` for sigmoid; ``sigmoid_bias`` is used only with SIGMOID, replaced by
     ``-ln(S_n)`` per sequence with DEFAULT_BIAS. ``lse`` is ``[B, Hq, T]`` with unit row stride
     (written with STORE_LSE only)."""
-    seq = tl.program_id(2)
+    # Causal tiles further down hold more keys: start those first for a better tail.
+    seq, tile_m = locate_tile(tiles_ptr, VARLEN, CAUSAL)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
-    if CAUSAL:
-        # Causal tiles further down hold more keys: start those first for a better tail.
-        tile_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        tile_m = tl.program_id(0)
     start_m = tile_m * BLOCK_M
     if start_m >= q_len:
         return

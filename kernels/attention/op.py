@@ -21,7 +21,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               scale: float | None = None, config: Mapping[str, Any] | None = None,
               bwd_config: Mapping[str, Any] | None = None, score: str = "softmax",
               sigmoid_bias: float | None = None, cu_seqlens: torch.Tensor | None = None,
-              cu_seqlens_k: torch.Tensor | None = None) -> torch.Tensor:
+              cu_seqlens_k: torch.Tensor | None = None, max_seqlen: int | None = None,
+              max_seqlen_k: int | None = None) -> torch.Tensor:
     """Attention: ``o[b, i, h] = sum_j w(i, j) v[b, j, h // (Hq // Hkv)]``.
 
     Args:
@@ -49,7 +50,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         non-contiguous.
     """
     call = prepare(q, k, v, causal=causal, scale=scale, score=score,
-                   sigmoid_bias=sigmoid_bias, cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k)
+                   sigmoid_bias=sigmoid_bias, cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k,
+                   max_seqlen=max_seqlen, max_seqlen_k=max_seqlen_k)
     cfg = config_for("attention", call.problem, config)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         bwd_cfg = config_for("attention_bwd", call.problem, bwd_config)
@@ -60,10 +62,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
             score: str = "softmax", sigmoid_bias: float | None = None,
             cu_seqlens: torch.Tensor | None = None,
-            cu_seqlens_k: torch.Tensor | None = None) -> AttentionCall:
+            cu_seqlens_k: torch.Tensor | None = None, max_seqlen: int | None = None,
+            max_seqlen_k: int | None = None) -> AttentionCall:
     """The validated call (one-line ValueError/TypeError for bad arguments, before any launch)."""
     head_dim = _validate(q, k, v, score, sigmoid_bias)
-    packing = validate_packing(cu_seqlens, cu_seqlens_k, q, k)
+    packing = validate_packing(cu_seqlens, cu_seqlens_k, q, k, max_seqlen, max_seqlen_k)
     return AttentionCall(causal=bool(causal),
                          scale=head_dim ** -0.5 if scale is None else float(scale),
                          score=score, sigmoid_bias=sigmoid_bias, packing=packing,

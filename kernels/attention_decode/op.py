@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from seqtune import checks
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
 from seqtune.kernels.attention_decode.kernel import decode_combine_kernel, decode_split_kernel
@@ -38,11 +39,13 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             kv head ``h // (Hq // Hkv)``); any strides.
         cache_seqlens: int32 ``[B]`` on q's device: sequence ``b`` attends to cache positions
             ``< cache_seqlens[b]``, which must lie in ``[0, S_max]``. A sequence of length 0
-            gets a zero output. Reading the lengths for this range check costs one
-            device-to-host sync per call.
+            gets a zero output. On the CPU the range is checked on the host; on a GPU by a
+            device-side assert, with no host read, so a decode step can be captured in a CUDA
+            graph.
         scale: the softmax scale, ``D ** -0.5`` by default.
         config: a (partial) config of the ``attention_decode`` spec; None takes the tuned one
-            for the problem ``{B, Hq, Hkv, D, S = max(cache_seqlens), dtype}``.
+            for the problem ``{B, Hq, Hkv, D, S, dtype}``: S is ``max(cache_seqlens)`` on the
+            CPU, and the cache's capacity ``S_max`` on a GPU (known without a host read).
 
     D is a power of two in 16..256; q and the caches share one dtype: float32, float16 or
     bfloat16. Bad arguments raise ValueError/TypeError before any launch.
@@ -90,9 +93,15 @@ def _check_arguments(q, k_cache, v_cache, cache_seqlens, scale) -> tuple[int, in
 
 
 def _max_cache_length(cache_seqlens: torch.Tensor, capacity: int) -> int:
-    """max(cache_seqlens), after checking every length lies in ``[0, S_max]`` (one sync)."""
+    """The longest cache to attend to, after checking every length lies in ``[0, S_max]``:
+    max(cache_seqlens) where host reads are allowed; elsewhere the capacity, the lengths checked
+    by a device-side assert (no sync)."""
     if cache_seqlens.numel() == 0:
         return 0
+    if not checks.host_reads_allowed(cache_seqlens):
+        in_range = ((cache_seqlens >= 0) & (cache_seqlens <= capacity)).all()
+        torch._assert_async(in_range, f"cache_seqlens must lie in [0, S_max={capacity}]")
+        return capacity
     low, high = (int(x) for x in torch.aminmax(cache_seqlens))
     if low < 0 or high > capacity:
         raise ValueError(f"cache_seqlens must lie in [0, S_max={capacity}], got values in "

@@ -7,12 +7,14 @@ from typing import Any, Mapping
 import torch
 import triton
 
+from seqtune import checks
 from seqtune.checks import expect_float, expect_same_device, expect_shape, expect_tensor
 from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.causal_conv1d.kernels import causal_conv1d_fwd_kernel, final_state_kernel
+from seqtune.kernels.varlen import assert_offsets
 
 WIDTHS = (2, 3, 4)
 ACTIVATIONS = (None, "silu", "swish")
@@ -58,7 +60,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             x's dtype (reaching into the initial state for sequences shorter than W - 1).
         cu_seqlens: int32/int64 ``[N + 1]``: x holds N sequences packed in one row (B = 1),
             sequence n at tokens ``cu_seqlens[n]:cu_seqlens[n + 1]``; no tap crosses a
-            sequence's start. Checking it costs one device-to-host sync.
+            sequence's start. Checked without a host read on a GPU (device-side asserts), so a
+            packed call can be captured in a CUDA graph.
         config, bwd_config: (partial) configs of the ``causal_conv1d`` and
             ``causal_conv1d_bwd`` specs; None takes the tuned ones for the problem.
 
@@ -138,7 +141,7 @@ def check_arguments(x, weight, bias, activation, initial_state, cu_seqlens) -> L
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     num_seqs = batch
     if cu_seqlens is not None:
-        num_seqs = check_cu_seqlens(cu_seqlens, batch, length)
+        num_seqs = check_cu_seqlens(cu_seqlens, batch, length, x.device)
     if initial_state is not None:
         expect_tensor("initial_state", initial_state, 3)
         expect_float("initial_state", initial_state)
@@ -149,9 +152,13 @@ def check_arguments(x, weight, bias, activation, initial_state, cu_seqlens) -> L
                   cu_seqlens is not None)
 
 
-def check_cu_seqlens(cu_seqlens: Any, batch: int, length: int) -> int:
-    """Validates fla's packed-batch convention; returns the number of sequences N."""
+def check_cu_seqlens(cu_seqlens: Any, batch: int, length: int, device: torch.device) -> int:
+    """Validates fla's packed-batch convention; returns the number of sequences N. The values
+    are read on the host only where ``checks.host_reads_allowed``, else checked on the device."""
     expect_tensor("cu_seqlens", cu_seqlens, 1)
+    if cu_seqlens.device != device:
+        raise ValueError(f"tensors on different devices: x on {device}, cu_seqlens on "
+                         f"{cu_seqlens.device}")
     if cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"cu_seqlens must be int32 or int64, got "
                          f"{str(cu_seqlens.dtype).removeprefix('torch.')}")
@@ -160,6 +167,9 @@ def check_cu_seqlens(cu_seqlens: Any, batch: int, length: int) -> int:
                          f"got batch {batch}")
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have N + 1 >= 2 entries, got {cu_seqlens.numel()}")
+    if not checks.host_reads_allowed(cu_seqlens):
+        assert_offsets("cu_seqlens", cu_seqlens, length)
+        return cu_seqlens.numel() - 1
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != length or any(b > a for a, b in zip(bounds[1:], bounds)):
         raise ValueError(f"cu_seqlens must start at 0, not decrease and end at T={length}, "

@@ -185,6 +185,8 @@ def dchunk_kernel(q, k, v, beta, g, u, states, dstates, do, du, dq, dk, dv, dbet
     Grid (chunks, HV)."""
     chunk, hv = tl.program_id(0), tl.program_id(1)
     _, bos, T, local = sequence_chunk(chunk_table, cu_seqlens, chunk)
+    if local * BT >= T:
+        return  # a spare row of a packed batch's chunk table
     head = hv // (HV // H)
     idx = tl.arange(0, BT)
     rows = local * BT + idx

@@ -14,7 +14,7 @@ from seqtune.kernels.delta_rule.autograd import run_backward
 from seqtune.kernels.delta_rule.baselines import BWD_BASELINES
 from seqtune.kernels.delta_rule.op import MAX_HEAD_DIM, MIN_HEAD_DIM
 from seqtune.kernels.delta_rule.reference import delta_rule_reference
-from seqtune.kernels.delta_rule.varlen import packing, uniform_bounds
+from seqtune.kernels.delta_rule.varlen import check_cu_seqlens, packing, uniform_bounds
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, next_power_of_2, shared_memory_fits)
 
@@ -108,7 +108,7 @@ def _run(inputs: Inputs, config: Config) -> Outputs:
                             for t in _forward_arguments(inputs))
     batch, length = q.shape[:2]
     bounds = (uniform_bounds(batch, length) if inputs["cu_seqlens"] is None
-              else tuple(inputs["cu_seqlens"].tolist()))
+              else check_cu_seqlens(inputs["cu_seqlens"], batch, length, q.device))
     pack = packing(bounds, config["BT"], q.device)
     grads = run_backward(q, k, v, beta, g, q.shape[-1] ** -0.5, h0, inputs["do"].contiguous(),
                          inputs["dht"].contiguous(), config, pack, h0 is not None)

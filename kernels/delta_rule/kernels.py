@@ -277,6 +277,8 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
     Grid (chunks, HV)."""
     chunk, hv = tl.program_id(0), tl.program_id(1)
     _, bos, T, local = sequence_chunk(chunk_table, cu_seqlens, chunk)
+    if local * BT >= T:
+        return  # a spare row of a packed batch's chunk table
     head = hv // (HV // H)
     idx = tl.arange(0, BT)
     rows = local * BT + idx
@@ -365,6 +367,8 @@ def output_kernel(q, g, u, states, scores, o, scale, chunk_table, cu_seqlens, H,
     Grid (chunks, V tiles, HV)."""
     chunk, v_tile, hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, bos, T, local = sequence_chunk(chunk_table, cu_seqlens, chunk)
+    if local * BT >= T:
+        return  # a spare row of a packed batch's chunk table
     head = hv // (HV // H)
     idx = tl.arange(0, BT)
     rows = local * BT + idx

@@ -24,7 +24,8 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
                g: torch.Tensor | None = None, *, scale: float | None = None,
                initial_state: torch.Tensor | None = None, output_final_state: bool = False,
                cu_seqlens: torch.Tensor | None = None, config: Config | None = None,
-               bwd_config: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               bwd_config: Mapping | None = None, max_seqlen: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The delta rule over a sequence, chunkwise.
 
     Recurrence per value head (S_0 = initial_state or zeros; q_t, k_t of its key head)::
@@ -46,10 +47,14 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         output_final_state: also return the state after each sequence's last token.
         cu_seqlens: int32/int64 [N + 1] boundaries of N sequences packed along T (batch 1),
             from 0, non-decreasing, ending at T (empty sequences allowed); no state crosses one.
+            Checked without a host read on a GPU (device-side asserts), so a packed call can be
+            captured in a CUDA graph.
         config: knobs of ``seqtune.kernels.delta_rule.spec``; None takes the tuned config.
         bwd_config: knobs of the ``delta_rule_bwd`` spec for the backward; None takes the tuned
             config. The backward runs when grad is enabled and a tensor input requires grad;
             it recomputes the forward's chunk terms and states (nothing but the inputs is saved).
+        max_seqlen: the longest packed sequence, if known (flash-attn's convention): fewer
+            programs are launched; less than the longest is an error (a device assert on GPU).
 
     Returns:
         (o [B, T, HV, V] in q's dtype, final state [N, HV, K, V] float32 or None).
@@ -58,9 +63,11 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     batch, length, heads, key_dim = q.shape
     value_heads, value_dim = v.shape[2:]
     varlen = cu_seqlens is not None
-    bounds = (check_cu_seqlens(cu_seqlens, batch, length, q.device) if varlen
+    if max_seqlen is not None and not varlen:
+        raise ValueError("max_seqlen applies only to packed batches (cu_seqlens)")
+    bounds = (check_cu_seqlens(cu_seqlens, batch, length, q.device, max_seqlen) if varlen
               else uniform_bounds(batch, length))
-    sequences = len(bounds) - 1
+    sequences = bounds.sequences
     if initial_state is not None:
         expect_shape("initial_state", initial_state, (sequences, value_heads, key_dim, value_dim))
     problem = {"B": batch, "T": length, "H": heads, "GV": value_heads // heads,

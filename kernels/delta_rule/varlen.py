@@ -8,9 +8,12 @@ sequence: each sequence has ceil(length / BT) chunks of its own (none when empty
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
+
+from seqtune import checks
+from seqtune.kernels.varlen import (CU_SEQLENS_DTYPES, assert_offsets, check_max_seqlen,
+                                    chunk_bound, chunk_tables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,16 +24,33 @@ class Packing:
     chunk_table: torch.Tensor  # [chunks, 2] int32: (sequence, index within it) of every chunk
     chunk_offsets: torch.Tensor  # [N + 1] int32: first chunk of each sequence, then the total
     sequences: int
-    chunks: int
+    chunks: int  # rows of chunk_table: packed, a bound from shapes (spare rows masked off)
 
 
-def check_cu_seqlens(cu_seqlens: object, batch: int, length: int,
-                     device: torch.device) -> tuple[int, ...]:
-    """The sequence boundaries as ints, or a one-line error naming what is wrong."""
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The sequences of a call, known without reading any offset: ``batch`` rows of ``length``
+    tokens, or (``cu_seqlens``, checked) N sequences packed in one row."""
+
+    batch: int
+    length: int
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int | None = None
+
+    @property
+    def sequences(self) -> int:
+        return self.batch if self.cu_seqlens is None else self.cu_seqlens.numel() - 1
+
+
+def check_cu_seqlens(cu_seqlens: object, batch: int, length: int, device: torch.device,
+                     max_seqlen: int | None = None) -> Bounds:
+    """The checked packed sequences, or a one-line error naming what is wrong. The values are
+    read on the host only where ``checks.host_reads_allowed``; elsewhere device-side asserts
+    check them."""
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor or None, got "
                         f"{type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+    if cu_seqlens.dtype not in CU_SEQLENS_DTYPES:
         raise ValueError(f"cu_seqlens must be int32 or int64, got "
                          f"{str(cu_seqlens.dtype).removeprefix('torch.')}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -40,7 +60,14 @@ def check_cu_seqlens(cu_seqlens: object, batch: int, length: int,
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
     if batch != 1:
         raise ValueError(f"cu_seqlens needs packed inputs of batch 1, got batch {batch}")
-    bounds = tuple(int(b) for b in cu_seqlens.tolist())
+    if checks.host_reads_allowed(cu_seqlens):
+        _check_on_host(cu_seqlens.tolist(), length)
+    else:
+        assert_offsets("cu_seqlens", cu_seqlens, length, "the packed length T")
+    return Bounds(batch, length, cu_seqlens, check_max_seqlen(max_seqlen, cu_seqlens))
+
+
+def _check_on_host(bounds: list[int], length: int) -> None:
     if bounds[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {bounds[0]}")
     drop = next((i for i in range(1, len(bounds)) if bounds[i] < bounds[i - 1]), None)
@@ -49,28 +76,30 @@ def check_cu_seqlens(cu_seqlens: object, batch: int, length: int,
                          f"{bounds[drop]} at index {drop}")
     if bounds[-1] != length:
         raise ValueError(f"cu_seqlens must end at the packed length T={length}, got {bounds[-1]}")
-    return bounds
 
 
-def packing(bounds: tuple[int, ...], chunk: int, device: torch.device) -> Packing:
-    """The chunk tables of sequences with these boundaries, in chunks of ``chunk`` tokens."""
-    return _packing(bounds, chunk, str(device))
+def uniform_bounds(batch: int, length: int) -> Bounds:
+    """B sequences of length T laid end to end."""
+    return Bounds(batch, length)
 
 
-def uniform_bounds(batch: int, length: int) -> tuple[int, ...]:
-    """The boundaries of B sequences of length T laid end to end."""
-    return tuple(range(0, batch * length + 1, length)) if length else (0,) * (batch + 1)
+def packing(bounds: Bounds, chunk: int, device: torch.device) -> Packing:
+    """The chunk tables of these sequences in chunks of ``chunk`` tokens, built on the device
+    (nothing is cached: a table made during a CUDA-graph capture holds nothing until replay)."""
+    index_dtype = torch.int32 if bounds.batch * bounds.length < 2**31 else torch.int64
+    if bounds.cu_seqlens is None:
+        return _uniform_packing(bounds.batch, bounds.length, chunk, device, index_dtype)
+    bound = chunk_bound(bounds.length, bounds.sequences, chunk, bounds.max_seqlen)
+    table, offsets = chunk_tables(bounds.cu_seqlens, chunk, bound)
+    return Packing(bounds.cu_seqlens.to(index_dtype).contiguous(), table, offsets,
+                   bounds.sequences, bound)
 
 
-@functools.lru_cache(maxsize=64)
-def _packing(bounds: tuple[int, ...], chunk: int, device: str) -> Packing:
-    edges = torch.tensor(bounds, dtype=torch.int64)
-    counts = (edges[1:] - edges[:-1] + chunk - 1) // chunk
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-    sequence = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    local = torch.arange(int(offsets[-1])) - offsets[sequence]
-    table = torch.stack([sequence, local], dim=1).to(torch.int32)
-    index_dtype = torch.int32 if bounds[-1] < 2**31 else torch.int64
-    return Packing(cu_seqlens=edges.to(device, index_dtype), chunk_table=table.to(device),
-                   chunk_offsets=offsets.to(device, torch.int32), sequences=len(counts),
-                   chunks=int(offsets[-1]))
+def _uniform_packing(batch: int, length: int, chunk: int, device: torch.device,
+                     index_dtype: torch.dtype) -> Packing:
+    per_row = -(-length // chunk)
+    edges = torch.arange(batch + 1, dtype=torch.int64, device=device) * length
+    slots = torch.arange(batch * per_row, dtype=torch.int64, device=device)
+    table = torch.stack([slots // max(per_row, 1), slots % max(per_row, 1)], dim=1)
+    offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_row
+    return Packing(edges.to(index_dtype), table.to(torch.int32), offsets, batch, batch * per_row)

@@ -85,6 +85,8 @@ def _dv_kernel(k, g, do, A, dhs, dv, cu, chunk_list, T, H, QK_GROUP, NT, scale,
     """A [BT, BV] block of dv of one chunk. Grid (V/BV, chunks, B*H)."""
     pid_v, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     t = bos + c * BT + pos
     t_mask = t < eos
@@ -131,6 +133,8 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP,
     scalar decay. Grid (K/BK, chunks, B*H)."""
     pid_k, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     t = bos + c * BT + pos
     t_mask = t < eos
@@ -199,6 +203,8 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
     pid_k, pid, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     row0 = (pid % (BT // SUB)) * SUB
     b, h, bos, eos, c, slot = chunk_at(pid // (BT // SUB), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     sub = tl.arange(0, SUB)
     t_chunk = bos + c * BT + pos

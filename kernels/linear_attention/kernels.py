@@ -99,6 +99,8 @@ def _intra_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
     """A of one chunk for no or scalar decay: tril(q k^T) * exp(b_t - b_s). Grid (chunks, B*H)."""
     bh = tl.program_id(1).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(0), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     t = bos + c * BT + pos
     t_mask = t < eos
@@ -139,6 +141,8 @@ def _intra_channel_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
     pid, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     row0 = (pid % (BT // SUB)) * SUB
     b, h, bos, eos, c, slot = chunk_at(pid // (BT // SUB), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     sub = tl.arange(0, SUB)
     t_chunk = bos + c * BT + pos
@@ -252,6 +256,8 @@ def _output_kernel(q, v, g, vs, D, hs, A, o, cu, chunk_list, T, H, QK_GROUP, NT,
     """A [BT, BV] block of the output of one chunk. Grid (V/BV, chunks, B*H)."""
     pid_v, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
+    if c * BT >= eos - bos:
+        return  # a spare row of a packed batch's chunk list
     pos = tl.arange(0, BT)
     t = bos + c * BT + pos
     t_mask = t < eos

@@ -93,14 +93,14 @@ def problem_of(B: int, T: int, H: int, HV: int, K: int, V: int, gate: str, has_i
             "GV": HV // H}
 
 
-def prepare(q, k, v, g, scale, initial_state, cu_seqlens
+def prepare(q, k, v, g, scale, initial_state, cu_seqlens, max_seqlen=None
             ) -> tuple[Recurrence | None, dict[str, Any], tuple[int, ...]]:
     """The checked recurrence of a call (None when there is nothing to launch), its tuning
     problem and the shape of its states [N, HV, K, V]."""
     B, T, H, HV, K, V = check_qkv(q, k, v)
     gate = _check_gate(g, B, T, HV, K, q.dtype)
     expect_same_device({"q": q, "k": k, "v": v, "g": g, "initial_state": initial_state})
-    sequences = sequences_of(cu_seqlens, B, T, q.device)
+    sequences = sequences_of(cu_seqlens, B, T, q.device, max_seqlen)
     state_shape = (sequences.count, HV, K, V)
     initial_state = expect_initial_state(initial_state, state_shape)
     problem = problem_of(B, T, H, HV, K, V, gate, initial_state is not None, q.dtype, sequences)
@@ -116,7 +116,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      initial_state: torch.Tensor | None = None, output_final_state: bool = False,
                      cu_seqlens: torch.Tensor | None = None,
                      config: Mapping[str, Any] | None = None,
-                     bwd_config: Mapping[str, Any] | None = None
+                     bwd_config: Mapping[str, Any] | None = None, max_seqlen: int | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention with optional decay, computed chunkwise.
 
@@ -134,15 +134,19 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             sequences with cu_seqlens.
         output_final_state: also return the state after the last step, [N, HV, K, V] fp32.
         cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (batch 1),
-            fla's convention; no state crosses a sequence boundary.
+            fla's convention; no state crosses a sequence boundary. Checked without a host read
+            on a GPU (device-side asserts), so a packed call can be captured in a CUDA graph.
         config: a (partial) config of the ``linear_attention`` kernel; None takes the tuned one.
         bwd_config: likewise for ``linear_attention_bwd``, used when autograd runs the backward
             (gradients of q, k, v, g and initial_state, through the final state when used).
+        max_seqlen: the longest packed sequence, if known (flash-attn's convention): fewer
+            programs are launched; less than the longest is an error (a device assert on GPU).
 
     Returns:
         (o [B, T, HV, V] in q's dtype, final_state or None).
     """
-    recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens)
+    recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens,
+                                                 max_seqlen)
     if recurrence is None:
         return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
     cfg = config_for("linear_attention", problem, config)

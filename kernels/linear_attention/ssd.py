@@ -50,14 +50,14 @@ def _check_inputs(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     _check_per_head("dt_bias", dt_bias, heads)
 
 
-def check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state, cu_seqlens
+def check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state, cu_seqlens, max_seqlen=None
                      ) -> tuple[Sequences, torch.Tensor | None]:
     """(the sequences, the checked contiguous initial state) of an ``ssd`` call."""
     _check_inputs(x, dt, A, B, C, D, dt_bias)
     expect_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias,
                         "initial_state": initial_state})
     batch, T, heads, p = x.shape
-    sequences = sequences_of(cu_seqlens, batch, T, x.device)
+    sequences = sequences_of(cu_seqlens, batch, T, x.device, max_seqlen)
     state_shape = (sequences.count, heads, B.shape[3], p)
     return sequences, expect_initial_state(initial_state, state_shape)
 
@@ -86,8 +86,8 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
         dt_softplus: bool = False, initial_state: torch.Tensor | None = None,
         output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
-        config: Mapping[str, Any] | None = None, bwd_config: Mapping[str, Any] | None = None
-        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        config: Mapping[str, Any] | None = None, bwd_config: Mapping[str, Any] | None = None,
+        max_seqlen: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba-2 SSD: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t^T h_t + D x_t.
 
     Args:
@@ -98,16 +98,19 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
             sequences with cu_seqlens.
         output_final_state: also return the state after the last step, [N, h, n, p] fp32.
         cu_seqlens: int32/int64 [N + 1] offsets of N sequences packed along T (b = 1),
-            fla's convention; no state crosses a sequence boundary.
+            fla's convention; no state crosses a sequence boundary. Checked without a host read
+            on a GPU (device-side asserts), so a packed call can be captured in a CUDA graph.
         config: a (partial) config of the ``ssd`` kernel; None takes the tuned one.
         bwd_config: likewise for ``ssd_bwd``, used when autograd runs the backward (gradients
             of x, dt, A, B, C, D, dt_bias and initial_state).
+        max_seqlen: the longest packed sequence, if known (flash-attn's convention): fewer
+            programs are launched; less than the longest is an error (a device assert on GPU).
 
     Returns:
         (y [b, T, h, p] in x's dtype, final_state or None).
     """
     sequences, initial_state = check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state,
-                                                cu_seqlens)
+                                                cu_seqlens, max_seqlen)
     batch, T, heads, p = x.shape
     state_shape = (sequences.count, heads, B.shape[3], p)
     if T == 0 or batch == 0 or heads == 0:
