@@ -68,7 +68,17 @@ def test_tune_exactly_what_a_model_runs_then_report_its_coverage(tmp_path, monke
     assert kernels == {"attention"}  # a Llama runs attention only
     after = runner.invoke(app, ["report", "--model-config", config, "--profile-dir",
                                 str(tmp_path), "--json"])
-    assert {r["status"] for r in json.loads(after.stdout)} == {"tuned"}
+    rows = json.loads(after.stdout)
+    assert {r["status"] for r in rows} == {"tuned"}
+    # issue 33: the view names the profile it read and the config each problem launches with
+    view = runner.invoke(app, ["report", "--model-config", config, "--profile-dir",
+                               str(tmp_path)], env={"COLUMNS": "120"})
+    profile = next(tmp_path.glob("*.yaml"))
+    assert f"tuned configs from: {profile}" in view.stdout
+    assert {r["origin"] for r in rows} == {str(profile)}
+    from seqtune.cli.cells import config_lines
+
+    assert config_lines(rows[0]["config"])[0] in view.stdout
 
 
 @pytest.mark.parametrize("args, message", [

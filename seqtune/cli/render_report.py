@@ -175,6 +175,12 @@ def show_coverage(console: Console, model_config, rows: list[dict[str, Any]]) ->
     own buckets), has a nearer or farther entry the loader would use instead, or nothing."""
     tuned = sum(r["status"] == "tuned" for r in rows)
     heading(console, f"{model_config}: {tuned} of {count_text(len(rows), 'problem')} tuned")
+    origins = list(dict.fromkeys(r["origin"] for r in rows if r["origin"]))
+    for origin in origins:
+        print_path(console, "tuned configs from", origin)
+    if not origins:
+        print_lines(console, ["no profile entry applies: every problem runs its kernel's "
+                              "default config"])
     for kernel, kernel_rows in by_kernel(rows).items():
         heading(console, kernel)
         problems = [r["problem"] for r in kernel_rows]
@@ -185,6 +191,7 @@ def show_coverage(console: Console, model_config, rows: list[dict[str, Any]]) ->
                   "default": "[red]default[/]"}
         columns = with_problem(problems, console.width, rest=[
             Column("runs with", [status[r["status"]] for r in kernel_rows]),
+            Column("config", [config_text(r["config"]) for r in kernel_rows], priority=2),
             Column("log2 away", ["-" if r["distance"] is None or r["status"] == "tuned"
                                  else f"{r['distance']:g}" for r in kernel_rows],
                    justify="right", priority=1),

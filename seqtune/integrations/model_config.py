@@ -227,7 +227,8 @@ def model_coverage(problems: Mapping[str, Sequence[Problem]], profile=None
     one, as the kernels read it): ``status`` ``"tuned"`` (an entry in the problem's own size
     buckets), ``"nearest"`` (the loader's nearest entry of the same categorical fields, in
     other buckets; ``distance`` in log2 steps) or ``"default"`` (no entry it can use), with
-    that entry's problem."""
+    that entry's problem, the ``config`` it launches with (the kernel's default where there is
+    no entry) and the profile file the entry came from (``origin``)."""
     from seqtune.loader import active_profile, problem_distance
     from seqtune.registry import get_spec
 
@@ -249,5 +250,8 @@ def model_coverage(problems: Mapping[str, Sequence[Problem]], profile=None
             rows.append({"kernel": kernel, "problem": dict(problem),
                          "status": "tuned" if own else "nearest" if best else "default",
                          "distance": None if best is None else best[0],
-                         "entry": None if chosen is None else dict(chosen.problem)})
+                         "entry": None if chosen is None else dict(chosen.problem),
+                         "config": dict(spec.default_config if chosen is None
+                                        else chosen.config),
+                         "origin": None if chosen is None else chosen.origin})
     return rows
