@@ -8,6 +8,7 @@ A schema cannot take a config mapping: it travels as its canonical literal text.
 from __future__ import annotations
 
 import ast
+import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -84,3 +85,12 @@ def expect_tensors(required: Mapping[str, Any],
             kind = "a torch.Tensor or None" if name in optional else "a torch.Tensor"
             raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
     expect_same_device(named)
+
+
+def real_or_none(name: str, value: Any) -> float | None:
+    """A real scalar argument (``scale``...) as the float a schema takes; TypeError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
+    return float(value)
