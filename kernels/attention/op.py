@@ -7,9 +7,9 @@ from typing import Any, Mapping
 import torch
 
 from seqtune.checks import expect_float, expect_same_device, expect_same_dtype, expect_tensor
-from seqtune.kernels.attention.autograd import AttentionFunction
 from seqtune.kernels.attention.forward import AttentionCall, run_forward
 from seqtune.kernels.attention.varlen import Packing, validate_packing
+from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
 from seqtune.loader import config_for
 from seqtune.spec import Problem, dtype_name
 
@@ -48,13 +48,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         ``[B, T, Hq, Dv]`` in q's dtype; differentiable in q, k and v. Inputs may be
         non-contiguous.
     """
-    call = prepare(q, k, v, causal=causal, scale=scale, score=score,
-                   sigmoid_bias=sigmoid_bias, cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k)
+    expect_tensors({"q": q, "k": k, "v": v},
+                   {"cu_seqlens": cu_seqlens, "cu_seqlens_k": cu_seqlens_k})
+    # The row log-sum-exp is kept only when autograd will run the backward.
+    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return torch.ops.seqtune.attention(
+        q, k, v, bool(causal), real_or_none("scale", scale), score,
+        real_or_none("sigmoid_bias", sigmoid_bias), cu_seqlens, cu_seqlens_k,
+        encode_config("config", config), encode_config("bwd_config", bwd_config), with_lse)[0]
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall,
+                      config: Mapping[str, Any] | None, with_lse: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.attention``) for a prepared call:
+    ``(o, the row log-sum-exp [B, Hq, T] fp32 or None)``."""
     cfg = config_for("attention", call.problem, config)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        bwd_cfg = config_for("attention_bwd", call.problem, bwd_config)
-        return AttentionFunction.apply(q, k, v, call, cfg, bwd_cfg)
-    return run_forward(q, k, v, call, cfg, store_lse=False)[0]
+    return run_forward(q, k, v, call, cfg, store_lse=with_lse)
 
 
 def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,
