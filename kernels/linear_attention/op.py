@@ -7,8 +7,7 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.linear_attention.autograd import (Call, LinearAttentionFunction,
-                                                      wants_grad)
+from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
 from seqtune.loader import config_for
@@ -141,13 +140,21 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         (o [B, T, HV, V] in q's dtype, final_state or None).
     """
+    expect_tensors({"q": q, "k": k, "v": v},
+                   {"g": g, "initial_state": initial_state, "cu_seqlens": cu_seqlens})
+    out, final = torch.ops.seqtune.linear_attention(
+        q, k, v, g, real_or_none("scale", scale), initial_state, bool(output_final_state),
+        cu_seqlens, encode_config("config", config), encode_config("bwd_config", bwd_config))
+    return out, final if output_final_state else None
+
+
+def linear_attention_forward(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens,
+                             config) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.linear_attention``): checks, config,
+    launches."""
     recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens)
     if recurrence is None:
         return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
     cfg = config_for("linear_attention", problem, config)
-    if wants_grad(q, k, v, g, initial_state):
-        call = Call("linear_attention", problem, cfg, bwd_config, recurrence.sequences,
-                    recurrence.scale, output_final_state)
-        return LinearAttentionFunction.apply(q, k, v, g, initial_state, call)
     out, final, _ = run_chunked(recurrence, cfg, output_final_state)
     return out, final
