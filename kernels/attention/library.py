@@ -61,13 +61,16 @@ def _(q, k, v, out, lse, grad_out, causal, scale, score, sigmoid_bias, cu_seqlen
 def _setup_context(ctx, inputs, output):
     q, k, v, causal, scale, score, sigmoid_bias, cu_seqlens, cu_seqlens_k, _, bwd_config, _ = \
         inputs
-    ctx.save_for_backward(q, k, v, *output, cu_seqlens, cu_seqlens_k)
+    ctx.save_for_backward(q, k, v, *output)
+    # Integer offsets, never differentiated: kept beside the saved tensors, as the packing was.
+    ctx.offsets = (cu_seqlens, cu_seqlens_k)
     ctx.arguments = (causal, scale, score, sigmoid_bias)
     ctx.bwd_config = bwd_config
 
 
 def _backward(ctx, grad_out, _):
-    q, k, v, out, lse, cu_seqlens, cu_seqlens_k = ctx.saved_tensors
+    q, k, v, out, lse = ctx.saved_tensors
+    cu_seqlens, cu_seqlens_k = ctx.offsets
     needs = list(ctx.needs_input_grad[:3])
     grads = attention_backward(q, k, v, out, lse, grad_out, *ctx.arguments,
                                cu_seqlens, cu_seqlens_k, ctx.bwd_config, needs)

@@ -67,13 +67,14 @@ def _(q, k, v, beta, g, initial_state, do, dht, scale, cu_seqlens, bwd_config, n
 def _setup_context(ctx, inputs, output):
     q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, _, bwd_config = \
         inputs
-    ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens)
+    ctx.save_for_backward(q, k, v, beta, g, initial_state)
+    ctx.cu_seqlens = cu_seqlens  # integer offsets, never differentiated
     ctx.arguments = (scale, output_final_state)
     ctx.bwd_config = bwd_config
 
 
 def _backward(ctx, do, dht):
-    *tensors, cu_seqlens = ctx.saved_tensors
+    tensors, cu_seqlens = ctx.saved_tensors, ctx.cu_seqlens
     needs = wanted([ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 4, 6)], tensors)
     scale, output_final_state = ctx.arguments
     grads = delta_rule_backward(*tensors, do, dht if output_final_state else None, scale,

@@ -84,13 +84,15 @@ def _(q, k, v, g, initial_state, do, dht, scale, output_final_state, cu_seqlens,
 
 def _la_setup_context(ctx, inputs, output):
     q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, _, bwd_config = inputs
-    ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+    ctx.save_for_backward(q, k, v, g, initial_state)
+    ctx.cu_seqlens = cu_seqlens  # integer offsets, never differentiated
     ctx.arguments = (scale, output_final_state)
     ctx.bwd_config = bwd_config
 
 
 def _la_backward(ctx, do, dht):
-    q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
+    q, k, v, g, initial_state = ctx.saved_tensors
+    cu_seqlens = ctx.cu_seqlens
     tensors = (q, k, v, g, initial_state)
     needs = wanted([ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 5)], tensors)
     scale, output_final_state = ctx.arguments
@@ -150,13 +152,14 @@ def _(x, dt, A, B, C, D, dt_bias, initial_state, dy, dht, dt_softplus, output_fi
 def _ssd_setup_context(ctx, inputs, output):
     (x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, output_final_state, cu_seqlens, _,
      bwd_config) = inputs
-    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state, cu_seqlens)
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state)
+    ctx.cu_seqlens = cu_seqlens  # integer offsets, never differentiated
     ctx.arguments = (dt_softplus, output_final_state)
     ctx.bwd_config = bwd_config
 
 
 def _ssd_backward(ctx, dy, dht):
-    *tensors, cu_seqlens = ctx.saved_tensors
+    tensors, cu_seqlens = ctx.saved_tensors, ctx.cu_seqlens
     needs = wanted([ctx.needs_input_grad[i] for i in (0, 1, 2, 3, 4, 5, 6, 8)], tensors)
     dt_softplus, output_final_state = ctx.arguments
     grads = ssd_backward(*tensors, dy, dht if output_final_state else None, dt_softplus,
