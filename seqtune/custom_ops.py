@@ -94,3 +94,17 @@ def real_or_none(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
     return float(value)
+
+
+def non_differentiable(op: Any) -> None:
+    """Declare an inference op's outputs constants for autograd (decode and step ops have no
+    backward), as a kernel's fresh output always was: compiling a call whose inputs require
+    grad traces no backward, and nothing records a graph through it."""
+
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        ctx.mark_non_differentiable(output)
+
+    def backward(ctx: Any, *grads: Any) -> None:
+        raise AssertionError("unreachable: the outputs are marked non-differentiable")
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
