@@ -4,14 +4,17 @@ inputs (the backward recomputes the pre-activation from x); the step op declares
 state update."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from seqtune.custom_ops import (decode_config, gradients, placeholder, refuse_double_backward,
-                                wanted)
+from seqtune.custom_ops import (decode_config, encode_config, expect_tensors, gradients,
+                                placeholder, refuse_double_backward, wanted)
 from seqtune.loader import config_for
 
 from seqtune.kernels.causal_conv1d.backward import backward
-from seqtune.kernels.causal_conv1d.op import causal_conv1d_forward, prepare
+from seqtune.kernels.causal_conv1d.op import causal_conv1d_forward, check_activation, prepare
+from seqtune.kernels.causal_conv1d.step import causal_conv1d_step as step_implementation
 
 
 @torch.library.custom_op("seqtune::causal_conv1d", mutates_args=())
@@ -78,3 +81,28 @@ def _backward(ctx, dy, dfinal):
 
 causal_conv1d_op.register_autograd(_backward, setup_context=_setup_context)
 refuse_double_backward(causal_conv1d_backward, "causal_conv1d")
+
+
+@torch.library.custom_op("seqtune::causal_conv1d_step", mutates_args=("state",))
+def causal_conv1d_step_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          activation: str | None, state: torch.Tensor,
+                          state_indices: torch.Tensor | None,
+                          config: str | None) -> torch.Tensor:
+    return step_implementation(x, weight, bias, activation=activation, state=state,
+                               state_indices=state_indices, config=decode_config(config))
+
+
+@causal_conv1d_step_op.register_fake
+def _(x, weight, bias, activation, state, state_indices, config):
+    return x.new_empty(x.shape)
+
+
+
+@functools.wraps(step_implementation)
+def causal_conv1d_step(x, weight, bias=None, *, activation=None, state, state_indices=None,
+                       config=None):
+    expect_tensors({"x": x, "weight": weight, "state": state},
+                   {"bias": bias, "state_indices": state_indices})
+    check_activation(activation)
+    return torch.ops.seqtune.causal_conv1d_step(x, weight, bias, activation, state,
+                                                state_indices, encode_config("config", config))

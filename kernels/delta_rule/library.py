@@ -1,16 +1,20 @@
-"""``torch.ops.seqtune.delta_rule`` with its backward op, and ``torch.ops.seqtune.delta_rule_step``
-(see ``seqtune.custom_ops``): the forward saves only its inputs; the backward op re-derives the
-packing inside the op and runs ``autograd.py``; the step op declares its in-place pool update."""
+"""``torch.ops.seqtune.delta_rule`` with its backward op, and
+``torch.ops.seqtune.delta_rule_step`` (see ``seqtune.custom_ops``): the forward saves only its
+inputs; the backward op re-derives the packing inside the op and runs ``autograd.py``; the step
+op declares its in-place pool update."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
-from seqtune.custom_ops import (decode_config, gradients, placeholder, refuse_double_backward,
-                                wanted)
+from seqtune.custom_ops import (decode_config, encode_config, expect_tensors, gradients,
+                                placeholder, real_or_none, refuse_double_backward, wanted)
 from seqtune.loader import config_for
 
 from seqtune.kernels.delta_rule.autograd import run_backward
 from seqtune.kernels.delta_rule.op import KERNEL, delta_rule_forward, prepare
+from seqtune.kernels.delta_rule.step import delta_rule_step as step_implementation
 from seqtune.kernels.delta_rule.varlen import packing
 
 
@@ -85,3 +89,27 @@ def _backward(ctx, do, dht):
 
 delta_rule_op.register_autograd(_backward, setup_context=_setup_context)
 refuse_double_backward(delta_rule_backward, "delta_rule")
+
+
+@torch.library.custom_op("seqtune::delta_rule_step", mutates_args=("state",))
+def delta_rule_step_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                       g: torch.Tensor | None, state: torch.Tensor, scale: float | None,
+                       state_indices: torch.Tensor | None, config: str | None) -> torch.Tensor:
+    return step_implementation(q, k, v, beta, g, state=state, scale=scale,
+                               state_indices=state_indices, config=decode_config(config))
+
+
+@delta_rule_step_op.register_fake
+def _(q, k, v, beta, g, state, scale, state_indices, config):
+    return q.new_empty((q.shape[0], *v.shape[1:]))
+
+
+
+@functools.wraps(step_implementation)
+def delta_rule_step(q, k, v, beta, g=None, *, state, scale=None, state_indices=None,
+                    config=None):
+    expect_tensors({"q": q, "k": k, "v": v, "beta": beta, "state": state},
+                   {"g": g, "state_indices": state_indices})
+    return torch.ops.seqtune.delta_rule_step(q, k, v, beta, g, state,
+                                             real_or_none("scale", scale), state_indices,
+                                             encode_config("config", config))

@@ -1,16 +1,21 @@
-"""``torch.ops.seqtune.linear_attention`` and ``torch.ops.seqtune.ssd`` with their backward ops
-(see ``seqtune.custom_ops``): the forwards save only their inputs; the backward ops re-derive
-the recurrence (packing included) inside the op and run ``autograd.py``."""
+"""``torch.ops.seqtune.linear_attention`` and ``torch.ops.seqtune.ssd`` with their backward ops,
+and their step ops (see ``seqtune.custom_ops``): the forwards save only their inputs; the
+backward ops re-derive the recurrence (packing included) inside the op and run
+``autograd.py``; the step ops declare their in-place pool update."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
-from seqtune.custom_ops import (decode_config, gradients, placeholder, refuse_double_backward,
-                                wanted)
+from seqtune.custom_ops import (decode_config, encode_config, expect_tensors, gradients,
+                                placeholder, real_or_none, refuse_double_backward, wanted)
 
 from seqtune.kernels.linear_attention.autograd import linear_attention_grads, ssd_grads
 from seqtune.kernels.linear_attention.op import linear_attention_forward, prepare
 from seqtune.kernels.linear_attention.ssd import check_ssd_inputs, ssd_forward, ssd_problem
+from seqtune.kernels.linear_attention.step import linear_attention_step as la_step_implementation
+from seqtune.kernels.linear_attention.step import ssd_step as ssd_step_implementation
 
 
 def _final_state(like, cu_seqlens, batch, shape, output_final_state):
@@ -170,3 +175,53 @@ def _ssd_backward(ctx, dy, dht):
 
 ssd_op.register_autograd(_ssd_backward, setup_context=_ssd_setup_context)
 refuse_double_backward(ssd_backward, "ssd")
+
+
+@torch.library.custom_op("seqtune::linear_attention_step", mutates_args=("state",))
+def linear_attention_step_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             g: torch.Tensor | None, state: torch.Tensor, scale: float | None,
+                             state_indices: torch.Tensor | None,
+                             config: str | None) -> torch.Tensor:
+    return la_step_implementation(q, k, v, g, state=state, scale=scale,
+                                  state_indices=state_indices, config=decode_config(config))
+
+
+@linear_attention_step_op.register_fake
+def _(q, k, v, g, state, scale, state_indices, config):
+    return q.new_empty((q.shape[0], *v.shape[1:]))
+
+
+
+@functools.wraps(la_step_implementation)
+def linear_attention_step(q, k, v, g=None, *, state, scale=None, state_indices=None,
+                          config=None):
+    expect_tensors({"q": q, "k": k, "v": v, "state": state},
+                   {"g": g, "state_indices": state_indices})
+    return torch.ops.seqtune.linear_attention_step(q, k, v, g, state,
+                                                   real_or_none("scale", scale), state_indices,
+                                                   encode_config("config", config))
+
+
+@torch.library.custom_op("seqtune::ssd_step", mutates_args=("state",))
+def ssd_step_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, state: torch.Tensor, D: torch.Tensor | None,
+                dt_bias: torch.Tensor | None, dt_softplus: bool,
+                state_indices: torch.Tensor | None, config: str | None) -> torch.Tensor:
+    return ssd_step_implementation(x, dt, A, B, C, state=state, D=D, dt_bias=dt_bias,
+                                   dt_softplus=dt_softplus, state_indices=state_indices,
+                                   config=decode_config(config))
+
+
+@ssd_step_op.register_fake
+def _(x, dt, A, B, C, state, D, dt_bias, dt_softplus, state_indices, config):
+    return x.new_empty(x.shape)
+
+
+
+@functools.wraps(ssd_step_implementation)
+def ssd_step(x, dt, A, B, C, *, state, D=None, dt_bias=None, dt_softplus=False,
+             state_indices=None, config=None):
+    expect_tensors({"x": x, "dt": dt, "A": A, "B": B, "C": C, "state": state},
+                   {"D": D, "dt_bias": dt_bias, "state_indices": state_indices})
+    return torch.ops.seqtune.ssd_step(x, dt, A, B, C, state, D, dt_bias, bool(dt_softplus),
+                                      state_indices, encode_config("config", config))

@@ -3,14 +3,17 @@
 its inputs; the step op declares its in-place pool update."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from seqtune.custom_ops import (decode_config, gradients, placeholder, refuse_double_backward,
-                                wanted)
+from seqtune.custom_ops import (decode_config, encode_config, expect_tensors, gradients,
+                                placeholder, refuse_double_backward, wanted)
 from seqtune.loader import config_for
 
 from seqtune.kernels.selective_scan.autograd import INPUTS, run_backward
 from seqtune.kernels.selective_scan.op import problem_of, selective_scan_forward
+from seqtune.kernels.selective_scan.step import selective_scan_step as step_implementation
 
 
 @torch.library.custom_op("seqtune::selective_scan", mutates_args=())
@@ -68,3 +71,31 @@ def _backward(ctx, dy, dlast_state):
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 refuse_double_backward(selective_scan_backward, "selective_scan")
+
+
+@torch.library.custom_op("seqtune::selective_scan_step", mutates_args=("state",))
+def selective_scan_step_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                           B: torch.Tensor, C: torch.Tensor, state: torch.Tensor,
+                           D: torch.Tensor | None, z: torch.Tensor | None,
+                           delta_bias: torch.Tensor | None, delta_softplus: bool,
+                           state_indices: torch.Tensor | None,
+                           config: str | None) -> torch.Tensor:
+    return step_implementation(u, delta, A, B, C, state=state, D=D, z=z, delta_bias=delta_bias,
+                               delta_softplus=delta_softplus, state_indices=state_indices,
+                               config=decode_config(config))
+
+
+@selective_scan_step_op.register_fake
+def _(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus, state_indices, config):
+    return u.new_empty(u.shape)
+
+
+
+@functools.wraps(step_implementation)
+def selective_scan_step(u, delta, A, B, C, *, state, D=None, z=None, delta_bias=None,
+                        delta_softplus=False, state_indices=None, config=None):
+    expect_tensors({"u": u, "delta": delta, "A": A, "B": B, "C": C, "state": state},
+                   {"D": D, "z": z, "delta_bias": delta_bias, "state_indices": state_indices})
+    return torch.ops.seqtune.selective_scan_step(u, delta, A, B, C, state, D, z, delta_bias,
+                                                 bool(delta_softplus), state_indices,
+                                                 encode_config("config", config))
