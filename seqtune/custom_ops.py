@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from seqtune.checks import expect_same_device
+from seqtune.loader import config_for
 
 NAMESPACE = "seqtune"
 
@@ -108,3 +109,13 @@ def non_differentiable(op: Any) -> None:
         raise AssertionError("unreachable: the outputs are marked non-differentiable")
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+def forward_config(kernel: str, problem: Mapping[str, Any], config: Mapping[str, Any] | None,
+                   bwd_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The forward's config for ``problem``. An explicit ``bwd_config`` is checked against the
+    problem here too, so a bad one fails at the call, before any launch, not in the backward."""
+    cfg = config_for(kernel, problem, config)
+    if bwd_config is not None:
+        config_for(kernel + "_bwd", problem, bwd_config)
+    return cfg

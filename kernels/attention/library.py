@@ -25,7 +25,8 @@ def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
                  config: str | None, bwd_config: str | None,
                  with_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     call = _call(q, k, v, causal, scale, score, sigmoid_bias, cu_seqlens, cu_seqlens_k)
-    out, lse = attention_forward(q, k, v, call, decode_config(config), with_lse)
+    out, lse = attention_forward(q, k, v, call, decode_config(config),
+                                 decode_config(bwd_config), with_lse)
     return out, placeholder(out) if lse is None else lse
 
 

@@ -9,8 +9,7 @@ import torch
 from seqtune.checks import expect_float, expect_same_device, expect_same_dtype, expect_tensor
 from seqtune.kernels.attention.forward import AttentionCall, run_forward
 from seqtune.kernels.attention.varlen import Packing, validate_packing
-from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, real_or_none
 from seqtune.spec import Problem, dtype_name
 
 SCORES = ("softmax", "sigmoid")
@@ -59,11 +58,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall,
-                      config: Mapping[str, Any] | None, with_lse: bool
+                      config: Mapping[str, Any] | None, bwd_config: Mapping[str, Any] | None,
+                      with_lse: bool
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op's implementation (``torch.ops.seqtune.attention``) for a prepared call:
     ``(o, the row log-sum-exp [B, Hq, T] fp32 or None)``."""
-    cfg = config_for("attention", call.problem, config)
+    cfg = forward_config("attention", call.problem, config, bwd_config)
     return run_forward(q, k, v, call, cfg, store_lse=with_lse)
 
 

@@ -25,7 +25,7 @@ def causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     y, final_state = causal_conv1d_forward(x, weight, bias, activation, initial_state,
                                            output_final_state, cu_seqlens,
-                                           decode_config(config))
+                                           decode_config(config), decode_config(bwd_config))
     return y, placeholder(y) if final_state is None else final_state
 
 

@@ -8,9 +8,8 @@ import torch
 import triton
 
 from seqtune.checks import expect_float, expect_same_device, expect_shape, expect_tensor
-from seqtune.custom_ops import encode_config, expect_tensors
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.launch import launch, new_output
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.causal_conv1d.kernels import causal_conv1d_fwd_kernel, final_state_kernel
@@ -84,12 +83,12 @@ def prepare(x, weight, bias, activation, initial_state, cu_seqlens
 
 
 def causal_conv1d_forward(x, weight, bias, activation, initial_state, output_final_state,
-                          cu_seqlens, config):
+                          cu_seqlens, config, bwd_config=None):
     """The op's implementation (``torch.ops.seqtune.causal_conv1d``): checks, config,
     launches."""
     layout, cu_seqlens, problem = prepare(x, weight, bias, activation, initial_state,
                                           cu_seqlens)
-    cfg = config_for("causal_conv1d", problem, config)
+    cfg = forward_config("causal_conv1d", problem, config, bwd_config)
     return forward(x, weight, bias, initial_state, cu_seqlens, layout, output_final_state, cfg)
 
 

@@ -25,7 +25,7 @@ def delta_rule_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch
                   cu_seqlens: torch.Tensor | None, config: str | None,
                   bwd_config: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     out, final = delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state,
-                                    cu_seqlens, decode_config(config))
+                                    cu_seqlens, decode_config(config), decode_config(bwd_config))
     return out, placeholder(out) if final is None else final
 
 

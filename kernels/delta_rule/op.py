@@ -8,11 +8,10 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, real_or_none
 from seqtune.kernels.delta_rule.stages import run_forward
 from seqtune.kernels.delta_rule.varlen import check_cu_seqlens, packing, uniform_bounds
 from seqtune.launch import new_output
-from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
 
 KERNEL = "delta_rule"
@@ -83,11 +82,11 @@ def prepare(q, k, v, beta, g, scale, initial_state, cu_seqlens
 
 
 def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
-                       config) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       config, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op's implementation (``torch.ops.seqtune.delta_rule``): checks, config, launches."""
     problem, bounds, scale, state_shape = prepare(q, k, v, beta, g, scale, initial_state,
                                                   cu_seqlens)
-    cfg = config_for(KERNEL, problem, config)
+    cfg = forward_config(KERNEL, problem, config, bwd_config)
     if q.shape[1] == 0:
         out = new_output((*q.shape[:2], *v.shape[2:]), q.dtype, q.device)
         final = _unchanged_state(initial_state, state_shape, q.device)

@@ -55,7 +55,8 @@ def linear_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         config: str | None, bwd_config: str | None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     out, final = linear_attention_forward(q, k, v, g, scale, initial_state, output_final_state,
-                                          cu_seqlens, decode_config(config))
+                                          cu_seqlens, decode_config(config),
+                                          decode_config(bwd_config))
     return out, placeholder(out) if final is None else final
 
 
@@ -119,7 +120,8 @@ def ssd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, 
            cu_seqlens: torch.Tensor | None, config: str | None,
            bwd_config: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     y, final = ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state,
-                           output_final_state, cu_seqlens, decode_config(config))
+                           output_final_state, cu_seqlens, decode_config(config),
+                           decode_config(bwd_config))
     return y, placeholder(y) if final is None else final
 
 

@@ -7,10 +7,9 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, real_or_none
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 # Head dims are looped over in tiles, so any size runs; the config space is sized up to this.
@@ -149,12 +148,12 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def linear_attention_forward(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens,
-                             config) -> tuple[torch.Tensor, torch.Tensor | None]:
+                             config, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op's implementation (``torch.ops.seqtune.linear_attention``): checks, config,
     launches."""
     recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens)
     if recurrence is None:
         return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
-    cfg = config_for("linear_attention", problem, config)
+    cfg = forward_config("linear_attention", problem, config, bwd_config)
     out, final, _ = run_chunked(recurrence, cfg, output_final_state)
     return out, final

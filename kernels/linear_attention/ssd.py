@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.op import (empty_result, expect_head_dim,
                                                  expect_initial_state)
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 
@@ -116,7 +115,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
 
 
 def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, output_final_state,
-                cu_seqlens, config) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cu_seqlens, config, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op's implementation (``torch.ops.seqtune.ssd``): checks, config, launches."""
     sequences, initial_state = check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state,
                                                 cu_seqlens)
@@ -125,7 +124,7 @@ def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, output_f
     if T == 0 or batch == 0 or heads == 0:
         return empty_result(x.shape, x, initial_state, state_shape, output_final_state)
     problem = ssd_problem(x, B, D is not None, initial_state is not None, sequences)
-    cfg = config_for("ssd", problem, config)
+    cfg = forward_config("ssd", problem, config, bwd_config)
     step = step_sizes(dt, dt_bias, dt_softplus)
     log_decay = (step * A.to(torch.float32)).contiguous()
     recurrence = Recurrence(C, B, x, log_decay, 1.0, sequences, v_scale=step,

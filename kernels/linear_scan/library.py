@@ -15,7 +15,8 @@ from seqtune.kernels.linear_scan.op import linear_scan_forward, problem_of
 @torch.library.custom_op("seqtune::linear_scan", mutates_args=())
 def linear_scan_op(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None,
                    config: str | None, bwd_config: str | None) -> torch.Tensor:
-    return linear_scan_forward(a, b, initial_state, decode_config(config))
+    return linear_scan_forward(a, b, initial_state, decode_config(config),
+                               decode_config(bwd_config))
 
 
 @linear_scan_op.register_fake

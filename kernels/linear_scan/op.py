@@ -7,8 +7,7 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.linear_scan.autograd import run_forward
@@ -31,11 +30,14 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, *, initial_state: torch.Tensor
 
 
 def linear_scan_forward(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None,
-                        config: Mapping[str, Any] | None) -> torch.Tensor:
+                        config: Mapping[str, Any] | None,
+                        bwd_config: Mapping[str, Any] | None = None) -> torch.Tensor:
     """The op's implementation (``torch.ops.seqtune.linear_scan``): checks, config, launch."""
     _check_arguments(a, b, initial_state)
-    cfg = config_for("linear_scan", problem_of(a, b, initial_state), config) if b.numel() else {}
-    return run_forward(a, b, initial_state, cfg)  # empty: no launch
+    problem = problem_of(a, b, initial_state)
+    # An empty problem launches nothing.
+    cfg = forward_config("linear_scan", problem, config, bwd_config) if b.numel() else {}
+    return run_forward(a, b, initial_state, cfg)
 
 
 def problem_of(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None

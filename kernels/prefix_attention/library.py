@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seqtune.custom_ops import (decode_config, gradients, placeholder, refuse_double_backward,
-                                wanted)
+from seqtune.custom_ops import decode_config, gradients, placeholder, refuse_double_backward
 from seqtune.loader import config_for
 
 from seqtune.kernels.prefix_attention.autograd import run_backward
@@ -17,7 +16,8 @@ from seqtune.kernels.prefix_attention.op import (prefix_attention_forward, probl
 def prefix_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
                         config: str | None, bwd_config: str | None,
                         with_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    o, lse = prefix_attention_forward(q, k, v, scale, decode_config(config), with_lse)
+    o, lse = prefix_attention_forward(q, k, v, scale, decode_config(config),
+                                      decode_config(bwd_config), with_lse)
     return o, placeholder(o) if lse is None else lse
 
 

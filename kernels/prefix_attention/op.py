@@ -8,8 +8,7 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors, real_or_none
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, real_or_none
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.prefix_attention.autograd import run_forward
@@ -38,11 +37,14 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 def prefix_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              scale: float | None, config: Mapping[str, Any] | None,
-                             with_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                             bwd_config: Mapping[str, Any] | None, with_lse: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op's implementation (``torch.ops.seqtune.prefix_attention``): checks, config,
     launch; ``(o, every prefix's log-sum-exp [B, H, T] fp32 or None)``."""
     _check_arguments(q, k, v)
-    cfg = config_for("prefix_attention", problem_of(q, k, v), config) if k.numel() else {}
+    problem = problem_of(q, k, v)
+    # An empty problem launches nothing.
+    cfg = forward_config("prefix_attention", problem, config, bwd_config) if k.numel() else {}
     return run_forward(q, k, v, resolved_scale(k, scale), cfg, store_lse=with_lse)
 
 

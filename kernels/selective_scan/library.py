@@ -23,7 +23,7 @@ def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                       initial_state: torch.Tensor | None, config: str | None,
                       bwd_config: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     return selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                  initial_state, decode_config(config))
+                                  initial_state, decode_config(config), decode_config(bwd_config))
 
 
 @selective_scan_op.register_fake

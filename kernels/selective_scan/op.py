@@ -8,8 +8,7 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.custom_ops import encode_config, expect_tensors
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.selective_scan.forward import run_forward
@@ -54,12 +53,13 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
 
 def selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                           config) -> tuple[torch.Tensor, torch.Tensor]:
+                           config, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The op's implementation (``torch.ops.seqtune.selective_scan``): checks, config, launch;
     ``(y, last_state)``."""
     _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     problem = problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state)
-    cfg = config_for("selective_scan", problem, config) if u.numel() else {}  # empty: no launch
+    # An empty problem launches nothing.
+    cfg = forward_config("selective_scan", problem, config, bwd_config) if u.numel() else {}
     return run_forward(problem, cfg, u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
