@@ -8,6 +8,7 @@ A schema cannot take a config mapping: it travels as its canonical literal text.
 from __future__ import annotations
 
 import ast
+import math
 import numbers
 from typing import Any, Mapping, Sequence
 
@@ -22,21 +23,25 @@ NAMESPACE = "seqtune"
 def encode_config(name: str, config: Mapping[str, Any] | None) -> str | None:
     """``config`` as the canonical (sorted) literal text an op schema carries; None stays None.
     Values keep their types through the round trip (``64`` is not ``64.0``), so the kernel's
-    spec validates exactly what the caller gave."""
+    spec validates exactly what the caller gave. Plain Python only: dynamo traces it into a
+    constant."""
     if config is None:
         return None
     if not isinstance(config, Mapping):
         raise TypeError(f"{name} must be a mapping of knob names to values or None, "
                         f"got {type(config).__name__}")
-    items = sorted(config.items(), key=lambda item: str(item[0]))
-    text = "{" + ", ".join(f"{key!r}: {value!r}" for key, value in items) + "}"
-    try:
-        decoded = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        decoded = None
-    if decoded != dict(items):
-        raise TypeError(f"{name} values must be numbers, booleans or strings, got {config!r}")
-    return text
+    for key, value in config.items():
+        if not isinstance(key, str) or not _is_literal(value):
+            raise TypeError(f"{name} must map knob names to numbers, booleans or strings, "
+                            f"got {key!r}: {value!r}")
+    return "{" + ", ".join(f"{key!r}: {config[key]!r}" for key in sorted(config)) + "}"
+
+
+def _is_literal(value: Any) -> bool:
+    """Whether ``repr(value)`` reads back as ``value`` (non-finite floats do not)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (bool, int, str))
 
 
 def decode_config(text: str | None) -> dict[str, Any] | None:
