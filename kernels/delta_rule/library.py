@@ -50,7 +50,7 @@ def delta_rule_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta:
     if q.shape[1] == 0:  # only the initial state reaches the output, as the final state
         grads = [torch.zeros_like(x) if want else None for x, want in zip(tensors, needs)]
         if needs[5] and dht is not None:
-            grads[5] = dht.to(initial_state.dtype)
+            grads[5] = dht.to(initial_state.dtype, copy=True)  # never an input itself
     else:
         cfg = config_for(KERNEL + "_bwd", problem, decode_config(bwd_config))
         contiguous = [None if x is None else x.contiguous() for x in tensors]

@@ -43,7 +43,7 @@ def _empty_grads(tensors, needs, dht, output_final_state) -> tuple:
              for x, want in zip(tensors, wanted(needs, tensors))]
     initial_state = tensors[-1]
     if grads[-1] is not None and output_final_state and dht is not None:
-        grads[-1] = dht.to(initial_state.dtype)
+        grads[-1] = dht.to(initial_state.dtype, copy=True)  # never an input itself
     return tuple(grads)
 
 

@@ -42,7 +42,9 @@ def selective_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tenso
     problem = problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state)
     cfg = config_for("selective_scan_bwd", problem, decode_config(bwd_config))
     grads = run_backward(problem, cfg, dict(zip(INPUTS, tensors)), dy, dlast_state, needs)
-    return [placeholder(u) if grad is None else grad for grad in grads]
+    # Without steps the state's gradient is dlast_state itself: an op's output is never an input.
+    return [placeholder(u) if grad is None else grad.clone() if grad is dlast_state else grad
+            for grad in grads]
 
 
 @selective_scan_backward.register_fake
