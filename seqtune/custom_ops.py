@@ -17,8 +17,6 @@ import torch
 from seqtune.checks import expect_same_device
 from seqtune.loader import config_for
 
-NAMESPACE = "seqtune"
-
 
 def encode_config(name: str, config: Mapping[str, Any] | None) -> str | None:
     """``config`` as the canonical (sorted) literal text an op schema carries; None stays None.
