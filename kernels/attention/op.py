@@ -47,8 +47,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         ``[B, T, Hq, Dv]`` in q's dtype; differentiable in q, k and v. Inputs may be
         non-contiguous.
     """
-    expect_tensors({"q": q, "k": k, "v": v},
-                   {"cu_seqlens": cu_seqlens, "cu_seqlens_k": cu_seqlens_k})
+    expect_tensors({"q": q, "k": k, "v": v})
+    if not all(t is None or isinstance(t, torch.Tensor) for t in (cu_seqlens, cu_seqlens_k)):
+        # Offsets the schema cannot take get the packing checks' one-line error.
+        prepare(q, k, v, causal=causal, scale=scale, score=score, sigmoid_bias=sigmoid_bias,
+                cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k)
     # The row log-sum-exp is kept only when autograd will run the backward.
     with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     return torch.ops.seqtune.attention(
