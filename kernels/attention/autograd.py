@@ -1,6 +1,7 @@
-"""Autograd for ``attention``: the forward keeps q, k, v, O and the row log-sum-exp (O(T) extra
-memory, never a ``T x S`` tensor); the backward launches the kernels of ``backward.py`` with the
-``attention_bwd`` config, computing only the gradients that are asked for."""
+"""The backward of ``attention`` (``library.py`` registers it as an op): the forward keeps q, k,
+v, O and the row log-sum-exp (O(T) extra memory, never a ``T x S`` tensor); the backward
+launches the kernels of ``backward.py`` with the ``attention_bwd`` config, computing only the
+gradients that are asked for."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -11,7 +12,7 @@ import triton
 from seqtune.kernels.attention.backward import (attention_bwd_delta_kernel,
                                                 attention_bwd_dkdv_kernel, attention_bwd_dq_kernel)
 from seqtune.kernels.attention.forward import (AttentionCall, head_tile, kernel_flags, offsets,
-                                               run_forward, tile_grid)
+                                               tile_grid)
 from seqtune.launch import launch, new_output
 
 # Elements of O (and of dO) one program of the delta kernel reads: 32 a thread at 4 warps.
@@ -19,26 +20,6 @@ DELTA_TILE_ELEMENTS = 4096
 DELTA_WARPS = 4
 
 Gradients = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
-
-
-class AttentionFunction(torch.autograd.Function):
-    """``apply(q, k, v, call, cfg, bwd_cfg) -> o``; gradients for q, k and v."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                call: AttentionCall, cfg: Mapping[str, Any],
-                bwd_cfg: Mapping[str, Any]) -> torch.Tensor:
-        out, lse = run_forward(q, k, v, call, cfg, store_lse=True)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.call, ctx.bwd_cfg = call, bwd_cfg
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        q, k, v, out, lse = ctx.saved_tensors
-        grads = run_backward(q, k, v, out, lse, grad_out, ctx.call, ctx.bwd_cfg,
-                             ctx.needs_input_grad[:3])
-        return (*grads, None, None, None)
 
 
 def run_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,

@@ -7,10 +7,10 @@ from typing import Any, Mapping
 import torch
 
 from seqtune.checks import expect_float, expect_same_device, expect_same_dtype, expect_tensor
-from seqtune.kernels.attention.autograd import AttentionFunction
 from seqtune.kernels.attention.forward import AttentionCall, run_forward
 from seqtune.kernels.attention.varlen import Packing, validate_packing
-from seqtune.loader import config_for
+from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, int_or_none,
+                                real_or_none)
 from seqtune.spec import Problem, dtype_name
 
 SCORES = ("softmax", "sigmoid")
@@ -49,14 +49,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         ``[B, T, Hq, Dv]`` in q's dtype; differentiable in q, k and v. Inputs may be
         non-contiguous.
     """
-    call = prepare(q, k, v, causal=causal, scale=scale, score=score,
-                   sigmoid_bias=sigmoid_bias, cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k,
-                   max_seqlen=max_seqlen, max_seqlen_k=max_seqlen_k)
-    cfg = config_for("attention", call.problem, config)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        bwd_cfg = config_for("attention_bwd", call.problem, bwd_config)
-        return AttentionFunction.apply(q, k, v, call, cfg, bwd_cfg)
-    return run_forward(q, k, v, call, cfg, store_lse=False)[0]
+    expect_tensors({"q": q, "k": k, "v": v})
+    if not all(t is None or isinstance(t, torch.Tensor) for t in (cu_seqlens, cu_seqlens_k)):
+        # Offsets the schema cannot take get the packing checks' one-line error.
+        prepare(q, k, v, causal=causal, scale=scale, score=score, sigmoid_bias=sigmoid_bias,
+                cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k, max_seqlen=max_seqlen,
+                max_seqlen_k=max_seqlen_k)
+    # Offsets on another device (meta) would dispatch the whole op to its fake kernel.
+    expect_tensors({"q": q}, {"cu_seqlens": cu_seqlens, "cu_seqlens_k": cu_seqlens_k})
+    # The row log-sum-exp is kept only when autograd will run the backward.
+    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return torch.ops.seqtune.attention(
+        q, k, v, bool(causal), real_or_none("scale", scale), score,
+        real_or_none("sigmoid_bias", sigmoid_bias), cu_seqlens, cu_seqlens_k,
+        int_or_none("max_seqlen", max_seqlen), int_or_none("max_seqlen_k", max_seqlen_k),
+        encode_config("config", config), encode_config("bwd_config", bwd_config), with_lse)[0]
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall,
+                      config: Mapping[str, Any] | None, bwd_config: Mapping[str, Any] | None,
+                      with_lse: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.attention``) for a prepared call:
+    ``(o, the row log-sum-exp [B, Hq, T] fp32 or None)``."""
+    cfg = forward_config("attention", call.problem, config, bwd_config)
+    return run_forward(q, k, v, call, cfg, store_lse=with_lse)
 
 
 def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None = None,

@@ -12,6 +12,7 @@ import triton.language as tl
 from seqtune import checks
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
+from seqtune.custom_ops import encode_config, expect_tensors
 from seqtune.kernels.attention_decode.kernel import decode_combine_kernel, decode_split_kernel
 from seqtune.launch import launch, new_output
 from seqtune.loader import config_for
@@ -53,6 +54,17 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     Returns:
         ``o`` ``[B, Hq, D]`` in q's dtype.
     """
+    expect_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache,
+                    "cache_seqlens": cache_seqlens})
+    _check_scale(scale)
+    return torch.ops.seqtune.attention_decode(q, k_cache, v_cache, cache_seqlens,
+                                              None if scale is None else float(scale),
+                                              encode_config("config", config))
+
+
+def attention_decode_forward(q, k_cache, v_cache, cache_seqlens, scale, config) -> torch.Tensor:
+    """The op's implementation (``torch.ops.seqtune.attention_decode``): checks, config,
+    launches."""
     batch, num_q_heads, num_kv_heads, head_dim = _check_arguments(q, k_cache, v_cache,
                                                                   cache_seqlens, scale)
     max_len = _max_cache_length(cache_seqlens, k_cache.shape[1])
@@ -87,9 +99,13 @@ def _check_arguments(q, k_cache, v_cache, cache_seqlens, scale) -> tuple[int, in
     if num_kv_heads == 0 or num_q_heads % num_kv_heads:
         raise ValueError(f"q has Hq={num_q_heads} heads, expected a multiple of k_cache's "
                          f"Hkv={num_kv_heads} heads")
+    _check_scale(scale)
+    return batch, num_q_heads, num_kv_heads, head_dim
+
+
+def _check_scale(scale) -> None:
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    return batch, num_q_heads, num_kv_heads, head_dim
 
 
 def _max_cache_length(cache_seqlens: torch.Tensor, capacity: int) -> int:

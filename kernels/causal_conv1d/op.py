@@ -9,8 +9,8 @@ import triton
 
 from seqtune import checks
 from seqtune.checks import expect_float, expect_same_device, expect_shape, expect_tensor
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.launch import launch, new_output
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.causal_conv1d.kernels import causal_conv1d_fwd_kernel, final_state_kernel
@@ -68,17 +68,30 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Accumulates in fp32. Differentiable in x, weight, bias and initial_state (Triton backward).
     Returns ``(y [B, T, D] in x's dtype, final_state or None)``.
     """
+    expect_tensors({"x": x, "weight": weight},
+                   {"bias": bias, "initial_state": initial_state, "cu_seqlens": cu_seqlens})
+    check_activation(activation)
+    y, final_state = torch.ops.seqtune.causal_conv1d(
+        x, weight, bias, activation, initial_state, bool(output_final_state), cu_seqlens,
+        encode_config("config", config), encode_config("bwd_config", bwd_config))
+    return y, final_state if output_final_state else None
+
+
+def prepare(x, weight, bias, activation, initial_state, cu_seqlens
+            ) -> tuple[Layout, torch.Tensor | None, dict[str, Any]]:
+    """(layout, offsets as the kernels read them, tuning problem) of a checked call."""
     layout = check_arguments(x, weight, bias, activation, initial_state, cu_seqlens)
     cu_seqlens = cu_seqlens.contiguous() if cu_seqlens is not None else None  # read as an array
-    problem = problem_of(layout, x, bias, initial_state)
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, initial_state))
-    if wants_grad:
-        from seqtune.kernels.causal_conv1d.autograd import differentiable_conv  # imports op
+    return layout, cu_seqlens, problem_of(layout, x, bias, initial_state)
 
-        return differentiable_conv(x, weight, bias, initial_state, cu_seqlens, layout,
-                                   problem, output_final_state, config, bwd_config)
-    cfg = config_for("causal_conv1d", problem, config)
+
+def causal_conv1d_forward(x, weight, bias, activation, initial_state, output_final_state,
+                          cu_seqlens, config, bwd_config=None):
+    """The op's implementation (``torch.ops.seqtune.causal_conv1d``): checks, config,
+    launches."""
+    layout, cu_seqlens, problem = prepare(x, weight, bias, activation, initial_state,
+                                          cu_seqlens)
+    cfg = forward_config("causal_conv1d", problem, config, bwd_config)
     return forward(x, weight, bias, initial_state, cu_seqlens, layout, output_final_state, cfg)
 
 
@@ -137,8 +150,7 @@ def check_arguments(x, weight, bias, activation, initial_state, cu_seqlens) -> L
         expect_tensor("bias", bias, 1)
         expect_float("bias", bias)
         expect_shape("bias", bias, (channels,))
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    check_activation(activation)
     num_seqs = batch
     if cu_seqlens is not None:
         num_seqs = check_cu_seqlens(cu_seqlens, batch, length, x.device)
@@ -150,6 +162,11 @@ def check_arguments(x, weight, bias, activation, initial_state, cu_seqlens) -> L
                         "cu_seqlens": cu_seqlens})
     return Layout(batch, length, channels, width, num_seqs, activation is not None,
                   cu_seqlens is not None)
+
+
+def check_activation(activation: Any) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
 def check_cu_seqlens(cu_seqlens: Any, batch: int, length: int, device: torch.device) -> int:

@@ -6,3 +6,6 @@ backward; ``step.delta_rule_step`` one decoding token on a state pool. ``spec.SP
 ``delta_rule``, ``delta_rule_bwd`` and ``delta_rule_step`` to the tuner; ``reference`` holds the
 independent float64 recurrence they are checked against.
 """
+
+# Registers torch.ops.seqtune.delta_rule, which op.py calls.
+from seqtune.kernels.delta_rule import library  # noqa: E402,F401

@@ -1,6 +1,7 @@
-"""Autograd of ``delta_rule``: the forward keeps only its inputs (no per-step and no per-chunk
-state); the backward recomputes the wy and h stages with its own config, runs the reverse state
-recurrence (``dstate_kernel``) and the per-chunk gradients (``dchunk_kernel``).
+"""The backward of ``delta_rule`` (``library.py`` registers it as an op): the forward keeps only
+its inputs (no per-step and no per-chunk state); the backward recomputes the wy and h stages
+with its own config, runs the reverse state recurrence (``dstate_kernel``) and the per-chunk
+gradients (``dchunk_kernel``).
 """
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import torch
 import triton
 
 from seqtune.kernels.delta_rule.backward import dchunk_kernel, dstate_kernel
-from seqtune.kernels.delta_rule.stages import (gate_code, run_forward, state_stage,
-                                               wy_stage)
-from seqtune.kernels.delta_rule.varlen import packing
+from seqtune.kernels.delta_rule.stages import gate_code, state_stage, wy_stage
 from seqtune.launch import launch, new_output
 from seqtune.spec import next_power_of_2
 
@@ -74,30 +73,3 @@ def _dchunk_stage(q, k, v, beta, g, u, states, dstates, do, du, scale, cfg, pack
            GATE=gate_code(g), BT=cfg["BT"], BK=cfg["dqk.BK"], BV=cfg["dqk.BV"],
            num_warps=cfg["dqk.num_warps"], num_stages=cfg["dqk.num_stages"])
     return dq, dk, dv, dbeta, dg
-
-
-class DeltaRuleFunction(torch.autograd.Function):
-    """(o, final state) of contiguous inputs, differentiable in q, k, v, beta, g and the initial
-    state; the final state's gradient (when it is used downstream) flows back too."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, beta, g, initial_state, scale, bounds, cfg, bwd_cfg):
-        pack = packing(bounds, cfg["BT"], q.device)
-        out, final = run_forward(q, k, v, beta, g, scale, initial_state, True, cfg, pack)
-        ctx.save_for_backward(q, k, v, beta, g, initial_state)
-        ctx.scale, ctx.bounds, ctx.bwd_cfg = scale, bounds, bwd_cfg
-        ctx.set_materialize_grads(False)
-        return out, final
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, beta, g, initial_state = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-        pack = packing(ctx.bounds, ctx.bwd_cfg["BT"], q.device)
-        need_dh0 = initial_state is not None and ctx.needs_input_grad[5]
-        grads = run_backward(q, k, v, beta, g, ctx.scale, initial_state, do.contiguous(),
-                             None if dht is None else dht.float().contiguous(), ctx.bwd_cfg,
-                             pack, need_dh0)
-        grads = [grad if needed else None for grad, needed in zip(grads, ctx.needs_input_grad)]
-        return (*grads, None, None, None, None)

@@ -8,11 +8,12 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.delta_rule.autograd import DeltaRuleFunction
+from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, int_or_none,
+                                real_or_none)
 from seqtune.kernels.delta_rule.stages import run_forward
-from seqtune.kernels.delta_rule.varlen import check_cu_seqlens, packing, uniform_bounds
+from seqtune.kernels.delta_rule.varlen import (Bounds, check_cu_seqlens, packing,
+                                              uniform_bounds)
 from seqtune.launch import new_output
-from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
 
 KERNEL = "delta_rule"
@@ -59,6 +60,18 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     Returns:
         (o [B, T, HV, V] in q's dtype, final state [N, HV, K, V] float32 or None).
     """
+    expect_tensors({"q": q, "k": k, "v": v, "beta": beta},
+                   {"g": g, "initial_state": initial_state, "cu_seqlens": cu_seqlens})
+    out, final = torch.ops.seqtune.delta_rule(
+        q, k, v, beta, g, real_or_none("scale", scale), initial_state, bool(output_final_state),
+        cu_seqlens, int_or_none("max_seqlen", max_seqlen), encode_config("config", config),
+        encode_config("bwd_config", bwd_config))
+    return out, final if output_final_state else None
+
+
+def prepare(q, k, v, beta, g, scale, initial_state, cu_seqlens, max_seqlen=None
+            ) -> tuple[dict, Bounds, float, tuple[int, int, int, int]]:
+    """(tuning problem, sequence bounds, scale, state shape) of a checked call."""
     gate = _validate(q, k, v, beta, g, initial_state, scale)
     batch, length, heads, key_dim = q.shape
     value_heads, value_dim = v.shape[2:]
@@ -68,27 +81,30 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     bounds = (check_cu_seqlens(cu_seqlens, batch, length, q.device, max_seqlen) if varlen
               else uniform_bounds(batch, length))
     sequences = bounds.sequences
+    state_shape = (sequences, value_heads, key_dim, value_dim)
     if initial_state is not None:
-        expect_shape("initial_state", initial_state, (sequences, value_heads, key_dim, value_dim))
+        expect_shape("initial_state", initial_state, state_shape)
     problem = {"B": batch, "T": length, "H": heads, "GV": value_heads // heads,
                "N": sequences if varlen else 1, "K": key_dim, "V": value_dim, "gate": gate,
                "initial_state": initial_state is not None, "varlen": varlen,
                "dtype": dtype_name(q.dtype)}
-    cfg = config_for(KERNEL, problem, config)
-    scale = key_dim ** -0.5 if scale is None else float(scale)
-    if length == 0:
-        out = new_output((batch, 0, value_heads, value_dim), q.dtype, q.device)
-        final = _unchanged_state(initial_state, (sequences, value_heads, key_dim, value_dim),
-                                 q.device)
+    return problem, bounds, key_dim ** -0.5 if scale is None else float(scale), state_shape
+
+
+def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
+                       max_seqlen, config, bwd_config=None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.delta_rule``): checks, config, launches."""
+    problem, bounds, scale, state_shape = prepare(q, k, v, beta, g, scale, initial_state,
+                                                  cu_seqlens, max_seqlen)
+    cfg = forward_config(KERNEL, problem, config, bwd_config)
+    if q.shape[1] == 0:
+        out = new_output((*q.shape[:2], *v.shape[2:]), q.dtype, q.device)
+        final = _unchanged_state(initial_state, state_shape, q.device)
         return out, final if output_final_state else None
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (q, k, v, beta, g, h0)):
-        bwd_cfg = config_for(KERNEL + "_bwd", problem, bwd_config)
-        out, final = DeltaRuleFunction.apply(q, k, v, beta, g, h0, scale, bounds, cfg, bwd_cfg)
-        return out, final if output_final_state else None
     pack = packing(bounds, cfg["BT"], q.device)
     return run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)
 

@@ -7,11 +7,10 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.linear_attention.autograd import (Call, LinearAttentionFunction,
-                                                      wants_grad)
+from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, int_or_none,
+                                real_or_none)
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 # Head dims are looped over in tiles, so any size runs; the config space is sized up to this.
@@ -145,14 +144,24 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         (o [B, T, HV, V] in q's dtype, final_state or None).
     """
+    expect_tensors({"q": q, "k": k, "v": v},
+                   {"g": g, "initial_state": initial_state, "cu_seqlens": cu_seqlens})
+    out, final = torch.ops.seqtune.linear_attention(
+        q, k, v, g, real_or_none("scale", scale), initial_state, bool(output_final_state),
+        cu_seqlens, int_or_none("max_seqlen", max_seqlen), encode_config("config", config),
+        encode_config("bwd_config", bwd_config))
+    return out, final if output_final_state else None
+
+
+def linear_attention_forward(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens,
+                             max_seqlen, config, bwd_config=None
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.linear_attention``): checks, config,
+    launches."""
     recurrence, problem, state_shape = prepare(q, k, v, g, scale, initial_state, cu_seqlens,
-                                                 max_seqlen)
+                                               max_seqlen)
     if recurrence is None:
         return empty_result(v.shape, q, initial_state, state_shape, output_final_state)
-    cfg = config_for("linear_attention", problem, config)
-    if wants_grad(q, k, v, g, initial_state):
-        call = Call("linear_attention", problem, cfg, bwd_config, recurrence.sequences,
-                    recurrence.scale, output_final_state)
-        return LinearAttentionFunction.apply(q, k, v, g, initial_state, call)
+    cfg = forward_config("linear_attention", problem, config, bwd_config)
     out, final, _ = run_chunked(recurrence, cfg, output_final_state)
     return out, final

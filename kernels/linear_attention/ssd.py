@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.kernels.linear_attention.autograd import Call, SsdCall, SsdFunction, wants_grad
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, int_or_none
 from seqtune.kernels.linear_attention.chunked import Recurrence, run_chunked
 from seqtune.kernels.linear_attention.op import (empty_result, expect_head_dim,
                                                  expect_initial_state)
 from seqtune.kernels.linear_attention.varlen import Sequences, sequences_of
-from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
 
@@ -109,6 +108,20 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     Returns:
         (y [b, T, h, p] in x's dtype, final_state or None).
     """
+    expect_tensors({"x": x, "dt": dt, "A": A, "B": B, "C": C},
+                   {"D": D, "dt_bias": dt_bias, "initial_state": initial_state,
+                    "cu_seqlens": cu_seqlens})
+    y, final = torch.ops.seqtune.ssd(
+        x, dt, A, B, C, D, dt_bias, bool(dt_softplus), initial_state, bool(output_final_state),
+        cu_seqlens, int_or_none("max_seqlen", max_seqlen), encode_config("config", config),
+        encode_config("bwd_config", bwd_config))
+    return y, final if output_final_state else None
+
+
+def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, output_final_state,
+                cu_seqlens, max_seqlen, config, bwd_config=None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.ssd``): checks, config, launches."""
     sequences, initial_state = check_ssd_inputs(x, dt, A, B, C, D, dt_bias, initial_state,
                                                 cu_seqlens, max_seqlen)
     batch, T, heads, p = x.shape
@@ -116,11 +129,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     if T == 0 or batch == 0 or heads == 0:
         return empty_result(x.shape, x, initial_state, state_shape, output_final_state)
     problem = ssd_problem(x, B, D is not None, initial_state is not None, sequences)
-    cfg = config_for("ssd", problem, config)
-    if wants_grad(x, dt, A, B, C, D, dt_bias, initial_state):
-        call = Call("ssd", problem, cfg, bwd_config, sequences, 1.0, output_final_state)
-        return SsdFunction.apply(x, dt, A, B, C, D, dt_bias, initial_state,
-                                 SsdCall(call, dt_softplus))
+    cfg = forward_config("ssd", problem, config, bwd_config)
     step = step_sizes(dt, dt_bias, dt_softplus)
     log_decay = (step * A.to(torch.float32)).contiguous()
     recurrence = Recurrence(C, B, x, log_decay, 1.0, sequences, v_scale=step,

@@ -1,5 +1,6 @@
-"""Launches of the linear_scan kernels, and its autograd: the forward keeps a, h (its own
-output) and the initial state; the backward's reverse scan needs nothing else."""
+"""Launches of the linear_scan kernels (forward and backward; ``library.py`` registers them as
+ops): the backward's reverse scan needs only a, h (the forward's output) and the initial
+state."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -14,24 +15,6 @@ from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
 from seqtune.kernels.linear_scan.kernel import linear_scan_kernel
 
 Gradients = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
-
-
-class LinearScanFunction(torch.autograd.Function):
-    """``apply(a, b, initial_state, cfg, bwd_cfg) -> h``; gradients for a, b, initial_state."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None,
-                cfg: Mapping[str, Any], bwd_cfg: Mapping[str, Any]) -> torch.Tensor:
-        h = run_forward(a, b, initial_state, cfg)
-        ctx.save_for_backward(a, h, initial_state)
-        ctx.bwd_cfg = bwd_cfg
-        return h
-
-    @staticmethod
-    def backward(ctx: Any, dh: torch.Tensor) -> tuple:
-        a, h, initial_state = ctx.saved_tensors
-        grads = run_backward(a, h, initial_state, dh, ctx.bwd_cfg, ctx.needs_input_grad[:3])
-        return (*grads, None, None)
 
 
 def run_forward(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None,

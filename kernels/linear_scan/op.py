@@ -7,10 +7,10 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.spec import dtype_name
 
-from seqtune.kernels.linear_scan.autograd import LinearScanFunction, run_forward
+from seqtune.kernels.linear_scan.autograd import run_forward
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, *, initial_state: torch.Tensor | None = None,
@@ -24,16 +24,28 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, *, initial_state: torch.Tensor
     (``linear_scan_bwd``), which runs when grad is enabled and a, b or initial_state requires
     grad.
     """
+    expect_tensors({"a": a, "b": b}, {"initial_state": initial_state})
+    return torch.ops.seqtune.linear_scan(a, b, initial_state, encode_config("config", config),
+                                         encode_config("bwd_config", bwd_config))
+
+
+def linear_scan_forward(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None,
+                        config: Mapping[str, Any] | None,
+                        bwd_config: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """The op's implementation (``torch.ops.seqtune.linear_scan``): checks, config, launch."""
     _check_arguments(a, b, initial_state)
-    batch, length, channels = b.shape
-    problem = {"B": batch, "T": length, "D": channels, "initial_state": initial_state is not None,
-               "dtype": dtype_name(b.dtype)}
-    cfg = config_for("linear_scan", problem, config) if b.numel() else {}  # empty: no launch
-    tensors = (a, b, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        bwd_cfg = config_for("linear_scan_bwd", problem, bwd_config)
-        return LinearScanFunction.apply(a, b, initial_state, cfg, bwd_cfg)
+    problem = problem_of(a, b, initial_state)
+    # An empty problem launches nothing.
+    cfg = forward_config("linear_scan", problem, config, bwd_config) if b.numel() else {}
     return run_forward(a, b, initial_state, cfg)
+
+
+def problem_of(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None
+               ) -> dict[str, Any]:
+    """The tuning problem of a call (the forward's and the backward's)."""
+    batch, length, channels = b.shape
+    return {"B": batch, "T": length, "D": channels, "initial_state": initial_state is not None,
+            "dtype": dtype_name(b.dtype)}
 
 
 def _check_arguments(a: Any, b: Any, initial_state: Any) -> None:

@@ -1,6 +1,6 @@
-"""Launches of the prefix_attention kernels, and its autograd: the forward keeps q, k, v, o and
-every prefix's log-sum-exp of scores (O(T) floats per head); the backward's reverse scans need
-nothing else."""
+"""Launches of the prefix_attention kernels (``library.py`` registers them as ops): the backward
+keeps q, k, v, o and every prefix's log-sum-exp of scores (O(T) floats per head); its reverse
+scans need nothing else."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -16,25 +16,6 @@ from seqtune.kernels.prefix_attention.backward import prefix_attention_bwd_kerne
 from seqtune.kernels.prefix_attention.kernel import prefix_attention_kernel
 
 Gradients = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
-
-
-class PrefixAttentionFunction(torch.autograd.Function):
-    """``apply(q, k, v, scale, cfg, bwd_cfg) -> o``; gradients for q, k and v."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                cfg: Mapping[str, Any], bwd_cfg: Mapping[str, Any]) -> torch.Tensor:
-        o, lse = run_forward(q, k, v, scale, cfg, store_lse=True)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.scale, ctx.bwd_cfg = scale, bwd_cfg
-        return o
-
-    @staticmethod
-    def backward(ctx: Any, do: torch.Tensor) -> tuple:
-        q, k, v, o, lse = ctx.saved_tensors
-        grads = run_backward(q, k, v, o, lse, do, ctx.scale, ctx.bwd_cfg,
-                             ctx.needs_input_grad[:3])
-        return (*grads, None, None, None)
 
 
 def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -8,10 +8,10 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config, real_or_none
 from seqtune.spec import dtype_name
 
-from seqtune.kernels.prefix_attention.autograd import PrefixAttentionFunction, run_forward
+from seqtune.kernels.prefix_attention.autograd import run_forward
 
 MAX_HEAD_DIM = 256
 
@@ -27,15 +27,35 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     v's dtype. ``bwd_config`` overrides the tuned config of the backward
     (``prefix_attention_bwd``), which runs when grad is enabled and q, k or v requires grad.
     """
+    expect_tensors({"q": q, "k": k, "v": v})
+    # The row statistics are kept only when autograd will run the backward.
+    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return torch.ops.seqtune.prefix_attention(
+        q, k, v, real_or_none("scale", scale), encode_config("config", config),
+        encode_config("bwd_config", bwd_config), with_lse)[0]
+
+
+def prefix_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             scale: float | None, config: Mapping[str, Any] | None,
+                             bwd_config: Mapping[str, Any] | None, with_lse: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The op's implementation (``torch.ops.seqtune.prefix_attention``): checks, config,
+    launch; ``(o, every prefix's log-sum-exp [B, H, T] fp32 or None)``."""
     _check_arguments(q, k, v)
+    problem = problem_of(q, k, v)
+    # An empty problem launches nothing.
+    cfg = forward_config("prefix_attention", problem, config, bwd_config) if k.numel() else {}
+    return run_forward(q, k, v, resolved_scale(k, scale), cfg, store_lse=with_lse)
+
+
+def resolved_scale(k: torch.Tensor, scale: float | None) -> float:
+    return k.shape[3] ** -0.5 if scale is None else float(scale)
+
+
+def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
+    """The tuning problem of a call (the forward's and the backward's)."""
     batch, length, heads, head_dim = k.shape
-    problem = {"B": batch, "T": length, "H": heads, "D": head_dim, "dtype": dtype_name(v.dtype)}
-    cfg = config_for("prefix_attention", problem, config) if k.numel() else {}  # empty: no launch
-    scale = head_dim ** -0.5 if scale is None else float(scale)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        bwd_cfg = config_for("prefix_attention_bwd", problem, bwd_config)
-        return PrefixAttentionFunction.apply(q, k, v, scale, cfg, bwd_cfg)
-    return run_forward(q, k, v, scale, cfg)[0]
+    return {"B": batch, "T": length, "H": heads, "D": head_dim, "dtype": dtype_name(v.dtype)}
 
 
 def _check_arguments(q: Any, k: Any, v: Any) -> None:

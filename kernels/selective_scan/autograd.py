@@ -1,6 +1,7 @@
-"""Autograd of selective_scan: the forward keeps only its inputs; the backward recomputes the
-states from per-block checkpoints (``state_checkpoints_kernel``), then runs the reverse scan
-(``selective_scan_bwd_kernel``), both with the ``selective_scan_bwd`` config."""
+"""The backward of selective_scan (``library.py`` registers it as an op): the forward keeps
+only its inputs; the backward recomputes the states from per-block checkpoints
+(``state_checkpoints_kernel``), then runs the reverse scan (``selective_scan_bwd_kernel``),
+both with the ``selective_scan_bwd`` config."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -14,33 +15,10 @@ from seqtune.spec import next_power_of_2
 from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
 from seqtune.kernels.selective_scan.backward import (selective_scan_bwd_kernel,
                                                      state_checkpoints_kernel)
-from seqtune.kernels.selective_scan.forward import grouped_layout, run_forward, unit_stride_last
+from seqtune.kernels.selective_scan.forward import grouped_layout, unit_stride_last
 
 # The gradients of these inputs, in this order.
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-class SelectiveScanFunction(torch.autograd.Function):
-    """``apply(u, delta, A, B, C, D, z, delta_bias, initial_state, problem, cfg, bwd_cfg)
-    -> (y, last_state)``; gradients for the nine tensors (None for absent ones)."""
-
-    @staticmethod
-    def forward(ctx: Any, u, delta, A, B, C, D, z, delta_bias, initial_state,
-                problem: Mapping[str, Any], cfg: Mapping[str, Any],
-                bwd_cfg: Mapping[str, Any]):
-        y, last_state = run_forward(problem, cfg, u, delta, A, B, C, D, z, delta_bias,
-                                    initial_state)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
-        ctx.problem, ctx.bwd_cfg = problem, bwd_cfg
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        return y, last_state
-
-    @staticmethod
-    def backward(ctx: Any, dy, dlast_state) -> tuple:
-        tensors = dict(zip(INPUTS, ctx.saved_tensors))
-        grads = run_backward(ctx.problem, ctx.bwd_cfg, tensors, dy, dlast_state,
-                             ctx.needs_input_grad[:len(INPUTS)])
-        return (*grads, None, None, None)
 
 
 def run_backward(problem: Mapping[str, Any], cfg: Mapping[str, Any],

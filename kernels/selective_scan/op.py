@@ -8,10 +8,9 @@ import torch
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
                             expect_tensor)
-from seqtune.loader import config_for
+from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.spec import dtype_name
 
-from seqtune.kernels.selective_scan.autograd import SelectiveScanFunction
 from seqtune.kernels.selective_scan.forward import run_forward
 
 # The backward holds all n states of a channel in one program (as Mamba's kernels do).
@@ -39,19 +38,29 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     256) with the ``selective_scan_bwd`` config (``bwd_config`` overrides it, as ``config`` the
     forward's).
     """
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
+    optional = {"D": D, "z": z, "delta_bias": delta_bias, "initial_state": initial_state}
+    expect_tensors(tensors, optional)
+    if (torch.is_grad_enabled() and A.dim() == 2 and A.shape[1] > MAX_BWD_STATE_DIM
+            and any(t is not None and t.requires_grad for t in (*tensors.values(),
+                                                                *optional.values()))):
+        raise ValueError(f"selective_scan's backward supports n <= {MAX_BWD_STATE_DIM}, "
+                         f"got n={A.shape[1]}")
+    y, last_state = torch.ops.seqtune.selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
+        encode_config("config", config), encode_config("bwd_config", bwd_config))
+    return (y, last_state) if return_last_state else y
+
+
+def selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                           config, bwd_config=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's implementation (``torch.ops.seqtune.selective_scan``): checks, config, launch;
+    ``(y, last_state)``."""
     _check_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     problem = problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state)
-    cfg = config_for("selective_scan", problem, config) if u.numel() else {}  # empty: no launch
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        if A.shape[1] > MAX_BWD_STATE_DIM:
-            raise ValueError(f"selective_scan's backward supports n <= {MAX_BWD_STATE_DIM}, "
-                             f"got n={A.shape[1]}")
-        bwd_cfg = config_for("selective_scan_bwd", problem, bwd_config)
-        y, last_state = SelectiveScanFunction.apply(*tensors, problem, cfg, bwd_cfg)
-    else:
-        y, last_state = run_forward(problem, cfg, *tensors)
-    return (y, last_state) if return_last_state else y
+    # An empty problem launches nothing.
+    cfg = forward_config("selective_scan", problem, config, bwd_config) if u.numel() else {}
+    return run_forward(problem, cfg, u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
 def problem_of(u, A, B, D, z, delta_bias, delta_softplus, initial_state) -> dict[str, Any]:

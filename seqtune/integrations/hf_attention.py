@@ -41,6 +41,8 @@ def seqtune_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     if attention_mask is not None:
         return _padded(q, k, v, attention_mask, causal, scaling), None
     packed = _packing(kwargs, q.shape[0], q.shape[1], k.shape[1])
+    if isinstance(packed, torch.Tensor):
+        return _packed_on_device(q, k, v, packed, causal, scaling), None
     if packed is not None:
         return _packed(q, k, v, packed, causal, scaling), None
     if q.shape[1] == 1 and q.shape[3] == v.shape[3] and q.shape[3] in DECODE_HEAD_DIMS:
@@ -94,11 +96,31 @@ def _packing(kwargs, batch: int, length: int, keys: int):
     positions = positions.expand(batch, -1)
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] - positions[:, :-1] != 1
+    if torch.compiler.is_compiling():
+        return starts  # decided on the device (see _packed_on_device): no host read
     if not bool(starts[:, 1:].any()):
         return None
     begins = starts.flatten().nonzero().flatten()
     offsets = torch.cat([begins, begins.new_tensor([batch * length])]).to(torch.int32)
     return offsets, offsets
+
+
+def _packed_on_device(q, k, v, starts: torch.Tensor, causal: bool, scale) -> torch.Tensor:
+    """Under torch.compile: whether ``position_ids`` pack several sequences is a value, so the
+    choice is a ``torch.cond`` and the packed branch's offsets have a size known from shapes
+    (``B * T + 1``: the sequence starts, then empty sequences up to the end)."""
+    total = starts.numel()
+    index = torch.arange(total, device=starts.device)
+    begins = torch.where(starts.flatten(), index, total).sort().values
+    offsets = torch.cat([begins, begins.new_full((1,), total)]).to(torch.int32)
+
+    def packed(q, k, v, offsets):
+        return _packed(q, k, v, (offsets, offsets), causal, scale)
+
+    def whole(q, k, v, offsets):
+        return attention(q, k, v, causal=causal, scale=scale)
+
+    return torch.cond(starts[:, 1:].any(), packed, whole, (q, k, v, offsets))
 
 
 def _packed(q, k, v, offsets, causal: bool, scale) -> torch.Tensor:
