@@ -435,6 +435,14 @@ def compile_problem(spec: KernelSpec, problem: Problem, config: Config) -> Probl
     return problem
 
 
+def target_of_hip_device(arch: str | None, lds_per_block: int) -> Target | None:
+    """The known target of an AMD GPU's architecture with its own LDS size, or None."""
+    known = TARGETS.get(arch or "")
+    if known is None or known.backend != "hip":
+        return None
+    return dataclasses.replace(known, shared_memory_per_block=lds_per_block)
+
+
 def target_of_device(name: str, capability: str, shared_memory_per_block: int) -> Target:
     """The known target of a device's compute capability, or one built from its own facts."""
     major, minor = (int(x) for x in capability.split("."))
