@@ -95,7 +95,7 @@ def backend_knobs(limits: DeviceLimits) -> dict[str, tuple]:
 def backend_knob_reason(config: Config, limits: DeviceLimits) -> str | None:
     """Why ``config`` cannot carry its backend knobs on a device with ``limits``, or None."""
     allowed = backend_knobs(limits)
-    for key in HIP_KNOBS.keys() & config.keys():
+    for key in (knob for knob in HIP_KNOBS if knob in config):
         if key not in allowed:
             where = f"{limits.backend} {limits.arch or ''}".strip()
             return f"{key} is an AMD (HIP) compile option that {where} does not take"
