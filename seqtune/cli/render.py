@@ -231,6 +231,7 @@ def show_check(console: Console, results: list) -> None:
                    justify="right"),
             Column("smem B", [number_text(r["shared_bytes"], "{}") for r in kernel_rows],
                    justify="right", priority=1),
+            *_amd_columns(kernel_rows),
             Column("result", [_verdict(r["result"]) for r in kernel_rows]),
         ])
         print_table(console, columns)
@@ -241,6 +242,14 @@ def show_check(console: Console, results: list) -> None:
             if why:
                 print_lines(console, [f"{r['target']} {problem_text(r['problem'])}: "
                                       f"{shorten(why, NOTE_LENGTH)}"])
+
+
+def _amd_columns(rows: list[dict]) -> list[Column]:
+    """For AMD targets: the occupancy (waves per SIMD; regs are VGPRs, AGPRs included)."""
+    if all(r["occupancy"] is None for r in rows):
+        return []
+    return [Column("waves", [number_text(r["occupancy"], "{}") for r in rows], justify="right",
+                   priority=1)]
 
 
 def _verdict(result) -> str:
