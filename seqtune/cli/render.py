@@ -192,7 +192,8 @@ def show_info(console: Console, facts: dict[str, Any]) -> None:
     print_lines(console, [
         f"device: {device['name']} (key {device['key']}, backend {device['backend']}"
         + (f", sm_{device['compute_capability'].replace('.', '')}"
-           if device.get("compute_capability") else "") + ")",
+           if device.get("compute_capability") else "")
+        + (f", {device['arch']}, {device['sm_count']} CUs" if device.get("arch") else "") + ")",
         "software: " + ", ".join(f"{k} {v}" for k, v in software.items() if v),
         f"timings: {facts['timings']}"])
     print_path(console, "profile dir", facts["profile_dir"])

@@ -4,9 +4,9 @@ A config's launches are recorded (``seqtune.launch.capture_launches``) instead o
 recorded launch is specialised exactly as Triton's own launcher would (its binder, on the
 target's backend) and compiled with ``triton.compile(..., target=GPUTarget(...))``. For NVIDIA
 targets the cuobjdump bundled with Triton reads registers, stack (spills) and shared memory from
-the cubin; for AMD targets (gfx*) the amdgcn assembly has them (``seqtune.tuning.amdgcn``). Results are
-cached on disk, keyed by the compiled source's hash (kernel source, signature, constexprs,
-specialisation), the target, the options and the Triton version.
+the cubin; for AMD targets (gfx*) the amdgcn assembly has them (``seqtune.tuning.amdgcn``).
+Results are cached on disk, keyed by the compiled source's hash (kernel source, signature,
+constexprs, specialisation), the target, the options and the Triton version.
 
 The kernels must be real ``@triton.jit`` functions here, so this module must run in a process
 where ``TRITON_INTERPRET`` was not set when the kernels were imported.

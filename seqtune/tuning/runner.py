@@ -171,7 +171,7 @@ class IsolatedRunner:
                                       fidelity))
         if isinstance(answer, Candidate):
             if answer.status == "runtime" and self.worker.setup.device.backend != "interpreter":
-                self.worker.close()  # a CUDA/HIP error is sticky: later candidates need a new context
+                self.worker.close()  # a GPU error is sticky: later candidates need a new context
             return answer
         status, reason = answer
         return Candidate(config, status, error=reason)
