@@ -241,22 +241,33 @@ def _amd_telemetry(index: int) -> dict[str, Any]:
     try:
         amdsmi.amdsmi_init()
         try:
-            return _amdsmi_readings(amdsmi, amdsmi.amdsmi_get_processor_handles()[index])
+            return _amdsmi_readings(amdsmi, _amdsmi_handle(amdsmi, index))
         finally:
             amdsmi.amdsmi_shut_down()
     except Exception:  # telemetry is informative only; a tune must not fail for it
         return {}
 
 
+def _amdsmi_handle(amdsmi: Any, index: int) -> Any:
+    """amdsmi's handle of torch's device ``index``: by UUID where torch has one, since amdsmi
+    lists GPUs physically and ignores HIP_VISIBLE_DEVICES, which torch honours."""
+    handles = amdsmi.amdsmi_get_processor_handles()
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    matching = [h for h in handles if uuid and amdsmi.amdsmi_get_gpu_device_uuid(h) == uuid]
+    return matching[0] if matching else handles[index]
+
+
 def _amdsmi_readings(amdsmi: Any, handle: Any) -> dict[str, Any]:
+    """GFX clock, hotspot temperature and socket power (MI300 and later report the current
+    power, MI200 and Radeon the average; the other is "N/A")."""
     clock = amdsmi.amdsmi_get_clock_info(handle, amdsmi.AmdSmiClkType.GFX)
     power = amdsmi.amdsmi_get_power_info(handle)
     temperature = amdsmi.amdsmi_get_temp_metric(handle, amdsmi.AmdSmiTemperatureType.HOTSPOT,
                                                 amdsmi.AmdSmiTemperatureMetric.CURRENT)
-    watts = power.get("current_socket_power", power.get("average_socket_power"))
+    watts = next((power[k] for k in ("current_socket_power", "average_socket_power")
+                  if isinstance(power.get(k), (int, float))), None)
     return {"sm_clock_mhz": clock.get("clk"), "temperature_c": temperature,
-            "power_w": None if watts in (None, "N/A") else float(watts),
-            "throttle_reasons": []}
+            "power_w": None if watts is None else float(watts), "throttle_reasons": []}
 
 
 @functools.cache

@@ -232,3 +232,24 @@ def test_an_nvidia_profile_offering_an_amd_knob_is_skipped_with_a_warning(tmp_pa
     path = _profile(tmp_path, H100, TUNED)
     with pytest.warns(RuntimeWarning, match="waves_per_eu is an AMD .HIP. knob, in a cuda"):
         seqtune.load_profile(path)
+
+
+def test_rocm_telemetry_reads_amdsmi_for_torchs_device(rocm, monkeypatch):
+    """The GPU torch sees as 0 is amdsmi's second (by UUID); MI300X reports current power."""
+    monkeypatch.setattr(rocm, "uuid", "gpu-b", raising=False)
+    calls = []
+    fake = types.SimpleNamespace(
+        amdsmi_init=lambda: calls.append("init"), amdsmi_shut_down=lambda: calls.append("down"),
+        amdsmi_get_processor_handles=lambda: ["a", "b"],
+        amdsmi_get_gpu_device_uuid=lambda h: f"gpu-{h}",
+        AmdSmiClkType=types.SimpleNamespace(GFX="gfx"),
+        AmdSmiTemperatureType=types.SimpleNamespace(HOTSPOT="hot"),
+        AmdSmiTemperatureMetric=types.SimpleNamespace(CURRENT="now"),
+        amdsmi_get_clock_info=lambda h, kind: {"clk": {"a": 100, "b": 2100}[h]},
+        amdsmi_get_power_info=lambda h: {"current_socket_power": 550,
+                                         "average_socket_power": "N/A"},
+        amdsmi_get_temp_metric=lambda h, kind, metric: {"a": 30, "b": 71}[h])
+    monkeypatch.setitem(sys.modules, "amdsmi", fake)
+    assert telemetry() == {"sm_clock_mhz": 2100, "temperature_c": 71, "power_w": 550.0,
+                           "throttle_reasons": []}
+    assert calls == ["init", "down"]
