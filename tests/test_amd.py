@@ -253,3 +253,23 @@ def test_rocm_telemetry_reads_amdsmi_for_torchs_device(rocm, monkeypatch):
     assert telemetry() == {"sm_clock_mhz": 2100, "temperature_c": 71, "power_w": 550.0,
                            "throttle_reasons": []}
     assert calls == ["init", "down"]
+
+
+def test_an_ops_launches_carry_its_configs_amd_knobs_on_an_amd_gpu(monkeypatch):
+    """What a kernel launches with on ROCm: the tuned AMD knobs reach Triton with each launch;
+    off AMD the same config is a one-line error naming the knob."""
+    from seqtune.launch import capture_launches
+    from seqtune.registry import get_spec
+
+    spec = get_spec("causal_conv1d_step")
+    problem = spec.presets["tiny"][0]
+    inputs = spec.make_inputs(problem, "cpu", 0)
+    config = {**spec.default_config, "waves_per_eu": 2, "matrix_instr_nonkdim": 32, "kpack": 2}
+    _runtime(monkeypatch, MI300X)
+    with capture_launches() as launches:
+        spec.run(inputs, config)
+    assert launches and all(launch.kwargs["waves_per_eu"] == 2 and launch.kwargs["kpack"] == 2
+                            for launch in launches)
+    _runtime(monkeypatch, H100)
+    with pytest.raises(ValueError, match="waves_per_eu is an AMD .HIP. compile option"):
+        spec.run(inputs, config)
