@@ -87,7 +87,7 @@ def backend_knobs(limits: DeviceLimits) -> dict[str, tuple]:
         return {}
     if limits.warp_size == 32:  # RDNA
         return {"waves_per_eu": HIP_KNOBS["waves_per_eu"]}
-    if (limits.arch or "") >= "gfx950":  # CDNA4 and later: kpack is gone
+    if limits.arch == "gfx950":  # CDNA4: Triton overrides kpack to 1 there
         return {k: v for k, v in HIP_KNOBS.items() if k != "kpack"}
     return dict(HIP_KNOBS)
 
