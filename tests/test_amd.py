@@ -273,3 +273,15 @@ def test_an_ops_launches_carry_its_configs_amd_knobs_on_an_amd_gpu(monkeypatch):
     _runtime(monkeypatch, H100)
     with pytest.raises(ValueError, match="waves_per_eu is an AMD .HIP. compile option"):
         spec.run(inputs, config)
+
+
+def test_a_compile_error_ending_in_a_source_caret_reports_its_cause():
+    from seqtune.tuning.compiler import _last_line
+
+    try:
+        try:
+            raise ValueError("input_precision must be one of ('ieee',). Got tf32x3")
+        except ValueError as cause:
+            raise RuntimeError("at 3:11:\n    return tl.dot(a, b)\n           ^") from cause
+    except RuntimeError as exc:
+        assert _last_line(exc) == "ValueError: input_precision must be one of ('ieee',). Got tf32x3"

@@ -297,7 +297,11 @@ def _cubin_usage(cubin: bytes) -> tuple[int, int]:
 
 def _last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"[:300]
+    last = lines[-1].strip() if lines else ""
+    if last in ("", "^") and exc.__cause__ is not None:
+        # Triton's CompilationError ends with a caret under the source; its cause says why
+        return _last_line(exc.__cause__)
+    return f"{type(exc).__name__}: {last}"[:300]
 
 
 def configs_to_check(spec: KernelSpec, problem: Problem, target: Target, all_configs: bool,
