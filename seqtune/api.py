@@ -445,7 +445,7 @@ def info(profile_dir: Path | None = None) -> dict[str, Any]:
         "profile_files": files,
         "active_profile_files": [s["file"] for s in files if s["state"] == "used"],
         "active_entries": active,
-        "timings": "do_bench on the GPU" if device.backend == "cuda" else INTERPRETER_NOTE,
+        "timings": INTERPRETER_NOTE if device.backend == "interpreter" else "do_bench on the GPU",
     }
 
 

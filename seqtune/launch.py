@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+
+from seqtune.spec import HIP_KNOBS
 
 _poison: contextvars.ContextVar[bool] = contextvars.ContextVar("seqtune_poison", default=False)
 _capture: contextvars.ContextVar[list | None] = contextvars.ContextVar("seqtune_capture",
@@ -95,3 +97,10 @@ def capture_launches() -> Iterator[list[Launch]]:
         yield recorded
     finally:
         _capture.reset(token)
+
+
+def backend_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The AMD compile options (``seqtune.spec.HIP_KNOBS``) ``config`` carries, for the launches
+    of its kernels: ``launch(..., num_warps=cfg["num_warps"], **backend_options(cfg))``. Empty
+    off AMD, where a config never has them (``KernelSpec.check`` refuses them there)."""
+    return {key: config[key] for key in HIP_KNOBS if key in config}

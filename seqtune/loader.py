@@ -215,7 +215,8 @@ def _entries_from(path: Path, current_triton: str) -> dict[str, list[Entry]]:
         if kernel not in specs:
             warn_once(f"seqtune: {path}: unknown kernel {kernel!r} ignored")
             continue
-        rules, current_hash = EntryRules(specs[kernel]), source_hash(kernel)
+        rules = EntryRules(specs[kernel], (data.get("device") or {}).get("backend"))
+        current_hash = source_hash(kernel)
         invalid: list[str] = []
         for index, raw in enumerate(section.get("entries", [])):
             try:

@@ -15,6 +15,7 @@ Configs are flat dicts. A multi-kernel op namespaces per-stage knobs as ``"<stag
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import reprlib
@@ -58,12 +59,54 @@ class Tolerance:
 class DeviceLimits:
     """What a config must fit on the device it runs on."""
 
-    backend: str  # "cuda" or "interpreter"
-    shared_memory_per_block: int  # bytes, the opt-in maximum of one program
-    sm_count: int = 1
+    backend: str  # "cuda", "hip" (AMD, ROCm) or "interpreter"
+    shared_memory_per_block: int  # bytes, the opt-in maximum of one program (LDS on AMD)
+    sm_count: int = 1  # CUs on AMD
     compute_capability: tuple[int, int] | None = None
     max_threads_per_block: int = 1024
     registers_per_sm: int = 65536
+    arch: str | None = None  # AMD only: the gfx target, e.g. "gfx942"
+    warp_size: int = 32  # threads of one of num_warps: 64 on AMD Instinct (wave64)
+
+
+# Compile options of Triton's AMD (HIP) backend that change a kernel's code, searched on AMD GPUs
+# only (a CUDA or interpreter config never has them): waves_per_eu asks the register allocator to
+# leave room for that many waves per SIMD (0: the compiler's choice); matrix_instr_nonkdim picks
+# 16x16 or 32x32 MFMA tiles for tl.dot; kpack=2 loads two k-elements per MFMA operand (Triton
+# ignores it from gfx950 on, so it is not searched there). RDNA GPUs (wave32) have WMMA, not
+# MFMA: only waves_per_eu applies to them. Un-namespaced: one value for all stages of an op.
+HIP_KNOBS: dict[str, tuple] = {"waves_per_eu": (0, 1, 2, 4), "matrix_instr_nonkdim": (16, 32),
+                               "kpack": (1, 2)}
+HIP_KNOB_DEFAULTS: dict[str, int] = {"waves_per_eu": 0, "matrix_instr_nonkdim": 16, "kpack": 1}
+
+
+def backend_knobs(limits: DeviceLimits) -> dict[str, tuple]:
+    """The backend's own knobs on a device with ``limits``: AMD's compile options on HIP (per
+    architecture), none on CUDA or the interpreter."""
+    if limits.backend != "hip":
+        return {}
+    if limits.warp_size == 32:  # RDNA
+        return {"waves_per_eu": HIP_KNOBS["waves_per_eu"]}
+    if limits.arch == "gfx950":  # CDNA4: Triton overrides kpack to 1 there
+        return {k: v for k, v in HIP_KNOBS.items() if k != "kpack"}
+    return dict(HIP_KNOBS)
+
+
+def backend_knob_reason(config: Config, limits: DeviceLimits) -> str | None:
+    """Why ``config`` cannot carry its backend knobs on a device with ``limits``, or None."""
+    allowed = backend_knobs(limits)
+    for key in (knob for knob in HIP_KNOBS if knob in config):
+        if key not in allowed:
+            where = f"{limits.backend} {limits.arch or ''}".strip()
+            return f"{key} is an AMD (HIP) compile option that {where} does not take"
+        if not in_space(config[key], allowed[key]):
+            return f"{key}={config[key]!r} is not one of {allowed[key]} on {limits.arch}"
+    return None
+
+
+def _check_with_backend_knobs(check: Callable, config: Config, problem: Problem,
+                              limits: DeviceLimits) -> str | None:
+    return backend_knob_reason(config, limits) or check(config, problem, limits)
 
 
 # The Triton interpreter has no shared memory; hold configs to the largest real GPU's limit so that
@@ -136,17 +179,30 @@ class KernelSpec:
                 raise ValueError(f"{self.name}: default {key}={value!r} is not in its space")
         if set(self.default_config) != set(self.space):
             raise ValueError(f"{self.name}: default config must set every parameter of the space")
+        if not (isinstance(self.check, functools.partial)
+                and self.check.func is _check_with_backend_knobs):
+            # Every judge of a config (loader, tuner, check, ``config=``) goes through ``check``:
+            # wrapped here, an AMD knob is refused off AMD without each kernel knowing of it.
+            object.__setattr__(self, "check", functools.partial(_check_with_backend_knobs,
+                                                                self.check))
 
     @property
     def space_size(self) -> int:
         return math.prod(len(v) for v in self.space.values())
 
-    def configs(self) -> list[Config]:
-        """Every point of the space, default first, then in a fixed order."""
-        keys = list(self.space)
-        points = [dict(zip(keys, values)) for values in itertools.product(*self.space.values())]
-        default = dict(self.default_config)
+    def configs(self, limits: DeviceLimits | None = None) -> list[Config]:
+        """Every point of the space (on a device with ``limits``: with its backend's knobs),
+        default first, then in a fixed order."""
+        space = self.space_for(limits) if limits is not None else dict(self.space)
+        keys = list(space)
+        points = [dict(zip(keys, values)) for values in itertools.product(*space.values())]
+        default = {**self.default_config, **_knob_defaults(space)}
         return [default] + [p for p in points if p != default]
+
+    def space_for(self, limits: DeviceLimits) -> dict[str, tuple]:
+        """The space searched on a device with ``limits``: the kernel's knobs, then its
+        backend's (``backend_knobs``: AMD's compile options on HIP, none elsewhere)."""
+        return {**self.space, **backend_knobs(limits)}
 
     def stage_of(self, param: str) -> str | None:
         """The stage a parameter belongs to, or None for a knob shared by all stages."""
@@ -167,7 +223,11 @@ class KernelSpec:
         device with ``limits``, else a valid one close to it (first one knob changed, nearest
         values first; then knobs moved to their smallest values one after another, since what
         makes a config invalid is nearly always too large a tile or too many stages). A few
-        dozen checks at most, so a new shape never stalls the launch path."""
+        dozen checks at most, so a new shape never stalls the launch path. On AMD it carries the
+        backend's knobs at their defaults."""
+        return {**self._default_for(problem, limits), **_knob_defaults(backend_knobs(limits))}
+
+    def _default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
         default = dict(self.default_config)
         if self._is_valid(default, problem, limits):
             return default
@@ -197,16 +257,22 @@ class KernelSpec:
         if not isinstance(config, Mapping):
             raise ValueError(f"{self.name}: config must be a mapping of knob names to values, "
                              f"got {reprlib.repr(config)} ({type(config).__name__})")
+        # AMD's knobs are known to every spec; whether this device takes them is ``check``'s.
+        space = {**HIP_KNOBS, **self.space}
         for key in config:
-            if not isinstance(key, str) or key not in self.space:
+            if not isinstance(key, str) or key not in space:
                 raise ValueError(f"{self.name}: unknown config key {reprlib.repr(key)}; "
                                  f"expected {sorted(self.space)}")
         full = {**self.default_config, **config}
         for key, value in full.items():
-            if not in_space(value, self.space[key]):
+            if not in_space(value, space[key]):
                 raise ValueError(f"{self.name}: {key}={reprlib.repr(value)} "
-                                 f"({type(value).__name__}) is not one of {self.space[key]}")
+                                 f"({type(value).__name__}) is not one of {space[key]}")
         return full
+
+
+def _knob_defaults(space: Mapping[str, tuple]) -> Config:
+    return {k: v for k, v in HIP_KNOB_DEFAULTS.items() if k in space}
 
 
 def in_space(value: Any, allowed: Sequence[Any]) -> bool:

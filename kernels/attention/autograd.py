@@ -13,7 +13,7 @@ from seqtune.kernels.attention.backward import (attention_bwd_delta_kernel,
                                                 attention_bwd_dkdv_kernel, attention_bwd_dq_kernel)
 from seqtune.kernels.attention.forward import (AttentionCall, head_tile, kernel_flags, offsets,
                                                tile_grid)
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 # Elements of O (and of dO) one program of the delta kernel reads: 32 a thread at 4 warps.
 DELTA_TILE_ELEMENTS = 4096
@@ -83,7 +83,8 @@ def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tens
            *shared["offsets"], tiles, *shared["strides"],
            *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
-           num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"])
+           num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"],
+           **backend_options(cfg))
 
 
 def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionCall,
@@ -94,5 +95,5 @@ def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionC
            *shared["offsets"], tiles, *shared["strides"],
            *dq.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=block_m, BLOCK_N=cfg["dq.BLOCK_N"], **shared["flags"],
-           num_warps=cfg["dq.num_warps"], num_stages=cfg["dq.num_stages"])
+           num_warps=cfg["dq.num_warps"], num_stages=cfg["dq.num_stages"], **backend_options(cfg))
 

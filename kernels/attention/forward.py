@@ -10,7 +10,7 @@ import triton
 
 from seqtune.kernels.attention.kernel import INTERPRETED, LOG2_E, attention_fwd_kernel
 from seqtune.kernels.attention.varlen import Packing
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import Problem, next_power_of_2
 
 # tl.dot's smallest tile edge: head dims are padded to a power of two at least this large.
@@ -101,5 +101,6 @@ def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Attenti
            *(lse.stride()[:2] if lse is not None else (0, 0)),
            queries, keys, heads // kv_heads, call.qk_scale, call.bias,
            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STORE_LSE=lse is not None,
-           **kernel_flags(call, q, v), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+           **kernel_flags(call, q, v), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+           **backend_options(cfg))
     return out, lse

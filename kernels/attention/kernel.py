@@ -35,12 +35,14 @@ def dot(a, b, acc, UPCAST_BF16: tl.constexpr):
 
     float32 operands run as TF32 on the tensor cores (about 1e-3 relative error): IEEE float32
     dots fall back to FMA code that spills heavily (kilobytes of stack per thread at D=128).
+    TF32 is Triton's default precision on NVIDIA; on AMD its default is IEEE (gfx90a and gfx950
+    have no TF32, and their fp32 matrix cores are exact).
     UPCAST_BF16 is for the Triton interpreter only, whose tl.dot multiplies the raw bit patterns
     of bfloat16 operands; their exact float32 values give what bfloat16 MMA gives on a GPU."""
     if UPCAST_BF16:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision="tf32")
+    return tl.dot(a, b, acc)
 
 
 @triton.jit

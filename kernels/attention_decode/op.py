@@ -14,7 +14,7 @@ from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype,
                             expect_tensor)
 from seqtune.custom_ops import encode_config, expect_tensors
 from seqtune.kernels.attention_decode.kernel import decode_combine_kernel, decode_split_kernel
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name, next_power_of_2
 
@@ -157,9 +157,11 @@ def _launch_stages(q, k_cache, v_cache, cache_seqlens, scale: float, cfg: dict) 
            HEAD_DIM=head_dim, BLOCK_G=group_rows(num_q_heads, num_kv_heads),
            BLOCK_N=cfg["split.BLOCK_N"], NUM_SPLITS=num_splits,
            DOT_DTYPE=_dot_dtype(q.dtype),
-           num_warps=cfg["split.num_warps"], num_stages=cfg["split.num_stages"])
+           num_warps=cfg["split.num_warps"], num_stages=cfg["split.num_stages"],
+           **backend_options(cfg))
     if num_splits > 1:
         launch(decode_combine_kernel, (batch * num_q_heads,),
                partial, lse, o, *o.stride(), num_q_heads,
-               HEAD_DIM=head_dim, NUM_SPLITS=num_splits, num_warps=cfg["combine.num_warps"])
+               HEAD_DIM=head_dim, NUM_SPLITS=num_splits, num_warps=cfg["combine.num_warps"],
+               **backend_options(cfg))
     return o

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 from seqtune.kernels.causal_conv1d.kernels import load_ext, preactivation, sequence_of_rows
 
@@ -194,7 +194,7 @@ def backward(x, weight, bias, initial_state, cu_seqlens, layout, dy, dfinal,
                *(dx.stride() if dx is not None else (0, 0, 0)), **flags,
                HAS_STATE=initial_state is not None, WANT_DX=want_dx, WANT_DW=want_partials,
                BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg["num_warps"],
-               num_stages=cfg["num_stages"])
+               num_stages=cfg["num_stages"], **backend_options(cfg))
     dstate = None
     if want_dh:
         dstate = new_output(initial_state.shape, initial_state.dtype, x.device)
@@ -202,7 +202,7 @@ def backward(x, weight, bias, initial_state, cu_seqlens, layout, dy, dfinal,
             launch(state_grad_kernel, (layout.num_seqs, triton.cdiv(channels, cfg["BD"])),
                    x, weight, bias_arg, state, cu, dy, final_grad, dstate, length, channels,
                    *common, *dstate.stride(), **flags, BD=cfg["BD"],
-                   num_warps=cfg["num_warps"])
+                   num_warps=cfg["num_warps"], **backend_options(cfg))
     dw = dw_partial.sum(0).to(weight.dtype) if want_dw else None
     db = db_partial.sum(0).to(bias.dtype) if want_db else None
     return dx, dw, db, dstate

@@ -10,7 +10,7 @@ import triton
 from seqtune import checks
 from seqtune.checks import expect_float, expect_same_device, expect_shape, expect_tensor
 from seqtune.custom_ops import encode_config, expect_tensors, forward_config
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import dtype_name
 
 from seqtune.kernels.causal_conv1d.kernels import causal_conv1d_fwd_kernel, final_state_kernel
@@ -126,11 +126,12 @@ def forward(x, weight, bias, initial_state, cu_seqlens, layout: Layout, output_f
                *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
                *state_strides, *y.stride(), **flags, HAS_BIAS=bias is not None,
                SILU=layout.silu, BT=cfg["BT"], BD=cfg["BD"], num_warps=cfg["num_warps"],
-               num_stages=cfg["num_stages"])
+               num_stages=cfg["num_stages"], **backend_options(cfg))
     if final_state is not None and final_state.numel():
         launch(final_state_kernel, (layout.num_seqs, triton.cdiv(channels, cfg["BD"])),
                x, state, cu, final_state, length, channels, *x.stride(), *state_strides,
-               *final_state.stride(), **flags, BD=cfg["BD"], num_warps=cfg["num_warps"])
+               *final_state.stride(), **flags, BD=cfg["BD"], num_warps=cfg["num_warps"],
+               **backend_options(cfg))
     return y, final_state
 
 

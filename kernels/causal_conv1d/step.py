@@ -10,7 +10,7 @@ import triton.language as tl
 
 from seqtune.checks import (expect_float, expect_shape, expect_state_indices, expect_state_pool,
                             expect_step_tensors, expect_tensor)
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
@@ -99,7 +99,7 @@ def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
            *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
            *state.stride(), *y.stride(), W=width, HAS_BIAS=bias is not None,
            SILU=activation is not None, HAS_INDICES=state_indices is not None, BD=cfg["BD"],
-           num_warps=cfg["num_warps"])
+           num_warps=cfg["num_warps"], **backend_options(cfg))
     return y
 
 

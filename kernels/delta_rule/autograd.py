@@ -10,7 +10,7 @@ import triton
 
 from seqtune.kernels.delta_rule.backward import dchunk_kernel, dstate_kernel
 from seqtune.kernels.delta_rule.stages import gate_code, state_stage, wy_stage
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import next_power_of_2
 
 
@@ -52,7 +52,7 @@ def _dstate_stage(q, g, terms, do, dht, scale, cfg, pack, need_dh0):
            GATE=gate_code(g), HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
            EXACT=dtype == torch.float32, BT=cfg["BT"],
            KP=next_power_of_2(key_dim), BV=cfg["dh.BV"], num_warps=cfg["dh.num_warps"],
-           num_stages=cfg["dh.num_stages"])
+           num_stages=cfg["dh.num_stages"], **backend_options(cfg))
     return dstates, du, dh0
 
 
@@ -71,5 +71,5 @@ def _dchunk_stage(q, k, v, beta, g, u, states, dstates, do, du, scale, cfg, pack
            u, states, dstates, do, du, dq, dk, dv, dbeta, dbeta if dg is None else dg,
            pack.chunk_table, pack.cu_seqlens, scale, heads, value_heads, key_dim, value_dim,
            GATE=gate_code(g), BT=cfg["BT"], BK=cfg["dqk.BK"], BV=cfg["dqk.BV"],
-           num_warps=cfg["dqk.num_warps"], num_stages=cfg["dqk.num_stages"])
+           num_warps=cfg["dqk.num_warps"], num_stages=cfg["dqk.num_stages"], **backend_options(cfg))
     return dq, dk, dv, dbeta, dg

@@ -12,7 +12,7 @@ import torch
 import triton
 
 from seqtune.kernels.delta_rule.kernels import output_kernel, state_kernel, wy_kernel
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import next_power_of_2
 
 GATE_NONE, GATE_SCALAR, GATE_CHANNEL = 0, 1, 2
@@ -57,7 +57,7 @@ def wy_stage(q, k, v, beta, g, cfg, pack, decayed_queries=False) -> ChunkTerms:
            chunk_decay, scores, w if queries is None else queries, pack.chunk_table,
            pack.cu_seqlens, heads, value_heads, key_dim, value_dim, GATE=gate_code(g),
            STORE_QG=store_queries, BT=chunk, BK=cfg["wy.BK"], BV=cfg["wy.BV"],
-           num_warps=cfg["wy.num_warps"], num_stages=cfg["wy.num_stages"])
+           num_warps=cfg["wy.num_warps"], num_stages=cfg["wy.num_stages"], **backend_options(cfg))
     return ChunkTerms(w, u0, keys, chunk_decay, scores, queries)
 
 
@@ -78,7 +78,7 @@ def state_stage(q, v, g, terms: ChunkTerms, h0, output_final_state, cfg, pack):
            value_heads if gated else heads, value_heads, key_dim, value_dim, GATED=gated,
            HAS_H0=h0 is not None, STORE_HT=final is not None, BT=cfg["BT"],
            KP=next_power_of_2(key_dim), BV=cfg["h.BV"], num_warps=cfg["h.num_warps"],
-           num_stages=cfg["h.num_stages"])
+           num_stages=cfg["h.num_stages"], **backend_options(cfg))
     return u, states, final
 
 
@@ -90,7 +90,7 @@ def output_stage(q, g, terms: ChunkTerms, u, states, scale, cfg, pack):
            terms.scores if g is None else g, u, states, terms.scores, out, scale,
            pack.chunk_table, pack.cu_seqlens, heads, value_heads, key_dim, value_dim,
            GATE=gate_code(g), BT=cfg["BT"], BK=cfg["o.BK"], BV=cfg["o.BV"],
-           num_warps=cfg["o.num_warps"], num_stages=cfg["o.num_stages"])
+           num_warps=cfg["o.num_warps"], num_stages=cfg["o.num_stages"], **backend_options(cfg))
     return out
 
 

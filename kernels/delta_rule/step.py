@@ -19,7 +19,7 @@ import triton.language as tl
 
 from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_state_indices,
                             expect_state_pool, expect_step_tensors, expect_tensor)
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
 
@@ -149,7 +149,7 @@ def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: tor
            beta if g is None else g, pool, pool if indices is None else indices, out, scale,
            heads, value_heads, key_dim, value_dim, state.shape[0], GATE=GATES[gate],
            HAS_INDICES=indices is not None, ONE_PASS=cfg["BK"] >= key_dim, BK=cfg["BK"],
-           BV=cfg["BV"], num_warps=cfg["num_warps"])
+           BV=cfg["BV"], num_warps=cfg["num_warps"], **backend_options(cfg))
     if pool is not state:
         state.copy_(pool)
     return out

@@ -10,7 +10,7 @@ from seqtune.kernels.linear_attention.kernels import (DIAG_BK, GATES, SUB, _intr
                                                       _intra_kernel, _output_kernel,
                                                       _state_kernel, dot_type)
 from seqtune.kernels.linear_attention.varlen import ChunkLayout, Sequences
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,8 @@ def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict) -> torch.Tens
     cu, chunk_list = r.varlen_args(layout)
     common = (r.q, r.k, r.gate_or_any(), intra, cu, chunk_list, T, H, r.group, layout.grid,
               *r.q.stride(), *r.k.stride())
-    tuning = {"num_warps": config["intra.num_warps"], "num_stages": config["intra.num_stages"]}
+    tuning = {"num_warps": config["intra.num_warps"], "num_stages": config["intra.num_stages"],
+              **backend_options(config)}
     if r.gate == "channel":
         launch(_intra_channel_kernel, (layout.grid * (BT // SUB), B * H), *common,
                *r.gate_strides(), K=K, BT=BT, BK=config["intra.BK"], SUB=SUB, DIAG_BK=DIAG_BK,
@@ -101,7 +102,8 @@ def launch_states(r: Recurrence, layout: ChunkLayout, config: dict, output_final
            K=K, V=V, GATE=GATES[r.gate], VSCALE=r.v_scale is not None,
            HAS_INITIAL=r.initial_state is not None, STORE_FINAL=final is not None,
            VARLEN=r.sequences.packed, BT=config["BT"], BK=bk, BV=bv, DOT=dot_type(dtype),
-           num_warps=config["h.num_warps"], num_stages=config["h.num_stages"])
+           num_warps=config["h.num_warps"], num_stages=config["h.num_stages"],
+           **backend_options(config))
     return states, final
 
 
@@ -119,7 +121,8 @@ def launch_output(r: Recurrence, layout: ChunkLayout, config: dict, intra: torch
            *r.gate_strides(), *out.stride(), K=K, V=V, GATE=GATES[r.gate],
            VSCALE=r.v_scale is not None, HAS_D=r.D is not None, VARLEN=r.sequences.packed,
            BT=config["BT"], BK=config["o.BK"], BV=bv, DOT=dot_type(dtype),
-           num_warps=config["o.num_warps"], num_stages=config["o.num_stages"])
+           num_warps=config["o.num_warps"], num_stages=config["o.num_stages"],
+           **backend_options(config))
     return out
 
 

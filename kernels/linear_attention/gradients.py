@@ -16,7 +16,7 @@ from seqtune.kernels.linear_attention.backward import (_dg_kernel, _dqk_channel_
 from seqtune.kernels.linear_attention.chunked import Recurrence, launch_intra, launch_states
 from seqtune.kernels.linear_attention.kernels import GATES, SUB, dot_type
 from seqtune.kernels.linear_attention.varlen import ChunkLayout
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,8 @@ def _state_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Ten
            T, H, r.group, layout.grid, float(r.scale), *r.q.stride(), *do.stride(),
            *r.gate_strides(), K=K, V=V, GATE=GATES[r.gate], HAS_DHT=dht is not None,
            VARLEN=r.sequences.packed, BT=config["BT"], BK=bk, BV=bv, DOT=dot_type(dtype),
-           num_warps=config["dh.num_warps"], num_stages=config["dh.num_stages"])
+           num_warps=config["dh.num_warps"], num_stages=config["dh.num_stages"],
+           **backend_options(config))
     return dhs, dh0
 
 
@@ -62,7 +63,8 @@ def _value_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Ten
            layout.grid, float(r.scale), *r.k.stride(), *r.gate_strides(), *do.stride(),
            *dv.stride(), K=K, V=V, GATE=GATES[r.gate], VARLEN=r.sequences.packed,
            BT=config["BT"], BK=config["dv.BK"], BV=bv, DOT=dot_type(dtype),
-           num_warps=config["dv.num_warps"], num_stages=config["dv.num_stages"])
+           num_warps=config["dv.num_warps"], num_stages=config["dv.num_stages"],
+           **backend_options(config))
     return dv
 
 
@@ -80,7 +82,8 @@ def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tenso
               *r.v.stride())
     tuning = {"K": K, "V": V, "VARLEN": r.sequences.packed, "BT": BT, "BK": bk,
               "BV": config["dqk.BV"], "DOT": dot_type(r.v.dtype),
-              "num_warps": config["dqk.num_warps"], "num_stages": config["dqk.num_stages"]}
+              "num_warps": config["dqk.num_warps"], "num_stages": config["dqk.num_stages"],
+              **backend_options(config)}
     if r.gate == "channel":
         launch(_dqk_channel_kernel, (triton.cdiv(K, bk), layout.grid * (BT // SUB), B * H),
                *common, *r.gate_strides(), *do.stride(), SUB=SUB, **tuning)
@@ -103,7 +106,7 @@ def _gate_grads(r: Recurrence, config: dict, dq: torch.Tensor, dk: torch.Tensor,
            r.q, r.k, dq, dk, carry if carry is not None else dg, dg, cu, T, H, r.group,
            *r.q.stride(), *r.k.stride(), K=K, GATE=GATES[r.gate], HAS_CARRY=carry is not None,
            VARLEN=r.sequences.packed, BT=config["BT"], BK=bk,
-           num_warps=config["dg.num_warps"])
+           num_warps=config["dg.num_warps"], **backend_options(config))
     return dg
 
 

@@ -18,7 +18,7 @@ from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expec
 from seqtune.kernels.linear_attention.kernels import GATES
 from seqtune.kernels.linear_attention.op import expect_head_dim
 from seqtune.kernels.linear_attention.ssd import step_sizes
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
@@ -113,7 +113,7 @@ def _run_step(q, k, v, g, v_scale, D, state, state_indices, scale, gate, cfg) ->
            *v.stride(), *g_strides, *state.stride(), *out.stride(), K=K, V=V, GATE=GATES[gate],
            VSCALE=v_scale is not None, HAS_D=D is not None,
            INDEXED=state_indices is not None, BK=cfg["BK"], BV=cfg["BV"],
-           num_warps=cfg["num_warps"])
+           num_warps=cfg["num_warps"], **backend_options(cfg))
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import triton
 
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 from seqtune.kernels.linear_scan.backward import linear_scan_bwd_kernel
 from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
@@ -33,7 +33,7 @@ def run_forward(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | 
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), h.stride(0), h.stride(1),
                h0.stride(0), HAS_INITIAL_STATE=initial_state is not None,
                BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-               num_stages=cfg["num_stages"])
+               num_stages=cfg["num_stages"], **backend_options(cfg))
     return h
 
 
@@ -66,7 +66,7 @@ def run_backward(a: torch.Tensor, h: torch.Tensor, initial_state: torch.Tensor |
                db_out.stride(0), db_out.stride(1), dh0_out.stride(0),
                HAS_INITIAL_STATE=initial_state is not None, NEED_DA=need_da, NEED_DB=need_db,
                NEED_DH0=need_dh0, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"],
-               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **backend_options(cfg))
     return da, db, dh0
 
 

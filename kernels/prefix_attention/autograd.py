@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import triton
 
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import next_power_of_2
 
 from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
@@ -35,7 +35,7 @@ def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                STORE_LSE=store_lse, D_PAD=next_power_of_2(head_dim), BLOCK_T=cfg["BLOCK_T"],
                BLOCK_DV=cfg["BLOCK_DV"], num_warps=cfg["num_warps"],
-               num_stages=cfg["num_stages"])
+               num_stages=cfg["num_stages"], **backend_options(cfg))
     return o, lse
 
 
@@ -66,7 +66,7 @@ def run_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Ten
                dv_out.stride(0), dv_out.stride(1), dv_out.stride(2),
                NEED_DQ=needs[0], NEED_DK=needs[1], NEED_DV=needs[2],
                D_PAD=next_power_of_2(head_dim), BLOCK_T=cfg["BLOCK_T"],
-               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **backend_options(cfg))
     return dq, dk, dv
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import triton
 
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import next_power_of_2
 
 from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
@@ -95,7 +95,7 @@ def _launch_checkpoints(problem, cfg, ops, checkpoints) -> None:
            HAS_DELTA_BIAS=problem["has_delta_bias"], DELTA_SOFTPLUS=problem["delta_softplus"],
            HAS_INITIAL_STATE=problem["has_initial_state"], N_PAD=next_power_of_2(A.shape[1]),
            BLOCK_D=cfg["states.BLOCK_D"], BLOCK_T=cfg["BLOCK_T"],
-           num_warps=cfg["states.num_warps"], num_stages=cfg["num_stages"])
+           num_warps=cfg["states.num_warps"], num_stages=cfg["num_stages"], **backend_options(cfg))
 
 
 def _launch_reverse(problem, cfg, ops, checkpoints, grads, wanted) -> None:
@@ -119,7 +119,7 @@ def _launch_reverse(problem, cfg, ops, checkpoints, grads, wanted) -> None:
            TILE_IN_ONE_GROUP=channels_per_group % cfg["reverse.BLOCK_D"] == 0,
            N_PAD=next_power_of_2(A.shape[1]), BLOCK_D=cfg["reverse.BLOCK_D"],
            BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["reverse.num_warps"],
-           num_stages=cfg["num_stages"])
+           num_stages=cfg["num_stages"], **backend_options(cfg))
 
 
 def _in_dtype(name: str, grad: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:

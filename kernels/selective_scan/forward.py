@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 
 from seqtune.kernels.linear_scan.interpreter import sliced_interpreter_scans
 from seqtune.kernels.selective_scan.kernel import selective_scan_kernel, sum_state_tiles_kernel
@@ -63,10 +63,12 @@ def _launch(cfg, problem, u, delta, A, B, C, D, z, delta_bias, initial_state, y,
            DELTA_SOFTPLUS=problem["delta_softplus"],
            TILE_IN_ONE_GROUP=channels_per_group % cfg["BLOCK_D"] == 0,
            ALL_STATES=state_tiles == 1, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
-           BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+           BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+           **backend_options(cfg))
     if state_tiles > 1:
         launch(sum_state_tiles_kernel,
                (channel_tiles, batch, triton.cdiv(length, cfg["BLOCK_T"])),
                out, u, D, z, y, channels, length, state_tiles, out.stride(0), out.stride(1),
                u.stride(0), u.stride(1), z.stride(0), z.stride(1), y.stride(0), **flags,
-               BLOCK_D=cfg["BLOCK_D"], BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"])
+               BLOCK_D=cfg["BLOCK_D"], BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"],
+               **backend_options(cfg))

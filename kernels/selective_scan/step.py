@@ -22,7 +22,7 @@ import triton.language as tl
 
 from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_state_indices,
                             expect_state_pool, expect_step_tensors, expect_tensor)
-from seqtune.launch import launch, new_output
+from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
 from seqtune.spec import dtype_name
 
@@ -147,7 +147,7 @@ def selective_scan_step(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
            0 if state_indices is None else state_indices.stride(0), *y.stride(),
            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
            DELTA_SOFTPLUS=problem["delta_softplus"], HAS_INDICES=state_indices is not None,
-           BD=cfg["BD"], BN=cfg["BN"], num_warps=cfg["num_warps"])
+           BD=cfg["BD"], BN=cfg["BN"], num_warps=cfg["num_warps"], **backend_options(cfg))
     return y
 
 

@@ -203,7 +203,8 @@ def show_info(console: Console, facts: dict[str, Any]) -> None:
     print_lines(console, [
         f"device: {device['name']} (key {device['key']}, backend {device['backend']}"
         + (f", sm_{device['compute_capability'].replace('.', '')}"
-           if device.get("compute_capability") else "") + ")",
+           if device.get("compute_capability") else "")
+        + (f", {device['arch']}, {device['sm_count']} CUs" if device.get("arch") else "") + ")",
         "software: " + ", ".join(f"{k} {v}" for k, v in software.items() if v),
         f"timings: {facts['timings']}"])
     print_path(console, "profile dir", facts["profile_dir"])
@@ -242,6 +243,7 @@ def show_check(console: Console, results: list) -> None:
                    justify="right"),
             Column("smem B", [number_text(r["shared_bytes"], "{}") for r in kernel_rows],
                    justify="right", priority=1),
+            *_amd_columns(kernel_rows),
             Column("result", [_verdict(r["result"]) for r in kernel_rows]),
         ])
         print_table(console, columns)
@@ -252,6 +254,14 @@ def show_check(console: Console, results: list) -> None:
             if why:
                 print_lines(console, [f"{r['target']} {problem_text(r['problem'])}: "
                                       f"{shorten(why, NOTE_LENGTH)}"])
+
+
+def _amd_columns(rows: list[dict]) -> list[Column]:
+    """For AMD targets: the occupancy (waves per SIMD; regs are VGPRs, AGPRs included)."""
+    if all(r["occupancy"] is None for r in rows):
+        return []
+    return [Column("waves", [number_text(r["occupancy"], "{}") for r in rows], justify="right",
+                   priority=1)]
 
 
 def _verdict(result) -> str:

@@ -45,7 +45,8 @@ def replay(
 def check(
     kernels: Optional[list[str]] = typer.Argument(None, help="Kernels to check (default: all)."),
     target: Optional[list[str]] = typer.Option(None, help="GPU target, repeatable: sm_80, "
-                                               "sm_86, sm_89, sm_90 (default: sm_80 and sm_90)."),
+                                               "sm_86, sm_89, sm_90; AMD gfx90a, gfx942, gfx950, "
+                                               "gfx1100 (default: sm_80 and sm_90)."),
     all_configs: bool = typer.Option(False, "--all-configs", help="Every valid config, not "
                                      "just the default."),
     preset: str = typer.Option("default", help="Preset whose problems (sizes capped) are "

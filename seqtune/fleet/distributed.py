@@ -98,7 +98,7 @@ def run_distributed(specs: Sequence[KernelSpec], device: DeviceInfo, options: Tu
     import torch
     import torch.distributed as dist
 
-    backend = "nccl" if device.backend == "cuda" else "gloo"
+    backend = "gloo" if device.backend == "interpreter" else "nccl"  # RCCL on ROCm
     if backend == "nccl":
         torch.cuda.set_device(0)  # the one GPU this rank sees
     dist.init_process_group(backend, timeout=collective_timeout(options))

@@ -169,7 +169,7 @@ def _tune_shard(sender, device: LocalDevice, kernel_names: list[str],
 
     try:
         info = detect_device(0)
-        if device.visible is not None and info.backend != "cuda":
+        if device.visible is not None and info.backend == "interpreter":
             raise RuntimeError(f"CUDA_VISIBLE_DEVICES={device.visible} shows no usable GPU")
         specs = [get_spec(name) for name in kernel_names]
         work = shard_work(specs, options.preset, options.max_configs, options.shard)

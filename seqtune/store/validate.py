@@ -15,7 +15,7 @@ import reprlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from seqtune.spec import Config, KernelSpec, Problem, dtype_name
+from seqtune.spec import HIP_KNOBS, Config, KernelSpec, Problem, dtype_name
 
 NUMBER_FIELDS = ("default_time_us", "speedup_vs_default", "tflops", "gbps", "max_rel_err")
 
@@ -92,8 +92,10 @@ def check_timing(raw: dict[str, Any]) -> None:
 class EntryRules:
     """The rules of one kernel's entries (its problem fields known once)."""
 
-    def __init__(self, spec: KernelSpec):
-        self.spec = spec
+    def __init__(self, spec: KernelSpec, backend: str | None = None):
+        """``backend``: the profile's device backend; off "hip" an AMD knob is invalid (an
+        NVIDIA profile never offers one)."""
+        self.spec, self.backend = spec, backend
         problems = [*spec.verify_cases, *(p for ps in spec.presets.values() for p in ps)]
         self.fields = {*spec.size_fields, *spec.problem_defaults, *spec.optional_fields,
                        *(field for problem in problems for field in problem)}
@@ -119,6 +121,9 @@ class EntryRules:
             config = self.spec.validate_config(raw["config"])
         except ValueError as exc:
             raise InvalidEntry(str(exc)) from None
+        amd = [knob for knob in HIP_KNOBS if knob in config]
+        if amd and self.backend not in (None, "hip"):
+            raise InvalidEntry(f"{amd[0]} is an AMD (HIP) knob, in a {self.backend} profile")
         return problem, config
 
 

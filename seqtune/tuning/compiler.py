@@ -2,10 +2,11 @@
 
 A config's launches are recorded (``seqtune.launch.capture_launches``) instead of run, then each
 recorded launch is specialised exactly as Triton's own launcher would (its binder, on the
-target's backend) and compiled with ``triton.compile(..., target=GPUTarget(...))``. The cuobjdump
-bundled with Triton reads registers, stack (spills) and shared memory from the cubin. Results are
-cached on disk, keyed by the compiled source's hash (kernel source, signature, constexprs,
-specialisation), the target, the options and the Triton version.
+target's backend) and compiled with ``triton.compile(..., target=GPUTarget(...))``. For NVIDIA
+targets the cuobjdump bundled with Triton reads registers, stack (spills) and shared memory from
+the cubin; for AMD targets (gfx*) the amdgcn assembly has them (``seqtune.tuning.amdgcn``).
+Results are cached on disk, keyed by the compiled source's hash (kernel source, signature,
+constexprs, specialisation), the target, the options and the Triton version.
 
 The kernels must be real ``@triton.jit`` functions here, so this module must run in a process
 where ``TRITON_INTERPRET`` was not set when the kernels were imported.
@@ -27,7 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seqtune.launch import Launch, capture_launches
-from seqtune.spec import INTERPRETER_LIMITS, Config, DeviceLimits, KernelSpec, Problem
+from seqtune.spec import (HIP_KNOBS, INTERPRETER_LIMITS, Config, DeviceLimits, KernelSpec,
+                          Problem)
+from seqtune.tuning.amdgcn import (CDNA2, CDNA3, CDNA4, RDNA3, AmdgcnUsage, HipArch,
+                                   hip_fit_reasons, parse_amdgcn, usage_fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +45,28 @@ class Target:
     max_registers_per_thread: int = 255
     registers_per_sm: int = 65536
     max_threads_per_block: int = 1024
+    backend: str = "cuda"  # or "hip": then ``name`` is the gfx architecture
+    warp_size: int = 32
 
     @property
     def limits(self) -> DeviceLimits:
+        if self.backend == "hip":
+            return DeviceLimits(backend="hip", shared_memory_per_block=self.shared_memory_per_block,
+                                arch=self.name, warp_size=self.warp_size)
         return DeviceLimits(backend="cuda", shared_memory_per_block=self.shared_memory_per_block,
                             compute_capability=divmod(self.capability, 10))
+
+    @property
+    def hip_arch(self) -> HipArch:
+        return HIP_ARCHS[self.name]
+
+
+def hip_target(name: str, gpus: str, arch: HipArch) -> Target:
+    return Target(name, 0, arch.lds_per_cu, gpus, backend="hip", warp_size=arch.warp_size)
+
+
+HIP_ARCHS: dict[str, HipArch] = {"gfx90a": CDNA2, "gfx942": CDNA3, "gfx950": CDNA4,
+                                 "gfx1100": RDNA3}
 
 
 TARGETS: dict[str, Target] = {
@@ -53,6 +74,10 @@ TARGETS: dict[str, Target] = {
     "sm_86": Target("sm_86", 86, 101376, "RTX 30xx, A10, A40"),
     "sm_89": Target("sm_89", 89, 101376, "RTX 40xx, L4, L40"),
     "sm_90": Target("sm_90", 90, 232448, "H100, H200"),
+    "gfx90a": hip_target("gfx90a", "MI210, MI250, MI250X", CDNA2),
+    "gfx942": hip_target("gfx942", "MI300X, MI300A, MI325X", CDNA3),
+    "gfx950": hip_target("gfx950", "MI350X, MI355X", CDNA4),
+    "gfx1100": hip_target("gfx1100", "Radeon RX 7900, Radeon PRO W7900", RDNA3),
 }
 
 # Representative problems keep every categorical field of the preset (dtype, head dims, flags)
@@ -61,7 +86,9 @@ REPRESENTATIVE_SIZE_CAP = 512
 
 
 def target_named(name: str) -> Target:
-    key = name.lower().replace("sm", "sm_").replace("__", "_")
+    key = name.lower()
+    if not key.startswith("gfx"):
+        key = key.replace("sm", "sm_").replace("__", "_")
     if key not in TARGETS:
         raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
     return TARGETS[key]
@@ -77,9 +104,15 @@ class LaunchResources:
 
     kernel: str
     registers: int
-    spill_bytes: int
+    spill_bytes: int  # NVIDIA: stack; AMD: scratch per lane
     shared_bytes: int
     threads: int
+    # AMD only (None for NVIDIA): registers are VGPRs, these AGPRs included
+    agprs: int | None = None
+    sgprs: int | None = None
+    vgpr_spills: int | None = None
+    sgpr_spills: int | None = None
+    occupancy: int | None = None  # waves per SIMD
 
 
 @dataclasses.dataclass
@@ -96,7 +129,7 @@ class CheckResult:
 
     @property
     def spills(self) -> bool:
-        return any(r.spill_bytes > 0 for r in self.launches)
+        return any(r.spill_bytes > 0 or (r.vgpr_spills or 0) > 0 for r in self.launches)
 
     @property
     def fits(self) -> bool:
@@ -109,7 +142,9 @@ class CheckResult:
                 "launches": [dataclasses.asdict(r) for r in self.launches],
                 "registers": max((r.registers for r in self.launches), default=None),
                 "spill_bytes": max((r.spill_bytes for r in self.launches), default=None),
-                "shared_bytes": max((r.shared_bytes for r in self.launches), default=None)}
+                "shared_bytes": max((r.shared_bytes for r in self.launches), default=None),
+                "occupancy": min((r.occupancy for r in self.launches
+                                  if r.occupancy is not None), default=None)}
 
 
 def representative_problems(spec: KernelSpec, preset: str = "default") -> list[Problem]:
@@ -129,15 +164,22 @@ def check_config(spec: KernelSpec, problem: Problem, config: Config, target: Tar
     config that does not compile (the compiler's last line is the error). ``inputs`` (e.g. the
     tuner's, already on the GPU) save making CPU inputs."""
     result = CheckResult(spec.name, target.name, problem, dict(config), compiled=True)
+    reason = spec.check(config, problem, target.limits) if config.keys() & HIP_KNOBS else None
+    if reason is not None:  # an AMD knob this target does not take
+        result.compiled, result.reasons = False, [reason]
+        return result
+    # The op runs here on the CPU, which takes no AMD knob: they go to the compiler instead.
+    knobs = {k: v for k, v in config.items() if k in HIP_KNOBS}
     try:
-        launches = record_launches(spec, problem, config, inputs)
+        launches = record_launches(spec, problem, {k: v for k, v in config.items()
+                                                   if k not in knobs}, inputs)
     except ValueError as exc:  # the op's own config check refused it: it does not fit
         result.compiled = False
         result.reasons = [_last_line(exc)]
         return result
     try:
         for launch in launches:
-            result.launches.append(compile_launch(launch, target, cache_dir))
+            result.launches.append(compile_launch(launch, target, cache_dir, knobs))
     except Exception as exc:  # a config that cannot compile is a finding, not a crash
         result.compiled = False
         result.error = _last_line(exc)
@@ -158,6 +200,8 @@ def record_launches(spec: KernelSpec, problem: Problem, config: Config,
 
 
 def fit_reasons(resources: list[LaunchResources], target: Target) -> list[str]:
+    if target.backend == "hip":  # judged as compiled (compile_launch keeps the reasons)
+        return [reason for r in resources for reason in _hip_reasons(r, target)]
     reasons = []
     for r in resources:
         if r.shared_bytes > target.shared_memory_per_block:
@@ -171,8 +215,20 @@ def fit_reasons(resources: list[LaunchResources], target: Target) -> list[str]:
     return reasons
 
 
-def compile_launch(launch: Launch, target: Target, cache_dir: Path | None) -> LaunchResources:
-    """Specialise a recorded launch as Triton's launcher would, compile it, read resources."""
+def _hip_reasons(r: LaunchResources, target: Target) -> list[str]:
+    usage = AmdgcnUsage(r.registers, r.agprs or 0, r.sgprs or 0, r.vgpr_spills or 0,
+                        r.sgpr_spills or 0, r.spill_bytes, r.occupancy or 0)
+    reasons = hip_fit_reasons(r.kernel, usage, r.shared_bytes, r.threads // target.warp_size,
+                              target.hip_arch, target.name)
+    if r.threads > target.max_threads_per_block:
+        reasons.append(f"{r.kernel}: {r.threads} threads > {target.max_threads_per_block}")
+    return reasons
+
+
+def compile_launch(launch: Launch, target: Target, cache_dir: Path | None,
+                   knobs: Config | None = None) -> LaunchResources:
+    """Specialise a recorded launch as Triton's launcher would, compile it, read resources.
+    ``knobs``: compile options the launch did not pass (AMD's, for a HIP target)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -182,10 +238,11 @@ def compile_launch(launch: Launch, target: Target, cache_dir: Path | None) -> La
     if not isinstance(kernel, JITFunction):
         raise RuntimeError("kernels were imported under TRITON_INTERPRET=1; run the check in a "
                            "process without it")
-    gpu_target = GPUTarget("cuda", target.capability, 32)
+    gpu_target = (GPUTarget("hip", target.name, target.warp_size) if target.backend == "hip"
+                  else GPUTarget("cuda", target.capability, 32))
     backend = make_backend(gpu_target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    kwargs = {"debug": False, **launch.kwargs}
+    kwargs = {"debug": False, **launch.kwargs, **(knobs or {})}
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
                                                               specialization, options)
@@ -196,10 +253,7 @@ def compile_launch(launch: Launch, target: Target, cache_dir: Path | None) -> La
     if cache_file.exists():
         return LaunchResources(**json.loads(cache_file.read_text()))
     compiled = triton.compile(source, target=gpu_target, options=options.__dict__)
-    registers, spills = _cubin_usage(compiled.asm["cubin"])
-    resources = LaunchResources(kernel.__name__, registers, spills,
-                                int(compiled.metadata.shared),
-                                int(compiled.metadata.num_warps) * 32)
+    resources = _resources(kernel.__name__, compiled, target)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps(dataclasses.asdict(resources)))
     return resources
@@ -212,6 +266,17 @@ def default_cache_dir() -> Path:
     if os.environ.get("SEQTUNE_COMPILE_CACHE"):
         return Path(os.environ["SEQTUNE_COMPILE_CACHE"])
     return Path(platformdirs.user_cache_dir("seqtune")) / "compile"
+
+
+def _resources(name: str, compiled: Any, target: Target) -> LaunchResources:
+    shared, warps = int(compiled.metadata.shared), int(compiled.metadata.num_warps)
+    if target.backend == "hip":
+        usage = parse_amdgcn(compiled.asm["amdgcn"])
+        return LaunchResources(name, usage.vgprs, usage.scratch_bytes, shared,
+                               warps * target.warp_size,
+                               **usage_fields(usage, shared, warps, target.hip_arch))
+    registers, spills = _cubin_usage(compiled.asm["cubin"])
+    return LaunchResources(name, registers, spills, shared, warps * 32)
 
 
 def _cubin_usage(cubin: bytes) -> tuple[int, int]:
@@ -232,7 +297,11 @@ def _cubin_usage(cubin: bytes) -> tuple[int, int]:
 
 def _last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"[:300]
+    last = lines[-1].strip() if lines else ""
+    if last in ("", "^") and exc.__cause__ is not None:
+        # Triton's CompilationError ends with a caret under the source; its cause says why
+        return _last_line(exc.__cause__)
+    return f"{type(exc).__name__}: {last}"[:300]
 
 
 def configs_to_check(spec: KernelSpec, problem: Problem, target: Target, all_configs: bool,
@@ -244,7 +313,8 @@ def configs_to_check(spec: KernelSpec, problem: Problem, target: Target, all_con
         return [config]
     if not all_configs:
         return [spec.default_for(problem, target.limits)]
-    return [c for c in spec.configs() if spec.check(c, problem, target.limits) is None]
+    return [c for c in spec.configs(target.limits)
+            if spec.check(c, problem, target.limits) is None]
 
 
 def run_check(specs: list[KernelSpec], targets: list[Target], all_configs: bool,
@@ -367,6 +437,14 @@ def compile_problem(spec: KernelSpec, problem: Problem, config: Config) -> Probl
         if spec._is_valid(config, capped, INTERPRETER_LIMITS):
             return capped
     return problem
+
+
+def target_of_hip_device(arch: str | None, lds_per_block: int) -> Target | None:
+    """The known target of an AMD GPU's architecture with its own LDS size, or None."""
+    known = TARGETS.get(arch or "")
+    if known is None or known.backend != "hip":
+        return None
+    return dataclasses.replace(known, shared_memory_per_block=lds_per_block)
 
 
 def target_of_device(name: str, capability: str, shared_memory_per_block: int) -> Target:

@@ -170,8 +170,8 @@ class IsolatedRunner:
         answer = self.worker.request(("evaluate", self.spec.name, self.problem, config,
                                       fidelity))
         if isinstance(answer, Candidate):
-            if answer.status == "runtime" and self.worker.setup.device.backend == "cuda":
-                self.worker.close()  # a CUDA error is sticky: later candidates need a new context
+            if answer.status == "runtime" and self.worker.setup.device.backend != "interpreter":
+                self.worker.close()  # a GPU error is sticky: later candidates need a new context
             return answer
         status, reason = answer
         return Candidate(config, status, error=reason)

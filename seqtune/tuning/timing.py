@@ -82,5 +82,7 @@ def wall_clock_timer(run: Callable[[], Any], config: Config, repeats: int = 3,
 
 
 def timer_for(backend: str) -> tuple[Timer, str]:
-    """The timer and its label for a device backend ("cuda" or "interpreter")."""
-    return (gpu_timer, GPU_LABEL) if backend == "cuda" else (wall_clock_timer, INTERPRETER_LABEL)
+    """The timer and its label for a device backend ("cuda", "hip" or "interpreter"):
+    ``do_bench`` times AMD GPUs through torch.cuda's HIP events as it does NVIDIA's."""
+    return ((wall_clock_timer, INTERPRETER_LABEL) if backend == "interpreter"
+            else (gpu_timer, GPU_LABEL))

@@ -129,9 +129,14 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
 def _compile_ahead(device: DeviceInfo, options: TuneOptions):
     """Parallel compilation ahead of timing: always on a GPU (for its own target); on the
     interpreter only when asked (``--compile-target``), to prune by a real GPU's limits."""
-    from seqtune.tuning.compiler import CompileAhead, target_named, target_of_device
+    from seqtune.tuning.compiler import (CompileAhead, target_named, target_of_device,
+                                         target_of_hip_device)
 
-    if device.backend == "cuda":
+    if device.backend == "hip":
+        target = target_of_hip_device(device.arch, device.shared_memory_per_block)
+        if target is None:  # an architecture seqtune has no limits for: nothing to prune by
+            return None
+    elif device.backend == "cuda":
         target = target_of_device(device.name, device.compute_capability,
                                   device.shared_memory_per_block)
     elif options.compile_target:

@@ -81,7 +81,7 @@ def candidate_order(spec: KernelSpec, problem: Problem, device: DeviceInfo,
     ``--max-configs`` cut samples the whole space rather than one corner of it."""
     is_candidate = candidate_test(spec, problem, device)
     default = spec.default_for(problem, device.limits)
-    valid = [c for c in spec.configs() if is_candidate(c)]
+    valid = [c for c in spec.configs(device.limits) if is_candidate(c)]
     head, rest = [c for c in valid if c == default], [c for c in valid if c != default]
     random.Random(seed).shuffle(rest)
     return head + rest
@@ -170,7 +170,7 @@ class Tuner:
             is_candidate = candidate_test(spec, problem, self.device)
             ahead = self.compile_ahead
             self._spaces = {key: SearchSpace(
-                dict(spec.space),
+                spec.space_for(self.device.limits),  # with AMD's compile knobs on HIP
                 Deferred(lambda: candidate_order(spec, problem, self.device, self.seed)),
                 self._starts(spec, problem, is_candidate), tuple(spec.stages),
                 stagewise=spec.stagewise, max_evaluations=self.budget.max_configs,

@@ -26,6 +26,8 @@ def device_similarity(device: DeviceInfo, other: dict[str, Any]) -> int | None:
     None for another backend or architecture family (its configs would not carry over)."""
     if other.get("key") == device.key:
         return 0
+    if device.backend == "hip" and other.get("backend") == "hip":  # same gfx: same code
+        return 1 if other.get("arch") == device.arch else None
     if other.get("backend") != device.backend or device.backend != "cuda":
         return None
     capability, theirs = device.compute_capability or "", str(other.get("compute_capability"))
