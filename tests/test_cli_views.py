@@ -333,3 +333,84 @@ def test_bench_at_80_columns_explains_only_the_columns_it_shows():
         assert len(warnings) == 1 and "4 problems:" in warnings[0]  # one dict, 4 rows
     assert "config:" not in narrow and "config:" in wide  # the config column needs width
     assert "±10%" in wide.split("time against length")[0]  # a column beside the time
+
+
+# --------------------------------------------------------------- issue 33: explain themselves
+
+def test_a_kernel_with_one_problem_still_shows_its_fields_and_counts_agree(tmp_path,
+                                                                            monkeypatch):
+    from seqtune.cli.render_report import show_report
+
+    monkeypatch.chdir(tmp_path)
+    path = gpu_profile(Path("one.yaml"))
+    data = yaml.safe_load(path.read_text())
+    for section in data["kernels"].values():
+        del section["entries"][1:]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    text = render(show_report, report_of(path))
+    assert_fits(text)
+    problem = data["kernels"]["attention"]["entries"][0]["problem"]
+    after = text.split("attention: 1 entry\n")[1]
+    assert after.startswith("problem: ") and f"D={problem['D']}" in after.splitlines()[0]
+    assert "1 entries" not in text
+
+
+def test_disjoint_profiles_are_said_to_share_no_problem(tmp_path, monkeypatch):
+    from seqtune.cli.render_report import show_report
+
+    monkeypatch.chdir(tmp_path)
+    first = gpu_profile(Path("a.yaml"), kernels=("attention",))
+    second = gpu_profile(Path("b.yaml"), kernels=("delta_rule",))
+    text = render(show_report, report_of(first, second))
+    assert "nothing to compare: the profiles share no problem with a.yaml" in text
+
+
+def test_verify_rows_have_a_legend():
+    from seqtune.cli.render import show_verify
+
+    rows = [{"kernel": "attention", "problem": {"T": 37, "D": 16}, "ok": True, "detail": "",
+             "config_source": source, "config": {"BLOCK_M": 16, "BLOCK_N": 16},
+             "max_abs_err": 1e-6, "max_rel_err": 1e-6}
+            for source in ("default: x", "loader: x", "tuned #2: x")]
+    text = render(show_verify, rows)
+    assert "loader = the one the runtime launches" in text and "tuned #N =" in text
+
+
+def test_a_missing_profile_dir_is_said(tmp_path, capsys, monkeypatch):
+    # report names the missing directory, not "no profiles; run tune"; the runtime's log says
+    # it too, where it would otherwise fall back to defaults in silence
+    from seqtune.cli import main
+
+    missing = tmp_path / "mistyped"
+    monkeypatch.setattr("sys.argv", ["seqtune", "report", "--profile-dir", str(missing)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    assert f"the profile dir {missing} does not exist" in capsys.readouterr().err
+    import seqtune.loader
+
+    monkeypatch.setenv("SEQTUNE_PROFILE_DIR", str(missing))
+    monkeypatch.setenv("SEQTUNE_LOG", "1")
+    seqtune.loader.load_profile()
+    assert f"profile dir {missing} does not exist" in capsys.readouterr().err
+
+
+def test_the_loader_log_names_the_field_that_kept_an_entry_from_matching(tmp_path, capsys,
+                                                                          monkeypatch):
+    import seqtune.loader
+
+    monkeypatch.setenv("SEQTUNE_LOG", "1")
+    entry = seqtune.loader.Entry(problem={**get_spec("attention").presets["tiny"][0], "D": 64},
+                                 config={}, stale_reason=None, origin="test")
+    profile = seqtune.loader.Profile({"attention": [entry]}, [])
+    profile.best_config("attention", {**entry.problem, "D": 128})
+    assert "entries differ in D (64; here 128), which must match exactly" in \
+        capsys.readouterr().err
+
+
+def test_a_mistyped_kernel_gets_a_did_you_mean():
+    from seqtune import api
+    from seqtune.errors import UsageError
+
+    with pytest.raises(UsageError, match="did you mean 'attention'"):
+        api.specs_named(["atention"])
