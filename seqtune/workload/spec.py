@@ -55,7 +55,9 @@ class WorkloadSpec(KernelSpec):
                           else next_power_of_2(value))
         return key
 
-    def configs(self) -> list[Config]:
+    def configs(self, limits: Any = None) -> list[Config]:
+        """The recorded ``triton.Config`` list, default first: each carries its own compile
+        options, so a backend adds no knobs (``limits`` is the base signature's, unused)."""
         default = dict(self.default_config)
         return [default] + [dict(c) for c in self.kernel_configs if c != default]
 
