@@ -391,7 +391,7 @@ def _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K: tl.conste
         after = final + bh * K * V
     live = d_mask
     if not HAS_FINAL:
-        live = d_mask & more
+        live = d_mask & (tl.full([BV], 1, tl.int32) * more.to(tl.int32) > 0)
     grad = dhs + (slot * H + h) * K * V
     total = tl.sum(tl.zeros([BV, BV], dtype=tl.float32), axis=1)
     for e0 in range(0, V, BV):
