@@ -168,22 +168,8 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, Q
         grad = tl.load(grad_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
         scores = tl.dot(do_tile.to(DOT), tl.trans(v_tile).to(DOT), scores,
                         input_precision="ieee")
-        state_hi = state.to(do_tile.dtype)
-        grad_hi = grad.to(v_tile.dtype)
-        q_inter = tl.dot(do_tile.to(DOT), tl.trans(state_hi).to(DOT), q_inter,
-                         input_precision="ieee")
-        k_inter = tl.dot(v_tile.to(DOT), tl.trans(grad_hi).to(DOT), k_inter,
-                         input_precision="ieee")
-        if SPLIT:
-            # what rounding the fp32 state and its gradient to 8 / 11 bits dropped, as a
-            # second operand: otherwise the largest error of dg (its inter-chunk terms sum
-            # over the chunk's steps and channels)
-            state_lo = (state - state_hi.to(tl.float32)).to(do_tile.dtype)
-            grad_lo = (grad - grad_hi.to(tl.float32)).to(v_tile.dtype)
-            q_inter = tl.dot(do_tile.to(DOT), tl.trans(state_lo).to(DOT), q_inter,
-                             input_precision="ieee")
-            k_inter = tl.dot(v_tile.to(DOT), tl.trans(grad_lo).to(DOT), k_inter,
-                             input_precision="ieee")
+        q_inter = _dot_state(do_tile, state, q_inter, SPLIT, DOT)
+        k_inter = _dot_state(v_tile, grad, k_inter, SPLIT, DOT)
     scores *= scale
     q_inter *= scale
     if GATE == 1:
@@ -215,12 +201,27 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, Q
 
 
 @triton.jit
+def _dot_state(rows, state, acc, SPLIT: tl.constexpr, DOT: tl.constexpr):
+    """acc + rows @ state^T for a [BK, BV] fp32 block of a state or state gradient: the block
+    rounded to the rows' dtype as the tensor-core operand and, with SPLIT (decay, bf16/fp16),
+    what that rounding dropped as a second operand, ~16 bits in all. dg's inter-chunk terms
+    (q dq, k dk summed over the chunk's steps and channels) would otherwise carry the state's
+    8- or 11-bit rounding: its largest error (0.5 on gradients of ~100 in bf16, T=64)."""
+    high = state.to(rows.dtype)
+    acc = tl.dot(rows.to(DOT), tl.trans(high).to(DOT), acc, input_precision="ieee")
+    if SPLIT:
+        low = (state - high.to(tl.float32)).to(rows.dtype)
+        acc = tl.dot(rows.to(DOT), tl.trans(low).to(DOT), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP, NT,
                         scale, sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd,
                         sgb, sgt, sgh, sgd, sdb, sdt, sdh, sdd,
                         K: tl.constexpr, V: tl.constexpr, VARLEN: tl.constexpr,
                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        SUB: tl.constexpr, DOT: tl.constexpr):
+                        SUB: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr):
     """[SUB, BK] blocks of dq and dk (per value head, fp32) of SUB rows of a chunk, for
     per-channel decay. Grid (K/BK, chunks * BT/SUB, B*H).
 
@@ -266,10 +267,8 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
         block_mask = d_mask[:, None] & e_mask[None, :]
         state = tl.load(state_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
         grad = tl.load(grad_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
-        q_inter = tl.dot(do_rows.to(DOT), tl.trans(state.to(do_rows.dtype)).to(DOT), q_inter,
-                         input_precision="ieee")
-        k_inter = tl.dot(v_rows.to(DOT), tl.trans(grad.to(v_rows.dtype)).to(DOT), k_inter,
-                         input_precision="ieee")
+        q_inter = _dot_state(do_rows, state, q_inter, SPLIT, DOT)
+        k_inter = _dot_state(v_rows, grad, k_inter, SPLIT, DOT)
     rows_by_chunk *= scale
     chunk_by_rows *= scale
     g_base = g + b * sgb + h * sgh + d[None, :] * sgd

@@ -85,15 +85,15 @@ def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tenso
               *r.v.stride())
     tuning = {"K": K, "V": V, "VARLEN": r.sequences.packed, "BT": BT, "BK": bk,
               "BV": config["dqk.BV"], "DOT": dot_type(r.v.dtype),
-              "num_warps": config["dqk.num_warps"], "num_stages": config["dqk.num_stages"]}
+              "num_warps": config["dqk.num_warps"], "num_stages": config["dqk.num_stages"],
+              "SPLIT": r.gate != "none" and r.v.dtype != torch.float32}
     if r.gate == "channel":
         launch(_dqk_channel_kernel, (triton.cdiv(K, bk), layout.grid * (BT // SUB), B * H),
                *common, *r.gate_strides(), *do.stride(), SUB=SUB, **tuning)
     else:
         launch(_dqk_kernel, (triton.cdiv(K, bk), layout.grid, B * H), *common[:9],
                points if points is not None else dq, *common[9:], *r.gate_strides()[:3],
-               *do.stride(), GATE=GATES[r.gate],
-               SPLIT=r.gate == "scalar" and r.v.dtype != torch.float32, **tuning)
+               *do.stride(), GATE=GATES[r.gate], **tuning)
     return dq, dk, points
 
 
