@@ -31,8 +31,8 @@ kd [tokens, HV, K]; v, u0, u, o [tokens, HV, V]; beta, g (scalar) [tokens, HV]; 
 initial/final state [N, HV, K, V] (the initial one of any float dtype, the final fp32). Value
 head hv reads key head hv // (HV / H). Chunks never straddle sequences: ``chunk_table``
 [chunks, 2] holds each chunk's (sequence, index within it), ``chunk_offsets`` [N + 1] each
-sequence's first chunk. ``w``, ``kd``, ``u0``, ``u``, ``scores`` and the chunk states are
-scratch in the input dtype (what the tensor cores take).
+sequence's first chunk. ``w``, ``kd``, ``u``, ``scores`` and the chunk states are scratch in
+the input dtype (what the tensor cores take); ``u0`` is fp32 (only ever added to).
 """
 from __future__ import annotations
 
