@@ -41,12 +41,24 @@ def compare(outputs: Outputs, reference: Outputs, tol: Tolerance) -> Agreement:
         scale = max(ref64.abs().max().item(), 1e-30)
         worst_abs = max(worst_abs, diff.max().item())
         worst_rel = max(worst_rel, diff.max().item() / scale)
-        bad = diff > tol.atol + tol.rtol * ref64.abs()
+        allowed = tol.atol + tol.rtol * ref64.abs()
+        bad = diff > allowed
         if bad.any():
             problems.append(f"output {index}: {int(bad.sum())}/{bad.numel()} elements "
                             f"outside atol={tol.atol:g} rtol={tol.rtol:g}"
-                            + (f" ({int(not_finite.sum())} not finite)" if not_finite.any() else ""))
+                            + (f" ({int(not_finite.sum())} not finite)" if not_finite.any() else "")
+                            + _worst(diff, allowed, ref64, bad))
     return Agreement(not problems, worst_abs, worst_rel, "; ".join(problems))
+
+
+def _worst(diff: torch.Tensor, allowed: torch.Tensor, ref64: torch.Tensor,
+           bad: torch.Tensor) -> str:
+    """The element furthest outside its tolerance: its error, what was allowed there and the
+    reference's value and largest magnitude (whether the tolerance ignores the output's scale)."""
+    at = int(torch.argmax(torch.where(bad, diff / allowed, -1.0)))
+    return (f", worst |err| {diff.flatten()[at].item():.3g} where {allowed.flatten()[at].item():.3g}"
+            f" allowed (ref {ref64.flatten()[at].item():.3g}, max |ref| "
+            f"{ref64.abs().max().item():.3g})")
 
 
 def tolerance_for(spec: KernelSpec, problem: Problem) -> Tolerance:

@@ -31,8 +31,8 @@ kd [tokens, HV, K]; v, u0, u, o [tokens, HV, V]; beta, g (scalar) [tokens, HV]; 
 initial/final state [N, HV, K, V] (the initial one of any float dtype, the final fp32). Value
 head hv reads key head hv // (HV / H). Chunks never straddle sequences: ``chunk_table``
 [chunks, 2] holds each chunk's (sequence, index within it), ``chunk_offsets`` [N + 1] each
-sequence's first chunk. ``w``, ``kd``, ``u0``, ``u``, ``scores`` and the chunk states are
-scratch in the input dtype (what the tensor cores take).
+sequence's first chunk. ``w``, ``kd``, ``u``, ``scores`` and the chunk states are scratch in
+the input dtype (what the tensor cores take); ``u0`` is fp32 (only ever added to).
 """
 from __future__ import annotations
 
@@ -79,6 +79,31 @@ def _mma(a, b):
         return tl.dot(a, b, input_precision=exact_fp32())
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def _mma_split(a, b):
+    """a @ b for an fp32 ``b`` (the running state) and ``a`` in the input dtype: b rounded to
+    a's dtype, plus what that rounding dropped as a second product (~16 bits in all; exact
+    for fp32). The state re-enters every chunk through U = U0 - W S, so its 8-bit rounding
+    would otherwise gather over the chunks into the output and the final state."""
+    high = b.to(a.dtype)
+    product = _mma(a, high)
+    if a.dtype != tl.float32:
+        product += _mma(a, (b - high.to(tl.float32)).to(a.dtype))
+    return product
+
+
+@triton.jit
+def _mma_split_left(a, b):
+    """a @ b for an fp32 ``a`` (the UT transform's inverse, whose entries grow where keys are
+    close: rounding it to 8 bits was the largest error of U0 and W) and ``b`` in the input
+    dtype, as ``_mma_split`` does it."""
+    high = a.to(b.dtype)
+    product = _mma(high, b)
+    if b.dtype != tl.float32:
+        product += _mma((a - high.to(tl.float32)).to(b.dtype), b)
+    return product
 
 
 @triton.jit
@@ -300,8 +325,8 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
     kk, qk = _grams(q, k, g, bos, rows, head, H, hv, HV, K, T, GATE, BT, BK)
     _store_rows(scores, qk, bos, rows, hv, HV, BT, idx, T)
     beta_rows = _load_per_token(beta, bos, rows, hv, HV, T)
+    # fp32, as fla keeps the UT transform's intermediates: W and U0 take it in two parts
     inverse = _unit_lower_inverse(kk * beta_rows[:, None], k.dtype.element_ty == tl.float32, BT)
-    inverse = inverse.to(k.dtype.element_ty)
     gam = tl.zeros([BT], dtype=tl.float32)
     if GATE == GATE_SCALAR:
         gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
@@ -325,12 +350,12 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
                 queries = _load_rows(q, bos, rows, head, H, K, cols, T).to(tl.float32)
                 _store_rows(qg, queries * tl.exp(gam_tile), bos, rows, hv, HV, K, cols, T)
         keys = (keys * beta_rows[:, None]).to(k.dtype.element_ty)
-        _store_rows(w, _mma(inverse, keys), bos, rows, hv, HV, K, cols, T)
+        _store_rows(w, _mma_split_left(inverse, keys), bos, rows, hv, HV, K, cols, T)
     for v0 in range(0, V, BV):
         cols = v0 + tl.arange(0, BV)
         values = _load_rows(v, bos, rows, hv, HV, V, cols, T).to(tl.float32)
         values = (values * beta_rows[:, None]).to(v.dtype.element_ty)
-        _store_rows(u0, _mma(inverse, values), bos, rows, hv, HV, V, cols, T)
+        _store_rows(u0, _mma_split_left(inverse, values), bos, rows, hv, HV, V, cols, T)
 
 
 @triton.jit
@@ -364,7 +389,7 @@ def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_
                  mask=state_mask)
         w_c = _load_rows(w, bos, rows, hv, HV, K, kdim, T)
         u_c = _load_rows(u0, bos, rows, hv, HV, V, vcols, T).to(tl.float32)
-        u_c -= _mma(w_c, state.to(w_c.dtype))
+        u_c -= _mma_split(w_c, state)
         _store_rows(u, u_c, bos, rows, hv, HV, V, vcols, T)
         k_c = _load_rows(keys, bos, rows, key_head, HK, K, kdim, T)
         if GATED:

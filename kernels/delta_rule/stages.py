@@ -42,7 +42,7 @@ def wy_stage(q, k, v, beta, g, cfg, pack, decayed_queries=False) -> ChunkTerms:
     device, dtype, tokens = q.device, q.dtype, batch * length
     gated = g is not None
     w = new_output((tokens, value_heads, key_dim), dtype, device)
-    u0 = new_output((tokens, value_heads, value_dim), dtype, device)
+    u0 = new_output((tokens, value_heads, value_dim), torch.float32, device)  # an addend, not an operand
     if gated:
         keys = new_output((tokens, value_heads, key_dim), dtype, device)
         chunk_decay = new_output((chunks, value_heads, key_dim), torch.float32, device)

@@ -17,8 +17,12 @@ With b_t the cumulative log decay since the chunk start, S_prev the state before
   in the forward's intra kernel, so every exponent stays <= 0.
 - ``dg``: q and k enter only as q_t exp(B_t) and k_s exp(-B_s) (B the cumulative decay since the
   sequence start) and the final state as exp(B_T) (...), so dL/dB_t = q_t dq_t - k_t dk_t
-  (+ sum_v dS_T S_T at the last step) and dg_t = sum_{t' >= t} dL/dB_t': a reverse cumulative
-  sum per sequence. No exponential at all.
+  (+ sum_v dS_T S_T at the last step) and dg_t = sum_{t' >= t} dL/dB_t'. The part of that sum
+  past t's chunk is <S, dH> for the state S after the chunk and its gradient dH (shifting every
+  later B by one amount only scales S), so dg sums within a chunk (as fla does) and reads the
+  rest from the fp32 states and state gradients: no exponential, and no rounding error gathered
+  over the whole sequence. The backward keeps the recomputed states and dH in fp32 (as fla's
+  does); they are rounded to the input dtype only as tensor-core operands.
 """
 from __future__ import annotations
 
@@ -118,19 +122,28 @@ def _dv_kernel(k, g, do, A, dhs, dv, cu, chunk_list, T, H, QK_GROUP, NT, scale,
                       * tl.exp(tl.minimum(channel_to_end, 0.0))).to(do_tile.dtype)
         grad = tl.load(grad_base + d[:, None] * V + e[None, :],
                        mask=d_mask[:, None] & e_mask[None, :], other=0.0)
-        acc = tl.dot(k_tile.to(DOT), grad.to(DOT), acc, input_precision="ieee")
+        acc = tl.dot(k_tile.to(DOT), grad.to(do_tile.dtype).to(DOT), acc,
+                     input_precision="ieee")
     tl.store(dv + b * svb + h * svh + t[:, None] * svt + e[None, :] * svd,
              acc.to(dv.dtype.element_ty), mask=t_mask[:, None] & e_mask[None, :])
 
 
 @triton.jit
-def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP, NT, scale,
+def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, QK_GROUP, NT,
+                scale,
                 sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd,
                 sgb, sgt, sgh, sdb, sdt, sdh, sdd,
                 K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VARLEN: tl.constexpr,
-                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr):
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr,
+                SPLIT: tl.constexpr):
     """[BT, BK] blocks of dq and dk (per value head, fp32 [B, T, H, K]) of one chunk, for no or
-    scalar decay. Grid (K/BK, chunks, B*H)."""
+    scalar decay. Grid (K/BK, chunks, B*H).
+
+    With scalar decay also this K block's share of q_t . dq_t - k_t . dk_t (dg's point
+    gradient, fp32 [B, T, H, K/BK]): its intra-chunk part as fla computes it, row sums minus
+    column sums of dA * (q k^T) in fp32, so that the terms of each pair (t, s), which cancel in
+    dg's reverse sum from t down to s, cancel exactly instead of leaving the rounding of dq's
+    and dk's bf16 dot operands behind."""
     pid_k, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
     if c * BT >= eos - bos:
@@ -159,10 +172,8 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP,
         grad = tl.load(grad_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
         scores = tl.dot(do_tile.to(DOT), tl.trans(v_tile).to(DOT), scores,
                         input_precision="ieee")
-        q_inter = tl.dot(do_tile.to(DOT), tl.trans(state.to(do_tile.dtype)).to(DOT), q_inter,
-                         input_precision="ieee")
-        k_inter = tl.dot(v_tile.to(DOT), tl.trans(grad.to(v_tile.dtype)).to(DOT), k_inter,
-                         input_precision="ieee")
+        q_inter = _dot_state(do_tile, state, q_inter, SPLIT, DOT)
+        k_inter = _dot_state(v_tile, grad, k_inter, SPLIT, DOT)
     scores *= scale
     q_inter *= scale
     if GATE == 1:
@@ -181,9 +192,31 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP,
     scores_in = scores.to(k_tile.dtype).to(DOT)
     dq_tile = tl.dot(scores_in, k_tile.to(DOT), q_inter, input_precision="ieee")
     dk_tile = tl.dot(tl.trans(scores_in), q_tile.to(DOT), k_inter, input_precision="ieee")
+    if GATE == 1:
+        pairs = scores * tl.dot(q_tile.to(DOT), tl.trans(k_tile).to(DOT), input_precision="ieee")
+        q32, k32 = q_tile.to(tl.float32), k_tile.to(tl.float32)
+        point = (tl.sum(pairs, axis=1) - tl.sum(pairs, axis=0)
+                 + tl.sum(q32 * q_inter - k32 * k_inter, axis=1))
+        tl.store(points + ((b * T + t) * H + h) * tl.num_programs(0) + pid_k, point,
+                 mask=t_mask)
     out = (b * T + t[:, None]) * H * K + h * K + d[None, :]
     tl.store(dq + out, dq_tile, mask=tile_mask)
     tl.store(dk + out, dk_tile, mask=tile_mask)
+
+
+@triton.jit
+def _dot_state(rows, state, acc, SPLIT: tl.constexpr, DOT: tl.constexpr):
+    """acc + rows @ state^T for a [BK, BV] fp32 block of a state or state gradient: the block
+    rounded to the rows' dtype as the tensor-core operand and, with SPLIT (decay, bf16/fp16),
+    what that rounding dropped as a second operand, ~16 bits in all. dg's inter-chunk terms
+    (q dq, k dk summed over the chunk's steps and channels) would otherwise carry the state's
+    8- or 11-bit rounding: its largest error (0.5 on gradients of ~100 in bf16, T=64)."""
+    high = state.to(rows.dtype)
+    acc = tl.dot(rows.to(DOT), tl.trans(high).to(DOT), acc, input_precision="ieee")
+    if SPLIT:
+        low = (state - high.to(tl.float32)).to(rows.dtype)
+        acc = tl.dot(rows.to(DOT), tl.trans(low).to(DOT), acc, input_precision="ieee")
+    return acc
 
 
 @triton.jit
@@ -192,7 +225,7 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
                         sgb, sgt, sgh, sgd, sdb, sdt, sdh, sdd,
                         K: tl.constexpr, V: tl.constexpr, VARLEN: tl.constexpr,
                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        SUB: tl.constexpr, DOT: tl.constexpr):
+                        SUB: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr):
     """[SUB, BK] blocks of dq and dk (per value head, fp32) of SUB rows of a chunk, for
     per-channel decay. Grid (K/BK, chunks * BT/SUB, B*H).
 
@@ -240,10 +273,8 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
         block_mask = d_mask[:, None] & e_mask[None, :]
         state = tl.load(state_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
         grad = tl.load(grad_base + d[:, None] * V + e[None, :], mask=block_mask, other=0.0)
-        q_inter = tl.dot(do_rows.to(DOT), tl.trans(state.to(do_rows.dtype)).to(DOT), q_inter,
-                         input_precision="ieee")
-        k_inter = tl.dot(v_rows.to(DOT), tl.trans(grad.to(v_rows.dtype)).to(DOT), k_inter,
-                         input_precision="ieee")
+        q_inter = _dot_state(do_rows, state, q_inter, SPLIT, DOT)
+        k_inter = _dot_state(v_rows, grad, k_inter, SPLIT, DOT)
     rows_by_chunk *= scale
     chunk_by_rows *= scale
     g_base = g + b * sgb + h * sgh + d[None, :] * sgd
@@ -310,47 +341,71 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
 
 
 @triton.jit
-def _dg_kernel(q, k, dq, dk, carry0, dg, cu, T, H, QK_GROUP,
-               sqb, sqt, sqh, sqd, skb, skt, skh, skd,
-               K: tl.constexpr, GATE: tl.constexpr, HAS_CARRY: tl.constexpr,
+def _dg_kernel(q, k, dq, dk, points, hs, dhs, final, dg, cu, chunk_offsets, T, H, QK_GROUP, NT,
+               NK, sqb, sqt, sqh, sqd, skb, skt, skh, skd,
+               K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, HAS_FINAL: tl.constexpr,
                VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """dg of one sequence and value head (and BK channels for per-channel decay): the reverse
-    cumulative sum of q dq - k dk, from the final state's term. Grid (K/BK or 1, N*H)."""
+    """dg of one sequence and value head (and BK channels for per-channel decay), chunk by
+    chunk: the reverse cumulative sum of the point gradients within the chunk, plus what all
+    later steps add, <S, dH> for the state S after the chunk and its gradient dH (fp32 both).
+    Summing only within a chunk keeps dg's rounding error to that of one chunk's terms, not of
+    every later step's. Grid (K/BK or 1, N*H)."""
     pid_k, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n, h = bh // H, bh % H
     b, bos, eos = sequence_span(n, cu, T, VARLEN)
+    first_slot = chunk_slots(n, chunk_offsets, NT, VARLEN)
     qk_head = h // QK_GROUP
     n_chunks = tl.cdiv(eos - bos, BT)
-    if GATE == 2:
-        d = pid_k * BK + tl.arange(0, BK)
-        d_mask = d < K
-        carry = tl.zeros([BK], dtype=tl.float32)
-        if HAS_CARRY:
-            carry = tl.load(carry0 + bh * K + d, mask=d_mask, other=0.0)
-        for i in range(n_chunks):
-            t = bos + (n_chunks - 1 - i) * BT + tl.arange(0, BT)
-            mask = (t < eos)[:, None] & d_mask[None, :]
+    for c in range(n_chunks):
+        slot = first_slot + c
+        more = c < n_chunks - 1  # a later chunk of the sequence follows
+        t = bos + c * BT + tl.arange(0, BT)
+        t_mask = t < eos
+        if GATE == 2:
+            d = pid_k * BK + tl.arange(0, BK)
+            d_mask = d < K
+            mask = t_mask[:, None] & d_mask[None, :]
             point = _point_grad(q, k, dq, dk, b, t, d, mask, qk_head, h, T, H, K,
                                 sqb, sqt, sqh, sqd, skb, skt, skh, skd)
+            later = _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K, V,
+                                   HAS_FINAL, BK)
             tl.store(dg + (b * T + t[:, None]) * H * K + h * K + d[None, :],
-                     tl.cumsum(point, axis=0, reverse=True) + carry[None, :], mask=mask)
-            carry += tl.sum(point, axis=0)
-    else:
-        carry_s = tl.sum(tl.zeros([BT], dtype=tl.float32), axis=0)
-        if HAS_CARRY:
-            carry_s += tl.load(carry0 + bh)
-        for i in range(n_chunks):
-            t = bos + (n_chunks - 1 - i) * BT + tl.arange(0, BT)
-            t_mask = t < eos
+                     tl.cumsum(point, axis=0, reverse=True) + later[None, :], mask=mask)
+        else:
             point = tl.zeros([BT], dtype=tl.float32)
+            for j in range(NK):
+                point += tl.load(points + ((b * T + t) * H + h) * NK + j, mask=t_mask, other=0.0)
+            later = tl.sum(tl.zeros([BK], dtype=tl.float32), axis=0)
             for k0 in range(0, K, BK):
                 d = k0 + tl.arange(0, BK)
-                mask = t_mask[:, None] & (d < K)[None, :]
-                point += tl.sum(_point_grad(q, k, dq, dk, b, t, d, mask, qk_head, h, T, H, K,
-                                            sqb, sqt, sqh, sqd, skb, skt, skh, skd), axis=1)
-            tl.store(dg + (b * T + t) * H + h, tl.cumsum(point, axis=0, reverse=True) + carry_s,
+                later += tl.sum(_boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d < K,
+                                               K, V, HAS_FINAL, BK), axis=0)
+            tl.store(dg + (b * T + t) * H + h, tl.cumsum(point, axis=0, reverse=True) + later,
                      mask=t_mask)
-            carry_s += tl.sum(point, axis=0)
+
+
+@triton.jit
+def _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K: tl.constexpr,
+                   V: tl.constexpr, HAS_FINAL: tl.constexpr, BV: tl.constexpr):
+    """sum_v S[d, v] dH[d, v], [BK], for the state S after chunk ``slot`` (the next chunk's
+    state, or the final one after the last chunk: zero without it, whose gradient is zero too)
+    and dH, the chunk's slot of ``dhs``."""
+    if more:
+        after = hs + ((slot + 1) * H + h) * K * V
+    else:
+        after = final + bh * K * V
+    live = d_mask
+    if not HAS_FINAL:
+        live = d_mask & (tl.full([BV], 1, tl.int32) * more.to(tl.int32) > 0)
+    grad = dhs + (slot * H + h) * K * V
+    total = tl.sum(tl.zeros([BV, BV], dtype=tl.float32), axis=1)
+    for e0 in range(0, V, BV):
+        e = e0 + tl.arange(0, BV)
+        block = d[:, None] * V + e[None, :]
+        block_mask = live[:, None] & (e < V)[None, :]
+        total += tl.sum(tl.load(after + block, mask=block_mask, other=0.0)
+                        * tl.load(grad + block, mask=block_mask, other=0.0), axis=1)
+    return total
 
 
 @triton.jit

@@ -82,14 +82,15 @@ def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict) -> torch.Tens
     return intra
 
 
-def launch_states(r: Recurrence, layout: ChunkLayout, config: dict, output_final_state: bool
+def launch_states(r: Recurrence, layout: ChunkLayout, config: dict, output_final_state: bool,
+                  state_dtype: torch.dtype | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the state before every chunk [slots, H, K, V] in the input dtype, the final state
-    [N, H, K, V] fp32 or None)."""
+    """(the state before every chunk [slots, H, K, V] in ``state_dtype``, by default the input
+    dtype, the final state [N, H, K, V] fp32 or None)."""
     T, K = r.q.shape[1], r.q.shape[3]
     H, V, dtype, device = r.heads, r.v.shape[3], r.v.dtype, r.v.device
     N = r.sequences.count
-    states = new_output((layout.slots, H, K, V), dtype, device)
+    states = new_output((layout.slots, H, K, V), state_dtype or dtype, device)
     final = new_output((N, H, K, V), torch.float32, device) if output_final_state else None
     bk, bv = config["h.BK"], config["h.BV"]
     cu = r.sequences.cu if r.sequences.packed else states

@@ -2,7 +2,8 @@
 
 The forward keeps only its inputs: the backward recomputes the intra-chunk matrices and the
 per-chunk states with the forward's kernels (stages ``intra`` and ``h`` of its own config), then
-runs ``dh``, ``dv``, ``dqk`` and ``dg``.
+runs ``dh``, ``dv``, ``dqk`` and ``dg``. States and state gradients are kept in fp32 (as fla's
+backward keeps them), since dg reads them directly.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _state_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Ten
     T, K = r.q.shape[1], r.q.shape[3]
     H, V, dtype, device = r.heads, r.v.shape[3], r.v.dtype, r.v.device
     N = r.sequences.count
-    dhs = new_output((layout.slots, H, K, V), dtype, device)
+    dhs = new_output((layout.slots, H, K, V), torch.float32, device)
     dh0 = new_output((N, H, K, V), torch.float32, device)
     bk, bv = config["dh.BK"], config["dh.BV"]
     cu = r.sequences.cu if r.sequences.packed else dhs
@@ -69,13 +70,17 @@ def _value_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Ten
 
 
 def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tensor,
-               states: torch.Tensor, dhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """dq and dk per value head, fp32 [B, T, H, K]."""
+               states: torch.Tensor, dhs: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """dq and dk per value head, fp32 [B, T, H, K]; with scalar decay also the point gradients
+    of dg per K block, fp32 [B, T, H, K/dqk.BK] (else None)."""
     B, T, _, K = r.q.shape
     H, V, BT = r.heads, r.v.shape[3], config["BT"]
     dq = new_output((B, T, H, K), torch.float32, r.q.device)
     dk = new_output((B, T, H, K), torch.float32, r.q.device)
     bk = config["dqk.BK"]
+    points = (new_output((B, T, H, triton.cdiv(K, bk)), torch.float32, r.q.device)
+              if r.gate == "scalar" else None)
     cu, chunk_list = r.varlen_args(layout)
     common = (r.q, r.k, r.v, r.gate_or_any(), do, states, dhs, dq, dk, cu, chunk_list, T, H,
               r.group, layout.grid, float(r.scale), *r.q.stride(), *r.k.stride(),
@@ -83,30 +88,37 @@ def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tenso
     tuning = {"K": K, "V": V, "VARLEN": r.sequences.packed, "BT": BT, "BK": bk,
               "BV": config["dqk.BV"], "DOT": dot_type(r.v.dtype),
               "num_warps": config["dqk.num_warps"], "num_stages": config["dqk.num_stages"],
+              "SPLIT": r.gate != "none" and r.v.dtype != torch.float32,
               **backend_options(config)}
     if r.gate == "channel":
         launch(_dqk_channel_kernel, (triton.cdiv(K, bk), layout.grid * (BT // SUB), B * H),
                *common, *r.gate_strides(), *do.stride(), SUB=SUB, **tuning)
     else:
-        launch(_dqk_kernel, (triton.cdiv(K, bk), layout.grid, B * H), *common,
-               *r.gate_strides()[:3], *do.stride(), GATE=GATES[r.gate], **tuning)
-    return dq, dk
+        launch(_dqk_kernel, (triton.cdiv(K, bk), layout.grid, B * H), *common[:9],
+               points if points is not None else dq, *common[9:], *r.gate_strides()[:3],
+               *do.stride(), GATE=GATES[r.gate], **tuning)
+    return dq, dk, points
 
 
-def _gate_grads(r: Recurrence, config: dict, dq: torch.Tensor, dk: torch.Tensor,
-                carry: torch.Tensor | None) -> torch.Tensor:
-    """dg, fp32 contiguous in g's shape; ``carry`` [N, H(, K)]: the final state's term."""
-    B, T, _, K = r.q.shape
-    H = r.heads
+def _gate_grads(r: Recurrence, layout: ChunkLayout, config: dict, dq: torch.Tensor,
+                dk: torch.Tensor, points: torch.Tensor | None, states: torch.Tensor,
+                dhs: torch.Tensor, final: torch.Tensor | None) -> torch.Tensor:
+    """dg, fp32 contiguous in g's shape, from the point gradients (``points`` for scalar
+    decay, else q dq - k dk) and the fp32 states, state gradients and final state (None: the
+    final state's gradient is zero)."""
+    T, K, V, H = r.q.shape[1], r.q.shape[3], r.v.shape[3], r.heads
     dg = new_output(r.g.shape, torch.float32, r.q.device)
     bk = config["dg.BK"]
     channel = r.gate == "channel"
     cu = r.sequences.cu if r.sequences.packed else dg
+    offsets = layout.chunk_offsets if layout.chunk_offsets is not None else dg
     launch(_dg_kernel, (triton.cdiv(K, bk) if channel else 1, r.sequences.count * H),
-           r.q, r.k, dq, dk, carry if carry is not None else dg, dg, cu, T, H, r.group,
-           *r.q.stride(), *r.k.stride(), K=K, GATE=GATES[r.gate], HAS_CARRY=carry is not None,
-           VARLEN=r.sequences.packed, BT=config["BT"], BK=bk,
-           num_warps=config["dg.num_warps"], **backend_options(config))
+           r.q, r.k, dq, dk, points if points is not None else dq, states, dhs,
+           final if final is not None else states, dg, cu, offsets, T, H, r.group, layout.grid,
+           1 if points is None else points.shape[3], *r.q.stride(), *r.k.stride(), K=K, V=V,
+           GATE=GATES[r.gate], HAS_FINAL=final is not None, VARLEN=r.sequences.packed,
+           BT=config["BT"], BK=bk, num_warps=config["dg.num_warps"],
+           **backend_options(config))
     return dg
 
 
@@ -123,17 +135,14 @@ def run_backward(r: Recurrence, config: dict, do: torch.Tensor,
     layout = r.sequences.chunk_layout(config["BT"])
     dht = None if dht is None else dht.to(torch.float32).contiguous()
     intra = launch_intra(r, layout, config)
-    states, final = launch_states(r, layout, config, dht is not None and r.g is not None)
+    states, final = launch_states(r, layout, config, dht is not None and r.g is not None,
+                                  torch.float32)
     dhs, dh0 = _state_grads(r, layout, config, do, dht)
     dv = _value_grads(r, layout, config, do, intra, dhs)
-    dq, dk = _key_grads(r, layout, config, do, states, dhs)
+    dq, dk, points = _key_grads(r, layout, config, do, states, dhs)
     dg = None
     if r.g is not None:
-        carry = None
-        if final is not None:
-            terms = dht * final
-            carry = (terms.sum(3) if r.gate == "channel" else terms.sum((2, 3))).contiguous()
-        dg = _gate_grads(r, config, dq, dk, carry)
+        dg = _gate_grads(r, layout, config, dq, dk, points, states, dhs, final)
     heads = r.q.shape[2]
     return Gradients(_per_key_head(dq, heads, r.q.dtype), _per_key_head(dk, heads, r.k.dtype),
                      dv, dg, dh0)

@@ -107,6 +107,10 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
 
     Returns:
         (y [b, T, h, p] in x's dtype, final_state or None).
+
+    Precision against float64 (``benchmarks/precision.py``: max |err| / max |ref|, the spec's
+    inputs, h=2, n=p=32, T=64 and 1000): y bf16 <= 7.9e-3, fp16 <= 4.7e-4; the fp32 final
+    state from bf16 inputs <= 6.9e-3, fp16 <= 2.4e-4.
     """
     expect_tensors({"x": x, "dt": dt, "A": A, "B": B, "C": C},
                    {"D": D, "dt_bias": dt_bias, "initial_state": initial_state,

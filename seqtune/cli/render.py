@@ -118,6 +118,10 @@ def _tune_table(console: Console, problems: list[dict[str, Any]], interpreter: b
     legend = config_legend(next((w for w in winners if w), None))
     if legend:
         print_lines(console, [legend])
+    # the whole reason, up to the worst error and its tolerance (--json has it too)
+    print_lines(console, [shorten(f"none valid {problem_text(p['problem'])}: {p['reason']}",
+                                  2 * NOTE_LENGTH)
+                          for p in problems if not p["winner"] and p.get("reason")])
 
 
 # ---------------------------------------------------------------------------------- verify

@@ -123,6 +123,8 @@ def _tune_problem(tuner: Tuner, spec: KernelSpec, problem: dict, device: DeviceI
         save_entries(path, device.as_dict(), spec.name, source_hash(spec.name), [entry])
         summary.update(winner=entry["config"], time_us=entry["time_us"],
                        speedup_vs_default=entry["speedup_vs_default"])
+    else:
+        summary["reason"] = result.reason
     return summary
 
 

@@ -44,6 +44,26 @@ class ProblemResult:
                 counts[candidate.status] += 1
         return counts
 
+    @property
+    def reason(self) -> str | None:
+        """Why no config won, in one line (None when one did): how many were rejected and for
+        what, and the first error of the default (else of the most common failure), e.g. the
+        output, the elements and the worst error against its tolerance of a mismatch."""
+        if self.winner is not None:
+            return None
+        if not self.candidates:
+            return "no config was evaluated (the budget ran out first)"
+        failed = {kind: n for kind, n in self.failed.items() if n}
+        common = max(failed, key=failed.get) if failed else None
+        shown = (self.default if self.default is not None and self.default.status != "ok"
+                 else next((c for c in self.candidates if c.status == common), None))
+        counts = ", ".join(f"{kind} {n}" for kind, n in failed.items())
+        head = f"{len(self.candidates)} configs rejected ({counts})"
+        if shown is None or not shown.error:
+            return head
+        which = "default" if shown is self.default else shown.status
+        return f"{head}; {which}: {shown.error.splitlines()[0]}"
+
 
 def problem_key(problem: Problem) -> tuple:
     return tuple(sorted((str(k), str(v)) for k, v in problem.items()))
