@@ -221,26 +221,41 @@ class KernelSpec:
     def default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
         """What runs without tuning: the default config if it is valid for ``problem`` on a
         device with ``limits``, else a valid one close to it (first one knob changed, nearest
-        values first; then knobs moved to their smallest values one after another, since what
-        makes a config invalid is nearly always too large a tile or too many stages). A few
-        dozen checks at most, so a new shape never stalls the launch path. On AMD it carries the
-        backend's knobs at their defaults."""
+        values first; then two knobs; then knobs moved to their smallest values one after
+        another, warps last, since what makes a config invalid is nearly always too large a tile or too many
+        stages). A few hundred checks at most (milliseconds), so a new shape never stalls the
+        launch path. On AMD it carries the backend's knobs at their defaults."""
         return {**self._default_for(problem, limits), **_knob_defaults(backend_knobs(limits))}
 
     def _default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
         default = dict(self.default_config)
         if self._is_valid(default, problem, limits):
             return default
-        for param, values in self.space.items():
-            for value in sorted(values, key=lambda v: _value_distance(v, default[param])):
+        nearest = {param: sorted((v for v in values if v != default[param]),
+                                 key=lambda v, d=default[param]: value_distance(v, d))
+                   for param, values in self.space.items()}
+        for param, values in nearest.items():
+            for value in values:
                 trial = {**default, param: value}
                 if self._is_valid(trial, problem, limits):
                     return trial
-        shrunk = dict(default)
-        for param, values in self.space.items():
-            shrunk[param] = min(values, key=_smallness)
-            if self._is_valid(shrunk, problem, limits):
-                return shrunk
+        # Two knobs at once (each to one of its two nearest values): a stage's tile and a
+        # recomputed stage's tile may both need to shrink, as at the largest head dims.
+        for first, second in itertools.combinations(nearest, 2):
+            for a, b in itertools.product(nearest[first][:2], nearest[second][:2]):
+                trial = {**default, first: a, second: b}
+                if self._is_valid(trial, problem, limits):
+                    return trial
+        # Then knobs to their smallest values one after another: first leaving the warps (fewer
+        # warps only give each thread more of a tile's registers), then all of them.
+        for keep_warps in (True, False):
+            shrunk = dict(default)
+            for param, values in self.space.items():
+                if keep_warps and param.endswith("num_warps"):
+                    continue
+                shrunk[param] = min(values, key=smallness)
+                if self._is_valid(shrunk, problem, limits):
+                    return shrunk
         return default
 
     def _is_valid(self, config: Config, problem: Problem, limits: DeviceLimits) -> bool:
@@ -281,13 +296,15 @@ def in_space(value: Any, allowed: Sequence[Any]) -> bool:
     return any(type(value) is type(option) and value == option for option in allowed)
 
 
-def _value_distance(value: Any, default: Any) -> float:
+def value_distance(value: Any, default: Any) -> float:
+    """How far a knob value is from another: the log2 ratio of sizes, else 0 or infinity."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 < default:
         return abs(math.log2(value) - math.log2(default))
     return 0.0 if value == default else math.inf
 
 
-def _smallness(value: Any) -> tuple:
+def smallness(value: Any) -> tuple:
+    """Sort key putting numbers first, smallest first."""
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     return (0, value) if numeric else (1, str(value))
 

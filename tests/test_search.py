@@ -313,3 +313,22 @@ def test_stagewise_spreads_a_cut_budget_over_every_setting_and_stage():
             moved = [c for c in measured if c["BT"] == setting
                      and any(c[f"{stage}.{k}"] != start[f"{stage}.{k}"] for k in ("x", "y"))]
             assert moved, f"stage {stage} of BT={setting} never tuned"
+
+
+def test_stagewise_skips_a_setting_without_candidates_and_repairs_one_needing_every_stage():
+    # Six stages of 3 knobs x 4 values: a product of 4**18 configs that must never be walked.
+    params = {"BT": (16, 32, 64), **{f"{stage}.{knob}": (1, 2, 4, 8)
+                                     for stage in "abcdef" for knob in ("x", "y", "num_warps")}}
+    start = {p: values[-1] for p, values in params.items()} | {"BT": 16}
+    asked = []
+
+    def contains(config):  # BT=64 has no candidate; BT=32 needs every stage's tiles small
+        asked.append(config)
+        tiles = [config[p] for p in params if p.endswith((".x", ".y"))]
+        warps_pinned = all(config[f"{s}.num_warps"] == 8 for s in "abcdef")
+        return warps_pinned and (config["BT"] == 16 or config["BT"] == 32 and max(tiles) <= 2)
+
+    space = SearchSpace(params, (), [start], tuple("abcdef"), stagewise=True, contains=contains)
+    settings = [c["BT"] for c in Stagewise._setting_starts(space)]
+    assert settings == [16, 32]
+    assert len(asked) < 10_000

@@ -375,13 +375,34 @@ def _dg_kernel(q, k, dq, dk, points, hs, dhs, final, dg, cu, chunk_offsets, T, H
             point = tl.zeros([BT], dtype=tl.float32)
             for j in range(NK):
                 point += tl.load(points + ((b * T + t) * H + h) * NK + j, mask=t_mask, other=0.0)
-            later = tl.sum(tl.zeros([BK], dtype=tl.float32), axis=0)
-            for k0 in range(0, K, BK):
-                d = k0 + tl.arange(0, BK)
-                later += tl.sum(_boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d < K,
-                                               K, V, HAS_FINAL, BK), axis=0)
+            later = _state_inner(hs, dhs, final, slot, bh, h, H, more, K, V, HAS_FINAL, BK)
             tl.store(dg + (b * T + t) * H + h, tl.cumsum(point, axis=0, reverse=True) + later,
                      mask=t_mask)
+
+
+@triton.jit
+def _state_inner(hs, dhs, final, slot, bh, h, H, more, K: tl.constexpr, V: tl.constexpr,
+                 HAS_FINAL: tl.constexpr, BK: tl.constexpr):
+    """<S, dH> summed over the whole [K, V] state (scalar decay's term from later steps), S and
+    dH as in ``_boundary_grad``. One [BK, BK] accumulator reduced once at the end: reducing
+    every block to a scalar inside the loops left an 8 B stack spill on sm_80."""
+    if more:
+        after = hs + ((slot + 1) * H + h) * K * V
+    else:
+        after = final + bh * K * V
+    live = (tl.full([BK], HAS_FINAL, tl.int32) + more.to(tl.int32)) > 0
+    grad = dhs + (slot * H + h) * K * V
+    acc = tl.zeros([BK, BK], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        d = k0 + tl.arange(0, BK)
+        rows = live & (d < K)
+        for e0 in range(0, V, BK):
+            e = e0 + tl.arange(0, BK)
+            block = d[:, None] * V + e[None, :]
+            mask = rows[:, None] & (e < V)[None, :]
+            acc += (tl.load(after + block, mask=mask, other=0.0)
+                    * tl.load(grad + block, mask=mask, other=0.0))
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
 
 
 @triton.jit

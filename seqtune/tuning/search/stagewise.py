@@ -6,9 +6,13 @@ import math
 import random
 from collections.abc import Iterator
 
-from seqtune.spec import Config
+from seqtune.spec import Config, smallness, value_distance
 from seqtune.tuning.search.exhaustive import Exhaustive
 from seqtune.tuning.search.space import Evaluate, SearchSpace
+
+
+# Repairs tried per shared setting before it is skipped: milliseconds of ``is_candidate``.
+FIRST_CANDIDATE_TRIES = 4096
 
 
 class Stagewise:
@@ -64,19 +68,35 @@ class Stagewise:
             if current is not None:
                 yield current
 
+    @classmethod
+    def _first_candidate(cls, space: SearchSpace, config: Config) -> Config | None:
+        """``config`` if it is a candidate, else a candidate with its shared knobs found by a
+        bounded repair (``_repairs``), else None: the setting is skipped. Asks only
+        ``is_candidate``; enumerating the stage knobs' product instead took minutes when a
+        setting has no candidate at all (a chunk longer than the sequence: 2e8 configs)."""
+        tries = itertools.islice(cls._repairs(space, config), FIRST_CANDIDATE_TRIES)
+        return next((option for option in tries if space.is_candidate(option)), None)
+
     @staticmethod
-    def _first_candidate(space: SearchSpace, config: Config) -> Config | None:
-        """``config`` if it is a candidate, else the first candidate with its shared knobs (stage
-        knobs in the space's order), else None. Asks only ``is_candidate``, so a stagewise
-        search never enumerates the whole product space."""
-        if space.is_candidate(config):
-            return config
+    def _repairs(space: SearchSpace, config: Config) -> Iterator[Config]:
+        """``config``; then one stage's knobs at a time (nearest values first); then the stage
+        knobs shrunk to their smallest values one after another, warps and stages last (the
+        interpreter pins them); then the stage knobs' product, which the caller cuts short."""
+        yield config
         free = [p for p in space.params if space.stage_of(p) is not None]
-        for values in itertools.product(*(space.params[p] for p in free)):
-            option = {**config, **dict(zip(free, values))}
-            if space.is_candidate(option):
-                return option
-        return None
+        nearest = {p: sorted(space.params[p], key=lambda v, c=config[p]: (v != c, value_distance(v, c)))
+                   for p in free}
+        for stage in space.stages:
+            params = [p for p in free if space.stage_of(p) == stage]
+            for values in itertools.product(*(nearest[p] for p in params)):
+                yield {**config, **dict(zip(params, values))}
+        shrunk = dict(config)
+        launch = [p for p in free if p.endswith(("num_warps", "num_stages"))]
+        for param in [p for p in free if p not in launch] + launch:
+            shrunk[param] = min(space.params[param], key=smallness)
+            yield dict(shrunk)
+        for values in itertools.product(*(nearest[p] for p in free)):
+            yield {**config, **dict(zip(free, values))}
 
     @staticmethod
     def _stage_options(space: SearchSpace, current: Config, stage: str) -> list[Config]:
