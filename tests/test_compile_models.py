@@ -77,9 +77,6 @@ def test_patched_llama_training_step_compiles_to_the_eager_gradients():
         torch.testing.assert_close(compiled_grads[name], grad, msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason="the patched recurrent layers' forwards are rebuilt with "
-                   "seqtune's functions in their globals; dynamo guards those globals through "
-                   "the modeling module and fails (README: torch.compile and CUDA graphs)")
 def test_patched_qwen3_next_forward_compiles():
     model = _patched("qwen3-next")
     tokens = _tokens(model, (1, 9))

@@ -114,10 +114,19 @@ def _check_gates(function: str, q: Any, v: Any, **named: tuple[Any, tuple[str, .
                             f"{type(tensor).__name__}")
         if name == "beta" and tensor.dim() == 4:
             _refuse(function, "beta", tensor, "one beta per step and head, [B, T, HV]")
-        expected = tuple(math.prod(sizes[s] for s in axis.split("*")) for axis in layout)
+        expected = tuple(_axis_size(sizes, axis) for axis in layout)
         if tuple(tensor.shape) != expected:
             raise ValueError(f"{function}: {name} must have shape [{', '.join(layout)}] = "
                              f"{expected}, got {tuple(tensor.shape)}")
+
+
+def _axis_size(sizes: dict[str, int], axis: str) -> int:
+    """The size of a layout axis such as ``"HV*K"`` (a loop: dynamo cannot trace ``math.prod``
+    of a generator)."""
+    size = 1
+    for name in axis.split("*"):
+        size *= sizes[name]
+    return size
 
 
 def _refuse_context_parallel(function: str, cp_context: Any) -> None:

@@ -188,7 +188,12 @@ def _rebuilt_methods(cls: type) -> tuple[str, dict[str, Callable]] | None:
         return None
     overrides = {name: with_fallback(HUB_FUNCTIONS[hub], module_globals[name], hub, cls.__name__)
                  for name, hub in plan.calls.items()}
-    live = _LiveGlobals(module_globals, overrides)
+    # A plain dict, taken at patch time, without ``__name__``: dynamo resolves globals by plain
+    # dict lookups (names a dict subclass supplied lazily were missing to it), and guards a
+    # global of a scope that has a ``__name__`` through that module, where the name is the hub
+    # wrapper and not seqtune's function; without it, dynamo guards this dict itself.
+    live = {name: value for name, value in module_globals.items() if name != "__name__"}
+    live.update(overrides)
     for name, helper in plan.helpers.items():  # module functions reaching a hub function
         live[name] = _copy_function(helper, live, helper.__closure__)
     rebuilt = {}
@@ -207,19 +212,7 @@ def _plain_method(cls: type, name: str) -> types.FunctionType:
     return method
 
 
-class _LiveGlobals(dict):
-    """A function's globals: the seqtune overrides it holds, every other name read from the
-    modeling module's globals at call time (so later changes there are still seen)."""
-
-    def __init__(self, module_globals: dict, overrides: dict[str, Callable]):
-        super().__init__(overrides, __builtins__=module_globals["__builtins__"])
-        self.module_globals = module_globals
-
-    def __missing__(self, name: str):
-        return self.module_globals[name]
-
-
-def _rebuild(cls: type, name: str, live: _LiveGlobals) -> Callable | None:
+def _rebuild(cls: type, name: str, live: dict) -> Callable | None:
     """``cls.<name>`` rebuilt on the ``live`` globals, its decorators (functools.wraps wrappers
     holding the function in their closure) rebuilt around it; None, with a warning, if they
     cannot be."""
