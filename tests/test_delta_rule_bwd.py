@@ -149,12 +149,12 @@ def test_bad_bwd_config_raises_before_launching(monkeypatch):
 
 @pytest.mark.parametrize("limits", [A100, H100], ids=["sm80", "sm90"])
 def test_untuned_config_is_valid_for_every_preset_and_verify_problem(limits):
-    """The default, except at K = 256 where the gradient slice narrows to dh.BV = 16."""
+    """The default, except at K = 256 where the state and gradient slices narrow to BV = 16."""
     problems = [p for preset in SPEC.presets.values() for p in preset] + list(SPEC.verify_cases)
     for problem in problems:
         config = SPEC.default_for(problem, limits)
         assert SPEC.check(config, problem, limits) is None
-        narrowed = {**SPEC.default_config, "dh.BV": 16}
+        narrowed = {**SPEC.default_config, "h.BV": 16, "dh.BV": 16}
         assert config == (narrowed if problem["K"] > 128 else SPEC.default_config)
 
 
