@@ -55,8 +55,9 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             in a CUDA graph.
         scale: the softmax scale, ``D ** -0.5`` by default.
         config: a (partial) config of the ``attention_decode`` spec; None takes the tuned one
-            for the problem ``{B, Hq, Hkv, D, S, dtype}``: S is the most keys a sequence sees
-            on the CPU, and the cache's capacity (or ``window[0] + 1``) on a GPU.
+            for the problem ``{B, Hq, Hkv, D, S, dtype, block_size}``: S is the most keys a
+            sequence sees on the CPU, and the cache's capacity (or ``window[0] + 1``) on a GPU;
+            block_size is the paged cache's, 0 for a contiguous one.
         block_table: int32 ``[B, max_blocks]``, a paged cache (flash-attn's and vLLM's layout):
             position ``p`` of sequence ``b`` is row ``p % block_size`` of cache block
             ``block_table[b, p // block_size]``. Block sizes 16, 32, 64, 128 or 256; blocks in
@@ -110,7 +111,7 @@ def attention_decode_forward(q, k_cache, v_cache, cache_seqlens, scale, config,
         return (torch.zeros(q.shape, dtype=q.dtype, device=q.device),
                 torch.full(q.shape[:2], math.inf, dtype=torch.float32, device=q.device))
     problem = {"B": batch, "Hq": num_q_heads, "Hkv": num_kv_heads, "D": head_dim, "S": max_len,
-               "dtype": dtype_name(q.dtype)}
+               "dtype": dtype_name(q.dtype), "block_size": page}
     cfg = config_for(KERNEL_NAME, problem, config)
     features = {"block_table": block_table, "page": page, "cache_leftpad": cache_leftpad,
                 "window_left": window_left, "softcap": softcap,
