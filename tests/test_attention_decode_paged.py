@@ -114,6 +114,8 @@ def test_paged_cache_with_shuffled_blocks_and_partial_last_block(dtype, block_si
     out, lse = check(q, k_blocks, v_blocks, lengths, block_table=table)
     contiguous, _ = check(q, k_cache, v_cache, lengths)
     torch.testing.assert_close(out, contiguous, atol=0, rtol=0)  # the layout changes no sum
+    strided, _ = check(q, k_blocks, v_blocks, lengths, block_table=table.t().contiguous().t())
+    torch.testing.assert_close(strided, out, atol=0, rtol=0)
     assert out[1].abs().max() == 0 and torch.isinf(lse[1]).all()  # length 0: flash-attn's +inf
 
 

@@ -11,9 +11,9 @@ Stage "combine": one program per (sequence, query head) merges the splits' parti
 weighted by ``exp2(lse_split - max lse)``.
 
 Splits are cut per sequence from its own visible length (block-aligned), so ragged batches keep
-every split busy on long sequences; a split past the end of a short sequence does no work and reports
-``lse = -inf`` with a zero output, which the combine stage weighs by zero. A sequence of length 0
-has only such splits and gets a zero output.
+every split busy on long sequences; a split past the end of a short sequence does no work and
+reports ``lse = -inf`` with a zero output, which the combine stage weighs by zero. A sequence that
+sees no key has only such splits and gets a zero output (and a final lse of +inf).
 """
 import triton
 import triton.language as tl
@@ -111,7 +111,7 @@ def decode_split_kernel(
         scores = tl.dot(q, k_t, input_precision="ieee") * scale
         if SOFTCAP:
             # tanh from exp2 of a non-positive argument: no overflow at any score.
-            decay = tl.exp2((-2.0 * LOG2E / softcap) * tl.abs(scores))
+            decay = tl.exp2(tl.abs(scores) / softcap * (-2.0 * LOG2E))
             capped = softcap * (1.0 - decay) / (1.0 + decay)
             scores = tl.where(scores < 0, -capped, capped)
         if ALIBI:

@@ -113,8 +113,9 @@ def attention_decode_forward(q, k_cache, v_cache, cache_seqlens, scale, config,
     problem = {"B": batch, "Hq": num_q_heads, "Hkv": num_kv_heads, "D": head_dim, "S": max_len,
                "dtype": dtype_name(q.dtype), "block_size": page}
     cfg = config_for(KERNEL_NAME, problem, config)
-    features = {"block_table": block_table, "page": page, "cache_leftpad": cache_leftpad,
-                "window_left": window_left, "softcap": softcap,
+    # The kernel indexes a table row, the left pads and the slopes with unit strides.
+    features = {"block_table": None if page == 0 else block_table.contiguous(), "page": page,
+                "cache_leftpad": cache_leftpad, "window_left": window_left, "softcap": softcap,
                 "alibi_slopes": alibi_slopes, "alibi_stride": alibi_stride}
     scale = head_dim ** -0.5 if scale is None else float(scale)
     return _launch_stages(q, k_cache, v_cache, cache_seqlens.contiguous(), scale, cfg, features)
