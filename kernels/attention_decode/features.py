@@ -87,10 +87,12 @@ def longest_visible(cache_seqlens: torch.Tensor, cache_leftpad: torch.Tensor | N
         return 0
     lengths = cache_seqlens.long()
     pads = torch.zeros_like(lengths) if cache_leftpad is None else cache_leftpad.long()
+    # Only the given tensors are checked: each rule is one more device assert per step.
     rules = {"cache_seqlens": ((lengths >= 0) & (lengths <= capacity), lengths,
-                               f"must lie in [0, S_max={capacity}]"),
-             "cache_leftpad": ((pads >= 0) & (pads <= lengths), pads,
-                               "must lie in [0, cache_seqlens[b]]")}
+                               f"must lie in [0, S_max={capacity}]")}
+    if cache_leftpad is not None:
+        rules["cache_leftpad"] = ((pads >= 0) & (pads <= lengths), pads,
+                                  "must lie in [0, cache_seqlens[b]]")
     if block_table is not None:
         used = (torch.arange(block_table.shape[1], device=lengths.device)[None, :] * page
                 < lengths[:, None])
