@@ -6,7 +6,8 @@
   float32, weights back to the inputs' dtype for the weighted sum.
 
 Both take the spec's inputs (``q [B, Hq, D]``, ``k_cache, v_cache [B, S, Hkv, D]``,
-``cache_seqlens [B]``) and return ``(o [B, Hq, D],)`` like ``spec.run``.
+``cache_seqlens [B]``; or paged caches with a ``block_table``, gathered into contiguous ones
+first) and return ``(o [B, Hq, D],)`` like ``spec.run``.
 """
 from __future__ import annotations
 
@@ -24,9 +25,22 @@ def cached_keys(cache_seqlens: torch.Tensor, capacity: int) -> torch.Tensor:
     return positions[None, :] < cache_seqlens[:, None].long()
 
 
+def contiguous_caches(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k_cache, v_cache`` as ``[B, S, Hkv, D]``: a paged cache's blocks gathered in table
+    order (``[B, max_blocks * block_size, Hkv, D]``)."""
+    k_cache, v_cache = inputs["k_cache"], inputs["v_cache"]
+    table = inputs.get("block_table")
+    if table is None:
+        return k_cache, v_cache
+    batch = table.shape[0]
+    return tuple(cache[table.long()].reshape(batch, -1, *cache.shape[2:])
+                 for cache in (k_cache, v_cache))
+
+
 def sdpa_decode(inputs: Inputs) -> Outputs:
     """One query token per sequence through SDPA, masked to each sequence's cache length."""
-    q, k_cache, v_cache = inputs["q"], inputs["k_cache"], inputs["v_cache"]
+    q = inputs["q"]
+    k_cache, v_cache = contiguous_caches(inputs)
     lengths = inputs["cache_seqlens"]
     mask = cached_keys(lengths, k_cache.shape[1])[:, None, None, :]  # [B, 1, 1, S]
     out = F.scaled_dot_product_attention(
@@ -38,7 +52,8 @@ def sdpa_decode(inputs: Inputs) -> Outputs:
 
 def plain_decode(inputs: Inputs) -> Outputs:
     """Masked softmax attention of each query head over its kv head's cache."""
-    q, k_cache, v_cache = inputs["q"], inputs["k_cache"], inputs["v_cache"]
+    q = inputs["q"]
+    k_cache, v_cache = contiguous_caches(inputs)
     batch, heads, head_dim = q.shape
     kv_heads = k_cache.shape[2]
     grouped_q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)

@@ -1,9 +1,11 @@
 """The ``attention_decode`` kernel as the tool sees it: config space, validity, problems, inputs
 and the float64 reference.
 
-Problem ``{B, Hq, Hkv, D, S, dtype}``: ``S`` is the longest cache length of the batch,
-``max(cache_seqlens)`` (the op reads the lengths anyway for its range check). Inputs built from a
-problem have a cache of capacity ``S`` and lengths spread evenly from ``S`` down to 1, so a batch
+Problem ``{B, Hq, Hkv, D, S, dtype, block_size}``: ``S`` is the most keys a sequence of the
+batch attends to, ``max(cache_seqlens)`` without left pads or windows (the op reads the lengths
+anyway for its range check); ``block_size`` is the page size of a paged cache, 0 (the default)
+for a contiguous one. Inputs built from a problem have a cache of capacity ``S`` (paged: in
+shuffled blocks, the last one partial) and lengths spread evenly from ``S`` down to 1, so a batch
 always holds the full length and a length-1 sequence, and FLOPs and bytes follow exactly.
 """
 from __future__ import annotations
@@ -88,19 +90,24 @@ def shared_memory_estimate(config: Config, problem: Problem) -> int:
 def make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
     batch, max_len, head_dim = problem["B"], problem["S"], problem["D"]
     dtype = DTYPES[problem["dtype"]]
+    block_size = problem.get("block_size", 0)
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def normal(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    cache_shape = (batch, max_len, problem["Hkv"], head_dim)
-    return {
-        "q": normal(batch, problem["Hq"], head_dim),
-        "k_cache": normal(*cache_shape),
-        "v_cache": normal(*cache_shape),
-        "cache_seqlens": torch.tensor(cache_lengths(batch, max_len), dtype=torch.int32,
-                                      device=device),
-    }
+    inputs = {"q": normal(batch, problem["Hq"], head_dim),
+              "cache_seqlens": torch.tensor(cache_lengths(batch, max_len), dtype=torch.int32,
+                                            device=device)}
+    if block_size == 0:
+        cache_shape = (batch, max_len, problem["Hkv"], head_dim)
+        return {**inputs, "k_cache": normal(*cache_shape), "v_cache": normal(*cache_shape)}
+    blocks_per_sequence = -(-max_len // block_size)
+    num_blocks = batch * blocks_per_sequence
+    cache_shape = (num_blocks, block_size, problem["Hkv"], head_dim)
+    order = torch.randperm(num_blocks, generator=generator, device=device)
+    return {**inputs, "k_cache": normal(*cache_shape), "v_cache": normal(*cache_shape),
+            "block_table": order.reshape(batch, blocks_per_sequence).to(torch.int32)}
 
 
 def _flops(problem: Problem) -> float:
@@ -110,12 +117,15 @@ def _flops(problem: Problem) -> float:
 
 
 def _bytes_moved(problem: Problem) -> float:
-    """Each sequence's valid K and V rows once, q read and o written once, the lengths."""
+    """Each sequence's valid K and V rows once, q read and o written once, the lengths (and a
+    paged cache's block table entries in use)."""
     element = DTYPES[problem["dtype"]].itemsize
-    keys = sum(cache_lengths(problem["B"], problem["S"]))
-    kv = 2 * keys * problem["Hkv"] * problem["D"]
+    lengths = cache_lengths(problem["B"], problem["S"])
+    kv = 2 * sum(lengths) * problem["Hkv"] * problem["D"]
     q_and_o = 2 * problem["B"] * problem["Hq"] * problem["D"]
-    return float(element * (kv + q_and_o) + 4 * problem["B"])
+    block_size = problem.get("block_size", 0)
+    table = sum(-(-length // block_size) for length in lengths) if block_size else 0
+    return float(element * (kv + q_and_o) + 4 * (problem["B"] + table))
 
 
 def _problems(batches, lengths, **fields) -> list[Problem]:
@@ -146,6 +156,7 @@ VERIFY_CASES = [
     {"B": 3, "Hq": 4, "Hkv": 1, "D": 16, "S": 50, "dtype": "float32"},  # MQA
     {"B": 2, "Hq": 6, "Hkv": 1, "D": 16, "S": 45, "dtype": "bfloat16"},  # MQA, group of 6
     {"B": 2, "Hq": 3, "Hkv": 3, "D": 64, "S": 61, "dtype": "float16"},  # MHA
+    {"B": 3, "Hq": 6, "Hkv": 2, "D": 64, "S": 45, "dtype": "bfloat16", "block_size": 16},  # paged
 ]
 
 # The reference sees the same (rounded) inputs, so the error is the kernel's own arithmetic.
@@ -167,6 +178,7 @@ SPECS = (
         space=SPACE,
         default_config=DEFAULT_CONFIG,
         size_fields=("B", "Hq", "Hkv", "S"),
+        problem_defaults={"block_size": 0},
         presets=PRESETS,
         verify_cases=VERIFY_CASES,
         check=check,

@@ -166,37 +166,70 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     ``seqtune.kernels.attention_decode`` (one query per sequence, head dims 16..256 in powers of
     two) or else on the packed ``attention`` kernel.
 
-    q ``[B, Tq, Hq, D]``; k_cache, v_cache ``[B_cache, S_max, Hkv, D]``; ``cache_seqlens`` an int
+    q ``[B, Tq, Hq, D]``; k_cache, v_cache ``[B_cache, S_max, Hkv, D]``, or with ``block_table``
+    (int32 ``[B, max_blocks]``) a paged cache ``[num_blocks, block_size, Hkv, D]`` whose
+    position p of sequence b is row ``p % block_size`` of block ``block_table[b, p //
+    block_size]`` (block sizes 16..256 for one query; any for several); ``cache_seqlens`` an int
     or int32/int64 ``[B]`` (None: every cache row is full); ``cache_batch_idx`` int ``[B]``: the
-    cache row of each batch element (else row b). When ``k``/``v`` ``[B, T_new, Hkv, D]`` are
-    given they are written into the cache in place at positions ``cache_seqlens[b]`` onwards
+    cache row of each batch element (else row b; not with ``block_table``, as in flash-attn);
+    ``cache_leftpad`` int32 ``[B]``: sequence b's keys start at that cache position. When
+    ``k``/``v`` ``[B, T_new, Hkv, D]`` are given they are written into the cache in place at
+    positions ``cache_seqlens[b]`` onwards, into the blocks ``block_table`` names
     (``cache_seqlens`` itself is not advanced, as in flash-attn) and attended to. Causal masks
     bottom-right aligned. ``num_splits`` is a request: the tuned config of ``attention_decode``
-    picks the split count. Returns ``out [B, Tq, Hq, D]`` in q's dtype (no backward, as in
-    flash-attn). Not supported (NotImplementedError): ``rotary_cos``/``rotary_sin``,
-    ``cache_leftpad``, ``block_table``, ``window_size != (-1, -1)``, ``softcap != 0``,
-    ``alibi_slopes``, ``return_softmax_lse``.
+    picks the split count. With one query per sequence: ``window_size``, ``softcap``,
+    ``alibi_slopes`` and ``return_softmax_lse`` as flash-attn (see ``attention_decode``); the
+    log-sum-exp is ``[B, Hq, Tq]`` float32, ``+inf`` where no key is visible. Returns
+    ``out [B, Tq, Hq, D]`` in q's dtype, or ``(out, softmax_lse)`` (no backward, as in
+    flash-attn). Not supported (NotImplementedError): ``rotary_cos``/``rotary_sin``; with
+    several queries (or another head dim), ``window_size != (-1, -1)``, ``softcap != 0``,
+    ``alibi_slopes`` and ``return_softmax_lse``.
     """
     function = "flash_attn_with_kvcache"
-    _check_common(function, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes)
-    for name, value in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin),
-                        ("cache_leftpad", cache_leftpad), ("block_table", block_table)):
+    for name, value in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
         if value is not None:
             _refuse(function, name, value, "only None")
-    if return_softmax_lse:
-        _refuse(function, "return_softmax_lse", return_softmax_lse, "only False")
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0, got {num_splits!r}")
-    rows, lengths = _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx)
+    rows, lengths = _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, block_table)
+    decodes = _decodes(q, v_cache)
+    if not decodes:  # refused before the cache is touched
+        _refuse_decode_features(function, window_size, softcap, alibi_slopes,
+                                return_softmax_lse)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (new keys and values to append)")
     if k is not None:
-        lengths = _append(k_cache, v_cache, k, v, rows, lengths)
-    return _attend_cache(q, k_cache, v_cache, rows, lengths, softmax_scale, bool(causal),
-                         identity_rows=cache_batch_idx is None)
+        lengths = _append(k_cache, v_cache, k, v, rows, lengths, block_table)
+    starts = _left_pads(cache_leftpad, lengths)
+    if not decodes:
+        return _attend_packed(q, k_cache, v_cache, rows, lengths, starts, softmax_scale,
+                              bool(causal), block_table)
+    features = dict(block_table=block_table, cache_leftpad=cache_leftpad,
+                    window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes)
+    out, lse = _attend_decode(q, k_cache, v_cache, rows, lengths, softmax_scale,
+                              cache_batch_idx is None, features)
+    return (out, lse) if return_softmax_lse else out
 
 
-def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx):
+def _decodes(q, v_cache) -> bool:
+    """Whether the call runs on attention_decode: one query per sequence, a head dim it takes."""
+    head_dim = q.shape[3]
+    return q.shape[1] == 1 and head_dim in DECODE_HEAD_DIMS and v_cache.shape[3] == head_dim
+
+
+def _refuse_decode_features(function, window_size, softcap, alibi_slopes, return_softmax_lse):
+    """The features only attention_decode implements (the packed path does not yet)."""
+    only = "only with one query per sequence and head dims 16..256 in powers of two"
+    if tuple(window_size) != NO_WINDOW:
+        _refuse(function, "window_size", window_size, f"(-1, -1) here; windows {only}")
+    for name, value, off in (("softcap", softcap, softcap == 0.0),
+                             ("alibi_slopes", alibi_slopes, alibi_slopes is None),
+                             ("return_softmax_lse", return_softmax_lse, not return_softmax_lse)):
+        if not off:
+            _refuse(function, name, value, only)
+
+
+def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, block_table):
     """(cache row of each batch element, cached length of each) as int64 [B] on q's device."""
     expect_tensor("q", q, 4)
     expect_tensor("k_cache", k_cache, 4)
@@ -204,7 +237,10 @@ def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx):
     batch, device = q.shape[0], q.device
     cache_rows, capacity, kv_heads = k_cache.shape[:3]
     expect_shape("v_cache", v_cache, (cache_rows, capacity, kv_heads, v_cache.shape[3]))
-    if cache_batch_idx is None:
+    if block_table is not None:
+        capacity = _paged_capacity(block_table, cache_batch_idx, batch, capacity)
+        rows = torch.arange(batch, device=device)
+    elif cache_batch_idx is None:
         if cache_rows < batch:
             raise ValueError(f"k_cache has {cache_rows} rows for a batch of {batch}: pass "
                              f"cache_batch_idx or a cache with one row per batch element")
@@ -232,52 +268,94 @@ def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx):
     return rows, lengths
 
 
-def _append(k_cache, v_cache, k, v, rows, lengths):
-    """Writes k, v [B, T_new, Hkv, *] into the cache rows after their cached lengths (in place);
-    returns the new lengths."""
+def _paged_capacity(block_table, cache_batch_idx, batch, block_size) -> int:
+    """The positions a paged cache holds per sequence, ``max_blocks * block_size``."""
+    if cache_batch_idx is not None:
+        raise ValueError("cache_batch_idx cannot be combined with block_table (a paged cache "
+                         "has no rows to pick), as in flash-attn")
+    expect_tensor("block_table", block_table, 2)
+    expect_float("block_table", block_table, (torch.int32,))
+    expect_shape("block_table", block_table, (batch, block_table.shape[1]))
+    return block_table.shape[1] * block_size
+
+
+def _left_pads(cache_leftpad, lengths):
+    """The first visible position of each sequence as int64 [B] (0 without left pads)."""
+    if cache_leftpad is None:
+        return torch.zeros_like(lengths)
+    expect_tensor("cache_leftpad", cache_leftpad, 1)
+    expect_float("cache_leftpad", cache_leftpad, (torch.int32,))
+    expect_shape("cache_leftpad", cache_leftpad, tuple(lengths.shape))
+    starts = cache_leftpad.to(device=lengths.device, dtype=torch.int64)
+    if bool(((starts < 0) | (starts > lengths)).any()):
+        raise ValueError(f"cache_leftpad must lie in [0, cache_seqlens], got "
+                         f"{starts.tolist()} for lengths {lengths.tolist()}")
+    return starts
+
+
+def _slots(k_cache, rows, positions, block_table):
+    """The (cache row or block, position in it) index pair of each position of the sequences
+    ``rows`` (broadcast against ``positions``); a paged cache's rows are the batch elements."""
+    if block_table is None:
+        return rows, positions
+    block_size = k_cache.shape[1]
+    blocks = block_table.to(device=positions.device, dtype=torch.int64)[rows,
+                                                                         positions // block_size]
+    return blocks, positions % block_size
+
+
+def _append(k_cache, v_cache, k, v, rows, lengths, block_table):
+    """Writes k, v [B, T_new, Hkv, *] into the cache after their cached lengths (in place, into
+    the blocks ``block_table`` names for a paged cache); returns the new lengths."""
     expect_tensor("k", k, 4)
     expect_tensor("v", v, 4)
     batch, new = k.shape[:2]
     expect_shape("k", k, (rows.numel(), new, *k_cache.shape[2:]))
     expect_shape("v", v, (rows.numel(), new, *v_cache.shape[2:]))
-    capacity = k_cache.shape[1]
+    capacity = k_cache.shape[1] * (1 if block_table is None else block_table.shape[1])
     if batch and int(lengths.max()) + new > capacity:
         raise ValueError(f"appending {new} tokens overflows the cache: cache_seqlens + "
                          f"{new} > S_max={capacity}")
     expect_same_dtype({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache})
     positions = lengths[:, None] + torch.arange(new, device=lengths.device)
-    k_cache[rows[:, None], positions] = k
-    v_cache[rows[:, None], positions] = v
+    slots = _slots(k_cache, rows[:, None], positions, block_table)
+    k_cache[slots] = k
+    v_cache[slots] = v
     return lengths + new
 
 
-def _attend_cache(q, k_cache, v_cache, rows, lengths, scale, causal, identity_rows):
-    batch, queries, _, head_dim = q.shape
-    if queries == 1 and head_dim in DECODE_HEAD_DIMS and v_cache.shape[3] == head_dim:
-        if identity_rows:
-            keys, values = k_cache[:batch], v_cache[:batch]
-        else:  # only the longest prefix of the selected rows is copied
-            longest = int(lengths.max()) if batch else 0
-            keys = k_cache[:, :longest].index_select(0, rows)
-            values = v_cache[:, :longest].index_select(0, rows)
-        out = attention_decode(q[:, 0], keys, values, lengths.to(torch.int32), scale=scale)
-        return out.unsqueeze(1)
-    return _attend_packed(q, k_cache, v_cache, rows, lengths, scale, causal)
+def _attend_decode(q, k_cache, v_cache, rows, lengths, scale, identity_rows, features):
+    """One query per sequence on attention_decode: ``(out [B, 1, Hq, D], lse [B, Hq, 1])``."""
+    batch = q.shape[0]
+    if features["block_table"] is not None:
+        keys, values = k_cache, v_cache
+    elif identity_rows:
+        keys, values = k_cache[:batch], v_cache[:batch]
+    else:  # only the longest prefix of the selected rows is copied
+        longest = int(lengths.max()) if batch else 0
+        keys = k_cache[:, :longest].index_select(0, rows)
+        values = v_cache[:, :longest].index_select(0, rows)
+    out, lse = attention_decode(q[:, 0], keys, values, lengths.to(torch.int32), scale=scale,
+                                return_lse=True, **features)
+    return out.unsqueeze(1), lse.unsqueeze(-1)
 
 
-def _attend_packed(q, k_cache, v_cache, rows, lengths, scale, causal):
-    """Each batch element's queries over its cache prefix, as one packed attention call: the
-    prefixes are gathered into [1, sum(lengths), Hkv, *] (a copy of the visible keys)."""
+def _attend_packed(q, k_cache, v_cache, rows, lengths, starts, scale, causal, block_table):
+    """Each batch element's queries over its visible cache positions ``[starts, lengths)``, as
+    one packed attention call: they are gathered into [1, sum(lengths - starts), Hkv, *] (a copy
+    of the visible keys)."""
     batch, queries = q.shape[:2]
-    host_lengths = lengths.tolist()
-    row_of_key = torch.repeat_interleave(rows, lengths)
-    starts = torch.cumsum(lengths, 0) - lengths
-    position_of_key = (torch.arange(int(sum(host_lengths)), device=q.device)
-                       - torch.repeat_interleave(starts, lengths))
-    keys = k_cache[row_of_key, position_of_key].unsqueeze(0)
-    values = v_cache[row_of_key, position_of_key].unsqueeze(0)
+    counts = lengths - starts
+    total = int(counts.sum())
+    row_of_key = torch.repeat_interleave(rows, counts, output_size=total)
+    first_key = torch.cumsum(counts, 0) - counts
+    position_of_key = (torch.arange(total, device=q.device)
+                       + torch.repeat_interleave(starts - first_key, counts, output_size=total))
+    slots = _slots(k_cache, row_of_key, position_of_key, block_table)
+    keys = k_cache[slots].unsqueeze(0)
+    values = v_cache[slots].unsqueeze(0)
     offsets = torch.zeros(batch + 1, dtype=torch.int64, device=q.device)
-    offsets[1:] = torch.cumsum(lengths, 0)
+    offsets[1:] = torch.cumsum(counts, 0)
     query_offsets = torch.arange(batch + 1, device=q.device) * queries
     out = attention(q.reshape(1, batch * queries, *q.shape[2:]), keys, values, causal=causal,
                     scale=scale, cu_seqlens=query_offsets, cu_seqlens_k=offsets)
