@@ -223,9 +223,10 @@ def _zamba(config: Mapping[str, Any]) -> list[Layer]:
     return [mixer] + ([_with_count(_zamba_attention(config), hybrid)] if hybrid else [])
 
 
-def _lfm2(config: Mapping[str, Any]) -> list[Layer]:
-    """LFM2: gated short convolutions (no activation) of width ``conv_L_cache`` over the hidden
-    size, and attention."""
+def _lfm2(config: Mapping[str, Any], default_width: int = 3) -> list[Layer]:
+    """LFM2 and LFM3: gated short convolutions (no activation) of width ``conv_L_cache`` over
+    the hidden size, and attention. With sliding-window layers (LFM3's default) no attention is
+    listed: patch leaves such a model's attention on transformers' path."""
     total = count_of(config, "num_hidden_layers")
     if config.get("layer_types"):
         types = list(layer_types_of(config, None))
@@ -238,9 +239,15 @@ def _lfm2(config: Mapping[str, Any]) -> list[Layer]:
         types = ["full_attention" if i in full else "conv" for i in range(total)]
     conv = Layer("short_conv", 0, {
         "conv_dim": positive(config, "hidden_size"),
-        "width": positive(config, "conv_L_cache", 3, CONV_WIDTHS),
+        "width": positive(config, "conv_L_cache", default_width, CONV_WIDTHS),
         "conv_bias": bool(config.get("conv_bias", False)), "silu": False})
-    return split(types, by_type(conv, _attention_if(config, types), "conv"))
+    sliding = "sliding_attention" in types
+    mapping = by_type(conv, None if sliding else _attention_if(config, types), "conv")
+    return split(types, mapping | {"sliding_attention": []})
+
+
+def _lfm3(config: Mapping[str, Any]) -> list[Layer]:
+    return _lfm2(config, default_width=7)
 
 
 FAMILIES: dict[str, Reader] = {
@@ -256,5 +263,5 @@ FAMILIES: dict[str, Reader] = {
     "mamba2": _mamba2, "bamba": _bamba, "granitemoehybrid": _granite,
     "falcon_h1": _falcon_h1, "nemotron_h": _nemotron_h, "zamba2": _zamba2,
     # short convolutions
-    "lfm2": _lfm2, "lfm2_moe": _lfm2,
+    "lfm2": _lfm2, "lfm2_moe": _lfm2, "lfm3": _lfm3,
 }
