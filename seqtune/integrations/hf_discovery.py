@@ -172,6 +172,15 @@ def dispatches_attention(cls: type) -> bool:
     return forward is not None and "ALL_ATTENTION_FUNCTIONS" in forward.__code__.co_names
 
 
+def passes_position_bias(cls: type) -> bool:
+    """Whether ``cls.forward`` hands a ``position_bias`` keyword to a function it calls
+    (Inkling's relative-position logits, added to the scores): seqtune's attention adds no
+    bias. A call's keyword names are a tuple among the code's constants."""
+    forward = _plain(getattr(cls, "forward", None))
+    return forward is not None and any(isinstance(const, tuple) and "position_bias" in const
+                                       for const in forward.__code__.co_consts)
+
+
 def reads_its_mask(cls: type) -> bool:
     """Whether ``cls.forward`` uses ``attention_mask`` beyond passing it on once (e.g. a token
     indexer combining it with its own selection): such a layer needs transformers' 4-D mask,

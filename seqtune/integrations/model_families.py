@@ -250,6 +250,35 @@ def _lfm3(config: Mapping[str, Any]) -> list[Layer]:
     return _lfm2(config, default_width=7)
 
 
+def _inkling(config: Mapping[str, Any]) -> list[Layer]:
+    """Inkling and Inkling2: short convolutions (no bias, no activation, in float32 whatever the
+    model's dtype) after the attention and after the MLP of every layer (over the hidden size),
+    and over the keys and values where the taps are static: every Inkling layer, Inkling2's
+    sliding ones (its full layers' taps are per token: PyTorch runs them). The attention adds a
+    relative-position bias, which seqtune's attention does not: none is listed (patch leaves
+    it)."""
+    types = _pattern(config)
+    unknown = [kind for kind in types if kind not in ("hybrid", "hybrid_sliding")]
+    if unknown:
+        raise ValueError(f"model config: unknown layer type {shown(unknown[0])} in layer types")
+    width_field = "sconv_kernel_size" if "sconv_kernel_size" in config else "conv_kernel_size"
+    width = positive(config, width_field, 4, CONV_WIDTHS)
+    heads = count_of(config, "num_key_value_heads")
+    head_dim = positive(config, "head_dim")
+    key_values = {
+        "hybrid": heads * head_dim,
+        "hybrid_sliding": (count_of(config, "swa_num_key_value_heads", heads)
+                           * positive(config, "swa_head_dim", head_dim))}
+    static = ("hybrid_sliding",) if config.get("model_type", "").startswith("inkling2") else (
+        "hybrid", "hybrid_sliding")
+    counts = {positive(config, "hidden_size"): 2 * len(types)}
+    for kind in static:
+        counts[key_values[kind]] = counts.get(key_values[kind], 0) + 2 * types.count(kind)
+    return [Layer("short_conv", count, {"conv_dim": channels, "width": width,
+                                        "conv_bias": False, "silu": False, "dtype": "float32"})
+            for channels, count in counts.items() if count]
+
+
 FAMILIES: dict[str, Reader] = {
     # Gated DeltaNet
     "qwen3_next": gated_delta_net_layers, "qwen3_5": gated_delta_net_layers,
@@ -263,5 +292,5 @@ FAMILIES: dict[str, Reader] = {
     "mamba2": _mamba2, "bamba": _bamba, "granitemoehybrid": _granite,
     "falcon_h1": _falcon_h1, "nemotron_h": _nemotron_h, "zamba2": _zamba2,
     # short convolutions
-    "lfm2": _lfm2, "lfm2_moe": _lfm2, "lfm3": _lfm3,
+    "lfm2": _lfm2, "lfm2_moe": _lfm2, "lfm3": _lfm3, "inkling": _inkling, "inkling2": _inkling,
 }
