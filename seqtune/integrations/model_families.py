@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from seqtune.integrations.config_file import (
+    ATTENTION_HEAD_DIMS,
     CONV_WIDTHS,
     MAX_COUNT,
     SELECTIVE_SCAN_STATES,
@@ -173,12 +174,18 @@ def _nemotron_h(config: Mapping[str, Any]) -> list[Layer]:
                           _pattern(config))
 
 
-def _zamba_attention(config: Mapping[str, Any]) -> Layer:
-    """Zamba's shared attention reads the concatenated embeddings (2 x hidden)."""
+def _zamba_attention(config: Mapping[str, Any], count: int) -> list[Layer]:
+    """Zamba's shared attention (in ``count`` layers) reads the concatenated embeddings
+    (2 x hidden). Heads wider than seqtune's attention runs (Zamba-7B's 464) list none: patch
+    leaves such attention on transformers' path."""
+    if not count:
+        return []
     heads = count_of(config, "num_attention_heads")
     dim = (positive(config, "attention_head_dim") if config.get("attention_head_dim")
            else 2 * positive(config, "hidden_size") // heads)
-    return attention_layer(config, 0, head_dim=dim)
+    if dim > ATTENTION_HEAD_DIMS[1]:
+        return []
+    return [_with_count(attention_layer(config, 0, head_dim=dim), count)]
 
 
 def _zamba2(config: Mapping[str, Any]) -> list[Layer]:
@@ -188,8 +195,8 @@ def _zamba2(config: Mapping[str, Any]) -> list[Layer]:
     types = _pattern(config)
     layers = _mamba2_hybrid(config, fields,
                             ["mamba" if kind == "hybrid" else kind for kind in types])
-    hybrid = types.count("hybrid")  # a mamba layer after the shared attention block
-    return layers + ([_with_count(_zamba_attention(config), hybrid)] if hybrid else [])
+    # a hybrid layer: a mamba layer after the shared attention block
+    return layers + _zamba_attention(config, types.count("hybrid"))
 
 
 def _with_count(layer: Layer, count: int) -> Layer:
@@ -219,8 +226,7 @@ def _zamba(config: Mapping[str, Any]) -> list[Layer]:
                         bool(config.get("mamba_conv_bias", True)),
                         config.get("hidden_mamba_act", "silu") in ("silu", "swish"),
                         count_of(config, "n_mamba_heads", 1))
-    hybrid = types.count("hybrid")
-    return [mixer] + ([_with_count(_zamba_attention(config), hybrid)] if hybrid else [])
+    return [mixer] + _zamba_attention(config, types.count("hybrid"))
 
 
 def _lfm2(config: Mapping[str, Any], default_width: int = 3) -> list[Layer]:
