@@ -211,8 +211,8 @@ W4 = torch.zeros(4, 4)
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"weight": torch.zeros(4, 5)}, ValueError, "W in 2..4"),
-    ({"weight": torch.zeros(4, 1)}, ValueError, "W in 2..4"),
+    ({"weight": torch.zeros(4, 9)}, ValueError, "W in 2..8"),
+    ({"weight": torch.zeros(4, 1)}, ValueError, "W in 2..8"),
     ({"weight": torch.zeros(3, 4)}, ValueError, "weight must have shape"),
     ({"bias": torch.zeros(5)}, ValueError, "bias must have shape"),
     ({"activation": "relu"}, ValueError, "activation"),
@@ -244,7 +244,7 @@ def test_bad_arguments_raise_one_line_errors(kwargs, error, message):
      "int32 or int64"),
     ({"state": torch.zeros(3, 4, 3), "state_indices": torch.tensor([0])}, ValueError,
      "state_indices must have shape"),
-    ({"state": torch.zeros(2, 4, 3), "weight": torch.zeros(4, 5)}, ValueError, "W in 2..4"),
+    ({"state": torch.zeros(2, 4, 8), "weight": torch.zeros(4, 9)}, ValueError, "W in 2..8"),
 ])
 def test_step_bad_arguments_raise_one_line_errors(kwargs, error, message):
     weight = kwargs.pop("weight", W4)

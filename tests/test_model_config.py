@@ -202,3 +202,37 @@ def test_tuned_problems_are_what_the_patched_model_reads(monkeypatch, caplog):
         kernel = message.split()[0]
         entry = ast.literal_eval(message.split("(entry ")[1].split(", log2 distance")[0])
         assert entry == get_spec(kernel).bucket(problems[kernel][0])
+
+
+def test_short_convolution_families_give_their_layers_and_problems():
+    """LFM3: width-7 gated convolutions, its sliding-window attention not listed (patch leaves
+    it); Inkling: a convolution per channel count, each in float32 in a bfloat16 model."""
+    conv = {"width": 7, "conv_bias": False, "silu": False}
+    assert model_layers(MODELS / "lfm3-default.json") == [
+        Layer("short_conv", 13, {"conv_dim": 2048, **conv})]
+    fp32 = {"width": 4, "conv_bias": False, "silu": False, "dtype": "float32"}
+    assert model_layers(MODELS / "inkling2-default.json") == [
+        Layer("short_conv", 96, {"conv_dim": 4608, **fp32}),
+        Layer("short_conv", 80, {"conv_dim": 1024, **fp32})]
+    problems = problems_for_model(MODELS / "inkling-default.json", lengths=[64], decode=True)
+    assert sorted(problems) == ["causal_conv1d", "causal_conv1d_step"]
+    assert sorted(p["D"] for p in problems["causal_conv1d"]) == [1024, 2048, 6144]
+    assert {p["dtype"] for listed in problems.values() for p in listed} == {"float32"}
+    assert {p["W"] for p in problems_for_model(MODELS / "lfm3-default.json",
+                                               lengths=[64])["causal_conv1d"]} == {7}
+
+
+def test_zamba_heads_wider_than_seqtune_attention_list_no_attention():
+    """Zamba-7B's shared attention has 464-wide heads: patch leaves it, so none is listed."""
+    config = json.loads((MODELS / "zamba-default.json").read_text())
+    assert [layer.kind for layer in model_layers(config)] == ["mamba"]
+    narrower = model_layers({**config, "attention_head_dim": 128})
+    assert [(layer.kind, layer.count) for layer in narrower] == [("mamba", 76), ("attention", 13)]
+
+
+def test_an_unknown_inkling_layer_type_is_one_line():
+    config = json.loads((MODELS / "inkling2-default.json").read_text())
+    config["text_config"]["layer_types"][3] = "mamba"
+    with pytest.raises(ValueError, match="unknown layer type 'mamba'") as raised:
+        model_layers(config)
+    assert "\n" not in str(raised.value)

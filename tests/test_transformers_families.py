@@ -2,8 +2,10 @@
 layers: a recurrent one and, for hybrids, an attention one): `patch` finds its layers by the
 hub-kernel functions they call and counts them by mechanism, the patched logits equal
 transformers' own PyTorch path, cached greedy generation gives the same tokens, and unpatch
-restores it; every kernel launch is a problem `--model-config` derives from its config. qwen4_exp's and glm5_next's attention reads its own 4-D mask: it stays
-unpatched with one warning and the model still runs (issue 29)."""
+restores it; every kernel launch is a problem `--model-config` derives from its config.
+qwen4_exp's and glm5_next's attention reads its own 4-D mask, Inkling's adds a position bias:
+it stays unpatched with one warning and the model still runs (issue 29). lfm3's width-7
+convolution is plain PyTorch in its modeling file, found by its function names."""
 from __future__ import annotations
 
 import warnings
@@ -31,6 +33,9 @@ MOE = dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32)
 KDA = dict(BASE, **MOE, num_key_value_heads=4, mlp_layer_types=["dense", "dense"],
            qk_nope_head_dim=16, v_head_dim=16, linear_head_dim=16, linear_num_heads=2)
 HYBRID = {"attention": 1}
+INKLING = dict(BASE, **MOE, head_dim=16, swa_num_attention_heads=4, swa_num_key_value_heads=1,
+               swa_head_dim=16, sliding_window_size=4, rel_extent=8, d_rel=4, n_routed_experts=2,
+               n_layers_per_attn_res_block=1, layer_types=["hybrid_sliding", "hybrid"])
 
 # model_type -> (class, config fields, patch's counts, a warning it must give)
 FAMILIES = {
@@ -82,6 +87,15 @@ FAMILIES = {
     "lfm2_moe": ("Lfm2MoeForCausalLM", dict(
         BASE, layer_types=["conv", "full_attention"], num_dense_layers=1, num_experts=2,
         num_experts_per_tok=1, moe_intermediate_size=32), {"short_conv": 1, **HYBRID}, None),
+    # lfm3's width-7 convolution is plain PyTorch in its modeling file (no hub function)
+    "lfm3": ("Lfm3ForCausalLM", dict(BASE, head_dim=16, layer_types=["conv", "full_attention"]),
+             {"short_conv": 1, **HYBRID}, None),
+    # Inkling's four convolutions per layer (keys, values, after attention, after the MLP) are
+    # patched; its attention adds a relative-position bias: unpatched, one warning.
+    "inkling_text": ("InklingForCausalLM", dict(INKLING, mlp_layer_types=["dense", "sparse"],
+                     n_shared_experts=1), {"short_conv": 8}, "passes a position_bias"),
+    # Inkling2's full layers compute per-token key/value taps in PyTorch: two convolutions there
+    "inkling2_text": ("Inkling2ForCausalLM", INKLING, {"short_conv": 6}, "passes a position_bias"),
 }
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -198,10 +212,10 @@ class NewShortConv(nn.Module):
 
 
 def test_a_call_seqtune_refuses_runs_the_layers_own_function_with_one_warning():
-    """LFM2 with width-5 convolutions (seqtune's causal_conv1d runs 2..4): the patched model
+    """LFM2 with width-9 convolutions (seqtune's causal_conv1d runs 2..8): the patched model
     still runs, each refused call on the layer's own function, with one warning naming it."""
     name, fields, _, _ = FAMILIES["lfm2"]
-    config = transformers.AutoConfig.for_model("lfm2", **dict(fields, conv_L_cache=5))
+    config = transformers.AutoConfig.for_model("lfm2", **dict(fields, conv_L_cache=9))
     torch.manual_seed(0)
     model = getattr(transformers, name)(config).eval()
     tokens = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
@@ -213,7 +227,7 @@ def test_a_call_seqtune_refuses_runs_the_layers_own_function_with_one_warning():
     torch.testing.assert_close(logits, expected, **TOLERANCE)
     assert torch.equal(generated, expected_tokens)
     refused = [str(w.message) for w in caught if "refuses" in str(w.message)]
-    assert refused and all("width 5" in m for m in refused)
+    assert refused and all("width 9" in m for m in refused)
     assert len([m for m in refused if "causal_conv1d_fn" in m]) == 1
 
 
@@ -228,6 +242,11 @@ SHIPPED = {  # benchmarks/models/<family>-default.json: transformers 5.23's defa
     "falcon_h1": {"mamba2": 32, "attention": 32},
     "granitemoehybrid": {"mamba2": 32},
     "nemotron_h": {"mamba2": 1, "attention": 1},
+    "glm5_next": {"kda": 34},
+    "zamba": {"mamba": 76},  # its 464-wide attention heads stay on transformers' path
+    "lfm3": {"short_conv": 13},  # its sliding-window attention stays on transformers' path
+    "inkling": {"short_conv": 264},  # 4 per layer; the biased attention stays unpatched
+    "inkling2": {"short_conv": 176},  # 4 per sliding layer, 2 per full one
 }
 
 
@@ -238,7 +257,10 @@ def test_a_shipped_family_config_reads_as_transformers_builds_it(family):
     from seqtune.integrations.model_config import model_layers, read_config
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / f"{family}-default.json"
-    assert {layer.kind: layer.count for layer in model_layers(path)} == SHIPPED[family]
+    counted: dict[str, int] = {}
+    for layer in model_layers(path):  # Inkling's convolutions: one entry per channel count
+        counted[layer.kind] = counted.get(layer.kind, 0) + layer.count
+    assert counted == SHIPPED[family]
     raw = read_config(path)
     config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
     with torch.device("meta"):

@@ -23,7 +23,8 @@ import triton.language as tl
 
 from seqtune.launch import backend_options, launch, new_output
 
-from seqtune.kernels.causal_conv1d.kernels import load_ext, preactivation, sequence_of_rows
+from seqtune.kernels.causal_conv1d.kernels import (load_ext, preactivation, sequence_of_rows,
+                                                   state_columns)
 
 
 @triton.jit
@@ -115,14 +116,15 @@ def state_grad_kernel(x, weight, bias, initial_state, cu_seqlens, dy, dfinal, ds
                       stride_sn, stride_sd, stride_sw, stride_dyb, stride_dyt, stride_dyd,
                       stride_fn, stride_fd, stride_fw, stride_gn, stride_gd, stride_gw,
                       W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                      VARLEN: tl.constexpr, HAS_DFINAL: tl.constexpr, BD: tl.constexpr):
+                      VARLEN: tl.constexpr, HAS_DFINAL: tl.constexpr, WS: tl.constexpr,
+                      BD: tl.constexpr):
     """Grid (N, cdiv(D, BD)): d initial_state[s, :, i] = sum_{j <= i} w_j dz[start + i - j]
     (within the sequence), plus the final state's column i - len when the sequence is shorter
     than W - 1 (its final state then still holds initial-state columns)."""
     seq_index = tl.program_id(0)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     col_mask = cols < D
-    columns = tl.arange(0, 4)  # W - 1 <= 3 state columns, padded to a power of two
+    columns = tl.arange(0, WS)  # the W - 1 state columns, padded (state_columns)
     live = columns < W - 1
     if VARLEN:
         start = tl.load(cu_seqlens + seq_index).to(tl.int32)
@@ -136,8 +138,8 @@ def state_grad_kernel(x, weight, bias, initial_state, cu_seqlens, dy, dfinal, ds
         dy_base = dy + seq_index.to(tl.int64) * stride_dyb
     starts = start + tl.zeros_like(columns)
     seq = seq_index + tl.zeros_like(columns)
-    grad = tl.zeros([4, BD], dtype=tl.float32)
-    for j in tl.static_range(W - 1):
+    grad = tl.zeros([WS, BD], dtype=tl.float32)
+    for j in range(W - 1):  # a loop, not unrolled: at W = 8 seven unrolled taps spilled
         positions = starts + columns - j
         dz = grad_preactivation(x_base, initial_state, weight, bias, dy_base, positions, starts,
                                 seq, cols, live & (columns >= j) & (positions < end), col_mask,
@@ -201,7 +203,7 @@ def backward(x, weight, bias, initial_state, cu_seqlens, layout, dy, dfinal,
         if dstate.numel():
             launch(state_grad_kernel, (layout.num_seqs, triton.cdiv(channels, cfg["BD"])),
                    x, weight, bias_arg, state, cu, dy, final_grad, dstate, length, channels,
-                   *common, *dstate.stride(), **flags, BD=cfg["BD"],
+                   *common, *dstate.stride(), **flags, WS=state_columns(width), BD=cfg["BD"],
                    num_warps=cfg["num_warps"], **backend_options(cfg))
     dw = dw_partial.sum(0).to(weight.dtype) if want_dw else None
     db = db_partial.sum(0).to(bias.dtype) if want_db else None

@@ -13,6 +13,12 @@ import triton
 import triton.language as tl
 
 
+def state_columns(width: int) -> int:
+    """The W - 1 state columns padded to a power of two for the per-sequence kernels: at
+    least 4: widths 2..5 share the [4, BD] tile widths 2..4 always compiled to."""
+    return max(4, triton.next_power_of_2(width - 1))
+
+
 @triton.jit
 def sequence_of_rows(cu_seqlens, rows, batch, T, num_seqs, search_steps,
                      VARLEN: tl.constexpr):
@@ -107,13 +113,13 @@ def final_state_kernel(x, initial_state, cu_seqlens, final_state, T, D,
                        stride_xb, stride_xt, stride_xd, stride_sn, stride_sd, stride_sw,
                        stride_fn, stride_fd, stride_fw,
                        W: tl.constexpr, HAS_STATE: tl.constexpr, VARLEN: tl.constexpr,
-                       BD: tl.constexpr):
+                       WS: tl.constexpr, BD: tl.constexpr):
     """Grid (N, cdiv(D, BD)): final_state[s, :, i] = ext[end - (W - 1) + i] of sequence s, the
     last W - 1 inputs (reaching into the initial state for sequences shorter than that)."""
     seq_index = tl.program_id(0)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     col_mask = cols < D
-    columns = tl.arange(0, 4)  # W - 1 <= 3 state columns, padded to a power of two
+    columns = tl.arange(0, WS)  # the W - 1 state columns, padded (state_columns)
     live = columns < W - 1
     if VARLEN:
         start = tl.load(cu_seqlens + seq_index).to(tl.int32)

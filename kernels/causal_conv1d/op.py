@@ -13,10 +13,11 @@ from seqtune.custom_ops import encode_config, expect_tensors, forward_config
 from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import dtype_name
 
-from seqtune.kernels.causal_conv1d.kernels import causal_conv1d_fwd_kernel, final_state_kernel
+from seqtune.kernels.causal_conv1d.kernels import (causal_conv1d_fwd_kernel, final_state_kernel,
+                                                   state_columns)
 from seqtune.kernels.varlen import assert_offsets
 
-WIDTHS = (2, 3, 4)
+WIDTHS = tuple(range(2, 9))  # up to lfm3's 7 and one more; causal-conv1d stops at 4
 ACTIVATIONS = (None, "silu", "swish")
 
 
@@ -52,7 +53,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Args:
         x: ``[B, T, D]`` (flash-linear-attention's layout; any strides), float32, float16 or
             bfloat16.
-        weight: ``[D, W]`` with the width W in 2..4; bias: ``[D]``; any float dtype.
+        weight: ``[D, W]`` with the width W in 2..8; bias: ``[D]``; any float dtype.
         activation: None, ``"silu"`` or ``"swish"`` (the same).
         initial_state: ``[N, D, W - 1]``, the W - 1 inputs before each sequence (oldest first),
             any float dtype; N = B, or the number of sequences with ``cu_seqlens``.
@@ -130,7 +131,8 @@ def forward(x, weight, bias, initial_state, cu_seqlens, layout: Layout, output_f
     if final_state is not None and final_state.numel():
         launch(final_state_kernel, (layout.num_seqs, triton.cdiv(channels, cfg["BD"])),
                x, state, cu, final_state, length, channels, *x.stride(), *state_strides,
-               *final_state.stride(), **flags, BD=cfg["BD"], num_warps=cfg["num_warps"],
+               *final_state.stride(), **flags, WS=state_columns(layout.width), BD=cfg["BD"],
+               num_warps=cfg["num_warps"],
                **backend_options(cfg))
     return y, final_state
 
@@ -145,7 +147,7 @@ def check_arguments(x, weight, bias, activation, initial_state, cu_seqlens) -> L
     width = weight.shape[1]
     if width not in WIDTHS:
         raise ValueError(f"weight has width W={width} (shape {tuple(weight.shape)}); "
-                         f"causal_conv1d supports W in 2..4")
+                         f"causal_conv1d supports W in 2..8")
     expect_shape("weight", weight, (channels, width))
     if bias is not None:
         expect_tensor("bias", bias, 1)

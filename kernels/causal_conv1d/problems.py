@@ -63,8 +63,9 @@ def case(B, T, D, W, dtype, *, N=None, varlen=False, has_bias=True, silu=True,
             "dtype": dtype}
 
 
-# Widths 2-4; T never a multiple of a tile; packed batches with empty and length-1 sequences
-# (packed_lengths); a row shorter than W - 1, whose final state reaches into the initial one.
+# Widths 2-4 and LFM3's 7; T never a multiple of a tile; packed batches with empty and length-1
+# sequences (packed_lengths); a row shorter than W - 1, whose final state reaches into the
+# initial one.
 VERIFY_CASES = [
     case(2, 37, 24, 4, "float32", has_initial_state=True),
     case(1, 1, 5, 2, "float32", has_bias=False, silu=False),
@@ -72,6 +73,7 @@ VERIFY_CASES = [
     case(1, 53, 20, 4, "bfloat16", N=5, varlen=True, has_initial_state=True),
     case(1, 29, 12, 2, "float32", N=4, varlen=True, has_bias=False, has_initial_state=True),
     case(2, 2, 6, 4, "float32", silu=False, has_initial_state=True),
+    case(1, 31, 13, 7, "bfloat16", N=4, varlen=True, has_bias=False, has_initial_state=True),
 ]
 
 
@@ -85,7 +87,8 @@ def _packed(shapes, dtypes, **flags) -> list[Problem]:
 
 
 # Channel counts of real layers: Mamba-2 2.7B's conv runs over 5376 channels (bias, SiLU);
-# Qwen3-Next's Gated DeltaNet over 8192 and KDA's q/k/v convs over 4096 each (no bias, SiLU).
+# Qwen3-Next's Gated DeltaNet over 8192 and KDA's q/k/v convs over 4096 each (no bias, SiLU);
+# LFM3's width-7 gated convolution over its 2048 hidden channels (no bias, no activation).
 PRESETS = {
     "tiny": [case(1, 33, 16, 4, "float32"),
              case(1, 40, 16, 4, "bfloat16", N=4, varlen=True, has_initial_state=True)],
@@ -95,14 +98,18 @@ PRESETS = {
                 + _dense([(4, 4096, 4096, 4), (1, 16384, 8192, 4)], ("bfloat16",),
                          has_bias=False)
                 + _packed([(16384, 16, 4096, 4), (32768, 64, 8192, 4)], ("bfloat16",),
-                          has_bias=False)),
+                          has_bias=False)
+                + _dense([(4, 4096, 2048, 7)], ("bfloat16",), has_bias=False, silu=False)),
     "full": (_dense([(B, T, D, 4) for B in (1, 8) for T in (2048, 8192)
                      for D in (2048, 4096, 5376, 8192)], ("bfloat16", "float32"))
              + _dense([(B, T, D, 4) for B in (1, 8) for T in (2048, 8192)
                        for D in (4096, 8192)], ("bfloat16",), has_bias=False)
              + _packed([(T, N, D, 4) for T in (8192, 32768) for N in (4, 64)
                         for D in (4096, 8192)], ("bfloat16",), has_bias=False)
-             + _dense([(4, 4096, 4096, W) for W in (2, 3)], ("bfloat16",))),
+             + _dense([(4, 4096, 4096, W) for W in (2, 3)], ("bfloat16",))
+             # the widest: its state kernels pad the 7 state columns to 8
+             + _packed([(8192, 16, 4096, 8)], ("bfloat16",), has_bias=False,
+                       has_initial_state=True)),
 }
 
 

@@ -158,7 +158,7 @@ SPECS = (
     KernelSpec(
         name="causal_conv1d",
         family="convolution",
-        description="depthwise causal conv1d (width 2-4, SiLU, states, packed sequences)",
+        description="depthwise causal conv1d (width 2-8, SiLU, states, packed sequences)",
         space=SPACE,
         default_config=DEFAULT,
         size_fields=("B", "T", "D", "N"),

@@ -68,7 +68,7 @@ def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
     Args:
         x: ``[B, D]`` float32, float16 or bfloat16 (any strides).
-        weight: ``[D, W]`` with W in 2..4; bias: ``[D]``; any float dtype.
+        weight: ``[D, W]`` with W in 2..8; bias: ``[D]``; any float dtype.
         activation: None, ``"silu"`` or ``"swish"``.
         state: ``[N, D, W - 1]``, any float dtype, updated in place (oldest column first, as
             ``causal_conv1d``'s initial and final states): not requiring grad, with its own
@@ -112,7 +112,7 @@ def _check_arguments(x, weight, bias, activation, state, state_indices) -> None:
     width = weight.shape[1]
     if width not in WIDTHS:
         raise ValueError(f"weight has width W={width} (shape {tuple(weight.shape)}); "
-                         f"causal_conv1d_step supports W in 2..4")
+                         f"causal_conv1d_step supports W in 2..8")
     expect_shape("weight", weight, (channels, width))
     if bias is not None:
         expect_tensor("bias", bias, 1)

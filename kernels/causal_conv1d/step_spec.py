@@ -102,13 +102,16 @@ VERIFY_CASES = [
     _case(2, 100, 2, "bfloat16", has_bias=False, silu=False),
     _case(5, 20, 3, "bfloat16"),
     _case(1, 7, 3, "float32", has_bias=False),
+    _case(3, 29, 7, "bfloat16", has_bias=False, silu=False),
+    _case(2, 13, 8, "float32"),
 ]
 
 PRESETS = {
     "tiny": [_case(2, 64, 4, "float32"), _case(3, 48, 4, "bfloat16", has_bias=False)],
     "quick": [_case(B, 8192, 4, "bfloat16", has_bias=False) for B in (8, 64)],
     "default": ([_case(B, D, 4, "bfloat16") for B in (1, 16, 128) for D in (5376, 8192)]
-                + [_case(B, 4096, 4, "bfloat16", has_bias=False) for B in (1, 16, 128)]),
+                + [_case(B, 4096, 4, "bfloat16", has_bias=False) for B in (1, 16, 128)]
+                + [_case(16, 2048, 7, "bfloat16", has_bias=False, silu=False)]),  # LFM3
     "full": [_case(B, D, 4, dtype, has_bias) for B in (1, 8, 64, 256)
              for D in (2048, 4096, 8192) for dtype in ("bfloat16", "float32")
              for has_bias in (True, False)],

@@ -2,7 +2,7 @@
 ``seqtune.kernels.causal_conv1d``, differentiable), ``causal_conv1d_update`` (decoding, on
 ``causal_conv1d_step``) and ``causal_conv1d_varlen_states`` (a packed prefill's states), with
 causal-conv1d's argument order, defaults, ``[B, D, T]`` layout, states ``[B, D, W - 1]`` /
-``[N, D, state_len]`` and return values. Widths 2..4.
+``[N, D, state_len]`` and return values. Widths 2..8 (causal-conv1d itself stops at 4).
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
                      return_final_states=False, final_states_out=None, activation=None):
     """causal-conv1d's ``causal_conv1d_fn`` on ``seqtune.kernels.causal_conv1d``.
 
-    x ``[B, D, T]`` (channel-first or channel-last memory); weight ``[D, W]`` with W in 2..4;
-    bias ``[D]``; activation None, ``"silu"`` or ``"swish"``; initial_states ``[B, D, W - 1]``.
+    x ``[B, D, T]`` (channel-first or channel-last memory); weight ``[D, W]`` with W in 2..8
+    (causal-conv1d itself stops at 4); bias ``[D]``; activation None, ``"silu"`` or
+    ``"swish"``; initial_states ``[B, D, W - 1]``.
 
     ``seq_idx`` (int ``[B, T]``): a tap only reads tokens of the same sequence id, and tokens
     with a negative id (padding) output zero; as in causal-conv1d it excludes initial and final
@@ -106,7 +107,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
 
     x ``[B, D]`` or ``[B, D, L]`` (L new tokens per row); conv_state ``[N, D, state_len]`` with
     state_len >= W - 1, updated in place (N = B without ``conv_state_indices``); weight
-    ``[D, W]`` (W in 2..4); bias ``[D]``.
+    ``[D, W]`` (W in 2..8; causal-conv1d stops at 4); bias ``[D]``.
 
     - Without ``cache_seqlens`` the state holds the row's last state_len inputs, oldest first:
       the tokens read its last W - 1 columns, then it shifts left by L and ends with x.

@@ -26,7 +26,7 @@ ATTENTION_HEAD_DIMS = (1, 256)        # attention.op.MAX_HEAD_DIM
 DELTA_RULE_HEAD_DIMS = (16, 256)      # delta_rule.op.MIN_HEAD_DIM, MAX_HEAD_DIM
 SSD_HEAD_DIMS = (1, 512)              # linear_attention.op.MAX_HEAD_DIM (ssd's n and p)
 SELECTIVE_SCAN_STATES = (1, 256)      # selective_scan.op.MAX_BWD_STATE_DIM
-CONV_WIDTHS = (2, 4)                  # causal_conv1d.op.WIDTHS
+CONV_WIDTHS = (2, 8)                  # causal_conv1d.op.WIDTHS
 # Model sizes far beyond any model, so that a typo or a hostile file cannot ask for terabytes:
 MAX_COUNT = 4096                      # layers, heads, groups, expand
 MAX_WIDTH = 1 << 20                   # hidden and intermediate sizes, channels

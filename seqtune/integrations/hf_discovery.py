@@ -6,7 +6,9 @@ transformers marks each swappable function of a modeling file with
 ``use_kernel_func_from_hub_with_fallback(func_name, package)``; the wrapper it returns keeps
 ``func_name`` (``hub_name``). A layer class is a recurrent layer when one of its
 methods, or a plain function of its modeling module that a method calls, refers to such a
-function by a module-level name (``layer_plan``). Its kind follows from the mechanism those
+function by a module-level name (``layer_plan``); a plain PyTorch function that a modeling file
+defines under a hub function's name, without the wrapper, counts as that function
+(``STAND_INS``). Its kind follows from the mechanism those
 functions implement (``KINDS``). An attention layer whose forward reads the attention mask
 itself, besides handing it to the attention function, needs transformers' own 4-D mask
 (``reads_its_mask``).
@@ -28,6 +30,12 @@ KINDS = (
     ("mamba", {"selective_scan_fn", "mamba_inner_fn"}),
     ("short_conv", {"causal_conv1d_fn", "causal_conv1d_update"}),
 )
+
+# Hub functions a modeling file may define in plain PyTorch under their own name and contract
+# but without transformers' hub wrapper: LFM3's width-7 convolution (the hub causal-conv1d
+# kernels stop at width 4, so transformers gives it no hub mapping). No wrapper holds the name,
+# so it is recognised by the name the function is defined and called under.
+STAND_INS = frozenset({"causal_conv1d_fn", "causal_conv1d_update"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +67,16 @@ def hub_name(obj) -> str | None:
             value = closure[code.co_freevars.index("func_name")].cell_contents
             return value if isinstance(value, str) else None
         obj, seen = getattr(obj, "__wrapped__", None), seen + 1
+    return None
+
+
+def _stand_in(obj, name: str, caller: types.FunctionType) -> str | None:
+    """``name`` when ``obj`` is a ``STAND_INS`` function that ``caller``'s transformers module
+    defines itself under that name, else None."""
+    if (name in STAND_INS and isinstance(obj, types.FunctionType) and obj.__name__ == name
+            and obj.__module__ == caller.__module__
+            and obj.__module__.startswith("transformers.")):
+        return name
     return None
 
 
@@ -118,7 +136,7 @@ def _hub_calls(function: types.FunctionType, known: Callable[[str], bool],
     module_globals, refers = function.__globals__, False
     for name in set(_names(function.__code__)):
         obj = module_globals.get(name)
-        hub = hub_name(obj) if callable(obj) else None
+        hub = (hub_name(obj) or _stand_in(obj, name, function)) if callable(obj) else None
         helper = _helper(obj, function) if hub is None or not known(hub) else None
         if helper is not None:
             if name not in helpers:
@@ -152,6 +170,15 @@ def layer_plan(cls: type, supported: Callable[[str], bool]) -> LayerPlan | None:
 def dispatches_attention(cls: type) -> bool:
     forward = _plain(getattr(cls, "forward", None))
     return forward is not None and "ALL_ATTENTION_FUNCTIONS" in forward.__code__.co_names
+
+
+def passes_position_bias(cls: type) -> bool:
+    """Whether ``cls.forward`` hands a ``position_bias`` keyword to a function it calls
+    (Inkling's relative-position logits, added to the scores): seqtune's attention adds no
+    bias. A call's keyword names are a tuple among the code's constants."""
+    forward = _plain(getattr(cls, "forward", None))
+    return forward is not None and any(isinstance(const, tuple) and "position_bias" in const
+                                       for const in forward.__code__.co_consts)
 
 
 def reads_its_mask(cls: type) -> bool:

@@ -55,17 +55,20 @@ def model_dtype(config: str | Path | Mapping[str, Any]) -> str:
 
 # ---- the problems of each layer kind ----
 
+# A convolution's dims may name its own "dtype" (Inkling convolves in float32 whatever the
+# model's dtype); the others run in the model's.
 def _conv(dims, batch: int, length: int, dtype: str) -> tuple[str, Problem]:
     # causal_conv1d counts every row as a sequence (N == B) where the other ops say N = 1
     return "causal_conv1d", {"B": batch, "T": length, "D": dims["conv_dim"], "W": dims["width"],
                              "N": batch, "varlen": False, "has_bias": dims["conv_bias"],
-                             "silu": dims["silu"], "has_initial_state": False, "dtype": dtype}
+                             "silu": dims["silu"], "has_initial_state": False,
+                             "dtype": dims.get("dtype", dtype)}
 
 
 def _conv_step(dims, batch: int, dtype: str) -> tuple[str, Problem]:
     return "causal_conv1d_step", {"B": batch, "D": dims["conv_dim"], "W": dims["width"],
                                   "has_bias": dims["conv_bias"], "silu": dims["silu"],
-                                  "dtype": dtype}
+                                  "dtype": dims.get("dtype", dtype)}
 
 
 def _attention_problem(dims, batch: int, queries: int, keys: int, dtype: str) -> Problem:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from seqtune.integrations.config_file import (
+    ATTENTION_HEAD_DIMS,
     CONV_WIDTHS,
     MAX_COUNT,
     SELECTIVE_SCAN_STATES,
@@ -173,12 +174,18 @@ def _nemotron_h(config: Mapping[str, Any]) -> list[Layer]:
                           _pattern(config))
 
 
-def _zamba_attention(config: Mapping[str, Any]) -> Layer:
-    """Zamba's shared attention reads the concatenated embeddings (2 x hidden)."""
+def _zamba_attention(config: Mapping[str, Any], count: int) -> list[Layer]:
+    """Zamba's shared attention (in ``count`` layers) reads the concatenated embeddings
+    (2 x hidden). Heads wider than seqtune's attention runs (Zamba-7B's 464) list none: patch
+    leaves such attention on transformers' path."""
+    if not count:
+        return []
     heads = count_of(config, "num_attention_heads")
     dim = (positive(config, "attention_head_dim") if config.get("attention_head_dim")
            else 2 * positive(config, "hidden_size") // heads)
-    return attention_layer(config, 0, head_dim=dim)
+    if dim > ATTENTION_HEAD_DIMS[1]:
+        return []
+    return [_with_count(attention_layer(config, 0, head_dim=dim), count)]
 
 
 def _zamba2(config: Mapping[str, Any]) -> list[Layer]:
@@ -188,8 +195,8 @@ def _zamba2(config: Mapping[str, Any]) -> list[Layer]:
     types = _pattern(config)
     layers = _mamba2_hybrid(config, fields,
                             ["mamba" if kind == "hybrid" else kind for kind in types])
-    hybrid = types.count("hybrid")  # a mamba layer after the shared attention block
-    return layers + ([_with_count(_zamba_attention(config), hybrid)] if hybrid else [])
+    # a hybrid layer: a mamba layer after the shared attention block
+    return layers + _zamba_attention(config, types.count("hybrid"))
 
 
 def _with_count(layer: Layer, count: int) -> Layer:
@@ -219,13 +226,13 @@ def _zamba(config: Mapping[str, Any]) -> list[Layer]:
                         bool(config.get("mamba_conv_bias", True)),
                         config.get("hidden_mamba_act", "silu") in ("silu", "swish"),
                         count_of(config, "n_mamba_heads", 1))
-    hybrid = types.count("hybrid")
-    return [mixer] + ([_with_count(_zamba_attention(config), hybrid)] if hybrid else [])
+    return [mixer] + _zamba_attention(config, types.count("hybrid"))
 
 
-def _lfm2(config: Mapping[str, Any]) -> list[Layer]:
-    """LFM2: gated short convolutions (no activation) of width ``conv_L_cache`` over the hidden
-    size, and attention."""
+def _lfm2(config: Mapping[str, Any], default_width: int = 3) -> list[Layer]:
+    """LFM2 and LFM3: gated short convolutions (no activation) of width ``conv_L_cache`` over
+    the hidden size, and attention. With sliding-window layers (LFM3's default) no attention is
+    listed: patch leaves such a model's attention on transformers' path."""
     total = count_of(config, "num_hidden_layers")
     if config.get("layer_types"):
         types = list(layer_types_of(config, None))
@@ -238,9 +245,44 @@ def _lfm2(config: Mapping[str, Any]) -> list[Layer]:
         types = ["full_attention" if i in full else "conv" for i in range(total)]
     conv = Layer("short_conv", 0, {
         "conv_dim": positive(config, "hidden_size"),
-        "width": positive(config, "conv_L_cache", 3, CONV_WIDTHS),
+        "width": positive(config, "conv_L_cache", default_width, CONV_WIDTHS),
         "conv_bias": bool(config.get("conv_bias", False)), "silu": False})
-    return split(types, by_type(conv, _attention_if(config, types), "conv"))
+    sliding = "sliding_attention" in types
+    mapping = by_type(conv, None if sliding else _attention_if(config, types), "conv")
+    return split(types, mapping | {"sliding_attention": []})
+
+
+def _lfm3(config: Mapping[str, Any]) -> list[Layer]:
+    return _lfm2(config, default_width=7)
+
+
+def _inkling(config: Mapping[str, Any]) -> list[Layer]:
+    """Inkling and Inkling2: short convolutions (no bias, no activation, in float32 whatever the
+    model's dtype) after the attention and after the MLP of every layer (over the hidden size),
+    and over the keys and values where the taps are static: every Inkling layer, Inkling2's
+    sliding ones (its full layers' taps are per token: PyTorch runs them). The attention adds a
+    relative-position bias, which seqtune's attention does not: none is listed (patch leaves
+    it)."""
+    types = _pattern(config)
+    unknown = [kind for kind in types if kind not in ("hybrid", "hybrid_sliding")]
+    if unknown:
+        raise ValueError(f"model config: unknown layer type {shown(unknown[0])} in layer types")
+    width_field = "sconv_kernel_size" if "sconv_kernel_size" in config else "conv_kernel_size"
+    width = positive(config, width_field, 4, CONV_WIDTHS)
+    heads = count_of(config, "num_key_value_heads")
+    head_dim = positive(config, "head_dim")
+    key_values = {
+        "hybrid": heads * head_dim,
+        "hybrid_sliding": (count_of(config, "swa_num_key_value_heads", heads)
+                           * positive(config, "swa_head_dim", head_dim))}
+    static = ("hybrid_sliding",) if config.get("model_type", "").startswith("inkling2") else (
+        "hybrid", "hybrid_sliding")
+    counts = {positive(config, "hidden_size"): 2 * len(types)}
+    for kind in static:
+        counts[key_values[kind]] = counts.get(key_values[kind], 0) + 2 * types.count(kind)
+    return [Layer("short_conv", count, {"conv_dim": channels, "width": width,
+                                        "conv_bias": False, "silu": False, "dtype": "float32"})
+            for channels, count in counts.items() if count]
 
 
 FAMILIES: dict[str, Reader] = {
@@ -256,5 +298,5 @@ FAMILIES: dict[str, Reader] = {
     "mamba2": _mamba2, "bamba": _bamba, "granitemoehybrid": _granite,
     "falcon_h1": _falcon_h1, "nemotron_h": _nemotron_h, "zamba2": _zamba2,
     # short convolutions
-    "lfm2": _lfm2, "lfm2_moe": _lfm2,
+    "lfm2": _lfm2, "lfm2_moe": _lfm2, "lfm3": _lfm3, "inkling": _inkling, "inkling2": _inkling,
 }

@@ -35,6 +35,7 @@ from seqtune.integrations.hf_attention import seqtune_attention
 from seqtune.integrations.hf_discovery import (
     dispatches_attention,
     layer_plan,
+    passes_position_bias,
     reads_its_mask,
 )
 from seqtune.integrations.hf_kernels import HUB_FUNCTIONS, with_fallback
@@ -264,6 +265,12 @@ def _patch_attention(model, record: _Patch) -> int:
         warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
                   f"{own_mask.__name__}.forward reads the attention mask itself (it needs "
                   f"transformers' 4-D mask, which seqtune's attention does not build)")
+        return 0
+    biased = next((type(layer) for layer in layers if passes_position_bias(type(layer))), None)
+    if biased is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
+                  f"{biased.__name__}.forward passes a position_bias (seqtune's attention adds "
+                  f"no bias)")
         return 0
     wide = next((layer for layer in layers if isinstance(getattr(layer, "head_dim", None), int)
                  and layer.head_dim > ATTENTION_HEAD_DIMS[1]), None)
