@@ -207,7 +207,7 @@ def test_training_gradients_match_pytorch(family, monkeypatch):
     as PyTorch's, through seqtune's forward and backward kernels (the ``_bwd`` problems
     model_config derives with ``training``)."""
     model = build(family).train()
-    tokens = _tokens(model, (BATCH, 21))
+    tokens = _tokens(model, (BATCH, 11))
 
     def step():
         model.zero_grad()
@@ -220,7 +220,7 @@ def test_training_gradients_match_pytorch(family, monkeypatch):
     launches = Launches(monkeypatch)
     with patched(model):
         patched_loss, patched_grads = step()
-    assert launches.take() == _derived(family, lengths=[21], training=True)
+    assert launches.take() == _derived(family, lengths=[11], training=True)
     torch.testing.assert_close(patched_loss, loss, **TOLERANCE)
     assert patched_grads.keys() == grads.keys()
     for name, grad in grads.items():
