@@ -56,7 +56,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     with x = silu(causal_conv1d(x)), ``(x, z) = xz.chunk(2, dim=1)``, and dt, B, C from
     ``x_proj`` of x (dt through ``delta_proj``).
 
-    xz ``[b, 2d, L]``; conv1d_weight ``[d, 1, W]`` (W 2..4), conv1d_bias ``[d]``;
+    xz ``[b, 2d, L]``; conv1d_weight ``[d, 1, W]`` (W 2..8), conv1d_bias ``[d]``;
     x_proj_weight ``[r + 2n, d]``; delta_proj_weight ``[d, r]``; out_proj_weight ``[o, d]``,
     out_proj_bias ``[o]``; A ``[d, n]`` real; B, C None (from x_proj, plus ``B_proj_bias`` /
     ``C_proj_bias`` ``[n]``) or given as ``selective_scan_fn`` takes them; D, delta_bias
