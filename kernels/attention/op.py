@@ -128,21 +128,22 @@ def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None
                          softcap=softcap, alibi_slopes=alibi_slopes)
 
 
-def window_pair(window: Any) -> tuple[int, int]:
-    """``(left, right)`` of a valid window (two ints >= -1), else a one-line ValueError."""
+def window_pair(window: Any, name: str = "window") -> tuple[int, int]:
+    """``(left, right)`` of a valid window (two ints >= -1), else a one-line ValueError naming
+    the argument ``name``."""
     if (not isinstance(window, (tuple, list)) or len(window) != 2
             or not all(isinstance(edge, numbers.Integral) and not isinstance(edge, bool)
                        and edge >= -1 for edge in window)):
-        raise ValueError(f"window must be (left, right), two ints >= -1 (-1: unbounded), "
+        raise ValueError(f"{name} must be (left, right), two ints >= -1 (-1: unbounded), "
                          f"got {window!r}")
     return int(window[0]), int(window[1])
 
 
-def softcap_value(softcap: Any) -> float:
-    """A valid softcap as a float (finite, >= 0), else a one-line ValueError."""
+def softcap_value(softcap: Any, name: str = "softcap") -> float:
+    """A valid softcap as a float (finite, >= 0), else a one-line ValueError naming ``name``."""
     if (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
             or not math.isfinite(softcap) or softcap < 0):
-        raise ValueError(f"softcap must be a finite real >= 0 (0: off), got {softcap!r}")
+        raise ValueError(f"{name} must be a finite real >= 0 (0: off), got {softcap!r}")
     return float(softcap)
 
 
