@@ -177,8 +177,10 @@ def _query_bounds(start_n, q_len, lo_shift, hi_shift, BLOCK_M: tl.constexpr,
     query_hi = q_len
     if CAUSAL:
         # Query i sees key j when i >= j - hi_shift: blocks above the first key's horizon see
-        # none; blocks from the last key's horizon on see the whole tile.
-        query_lo = (tl.minimum(tl.maximum(start_n - hi_shift, 0), q_len) // BLOCK_M) * BLOCK_M
+        # none; blocks from the last key's horizon on see the whole tile. The first key's
+        # horizon is below q_len (start_n < k_len, hi_shift >= k_len - q_len), so query_lo
+        # needs no clamp (one more would spill on sm_90).
+        query_lo = (tl.maximum(start_n - hi_shift, 0) // BLOCK_M) * BLOCK_M
         last_key_horizon = tl.maximum(start_n + BLOCK_N - 1 - hi_shift, 0)
         unmasked_lo = tl.cdiv(last_key_horizon, BLOCK_M) * BLOCK_M
     if WINDOW:
