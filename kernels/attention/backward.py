@@ -2,10 +2,11 @@
 
 Inputs are q, k, v, the output O, the upstream gradient dO and, for softmax, the forward's row
 log-sum-exp (base 2, ``+inf`` for rows that see no key). Each kernel recomputes its tile of
-weights ``P`` from q, k and the log-sum-exp (softmax: ``P = exp2(s * qk_scale - lse)``; sigmoid:
+weights ``P`` from q, k and the log-sum-exp (softmax: ``P = exp2(logit(s) - lse)``; sigmoid:
 ``P = sigmoid(scale * s + bias)``), then with ``dP = dO V^T``:
 
-- softmax: ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)`` from the preprocessing kernel;
+- softmax: ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)`` from the preprocessing kernel,
+  times ``1 - tanh^2`` of the soft-capped score with a softcap (ALiBi's bias is a constant);
 - sigmoid: ``dS = dP * P * (1 - P)``;
 
 and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
@@ -16,6 +17,8 @@ and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
   group in registers (no atomics, no per-query-head copy).
 - ``attention_bwd_dq_kernel``: one program per ``BLOCK_M`` queries of one query head, looping
   over its visible key blocks.
+
+Both visit only the blocks inside the sliding window's band (``key_bounds``, ``_query_bounds``).
 """
 import triton
 import triton.language as tl

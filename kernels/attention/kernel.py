@@ -15,10 +15,15 @@ A sequence is a batch row (dense) or a slice of the packed rows given by ``cu_se
 power-of-two tiles ``BLOCK_D`` / ``BLOCK_DV`` (at least 16, tl.dot's smallest edge): padded
 columns load as zeros, which add nothing to ``q . k``, and are never stored.
 
-Key blocks fall in two ranges. Blocks that every query row of the tile may see in full, and that
-lie inside the sequence's keys, run without row masks; the rest (the causal diagonal and the
-ragged end) run with the causal and bounds masks. Causal masking is bottom-right aligned per
-sequence: query ``i`` sees keys ``j <= i + S_n - T_n``. A query row that sees no key gets zeros.
+Softmax scores may be soft-capped (``softcap * tanh(scale * s / softcap)``, SOFTCAP) and biased
+by ALiBi (``-slope * |i + S_n - T_n - j|``, ALIBI) before the softmax. Masking is bottom-right
+aligned per sequence: query ``i`` sees keys ``j <= i + S_n - T_n + right`` (CAUSAL: causal, right
+= 0, or a right-bounded window) and ``j >= i + S_n - T_n - left`` (WINDOW: a left-bounded
+window). Key blocks fall in three ranges (``key_bounds``): blocks that every query row of the tile
+may see in full, and that lie inside the sequence's keys, run without row masks; those below
+(the window's lower edge) and above (the causal diagonal or the window's upper edge, the ragged
+end) run masked; blocks outside the band are never visited. A query row that sees no key gets
+zeros.
 """
 import triton
 import triton.language as tl
