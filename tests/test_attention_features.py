@@ -252,3 +252,23 @@ def test_compat_refusals_are_one_line(kwargs, error, message):
     with pytest.raises(error, match=message) as raised:
         flash_attn_func(*leaves, **kwargs)
     assert "\n" not in str(raised.value)
+
+
+def test_features_compile_into_one_graph():
+    """window, softcap, slopes and the returned lse go through the op's schema: a fullgraph
+    compile (aot_eager traces forward and backward as inductor would) equals eager."""
+    generator = torch.Generator().manual_seed(4)
+    leaves = [torch.randn(1, 21, 2, 16, generator=generator).requires_grad_() for _ in range(3)]
+    slopes = _slopes(2)
+
+    def fn(q, k, v):
+        return attention(q, k, v, causal=True, window=(5, -1), softcap=2.0,
+                         alibi_slopes=slopes, return_lse=True, config=CONFIG,
+                         bwd_config=BWD_CONFIG)
+
+    results = []
+    for function in (fn, torch.compile(fn, fullgraph=True, backend="aot_eager")):
+        out, lse = function(*leaves)
+        results.append([out, lse, *torch.autograd.grad(out.square().sum(), leaves)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
