@@ -143,10 +143,6 @@ def test_kvcache_decoding_token_by_token_equals_causal_attention():
 
 @pytest.mark.parametrize("call, argument", [
     (lambda q: flash_attn_func(q, q, q, dropout_p=0.1), "dropout_p"),
-    (lambda q: flash_attn_func(q, q, q, window_size=(4, 0)), "window_size"),
-    (lambda q: flash_attn_func(q, q, q, softcap=30.0), "softcap"),
-    (lambda q: flash_attn_func(q, q, q, alibi_slopes=torch.ones(2)), "alibi_slopes"),
-    (lambda q: flash_attn_func(q, q, q, return_attn_probs=True), "return_attn_probs"),
     (lambda q: flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 5]),
                                       torch.tensor([0, 5]), 5, 5, block_table=torch.zeros(1)),
      "block_table"),

@@ -68,10 +68,13 @@ def _shared_arguments(q, k, v, grad_out, lse, delta, call) -> dict[str, Any]:
     batch, queries, heads, _ = q.shape
     keys, kv_heads = k.shape[1], k.shape[2]
     cu_q, cu_k = offsets(call)
-    return {"inputs": (q, k, v, grad_out), "rows": (lse, delta), "offsets": (cu_q, cu_k),
+    return {"inputs": (q, k, v, grad_out), "rows": (lse, delta),
+            "offsets": (cu_q, cu_k), "alibi": call.alibi_slopes,
             "strides": (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride()),
-            "row_strides": lse.stride()[:2] if lse is not None else (0, 0),
-            "scalars": (queries, keys, heads // kv_heads, call.scale, call.qk_scale, call.bias),
+            "row_strides": (*(lse.stride()[:2] if lse is not None else (0, 0)),
+                            *call.alibi_strides()),
+            "scalars": (queries, keys, heads // kv_heads, call.scale, call.qk_scale, call.bias,
+                        *call.window_arguments(queries, keys)),
             "flags": kernel_flags(call, q, v)}
 
 
@@ -80,7 +83,7 @@ def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tens
     block_n = cfg["dkdv.BLOCK_N"]
     grid, tiles = tile_grid(call, block_n, k.shape[0], k.shape[1], k.shape[2], keys=True)
     launch(attention_bwd_dkdv_kernel, grid, *shared["inputs"], *shared["rows"], dk, dv,
-           *shared["offsets"], tiles, *shared["strides"],
+           *shared["offsets"], tiles, shared["alibi"], *shared["strides"],
            *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
            num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"],
@@ -92,7 +95,7 @@ def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionC
     block_m = cfg["dq.BLOCK_M"]
     grid, tiles = tile_grid(call, block_m, q.shape[0], q.shape[1], q.shape[2])
     launch(attention_bwd_dq_kernel, grid, *shared["inputs"], *shared["rows"], dq,
-           *shared["offsets"], tiles, *shared["strides"],
+           *shared["offsets"], tiles, shared["alibi"], *shared["strides"],
            *dq.stride(), *shared["row_strides"], *shared["scalars"],
            BLOCK_M=block_m, BLOCK_N=cfg["dq.BLOCK_N"], **shared["flags"],
            num_warps=cfg["dq.num_warps"], num_stages=cfg["dq.num_stages"], **backend_options(cfg))

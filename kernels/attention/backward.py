@@ -2,10 +2,11 @@
 
 Inputs are q, k, v, the output O, the upstream gradient dO and, for softmax, the forward's row
 log-sum-exp (base 2, ``+inf`` for rows that see no key). Each kernel recomputes its tile of
-weights ``P`` from q, k and the log-sum-exp (softmax: ``P = exp2(s * qk_scale - lse)``; sigmoid:
+weights ``P`` from q, k and the log-sum-exp (softmax: ``P = exp2(logit(s) - lse)``; sigmoid:
 ``P = sigmoid(scale * s + bias)``), then with ``dP = dO V^T``:
 
-- softmax: ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)`` from the preprocessing kernel;
+- softmax: ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)`` from the preprocessing kernel,
+  times ``1 - tanh^2`` of the soft-capped score with a softcap (ALiBi's bias is a constant);
 - sigmoid: ``dS = dP * P * (1 - P)``;
 
 and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
@@ -16,12 +17,15 @@ and ``dQ = scale dS K``, ``dK = scale dS^T Q``, ``dV = P^T dO``.
   group in registers (no atomics, no per-query-head copy).
 - ``attention_bwd_dq_kernel``: one program per ``BLOCK_M`` queries of one query head, looping
   over its visible key blocks.
+
+Both visit only the blocks inside the sliding window's band (``key_bounds``, ``_query_bounds``).
 """
 import triton
 import triton.language as tl
 
-from seqtune.kernels.attention.kernel import (batch_row, dot, load_tile, locate_sequence,
-                                             locate_tile)
+from seqtune.kernels.attention.kernel import (alibi_slope, batch_row, dot, key_bounds,
+                                             load_tile, locate_sequence, locate_tile,
+                                             softmax_logits, visible_keys)
 
 
 @triton.jit
@@ -65,30 +69,39 @@ def _row_statistics(lse_ptr, delta_ptr, offsets, rows_ok, SIGMOID: tl.constexpr,
 
 
 @triton.jit
-def _score_gradient(scores, visible, lse, delta, dp, qk_scale, sigmoid_bias,
-                    SIGMOID: tl.constexpr, MASKED: tl.constexpr):
-    """``(P, dS)`` of a tile from its raw scores ``q . k``, either orientation (``lse`` and
-    ``delta`` already broadcast to the tile); with MASKED, zero where not ``visible``."""
+def _score_gradient(scores, visible, queries, keys, lse, delta, dp, shift, qk_scale,
+                    sigmoid_bias, softcap_in, slope_log2, SOFTCAP: tl.constexpr,
+                    ALIBI: tl.constexpr, SIGMOID: tl.constexpr, MASKED: tl.constexpr):
+    """``(P, dS)`` of a tile from its raw scores ``q . k``, either orientation (``queries``,
+    ``keys``, ``lse`` and ``delta`` already broadcast to the tile); with MASKED, zero where not
+    ``visible``. ``dS`` is the gradient of ``q . k`` divided by ``scale``."""
     if SIGMOID:
         weights = tl.sigmoid(scores * qk_scale + sigmoid_bias)
         if MASKED:
             weights = tl.where(visible, weights, 0.0)
         grad = dp * weights * (1.0 - weights)
     else:
-        weights = tl.math.exp2(scores * qk_scale - lse)
+        logits, capped = softmax_logits(scores, queries, keys, shift, qk_scale, softcap_in,
+                                        slope_log2, SOFTCAP, ALIBI)
+        weights = tl.math.exp2(logits - lse)
         if MASKED:
             weights = tl.where(visible, weights, 0.0)
         grad = weights * (dp - delta)
+        if SOFTCAP:
+            # d/dx softcap tanh(scale x / softcap) = scale (1 - tanh^2); scale comes at the end.
+            grad = grad * (1.0 - capped * capped)
     return weights, grad
 
 
 @triton.jit
 def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m,
                        offs_n, offs_d, offs_dv, d_ok, dv_ok, keys_ok, first_lo, first_hi,
-                       second_lo, second_hi, q_len, causal_shift, qk_scale, sigmoid_bias,
-                       stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M: tl.constexpr,
-                       MASKED: tl.constexpr, PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
-                       CAUSAL: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+                       second_lo, second_hi, q_len, shift, lo_shift, hi_shift, qk_scale,
+                       sigmoid_bias, softcap_in, slope_log2, stride_qt, stride_qd, stride_dot,
+                       stride_dod, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                       PAD_D: tl.constexpr, PAD_DV: tl.constexpr, CAUSAL: tl.constexpr,
+                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                       SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
     """Fold the query blocks of ``[first_lo, first_hi)`` then ``[second_lo, second_hi)`` (each
     bound a multiple of BLOCK_M but the last) of one query head into the key tile's (dk, dv):
     one loop for two ranges keeps a single copy of the body. Without MASKED every row is in the
@@ -109,12 +122,13 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
         lse, delta = _row_statistics(lse_ptr, delta_ptr, row_head + queries, rows_ok, SIGMOID,
                                      MASKED)
         scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
-        visible = keys_ok[:, None] & rows_ok[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[:, None] <= queries[None, :] + causal_shift)
+        visible = visible_keys(keys_ok[:, None] & rows_ok[None, :], queries[None, :],
+                               offs_n[:, None], lo_shift, hi_shift, CAUSAL, WINDOW)
         dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
-        weights_t, grad_t = _score_gradient(scores_t, visible, lse[None, :], delta[None, :],
-                                            dp_t, qk_scale, sigmoid_bias, SIGMOID, MASKED)
+        weights_t, grad_t = _score_gradient(
+            scores_t, visible, queries[None, :], offs_n[:, None], lse[None, :], delta[None, :],
+            dp_t, shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
+            SIGMOID, MASKED)
         dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
         dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
     return dk, dv
@@ -122,13 +136,15 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
 
 @triton.jit
 def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv, d_ok,
-                  dv_ok, rows_ok, key_lo, key_hi, k_len, causal_shift, qk_scale, sigmoid_bias,
-                  stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
-                  CAUSAL: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
-    """Fold the key blocks from ``key_lo`` (a multiple of BLOCK_N) up to ``key_hi`` into dq.
-    Without MASKED every key is in the sequence and visible to every row of the tile (rows past
-    the sequence have q = dO = 0 and lse = +inf: they add nothing and are not stored)."""
+                  dv_ok, rows_ok, key_lo, key_hi, k_len, shift, lo_shift, hi_shift, qk_scale,
+                  sigmoid_bias, softcap_in, slope_log2, stride_kn, stride_kd, stride_vn,
+                  stride_vd, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PAD_D: tl.constexpr,
+                  PAD_DV: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SIGMOID: tl.constexpr,
+                  UPCAST_BF16: tl.constexpr):
+    """Fold the key blocks from ``key_lo`` up to ``key_hi`` into dq. Without MASKED every key
+    is in the sequence and visible to every row of the tile (rows past the sequence have
+    q = dO = 0 and lse = +inf: they add nothing and are not stored)."""
     for start_n in range(key_lo, key_hi, BLOCK_N):
         keys = start_n + offs_n
         keys_ok = keys < k_len
@@ -139,36 +155,70 @@ def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d,
                       + offs_dv[None, :] * stride_vd, keys_ok[:, None], dv_ok[None, :],
                       MASKED, PAD_DV)
         scores = dot(q, tl.trans(k), None, UPCAST_BF16)
-        visible = rows_ok[:, None] & keys_ok[None, :]
-        if CAUSAL:
-            visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+        visible = visible_keys(rows_ok[:, None] & keys_ok[None, :], offs_m[:, None],
+                               keys[None, :], lo_shift, hi_shift, CAUSAL, WINDOW)
         dp = dot(do, tl.trans(v), None, UPCAST_BF16)
-        _, grad = _score_gradient(scores, visible, lse[:, None], delta[:, None], dp,
-                                  qk_scale, sigmoid_bias, SIGMOID, MASKED)
+        _, grad = _score_gradient(scores, visible, offs_m[:, None], keys[None, :],
+                                  lse[:, None], delta[:, None], dp, shift, qk_scale,
+                                  sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
+                                  SIGMOID, MASKED)
         dq = dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
     return dq
 
 
 @triton.jit
+def _query_bounds(start_n, q_len, lo_shift, hi_shift, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """``(query_lo, unmasked_lo, unmasked_hi, query_hi)`` of the key tile at ``start_n``: rows
+    ``[query_lo, query_hi)`` hold every query that may see a key of the tile; ``[unmasked_lo,
+    unmasked_hi)`` (multiples of BLOCK_M) those in the sequence that see the whole tile. Query
+    blocks outside the band are never visited."""
+    full_hi = (q_len // BLOCK_M) * BLOCK_M
+    query_lo = start_n * 0
+    unmasked_lo = query_lo
+    unmasked_hi = full_hi
+    query_hi = q_len
+    if CAUSAL:
+        # Query i sees key j when i >= j - hi_shift: blocks above the first key's horizon see
+        # none; blocks from the last key's horizon on see the whole tile. The first key's
+        # horizon is below q_len (start_n < k_len, hi_shift >= k_len - q_len), so query_lo
+        # needs no clamp (one more would spill on sm_90).
+        query_lo = (tl.maximum(start_n - hi_shift, 0) // BLOCK_M) * BLOCK_M
+        last_key_horizon = tl.maximum(start_n + BLOCK_N - 1 - hi_shift, 0)
+        unmasked_lo = tl.cdiv(last_key_horizon, BLOCK_M) * BLOCK_M
+    if WINDOW:
+        # Query i sees key j when i <= j - lo_shift: rows past the first key's edge miss part
+        # of the tile, rows past the last key's edge see none of it.
+        query_hi = tl.minimum(tl.maximum(start_n + BLOCK_N - lo_shift, 0), q_len)
+        edge = (tl.maximum(start_n + 1 - lo_shift, 0) // BLOCK_M) * BLOCK_M
+        unmasked_hi = tl.minimum(edge, full_hi)
+    unmasked_lo = tl.minimum(unmasked_lo, unmasked_hi)
+    return query_lo, unmasked_lo, unmasked_hi, query_hi
+
+
+@triton.jit
 def attention_bwd_dkdv_kernel(
         q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr,
-        tiles_ptr,
+        tiles_ptr, alibi_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
         stride_dob, stride_dot, stride_doh, stride_dod,
         stride_dkb, stride_dkn, stride_dkh, stride_dkd,
         stride_dvb, stride_dvn, stride_dvh, stride_dvd,
-        stride_lb, stride_lh,
-        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias,
+        stride_lb, stride_lh, stride_as, stride_ah,
+        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias, window_left, window_right,
+        softcap_in,
         D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
         UPCAST_BF16: tl.constexpr):
-    """Grid ``(cdiv(S, BLOCK_N), Hkv, B)``, or packed ``(rows of the key tile table, Hkv, 1)``. Score tiles are kept transposed (keys
-    as rows: ``s^T = K Q^T``), so dK and dV accumulate without transposing them; every tile is
-    loaded row-major (transposed loads through pointers cost twice the registers). ``lse`` and
-    ``delta`` are ``[B, Hq, T]`` with unit row stride and share strides."""
+    """Grid ``(cdiv(S, BLOCK_N), Hkv, B)``, or packed ``(rows of the key tile table, Hkv, 1)``.
+    Score tiles are kept transposed (keys as rows: ``s^T = K Q^T``), so dK and dV accumulate
+    without transposing them; every tile is loaded row-major (transposed loads through pointers
+    cost twice the registers). ``lse`` and ``delta`` are ``[B, Hq, T]`` with unit row stride and
+    share strides. Scores, window and slopes as in ``attention_fwd_kernel``."""
     seq, tile_n = locate_tile(tiles_ptr, VARLEN, False)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
     start_n = tile_n * BLOCK_N
@@ -195,21 +245,14 @@ def attention_bwd_dkdv_kernel(
               + key_rows[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
     v = load_tile(v_ptrs, keys_ok[:, None], dv_ok[None, :], True, BLOCK_DV != DV)
 
-    causal_shift = k_len - q_len
-    # Query blocks [query_lo, unmasked_lo) run masked (the causal diagonal), [unmasked_lo,
-    # full_hi) unmasked (in the sequence, seeing the whole key tile), [full_hi, q_len) masked
-    # (the ragged last block). query_lo <= full_hi (the tile's first key is in the sequence),
-    # so the three ranges tile [query_lo, q_len).
-    full_hi = (q_len // BLOCK_M) * BLOCK_M
-    query_lo = 0
-    unmasked_lo = 0
-    if CAUSAL:
-        # Query i sees key j when i >= j - shift: blocks above the first key's horizon see none;
-        # blocks from the last key's horizon on see the whole tile.
-        query_lo = (tl.maximum(start_n - causal_shift, 0) // BLOCK_M) * BLOCK_M
-        last_key_horizon = tl.maximum(start_n + BLOCK_N - 1 - causal_shift, 0)
-        unmasked_lo = tl.cdiv(last_key_horizon, BLOCK_M) * BLOCK_M
-    unmasked_lo = tl.minimum(unmasked_lo, full_hi)
+    shift = k_len - q_len
+    lo_shift = shift - window_left
+    hi_shift = shift + window_right
+    # Query blocks [query_lo, unmasked_lo) run masked (the causal diagonal or the window's
+    # upper edge), [unmasked_lo, unmasked_hi) unmasked (in the sequence, seeing the whole key
+    # tile), [unmasked_hi, query_hi) masked (the window's lower edge and the ragged last block).
+    query_lo, unmasked_lo, unmasked_hi, query_hi = _query_bounds(
+        start_n, q_len, lo_shift, hi_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
     pad_d: tl.constexpr = BLOCK_D != D
     pad_dv: tl.constexpr = BLOCK_DV != DV
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -220,17 +263,19 @@ def attention_bwd_dkdv_kernel(
         do_head = (do_ptr + batch * stride_dob + head * stride_doh
                    + q_start.to(tl.int64) * stride_dot)
         row_head = batch * stride_lb + head * stride_lh + q_start.to(tl.int64)
-        # Masked: the causal diagonal and the ragged last block; then the unmasked blocks.
+        slope_log2 = alibi_slope(alibi_ptr, seq, head, stride_as, stride_ah, ALIBI)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
-            offs_d, offs_dv, d_ok, dv_ok, keys_ok, query_lo, unmasked_lo, full_hi, q_len, q_len,
-            causal_shift, qk_scale, sigmoid_bias, stride_qt, stride_qd, stride_dot, stride_dod,
-            BLOCK_M, True, pad_d, pad_dv, CAUSAL, SIGMOID, UPCAST_BF16)
+            offs_d, offs_dv, d_ok, dv_ok, keys_ok, query_lo, unmasked_lo, unmasked_hi,
+            query_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
+            slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, True, pad_d,
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
-            offs_d, offs_dv, d_ok, dv_ok, keys_ok, unmasked_lo, full_hi, full_hi, full_hi,
-            q_len, causal_shift, qk_scale, sigmoid_bias, stride_qt, stride_qd, stride_dot,
-            stride_dod, BLOCK_M, False, pad_d, pad_dv, CAUSAL, SIGMOID, UPCAST_BF16)
+            offs_d, offs_dv, d_ok, dv_ok, keys_ok, unmasked_lo, unmasked_hi, unmasked_hi,
+            unmasked_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
+            slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, False, pad_d,
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
 
     dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
                + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
@@ -244,15 +289,18 @@ def attention_bwd_dkdv_kernel(
 @triton.jit
 def attention_bwd_dq_kernel(
         q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_q_ptr, cu_k_ptr, tiles_ptr,
+        alibi_ptr,
         stride_qb, stride_qt, stride_qh, stride_qd,
         stride_kb, stride_kn, stride_kh, stride_kd,
         stride_vb, stride_vn, stride_vh, stride_vd,
         stride_dob, stride_dot, stride_doh, stride_dod,
         stride_dqb, stride_dqt, stride_dqh, stride_dqd,
-        stride_lb, stride_lh,
-        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias,
+        stride_lb, stride_lh, stride_as, stride_ah,
+        T, S, heads_per_kv, scale, qk_scale, sigmoid_bias, window_left, window_right,
+        softcap_in,
         D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
         UPCAST_BF16: tl.constexpr):
     """Grid ``(cdiv(T, BLOCK_M), Hq, B)``, or packed ``(rows of the query tile table, Hq, 1)``."""
@@ -267,6 +315,7 @@ def attention_bwd_dq_kernel(
     batch = batch_row(seq, VARLEN)
     if SIGMOID and DEFAULT_BIAS:
         sigmoid_bias = -tl.log(tl.maximum(k_len, 1).to(tl.float32))
+    slope_log2 = alibi_slope(alibi_ptr, seq, head, stride_as, stride_ah, ALIBI)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -286,25 +335,32 @@ def attention_bwd_dq_kernel(
     row_ptrs = batch * stride_lb + head * stride_lh + query_rows
     lse, delta = _row_statistics(lse_ptr, delta_ptr, row_ptrs, rows_ok, SIGMOID, True)
 
-    causal_shift = k_len - q_len
-    key_hi = k_len
-    unmasked_hi = k_len
-    if CAUSAL:
-        key_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + causal_shift, 0), k_len)
-        # Keys below the first row's horizon are visible to every row of the tile.
-        unmasked_hi = tl.minimum(tl.maximum(start_m + 1 + causal_shift, 0), k_len)
-    unmasked_hi = (unmasked_hi // BLOCK_N) * BLOCK_N
+    shift = k_len - q_len
+    lo_shift = shift - window_left
+    hi_shift = shift + window_right
+    key_lo, unmasked_lo, unmasked_hi, key_hi = key_bounds(
+        start_m, k_len, lo_shift, hi_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
     k_head = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start.to(tl.int64) * stride_kn
     v_head = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start.to(tl.int64) * stride_vn
+    pad_d: tl.constexpr = BLOCK_D != D
+    pad_dv: tl.constexpr = BLOCK_DV != DV
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if WINDOW:
+        dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d,
+                           offs_dv, d_ok, dv_ok, rows_ok, key_lo, unmasked_lo, k_len, shift,
+                           lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2,
+                           stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, True, pad_d,
+                           pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
     dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
-                       d_ok, dv_ok, rows_ok, 0, unmasked_hi, k_len, causal_shift, qk_scale,
-                       sigmoid_bias, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, False,
-                       BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
+                       d_ok, dv_ok, rows_ok, unmasked_lo, unmasked_hi, k_len, shift, lo_shift,
+                       hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, stride_kn,
+                       stride_kd, stride_vn, stride_vd, BLOCK_N, False, pad_d, pad_dv, CAUSAL,
+                       WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
     dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
-                       d_ok, dv_ok, rows_ok, unmasked_hi, key_hi, k_len, causal_shift, qk_scale,
-                       sigmoid_bias, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, True,
-                       BLOCK_D != D, BLOCK_DV != DV, CAUSAL, SIGMOID, UPCAST_BF16)
+                       d_ok, dv_ok, rows_ok, unmasked_hi, key_hi, k_len, shift, lo_shift,
+                       hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, stride_kn,
+                       stride_kd, stride_vn, stride_vd, BLOCK_N, True, pad_d, pad_dv, CAUSAL,
+                       WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
 
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + query_rows[:, None] * stride_dqt
                + offs_d[None, :] * stride_dqd)

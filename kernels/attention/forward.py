@@ -27,6 +27,9 @@ class AttentionCall:
     sigmoid_bias: float | None  # None: -ln(S_n) per sequence
     packing: Packing | None  # None: a dense batch
     problem: Problem  # the tuning problem, shared by the forward and the backward
+    window: tuple[int, int] = (-1, -1)  # (left, right), -1 unbounded
+    softcap: float = 0.0  # 0: no soft-capping
+    alibi_slopes: torch.Tensor | None = None  # float32 [Hq] or [B, Hq] ([N, Hq] when packed)
 
     @property
     def sigmoid(self) -> bool:
@@ -34,8 +37,35 @@ class AttentionCall:
 
     @property
     def qk_scale(self) -> float:
-        """What scores are multiplied by in the kernels: softmax works in base 2."""
-        return self.scale if self.sigmoid else self.scale * LOG2_E
+        """What scores are multiplied by in the kernels: softmax works in base 2; with a
+        softcap it multiplies ``tanh(scores * softcap_in)``."""
+        if self.sigmoid:
+            return self.scale
+        return (self.softcap if self.softcap > 0 else self.scale) * LOG2_E
+
+    @property
+    def softcap_in(self) -> float:
+        return self.scale / self.softcap if self.softcap > 0 else 0.0
+
+    @property
+    def upper_bound(self) -> bool:
+        """Whether keys past a query's diagonal (plus the right window) are masked."""
+        return self.causal or self.window[1] >= 0
+
+    def window_arguments(self, queries: int, keys: int) -> tuple[int, int, float]:
+        """``(window_left, window_right, softcap_in)`` of the kernels. Bounds are clipped to
+        the (packed) lengths, past which they mask nothing, so the kernels' int32 band edges
+        cannot overflow; causal makes the right bound 0."""
+        left, right = self.window
+        right = 0 if self.causal else right
+        return max(min(left, keys), 0), max(min(right, queries), 0), self.softcap_in
+
+    def alibi_strides(self) -> tuple[int, int]:
+        """Strides of the slopes over (sequence, head): [Hq] slopes are shared by all."""
+        slopes = self.alibi_slopes
+        if slopes is None:
+            return 0, 0
+        return (0, slopes.stride(0)) if slopes.dim() == 1 else tuple(slopes.stride())
 
     @property
     def bias(self) -> float:
@@ -68,7 +98,9 @@ def kernel_flags(call: AttentionCall, q: torch.Tensor, v: torch.Tensor) -> dict[
     """Constexpr arguments every attention kernel takes."""
     head_dim, value_dim = q.shape[3], v.shape[3]
     return {"D": head_dim, "DV": value_dim, "BLOCK_D": head_tile(head_dim),
-            "BLOCK_DV": head_tile(value_dim), "CAUSAL": call.causal, "SIGMOID": call.sigmoid,
+            "BLOCK_DV": head_tile(value_dim), "CAUSAL": call.upper_bound,
+            "WINDOW": call.window[0] >= 0, "SOFTCAP": call.softcap > 0,
+            "ALIBI": call.alibi_slopes is not None, "SIGMOID": call.sigmoid,
             "DEFAULT_BIAS": call.sigmoid_bias is None, "VARLEN": call.packing is not None,
             "UPCAST_BF16": INTERPRETED and q.dtype == torch.bfloat16}
 
@@ -96,10 +128,11 @@ def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: Attenti
     if grid[0] == 0:
         return out, lse
     cu_q, cu_k = offsets(call)
-    launch(attention_fwd_kernel, grid, q, k, v, out, lse, cu_q, cu_k, tiles,
+    launch(attention_fwd_kernel, grid, q, k, v, out, lse, cu_q, cu_k, tiles, call.alibi_slopes,
            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-           *(lse.stride()[:2] if lse is not None else (0, 0)),
+           *(lse.stride()[:2] if lse is not None else (0, 0)), *call.alibi_strides(),
            queries, keys, heads // kv_heads, call.qk_scale, call.bias,
+           *call.window_arguments(queries, keys),
            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STORE_LSE=lse is not None,
            **kernel_flags(call, q, v), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
            **backend_options(cfg))

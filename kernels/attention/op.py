@@ -2,6 +2,8 @@
 differentiable (the backward runs Triton kernels too)."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Mapping
 
 import torch
@@ -15,6 +17,7 @@ from seqtune.spec import Problem, dtype_name
 
 SCORES = ("softmax", "sigmoid")
 MAX_HEAD_DIM = 256
+NO_WINDOW = (-1, -1)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -22,7 +25,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               bwd_config: Mapping[str, Any] | None = None, score: str = "softmax",
               sigmoid_bias: float | None = None, cu_seqlens: torch.Tensor | None = None,
               cu_seqlens_k: torch.Tensor | None = None, max_seqlen: int | None = None,
-              max_seqlen_k: int | None = None) -> torch.Tensor:
+              max_seqlen_k: int | None = None, window: tuple[int, int] = NO_WINDOW,
+              softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None,
+              return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention: ``o[b, i, h] = sum_j w(i, j) v[b, j, h // (Hq // Hkv)]``.
 
     Args:
@@ -44,10 +49,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
             flash-linear-attention's convention); each attends only within itself.
         cu_seqlens_k: offsets of the sequences' keys packed along S when they differ from the
             query offsets (``k, v [1, total_S, Hkv, *]``); needs cu_seqlens.
+        max_seqlen, max_seqlen_k: the longest query / key sequence when packed (optional
+            launch sizes, flash-attn's).
+        window: ``(left, right)`` sliding window, -1 unbounded (flash-attn's ``window_size``):
+            query ``i`` sees keys ``j`` with ``i + S - T - left <= j <= i + S - T + right``
+            (per sequence when packed); with causal, right is 0. Key tiles outside the window
+            are skipped, so the cost is O(T * window). Softmax only.
+        softcap: scores become ``softcap * tanh(scale * q.k / softcap)`` (0: off), as
+            flash-attn's ``softcap``; the backward differentiates the tanh. Softmax only.
+        alibi_slopes: float32 ``[Hq]`` or ``[B, Hq]`` (``[N, Hq]`` per packed sequence) ALiBi
+            slopes: ``-slope * |i + S - T - j|`` is added to the (capped) scores, causal or not.
+            flash-attn's causal kernel adds ``slope * j`` instead, which gives the same output
+            and an lse larger by ``slope * (i + S - T)``. Softmax only.
+        return_lse: also return the row log-sum-exp (natural log) of the scores the softmax
+            sees (scaled, capped, biased, masked), float32 ``[B, Hq, T]``, or flash-attn's
+            varlen layout ``[Hq, total_T]`` when packed; ``+inf`` for a row that sees no key
+            (flash-attn's value). It is not differentiable (gradients flow through o only).
+            Softmax only.
 
     Returns:
-        ``[B, T, Hq, Dv]`` in q's dtype; differentiable in q, k and v. Inputs may be
-        non-contiguous.
+        ``[B, T, Hq, Dv]`` in q's dtype, or ``(o, lse)`` with return_lse; o is differentiable
+        in q, k and v. Inputs may be non-contiguous.
     """
     expect_tensors({"q": q, "k": k, "v": v})
     if not all(t is None or isinstance(t, torch.Tensor) for t in (cu_seqlens, cu_seqlens_k)):
@@ -55,15 +77,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         prepare(q, k, v, causal=causal, scale=scale, score=score, sigmoid_bias=sigmoid_bias,
                 cu_seqlens=cu_seqlens, cu_seqlens_k=cu_seqlens_k, max_seqlen=max_seqlen,
                 max_seqlen_k=max_seqlen_k)
-    # Offsets on another device (meta) would dispatch the whole op to its fake kernel.
-    expect_tensors({"q": q}, {"cu_seqlens": cu_seqlens, "cu_seqlens_k": cu_seqlens_k})
-    # The row log-sum-exp is kept only when autograd will run the backward.
-    with_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return torch.ops.seqtune.attention(
+    left, right = window_pair(window)
+    softcap = softcap_value(softcap)
+    # Tensors on another device (meta) would dispatch the whole op to its fake kernel.
+    expect_tensors({"q": q}, {"cu_seqlens": cu_seqlens, "cu_seqlens_k": cu_seqlens_k,
+                              "alibi_slopes": alibi_slopes})
+    # The row log-sum-exp is kept only when autograd will run the backward or it is returned.
+    with_lse = bool(return_lse) or (torch.is_grad_enabled()
+                                    and any(t.requires_grad for t in (q, k, v)))
+    out, lse = torch.ops.seqtune.attention(
         q, k, v, bool(causal), real_or_none("scale", scale), score,
         real_or_none("sigmoid_bias", sigmoid_bias), cu_seqlens, cu_seqlens_k,
         int_or_none("max_seqlen", max_seqlen), int_or_none("max_seqlen_k", max_seqlen_k),
-        encode_config("config", config), encode_config("bwd_config", bwd_config), with_lse)[0]
+        encode_config("config", config), encode_config("bwd_config", bwd_config), with_lse,
+        left, right, softcap, alibi_slopes, bool(return_lse))
+    if not return_lse:
+        return out
+    # The kernels keep log2; flash-attn's varlen lse drops the packed batch axis.
+    lse = lse * math.log(2)
+    return out, (lse.squeeze(0) if cu_seqlens is not None else lse)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall,
@@ -80,14 +112,65 @@ def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None
             score: str = "softmax", sigmoid_bias: float | None = None,
             cu_seqlens: torch.Tensor | None = None,
             cu_seqlens_k: torch.Tensor | None = None, max_seqlen: int | None = None,
-            max_seqlen_k: int | None = None) -> AttentionCall:
+            max_seqlen_k: int | None = None, window: Any = NO_WINDOW, softcap: Any = 0.0,
+            alibi_slopes: Any = None, return_lse: bool = False) -> AttentionCall:
     """The validated call (one-line ValueError/TypeError for bad arguments, before any launch)."""
     head_dim = _validate(q, k, v, score, sigmoid_bias)
     packing = validate_packing(cu_seqlens, cu_seqlens_k, q, k, max_seqlen, max_seqlen_k)
+    window, softcap = window_pair(window), softcap_value(softcap)
+    _validate_softmax_features(score, window, softcap, alibi_slopes, return_lse)
+    if alibi_slopes is not None:
+        _validate_slopes(alibi_slopes, q, packing.count if packing is not None else q.shape[0])
     return AttentionCall(causal=bool(causal),
                          scale=head_dim ** -0.5 if scale is None else float(scale),
                          score=score, sigmoid_bias=sigmoid_bias, packing=packing,
-                         problem=problem_of(q, k, v, causal, score, packing))
+                         problem=problem_of(q, k, v, causal, score, packing), window=window,
+                         softcap=softcap, alibi_slopes=alibi_slopes)
+
+
+def window_pair(window: Any, name: str = "window") -> tuple[int, int]:
+    """``(left, right)`` of a valid window (two ints >= -1), else a one-line ValueError naming
+    the argument ``name``."""
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(edge, numbers.Integral) and not isinstance(edge, bool)
+                       and edge >= -1 for edge in window)):
+        raise ValueError(f"{name} must be (left, right), two ints >= -1 (-1: unbounded), "
+                         f"got {window!r}")
+    return int(window[0]), int(window[1])
+
+
+def softcap_value(softcap: Any, name: str = "softcap") -> float:
+    """A valid softcap as a float (finite, >= 0), else a one-line ValueError naming ``name``."""
+    if (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+            or not math.isfinite(softcap) or softcap < 0):
+        raise ValueError(f"{name} must be a finite real >= 0 (0: off), got {softcap!r}")
+    return float(softcap)
+
+
+def _validate_softmax_features(score: str, window: tuple[int, int], softcap: float,
+                               alibi_slopes: Any, return_lse: bool) -> None:
+    """Sigmoid weights have no window, softcap, ALiBi or normaliser in seqtune."""
+    if score == "softmax":
+        return
+    for name, used in (("window", window != NO_WINDOW), ("softcap", softcap != 0.0),
+                       ("alibi_slopes", alibi_slopes is not None), ("return_lse", return_lse)):
+        if used:
+            raise ValueError(f"{name} applies only to score='softmax', got score={score!r}")
+
+
+def _validate_slopes(slopes: Any, q: torch.Tensor, sequences: int) -> None:
+    """float32 ``[Hq]`` or ``[sequences, Hq]`` on q's device, else a one-line error."""
+    heads = q.shape[2]
+    if not isinstance(slopes, torch.Tensor):
+        raise ValueError(f"alibi_slopes must be a float32 tensor, got {type(slopes).__name__}")
+    if slopes.dtype != torch.float32:
+        raise ValueError(f"alibi_slopes must be float32, got "
+                         f"{str(slopes.dtype).removeprefix('torch.')}")
+    if tuple(slopes.shape) not in ((heads,), (sequences, heads)):
+        raise ValueError(f"alibi_slopes must have shape [Hq={heads}] or [{sequences}, "
+                         f"Hq={heads}] (one row per sequence), got {tuple(slopes.shape)}")
+    if slopes.device != q.device:
+        raise ValueError(f"alibi_slopes is on {slopes.device}, q on {q.device}")
 
 
 def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, score: str,

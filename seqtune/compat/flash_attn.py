@@ -6,9 +6,12 @@ order, defaults, layouts and return values.
 
 Supported: softmax attention, causal (bottom-right aligned when the query and key lengths differ,
 as flash-attn does), MQA/GQA, head dims 1..256 (also a value head dim that differs), float32,
-float16 and bfloat16. What seqtune does not implement (dropout, sliding windows, softcapping,
-ALiBi, paged caches, rotary embedding, returning probabilities or the log-sum-exp) raises a
-one-line NotImplementedError naming the argument.
+float16 and bfloat16; in the prefill functions (all but ``flash_attn_with_kvcache``) also sliding
+windows (``window_size``), softcapping (``softcap``), ALiBi (``alibi_slopes``) and the
+log-sum-exp (``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: the probabilities
+themselves are not returned). What seqtune does not implement (dropout; paged caches; rotary
+embedding; in ``flash_attn_with_kvcache`` windows, softcapping, ALiBi and the log-sum-exp)
+raises a one-line NotImplementedError naming the argument.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 
 from seqtune.checks import expect_float, expect_same_dtype, expect_shape, expect_tensor
 from seqtune.kernels import attention, attention_decode
+from seqtune.kernels.attention.op import softcap_value, window_pair
 
 # attention_decode's head dims; other dims decode through the packed attention kernel.
 DECODE_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -36,10 +40,17 @@ def _refuse(function: str, argument: str, value: Any, supported: str) -> None:
 
 
 def _check_common(function: str, *, dropout_p: float = 0.0, window_size: Any = NO_WINDOW,
-                  softcap: float = 0.0, alibi_slopes: Any = None) -> None:
-    """Refuses the flash-attn features seqtune's kernels do not implement."""
+                  softcap: float = 0.0, alibi_slopes: Any = None,
+                  prefill: bool = False) -> None:
+    """Refuses the flash-attn features seqtune's kernels do not implement. ``prefill``: the
+    caller passes window, softcap and ALiBi on to ``attention`` (checked here, by flash-attn's
+    argument names); otherwise they are refused too."""
     if dropout_p != 0.0:
         _refuse(function, "dropout_p", dropout_p, "only 0.0")
+    if prefill:
+        window_pair(window_size, "window_size")
+        softcap_value(softcap)
+        return
     if tuple(window_size) != NO_WINDOW:
         _refuse(function, "window_size", window_size, "only (-1, -1), no sliding window")
     if softcap != 0.0:
@@ -54,16 +65,23 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     """flash-attn's ``flash_attn_func`` on ``seqtune.kernels.attention``.
 
     q ``[B, T, Hq, D]``, k ``[B, S, Hkv, D]``, v ``[B, S, Hkv, Dv]`` (``Hq % Hkv == 0``);
-    ``causal`` masks bottom-right aligned. Returns ``out [B, T, Hq, Dv]`` in q's dtype,
-    differentiable in q, k and v. ``deterministic`` is accepted: seqtune's forward and backward
-    are always deterministic. Not supported (NotImplementedError): ``dropout_p != 0``,
-    ``window_size != (-1, -1)``, ``softcap != 0``, ``alibi_slopes``, ``return_attn_probs``.
+    ``causal`` masks bottom-right aligned. ``window_size=(left, right)`` (-1 unbounded):
+    query ``i`` sees keys ``i + S - T - left .. i + S - T + right``; ``softcap > 0``: scores
+    ``softcap * tanh(scale q.k / softcap)``; ``alibi_slopes`` float32 ``[Hq]`` or ``[B, Hq]``:
+    ``-slope * |i + S - T - j|`` added to the scores (see ``seqtune.kernels.attention`` for
+    the lse of causal ALiBi). Returns ``out [B, T, Hq, Dv]`` in q's dtype, differentiable in
+    q, k and v; with ``return_attn_probs`` flash-attn's tuple ``(out, softmax_lse, None)``:
+    ``softmax_lse [B, Hq, T]`` float32 (natural log, ``+inf`` for a row that sees no key, not
+    differentiable) and None where flash-attn returns the probabilities (seqtune never forms
+    them). ``deterministic`` is accepted: seqtune's forward and backward are always
+    deterministic. Not supported (NotImplementedError): ``dropout_p != 0``.
     """
     _check_common("flash_attn_func", dropout_p=dropout_p, window_size=window_size,
-                  softcap=softcap, alibi_slopes=alibi_slopes)
-    if return_attn_probs:
-        _refuse("flash_attn_func", "return_attn_probs", return_attn_probs, "only False")
-    return attention(q, k, v, causal=bool(causal), scale=softmax_scale)
+                  softcap=softcap, alibi_slopes=alibi_slopes, prefill=True)
+    out = attention(q, k, v, causal=bool(causal), scale=softmax_scale,
+                    window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes,
+                    return_lse=bool(return_attn_probs))
+    return (*out, None) if return_attn_probs else out
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -77,22 +95,27 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     ``cu_seqlens_q``/``cu_seqlens_k`` int32 (or int64) ``[N + 1]`` offsets of the N sequences
     (empty sequences allowed); each sequence attends within itself, causal bottom-right aligned
     per sequence. ``max_seqlen_q``/``max_seqlen_k`` are flash-attn's launch sizes: seqtune reads
-    the lengths from the offsets and does not need them. Returns ``out [total_q, Hq, Dv]``,
-    differentiable in q, k and v; ``deterministic`` as in ``flash_attn_func``. Not supported
-    (NotImplementedError): ``dropout_p != 0``, ``window_size != (-1, -1)``, ``softcap != 0``,
-    ``alibi_slopes``, ``return_attn_probs``, ``block_table`` (paged KV).
+    the lengths from the offsets and does not need them. ``window_size``, ``softcap`` and
+    ``alibi_slopes`` (``[Hq]`` or ``[N, Hq]``) as in ``flash_attn_func``, per sequence.
+    Returns ``out [total_q, Hq, Dv]``, differentiable in q, k and v, or with
+    ``return_attn_probs`` ``(out, softmax_lse [Hq, total_q], None)`` (flash-attn's varlen
+    layout; lse and None as in ``flash_attn_func``); ``deterministic`` as in
+    ``flash_attn_func``. Not supported (NotImplementedError): ``dropout_p != 0``,
+    ``block_table`` (paged KV).
     """
     function = "flash_attn_varlen_func"
     _check_common(function, dropout_p=dropout_p, window_size=window_size, softcap=softcap,
-                  alibi_slopes=alibi_slopes)
-    if return_attn_probs:
-        _refuse(function, "return_attn_probs", return_attn_probs, "only False")
+                  alibi_slopes=alibi_slopes, prefill=True)
     if block_table is not None:
         _refuse(function, "block_table", block_table, "no paged KV cache")
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         expect_tensor(name, tensor, 3)
     out = attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=bool(causal),
-                    scale=softmax_scale, cu_seqlens=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+                    scale=softmax_scale, cu_seqlens=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                    window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes,
+                    return_lse=bool(return_attn_probs))
+    if return_attn_probs:
+        return out[0].squeeze(0), out[1], None
     return out.squeeze(0)
 
 
@@ -111,7 +134,7 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                               deterministic=False, return_attn_probs=False):
     """flash-attn's ``flash_attn_qkvpacked_func``: ``flash_attn_func`` on qkv
     ``[B, T, 3, H, D]`` (views of it, no copy); returns ``out [B, T, H, D]``, differentiable in
-    qkv. Unsupported arguments as ``flash_attn_func``."""
+    qkv; ``return_attn_probs`` and the other arguments as ``flash_attn_func``."""
     q, k, v = _unpack("flash_attn_qkvpacked_func", "qkv", qkv, 5, 3)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
                            alibi_slopes, deterministic, return_attn_probs)
@@ -122,7 +145,7 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                              deterministic=False, return_attn_probs=False):
     """flash-attn's ``flash_attn_kvpacked_func``: ``flash_attn_func`` on q ``[B, T, Hq, D]`` and
     kv ``[B, S, 2, Hkv, D]`` (``Hq % Hkv == 0``); returns ``out [B, T, Hq, D]``, differentiable
-    in q and kv. Unsupported arguments as ``flash_attn_func``."""
+    in q and kv; ``return_attn_probs`` and the other arguments as ``flash_attn_func``."""
     k, v = _unpack("flash_attn_kvpacked_func", "kv", kv, 5, 2)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
                            alibi_slopes, deterministic, return_attn_probs)
@@ -134,8 +157,8 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                                      return_attn_probs=False):
     """flash-attn's ``flash_attn_varlen_qkvpacked_func``: ``flash_attn_varlen_func`` on qkv
     ``[total, 3, H, D]`` with one ``cu_seqlens`` ``[N + 1]`` for queries and keys; returns
-    ``out [total, H, D]``, differentiable in qkv. Unsupported arguments as
-    ``flash_attn_varlen_func``."""
+    ``out [total, H, D]``, differentiable in qkv; ``return_attn_probs`` and the other arguments
+    as ``flash_attn_varlen_func``."""
     q, k, v = _unpack("flash_attn_varlen_qkvpacked_func", "qkv", qkv, 4, 3)
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                                   dropout_p, softmax_scale, causal, window_size, softcap,
@@ -149,7 +172,8 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                     return_attn_probs=False):
     """flash-attn's ``flash_attn_varlen_kvpacked_func``: ``flash_attn_varlen_func`` on q
     ``[total_q, Hq, D]`` and kv ``[total_k, 2, Hkv, D]``; returns ``out [total_q, Hq, D]``,
-    differentiable in q and kv. Unsupported arguments as ``flash_attn_varlen_func``."""
+    differentiable in q and kv; ``return_attn_probs`` and the other arguments as
+    ``flash_attn_varlen_func``."""
     k, v = _unpack("flash_attn_varlen_kvpacked_func", "kv", kv, 4, 2)
     return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
