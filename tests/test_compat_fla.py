@@ -271,7 +271,7 @@ def _args(a):
     (lambda a: fla.chunk_simple_gla(*_args(a), a["g"], use_magic=True), NotImplementedError,
      "use_magic"),
     (lambda a: fla.chunk_kda(*_args(a), a["gk"], a["beta"], return_intermediate_states=True),
-     NotImplementedError, "return_intermediate_states"),
+     RuntimeError, "inference_mode"),
     (lambda a: fla.chunk_gated_delta_rule(*_args(a), a["g"], a["beta"], cp_context=object()),
      NotImplementedError, "cp_context"),
     (lambda a: fla.fused_recurrent_delta_rule(*_args(a), a["v"]), NotImplementedError, "beta"),
