@@ -117,3 +117,14 @@ def test_fla_conditions_give_one_line_errors(kwargs, error):
     with pytest.raises(error, match="return_intermediate_states") as raised:
         call()
     assert "\n" not in str(raised.value)
+
+
+def test_chunk_gated_delta_rule_refuses_it_as_an_unknown_keyword():
+    """fla 0.6.0's chunk_gated_delta_rule has no return_intermediate_states (its **kwargs drop
+    it): seqtune refuses it rather than return two results where three are expected."""
+    a = make_inputs(torch.float32, batch=1, length=5, sequences=1)
+    with pytest.raises(NotImplementedError, match="return_intermediate_states") as raised:
+        with torch.inference_mode():
+            fla.chunk_gated_delta_rule(a["q"], a["k"], a["v"], a["g"][..., 0], a["beta"],
+                                       return_intermediate_states=True)
+    assert "\n" not in str(raised.value)

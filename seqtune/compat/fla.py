@@ -302,7 +302,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
     16 <= K, V <= 256. kwargs: ``use_gate_in_kernel`` with ``A_log`` ``[HV]`` and ``dt_bias``
     ``[HV]`` (g is then raw: ``-exp(A_log) * softplus(g + dt_bias)``), ``chunk_size``.
     Returns ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``, differentiable
-    where the seqtune op is. Not supported: ``cp_context``.
+    where the seqtune op is. Not supported: ``cp_context``; ``return_intermediate_states``,
+    which fla 0.6.0's chunk_gated_delta_rule does not have (its ``**kwargs`` drop it silently;
+    chunk_kda has it), is refused as any unknown keyword.
     """
     function = "chunk_gated_delta_rule"
     _refuse_context_parallel(function, cp_context)
