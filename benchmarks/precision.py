@@ -4,8 +4,12 @@ For linear attention (no, scalar and per-channel decay), Mamba-2 SSD and the del
 (DeltaNet, Gated DeltaNet, KDA), at T = 64 and 1000 (``--lengths``): the spec's inputs
 (``make_inputs``) in the dtype, the op's default config, and per output (o and the final state)
 the largest absolute error over the largest reference magnitude (``max``) and fla's test metric,
-the RMS error over the RMS reference (``rms``). fla's figures beside them are not computed yet
-(fla is not installed where this was written): the script says whether fla is installed. Usage:
+the RMS error over the RMS reference (``rms``). Where fla is installed (it stays optional), fla's
+figures follow on the same inputs against the same float64 truth: its naive PyTorch recurrence
+(fla/ops/<op>/naive.py, fed the inputs in the dtype, o rounded to the dtype as an op returns it)
+and its chunk kernel (run in the Triton interpreter on a CPU). fla has no SSD op: its
+chunk_simple_gla stands in, fed Mamba-2's q = C, k = B, v = dt x, g = A dt, scale 1, plus D x.
+Usage:
 
     TRITON_INTERPRET=1 python benchmarks/precision.py [--lengths 64,1000] [--heads 2] [--dim 32]
 
@@ -15,9 +19,13 @@ the interpreter: the dot operands are still rounded to bf16 first, as on the GPU
 from __future__ import annotations
 
 import argparse
+import builtins
 import importlib.util
+import os
+import sys
 
 import torch
+import torch.nn.functional as F
 
 from seqtune.registry import get_spec
 
@@ -50,6 +58,170 @@ def errors(outputs, reference) -> list[tuple[float, float]]:
     return figures
 
 
+class _Counter(int):
+    """A loop counter with triton's ``.to``: fla casts ``range`` counters (``i_t.to(tl.int64)``),
+    which the interpreter leaves plain Python ints."""
+
+    def to(self, *args, **kwargs) -> "_Counter":
+        return self
+
+
+def _counters(*args: int):
+    return (_Counter(i) for i in builtins.range(*args))
+
+
+def _patch_bf16_arithmetic(builder) -> None:
+    """The interpreter keeps bf16 as raw uint16 bits and its dots and float arithmetic work on
+    those bits (fla multiplies and dots bf16 tiles as loaded; seqtune widens them first): widen
+    bf16 operands to fp32 and round elementwise results back to bf16, as a GPU computes them."""
+    import triton.language as tl
+
+    def widen(self, x):
+        return self.cast_impl(x, tl.float32) if x.dtype.scalar == tl.bfloat16 else x
+
+    dot = builder.create_dot
+    builder.create_dot = lambda self, a, b, d, *rest: dot(self, widen(self, a), widen(self, b),
+                                                           d, *rest)
+    for name in ("create_fadd", "create_fmul", "create_fdiv", "create_fsub"):
+        def elementwise(self, lhs, rhs, op=getattr(builder, name)):
+            if lhs.dtype.scalar != tl.bfloat16:
+                return op(self, lhs, rhs)
+            return self.cast_impl(op(self, widen(self, lhs), widen(self, rhs)), tl.bfloat16)
+        setattr(builder, name, elementwise)
+
+
+def _patch_fla_for_interpreter() -> None:
+    """Let fla's kernels run in the Triton interpreter: its autotuner times configs through a GPU
+    driver (there is none: every config ties and the first is taken), its loop counters need
+    ``.to`` (``_Counter``) and its bf16 arithmetic needs widening (``_patch_bf16_arithmetic``)."""
+    import triton.runtime.autotuner as autotuner
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    autotuner.Autotuner._bench = lambda self, *args, config, **kwargs: [0.0, 0.0, 0.0]
+    _patch_bf16_arithmetic(InterpreterBuilder)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("fla.ops") and module is not None:
+            vars(module)["range"] = _counters
+
+
+def _ssd_as_simple_gla(inputs: dict) -> dict:
+    """Mamba-2 SSD as fla's scalar-decay linear attention: q = C, k = B (one per head),
+    v = dt x (rounded to the dtype, as fla takes v), g = A dt, scale 1; ``x``/``D`` for D x."""
+    x, dtype = inputs["x"], inputs["x"].dtype
+    dt = F.softplus(inputs["dt"] + inputs["dt_bias"])
+    per_group = x.shape[2] // inputs["B"].shape[2]
+    return {"q": inputs["C"].repeat_interleave(per_group, dim=2),
+            "k": inputs["B"].repeat_interleave(per_group, dim=2),
+            "v": (x.float() * dt[..., None]).to(dtype), "g": dt * inputs["A"], "scale": 1.0,
+            "initial_state": inputs["initial_state"], "x": x, "D": inputs["D"]}
+
+
+def _with_skip(call):
+    """An SSD run of fla: ``call`` on the simple-GLA form, then Mamba-2's D x skip."""
+    def run(inputs: dict):
+        s = _ssd_as_simple_gla(inputs)
+        o, state = call(s["q"], s["k"], s["v"], s["g"], scale=1.0,
+                        initial_state=s["initial_state"], output_final_state=True)
+        return o.float() + s["D"][:, None] * s["x"].float(), state
+    return run
+
+
+def _fla_ops() -> dict:
+    """label -> (fla's naive run, fla's chunk run), each taking the spec's inputs and giving
+    (o, final state); fla's layouts are seqtune's ([B, T, H, K], states [B, H, K, V])."""
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.delta_rule.naive import delta_rule_recurrence
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+    from fla.ops.gla import chunk_gla
+    from fla.ops.gla.naive import naive_recurrent_gla
+    from fla.ops.kda import chunk_kda
+    from fla.ops.kda.naive import naive_recurrent_kda
+    from fla.ops.linear_attn import chunk_linear_attn
+    from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
+    from fla.ops.simple_gla import chunk_simple_gla
+    from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
+
+    def head_major(q, k, v, beta, **kw):  # fla's naive delta rule takes [B, H, T, K]
+        o, state = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)), **kw)
+        return o.transpose(1, 2), state
+
+    def simple_gla(q, k, v, g, **kw):
+        return chunk_simple_gla(q, k, v, g=g, **kw)
+
+    final = {"output_final_state": True}
+    return {
+        "linear_attention": (
+            lambda i: naive_recurrent_linear_attn(i["q"], i["k"], i["v"], **final,
+                                                  initial_state=i["initial_state"]),
+            lambda i: chunk_linear_attn(i["q"], i["k"], i["v"], normalize=False, **final,
+                                        initial_state=i["initial_state"])),
+        "retention (scalar decay)": (
+            lambda i: naive_recurrent_simple_gla(i["q"], i["k"], i["v"], i["g"], **final,
+                                                 initial_state=i["initial_state"]),
+            lambda i: simple_gla(i["q"], i["k"], i["v"], i["g"], **final,
+                                 initial_state=i["initial_state"])),
+        "gla (per-channel decay)": (
+            lambda i: naive_recurrent_gla(i["q"], i["k"], i["v"], i["g"], **final,
+                                          initial_state=i["initial_state"]),
+            lambda i: chunk_gla(i["q"], i["k"], i["v"], g=i["g"], **final,
+                                initial_state=i["initial_state"])),
+        "ssd": (_with_skip(naive_recurrent_simple_gla), _with_skip(simple_gla)),
+        "delta_rule": (
+            lambda i: head_major(i["q"], i["k"], i["v"], i["beta"], **final,
+                                 initial_state=i["initial_state"]),
+            lambda i: chunk_delta_rule(i["q"], i["k"], i["v"], i["beta"], **final,
+                                       initial_state=i["initial_state"])),
+        "gated_delta_rule": (
+            lambda i: naive_recurrent_gated_delta_rule(i["q"], i["k"], i["v"], i["beta"],
+                                                       i["g"], **final,
+                                                       initial_state=i["initial_state"]),
+            lambda i: chunk_gated_delta_rule(i["q"], i["k"], i["v"], i["g"], i["beta"],
+                                             **final, initial_state=i["initial_state"])),
+        "kda": (
+            lambda i: naive_recurrent_kda(i["q"], i["k"], i["v"], i["g"], i["beta"], **final,
+                                          initial_state=i["initial_state"]),
+            lambda i: chunk_kda(i["q"], i["k"], i["v"], i["g"], i["beta"], **final,
+                                initial_state=i["initial_state"])),
+    }
+
+
+def load_fla() -> tuple[dict | None, str]:
+    """fla's runs per op (None without fla) and a line saying what is compared."""
+    if importlib.util.find_spec("fla") is None:
+        return None, "fla not installed: seqtune's figures only"
+    try:
+        ops = _fla_ops()
+    except ImportError as error:
+        return None, f"fla installed but not importable ({error}): seqtune's figures only"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1":
+        _patch_fla_for_interpreter()
+    import fla
+
+    return ops, (f"fla {getattr(fla, '__version__', '?')}: naive = its PyTorch recurrence, "
+                 f"chunk = its chunk kernel")
+
+
+def row(name: str, outputs, reference, dtype: torch.dtype) -> str:
+    """One implementation's figures; o is rounded to the dtype, as the ops return it."""
+    o, state = outputs[0], outputs[1]
+    figures = errors((o.to(dtype), state), reference)
+    return f"{name:12s} " + "  ".join(f"{n} max {m:.2e} rms {r:.2e}"
+                                      for n, (m, r) in zip(("o", "state"), figures))
+
+
+def fla_rows(runs, inputs: dict, reference, dtype: torch.dtype) -> list[str]:
+    """fla's naive and chunk rows; a run that cannot go here is one line saying why."""
+    lines = []
+    for name, run in zip(("fla naive", "fla chunk"), runs):
+        try:
+            lines.append(row(name, run(inputs), reference, dtype))
+        except Exception as error:  # noqa: BLE001 - any failure of fla's is reported, not fatal
+            lines.append(f"{name:12s} cannot run here: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:100]}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,1000")
@@ -57,22 +229,24 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    fla = importlib.util.find_spec("fla") is not None
+    fla_ops, fla_line = load_fla()
     print(f"device {device}; errors against float64, max: max |err| / max |ref|, rms: fla's "
           f"RMS ratio; outputs o, final state")
-    print("fla installed, but its figures are not computed by this script yet" if fla
-          else "fla not installed")
+    print(fla_line)
     for label, (spec_name, fields) in OPS.items():
         spec = get_spec(spec_name)
         for T in (int(t) for t in args.lengths.split(",")):
             for dtype in ("bfloat16", "float16"):
                 p = problem(spec_name, fields, T, args.heads, args.dim, dtype)
                 inputs = spec.make_inputs(p, device, 0)
-                figures = errors(spec.run(inputs, dict(spec.default_config)),
-                                 spec.reference(inputs))
-                text = "  ".join(f"{name} max {m:.2e} rms {r:.2e}"
-                                 for name, (m, r) in zip(("o", "state"), figures))
-                print(f"{label:26s} T={T:<5d} {dtype:9s} {text}", flush=True)
+                reference = spec.reference(inputs)
+                torch_dtype = getattr(torch, dtype)
+                lines = [row("seqtune", spec.run(inputs, dict(spec.default_config)), reference,
+                             torch_dtype)]
+                if fla_ops is not None:
+                    lines += fla_rows(fla_ops[label], inputs, reference, torch_dtype)
+                for line in lines:
+                    print(f"{label:26s} T={T:<5d} {dtype:9s} {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqtune.compat import fla
+from seqtune.compat import fla, fla_linear
 
 # The seqtune kernels' own tolerances (kernels/delta_rule/spec.py, linear_attention/spec.py):
 # fp32 differs from float64 by accumulation order through the chunk recurrence (1e-4); bf16
@@ -271,7 +271,7 @@ def _args(a):
     (lambda a: fla.chunk_simple_gla(*_args(a), a["g"], use_magic=True), NotImplementedError,
      "use_magic"),
     (lambda a: fla.chunk_kda(*_args(a), a["gk"], a["beta"], return_intermediate_states=True),
-     NotImplementedError, "return_intermediate_states"),
+     RuntimeError, "inference_mode"),
     (lambda a: fla.chunk_gated_delta_rule(*_args(a), a["g"], a["beta"], cp_context=object()),
      NotImplementedError, "cp_context"),
     (lambda a: fla.fused_recurrent_delta_rule(*_args(a), a["v"]), NotImplementedError, "beta"),
@@ -390,3 +390,47 @@ def test_chunk_gated_delta_rule_gradients_through_the_pytorch_prologue():
                                  [ref[n] for n in names])
     for name, grad, want in zip(names, grads, wanted):
         torch.testing.assert_close(grad.double(), want, atol=1e-3, rtol=1e-3, msg=name)
+
+
+def _per_head_inputs(seed):
+    """make_inputs with one value head per key head (H = HV = 1: retention, lightning and plain
+    linear attention take no GVA), float32."""
+    a = make_inputs(torch.float32, batch=1, length=19, seed=seed)
+    return {n: x[:, :, :1] if n in ("v", "beta", "g", "gk") else x[:, :1] if n == "h0" else x
+            for n, x in a.items()}
+
+
+# every compat chunk function: (q, k, v, inputs) -> (o, final_state)
+CHUNK_CALLS = {
+    "chunk_gated_delta_rule": lambda q, k, v, a, **s: fla.chunk_gated_delta_rule(
+        q, k, v, a["g"], a["beta"], **s),
+    "chunk_kda": lambda q, k, v, a, **s: fla.chunk_kda(q, k, v, a["gk"], a["beta"], **s),
+    "chunk_delta_rule": lambda q, k, v, a, **s: fla.chunk_delta_rule(q, k, v, a["beta"], **s),
+    "chunk_gla": lambda q, k, v, a, **s: fla.chunk_gla(q, k, v, a["gk"], **s),
+    "chunk_simple_gla": lambda q, k, v, a, **s: fla.chunk_simple_gla(q, k, v, a["g"], **s),
+    "chunk_linear_attn": lambda q, k, v, a, **s: fla_linear.chunk_linear_attn(
+        q, k, v, normalize=False, **s),
+    "fused_chunk_linear_attn": lambda q, k, v, a, **s: fla_linear.fused_chunk_linear_attn(
+        q, k, v, normalize=False, **s),
+    "chunk_retention": lambda q, k, v, a, **s: fla_linear.chunk_retention(q, k, v, **s),
+    "fused_chunk_retention": lambda q, k, v, a, **s: fla_linear.fused_chunk_retention(
+        q, k, v, **s),
+    "chunk_lightning_attn": lambda q, k, v, a, **s: fla_linear.chunk_lightning_attn(
+        q, k, v, 1, 4, **s),
+    "fused_chunk_simple_gla": lambda q, k, v, a, **s: fla_linear.fused_chunk_simple_gla(
+        q, k, v, a["g"], **s),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_CALLS))
+def test_every_chunk_function_takes_float32_q_k_with_float16_v(name):
+    """fla's mixed input dtypes: q, k float32 and v float16 run in the widest dtype (float32)
+    and o comes back in v's dtype: the all-float32 call on the same (fp16-exact) v, with o
+    rounded to float16, exactly."""
+    a = _per_head_inputs(seed=30)
+    v16 = a["v"].half()
+    state = {"initial_state": a["h0"], "output_final_state": True}
+    out, final = CHUNK_CALLS[name](a["q"], a["k"], v16, a, **state)
+    want, want_final = CHUNK_CALLS[name](a["q"], a["k"], v16.float(), a, **state)
+    assert out.dtype == torch.float16 and final.dtype == torch.float32
+    assert torch.equal(out, want.half()) and torch.equal(final, want_final)

@@ -10,7 +10,8 @@ Shared by every function here:
 - ``cu_seqlens`` (int32/int64 ``[N + 1]``, batch 1) packs N sequences; states are per sequence.
   ``cu_seqlens_cpu`` and ``chunk_indices`` are fla's precomputed copies of it: accepted, unused.
 - ``chunk_size`` (a keyword in fla's ``**kwargs``) is a request only: the tuned config of the
-  seqtune kernel decides the chunk.
+  seqtune kernel decides the chunk; except for chunk_kda's ``return_intermediate_states``,
+  whose per-chunk states are at fla's chunk boundaries.
 - What is done in PyTorch before the kernel, in float32 (differentiable): the L2 norm of q and k
   (``use_qk_l2norm_in_kernel``: ``x / sqrt(sum(x^2) + 1e-6)``, as fla), the gate activations
   (``use_gate_in_kernel``), ``sigmoid(beta)`` (``use_beta_sigmoid_in_kernel``), and summing the
@@ -34,6 +35,10 @@ import torch.nn.functional as F
 from seqtune.checks import expect_shape
 from seqtune.kernels import (delta_rule, delta_rule_step, linear_attention,
                              linear_attention_step)
+from seqtune.kernels.delta_rule import op as kernel_op
+from seqtune.kernels.delta_rule.stages import output_stage, state_stage, wy_stage
+from seqtune.kernels.delta_rule.varlen import packing
+from seqtune.loader import config_for
 
 L2NORM_EPS = 1e-6
 
@@ -233,15 +238,21 @@ def _decode(step, q, k, v, gates, scale, initial_state, output_final_state):
 
 
 def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_state,
-                    use_qk_l2norm_in_kernel, state_v_first, cu_seqlens, recurrent=False):
+                    use_qk_l2norm_in_kernel, state_v_first, cu_seqlens, recurrent=False,
+                    states_chunk=None):
     """The delta rule on the chunkwise op; a fused_recurrent_* call (``recurrent``) whose
     sequences are single tokens and that needs no gradient runs ``delta_rule_step`` instead.
-    o is in v's dtype."""
+    o is in v's dtype. ``states_chunk``: also the states entering each chunk of that many
+    tokens (``_delta_rule_states``), a third result."""
     if use_qk_l2norm_in_kernel:
         q, k = _l2norm(q), _l2norm(k)
     out_dtype = v.dtype if isinstance(v, torch.Tensor) else None
     q, k, v, (beta, g) = _one_dtype(q, k, v, (beta, g))
     initial_state = _state_in(initial_state, state_v_first)
+    if states_chunk is not None:
+        o, final, h = _delta_rule_states(q, k, v, beta, g, scale, initial_state,
+                                         output_final_state, cu_seqlens, states_chunk)
+        return o.to(out_dtype), _state_out(final, state_v_first), _state_out(h, state_v_first)
     if (recurrent and _one_token_each(q, cu_seqlens)
             and not _needs_grad(q, k, v, beta, g, initial_state)):
         o, final = _decode(delta_rule_step, q, k, v, (beta, g), scale, initial_state,
@@ -291,7 +302,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None,
     16 <= K, V <= 256. kwargs: ``use_gate_in_kernel`` with ``A_log`` ``[HV]`` and ``dt_bias``
     ``[HV]`` (g is then raw: ``-exp(A_log) * softplus(g + dt_bias)``), ``chunk_size``.
     Returns ``(o [B, T, HV, V], final_state [N, HV, K, V] float32 or None)``, differentiable
-    where the seqtune op is. Not supported: ``cp_context``.
+    where the seqtune op is. Not supported: ``cp_context``; ``return_intermediate_states``,
+    which fla 0.6.0's chunk_gated_delta_rule does not have (its ``**kwargs`` drop it silently;
+    chunk_kda has it), is refused as any unknown keyword.
     """
     function = "chunk_gated_delta_rule"
     _refuse_context_parallel(function, cp_context)
@@ -358,16 +371,19 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     g is raw, ``-exp(A_log) * softplus(g + dt_bias)``, or with ``lower_bound``
     ``lower_bound * sigmoid(exp(A_log) * (g + dt_bias))``. ``safe_gate`` and
     ``disable_recompute`` choose fla kernels and change no result: accepted. Returns
-    ``(o, final_state)`` as ``chunk_gated_delta_rule``. Not supported:
-    ``return_intermediate_states``, ``cp_context``.
+    ``(o, final_state)`` as ``chunk_gated_delta_rule``; with ``return_intermediate_states``
+    (inference mode only, as fla) ``(o, final_state, h)``: h the state entering each chunk of
+    ``chunk_size`` (default 64) tokens, ``[B, NT, HV, K, V]`` (``[1, total chunks, ...]`` when
+    packed) in q/k/v's dtype, without the final state (``_delta_rule_states``). Not supported:
+    ``cp_context``.
     """
     function = "chunk_kda"
     _refuse_context_parallel(function, cp_context)
-    if return_intermediate_states:
-        _refuse(function, "return_intermediate_states", return_intermediate_states,
-                "only False: the chunkwise kernel keeps no per-chunk states to return")
+    chunk_size = kwargs.get("chunk_size", 64)
     state_v_first, extra = _options(function, kwargs, state_v_first, ("A_log", "dt_bias"),
                                     KDA_CHUNKS)
+    if return_intermediate_states:
+        _check_intermediate_states(function, disable_recompute)
     _check_gates(function, q, v, g=(g, CHANNEL), beta=(beta, STEP),
                  A_log=(extra.get("A_log"), HEAD), dt_bias=(extra.get("dt_bias"), HEAD_CHANNEL))
     if use_gate_in_kernel:
@@ -376,7 +392,41 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     return _run_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state,
                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                           state_v_first=state_v_first, cu_seqlens=cu_seqlens)
+                           state_v_first=state_v_first, cu_seqlens=cu_seqlens,
+                           states_chunk=chunk_size if return_intermediate_states else None)
+
+
+def _check_intermediate_states(function: str, disable_recompute: bool) -> None:
+    """fla's conditions on ``return_intermediate_states`` (asserts there, one-line errors here):
+    the states bypass autograd, so only in inference mode, and not with disable_recompute."""
+    if not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{function}: return_intermediate_states=True needs "
+                           f"torch.inference_mode(), as in fla (the states bypass autograd)")
+    if disable_recompute:
+        raise ValueError(f"{function}: return_intermediate_states=True needs "
+                         f"disable_recompute=False, as in fla")
+
+
+def _delta_rule_states(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
+                       chunk):
+    """The chunkwise forward with fla's chunk boundaries (BT pinned to ``chunk``), keeping the
+    states its state stage stores anyway: (o, final state or None, h [B, NT, HV, K, V], or
+    [1, total chunks, HV, K, V] when packed, in q's dtype). No autograd (inference mode)."""
+    problem, bounds, scale, _ = kernel_op.prepare(q, k, v, beta, g, scale, initial_state,
+                                                  cu_seqlens)
+    cfg = config_for(kernel_op.KERNEL, problem,
+                     {**config_for(kernel_op.KERNEL, problem, None), "BT": chunk})
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    g = None if g is None else g.contiguous()
+    h0 = None if initial_state is None else initial_state.contiguous()
+    pack = packing(bounds, chunk, q.device)
+    terms = wy_stage(q, k, v, beta, g, cfg, pack)
+    u, states, final = state_stage(q, v, g, terms, h0, output_final_state, cfg, pack)
+    o = output_stage(q, g, terms, u, states, scale, cfg, pack)
+    if cu_seqlens is None:
+        return o, final, states.view(q.shape[0], -1, *states.shape[1:])
+    # packed: the state buffer has spare rows past the real chunks (a bound from the shapes)
+    return o, final, states[:int(pack.chunk_offsets[-1])].unsqueeze(0)
 
 
 def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
