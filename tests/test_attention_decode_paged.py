@@ -304,12 +304,23 @@ def test_kvcache_one_query_takes_every_feature_and_returns_lse():
     torch.testing.assert_close(lse[..., 0].double(), want_lse, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("argument, value", [("window_size", (4, 0)), ("softcap", 5.0),
-                                             ("alibi_slopes", torch.ones(2)),
-                                             ("return_softmax_lse", True)])
-def test_kvcache_several_queries_still_refuse_window_softcap_alibi_lse(argument, value):
-    q = torch.randn(1, 3, 2, 16)
-    with pytest.raises(NotImplementedError, match=argument) as error:
-        flash_attn_with_kvcache(q, torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16),
-                                cache_seqlens=5, **{argument: value})
-    assert "\n" not in str(error.value)
+def test_kvcache_several_queries_take_every_feature_and_return_lse():
+    """Several queries run on the packed attention kernel: query t (causal, bottom-right
+    aligned) is a decode over the first ``lengths - Tq + t + 1`` keys, with the same window,
+    cap, slopes and left pad."""
+    _, k_cache, v_cache, lengths = random_case(lengths=(30, 3), dim=32, capacity=32)
+    queries = 5.0 * torch.randn(2, 3, 6, 32, generator=torch.Generator().manual_seed(7))
+    k_blocks, table = paged(k_cache, 16)
+    v_blocks, _ = paged(v_cache, 16)
+    features = dict(cache_leftpad=torch.tensor([4, 0], dtype=torch.int32), softcap=3.0,
+                    alibi_slopes=torch.rand(2, 6))
+    out, lse = flash_attn_with_kvcache(queries, k_blocks, v_blocks, cache_seqlens=lengths,
+                                       block_table=table, causal=True, window_size=(12, 0),
+                                       return_softmax_lse=True, **features)
+    assert out.shape == (2, 3, 6, 32) and lse.shape == (2, 6, 3)
+    for t in range(3):
+        want, want_lse = attention_decode_reference(queries[:, t], k_cache, v_cache,
+                                                    lengths - 2 + t, window=(12, 0),
+                                                    return_lse=True, **features)
+        torch.testing.assert_close(out[:, t].double(), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lse[..., t].double(), want_lse, atol=1e-4, rtol=1e-4)

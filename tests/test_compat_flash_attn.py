@@ -147,8 +147,6 @@ def test_kvcache_decoding_token_by_token_equals_causal_attention():
                                       torch.tensor([0, 5]), 5, 5, block_table=torch.zeros(1)),
      "block_table"),
     (lambda q: flash_attn_with_kvcache(q, q, q, rotary_cos=torch.ones(5, 8)), "rotary_cos"),
-    (lambda q: flash_attn_with_kvcache(q, q, q, return_softmax_lse=True),
-     "return_softmax_lse"),
 ])
 def test_unsupported_arguments_are_refused_by_name(call, argument):
     q = torch.randn(1, 5, 2, 16)

@@ -6,12 +6,13 @@ order, defaults, layouts and return values.
 
 Supported: softmax attention, causal (bottom-right aligned when the query and key lengths differ,
 as flash-attn does), MQA/GQA, head dims 1..256 (also a value head dim that differs), float32,
-float16 and bfloat16; in the prefill functions (all but ``flash_attn_with_kvcache``) also sliding
-windows (``window_size``), softcapping (``softcap``), ALiBi (``alibi_slopes``) and the
-log-sum-exp (``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: the probabilities
-themselves are not returned). What seqtune does not implement (dropout; paged caches; rotary
-embedding; in ``flash_attn_with_kvcache`` windows, softcapping, ALiBi and the log-sum-exp)
-raises a one-line NotImplementedError naming the argument.
+float16 and bfloat16, sliding windows (``window_size``), softcapping (``softcap``), ALiBi
+(``alibi_slopes``) and the log-sum-exp (``return_attn_probs=True`` returns ``(out,
+softmax_lse, None)``: the probabilities themselves are not returned;
+``return_softmax_lse`` in ``flash_attn_with_kvcache``), and in ``flash_attn_with_kvcache`` paged
+(``block_table``) and left-padded (``cache_leftpad``) caches. What seqtune does not implement
+(dropout, rotary embedding, a paged prefix in ``flash_attn_varlen_func``) raises a one-line
+NotImplementedError naming the argument.
 """
 from __future__ import annotations
 
@@ -40,23 +41,13 @@ def _refuse(function: str, argument: str, value: Any, supported: str) -> None:
 
 
 def _check_common(function: str, *, dropout_p: float = 0.0, window_size: Any = NO_WINDOW,
-                  softcap: float = 0.0, alibi_slopes: Any = None,
-                  prefill: bool = False) -> None:
-    """Refuses the flash-attn features seqtune's kernels do not implement. ``prefill``: the
-    caller passes window, softcap and ALiBi on to ``attention`` (checked here, by flash-attn's
-    argument names); otherwise they are refused too."""
+                  softcap: float = 0.0) -> None:
+    """Refuses dropout; checks window and softcap by flash-attn's argument names (``attention``
+    takes them as ``window`` and ``softcap``)."""
     if dropout_p != 0.0:
         _refuse(function, "dropout_p", dropout_p, "only 0.0")
-    if prefill:
-        window_pair(window_size, "window_size")
-        softcap_value(softcap)
-        return
-    if tuple(window_size) != NO_WINDOW:
-        _refuse(function, "window_size", window_size, "only (-1, -1), no sliding window")
-    if softcap != 0.0:
-        _refuse(function, "softcap", softcap, "only 0.0")
-    if alibi_slopes is not None:
-        _refuse(function, "alibi_slopes", alibi_slopes, "only None")
+    window_pair(window_size, "window_size")
+    softcap_value(softcap)
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
@@ -77,7 +68,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     deterministic. Not supported (NotImplementedError): ``dropout_p != 0``.
     """
     _check_common("flash_attn_func", dropout_p=dropout_p, window_size=window_size,
-                  softcap=softcap, alibi_slopes=alibi_slopes, prefill=True)
+                  softcap=softcap)
     out = attention(q, k, v, causal=bool(causal), scale=softmax_scale,
                     window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes,
                     return_lse=bool(return_attn_probs))
@@ -104,8 +95,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     ``block_table`` (paged KV).
     """
     function = "flash_attn_varlen_func"
-    _check_common(function, dropout_p=dropout_p, window_size=window_size, softcap=softcap,
-                  alibi_slopes=alibi_slopes, prefill=True)
+    _check_common(function, dropout_p=dropout_p, window_size=window_size, softcap=softcap)
     if block_table is not None:
         _refuse(function, "block_table", block_table, "no paged KV cache")
     for name, tensor in (("q", q), ("k", k), ("v", v)):
@@ -201,13 +191,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     positions ``cache_seqlens[b]`` onwards, into the blocks ``block_table`` names
     (``cache_seqlens`` itself is not advanced, as in flash-attn) and attended to. Causal masks
     bottom-right aligned. ``num_splits`` is a request: the tuned config of ``attention_decode``
-    picks the split count. With one query per sequence: ``window_size``, ``softcap``,
-    ``alibi_slopes`` and ``return_softmax_lse`` as flash-attn (see ``attention_decode``); the
+    picks the split count. ``window_size``, ``softcap``, ``alibi_slopes`` and
+    ``return_softmax_lse`` as flash-attn (see ``attention_decode`` and ``attention``); the
     log-sum-exp is ``[B, Hq, Tq]`` float32, ``+inf`` where no key is visible. Returns
     ``out [B, Tq, Hq, D]`` in q's dtype, or ``(out, softmax_lse)`` (no backward, as in
-    flash-attn). Not supported (NotImplementedError): ``rotary_cos``/``rotary_sin``; with
-    several queries (or another head dim), ``window_size != (-1, -1)``, ``softcap != 0``,
-    ``alibi_slopes`` and ``return_softmax_lse``.
+    flash-attn). Not supported (NotImplementedError): ``rotary_cos``/``rotary_sin``.
     """
     function = "flash_attn_with_kvcache"
     for name, value in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
@@ -216,22 +204,19 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0, got {num_splits!r}")
     rows, lengths = _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, block_table)
-    decodes = _decodes(q, v_cache)
-    if not decodes:  # refused before the cache is touched
-        _refuse_decode_features(function, window_size, softcap, alibi_slopes,
-                                return_softmax_lse)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (new keys and values to append)")
     if k is not None:
         lengths = _append(k_cache, v_cache, k, v, rows, lengths, block_table)
-    starts = _left_pads(cache_leftpad, lengths)
-    if not decodes:
-        return _attend_packed(q, k_cache, v_cache, rows, lengths, starts, softmax_scale,
-                              bool(causal), block_table)
-    features = dict(block_table=block_table, cache_leftpad=cache_leftpad,
-                    window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes)
-    out, lse = _attend_decode(q, k_cache, v_cache, rows, lengths, softmax_scale,
-                              cache_batch_idx is None, features)
+    features = dict(window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes)
+    if not _decodes(q, v_cache):
+        starts = _left_pads(cache_leftpad, lengths)
+        out, lse = _attend_packed(q, k_cache, v_cache, rows, lengths, starts, softmax_scale,
+                                  bool(causal), block_table, features, return_softmax_lse)
+    else:
+        features.update(block_table=block_table, cache_leftpad=cache_leftpad)
+        out, lse = _attend_decode(q, k_cache, v_cache, rows, lengths, softmax_scale,
+                                  cache_batch_idx is None, features)
     return (out, lse) if return_softmax_lse else out
 
 
@@ -239,18 +224,6 @@ def _decodes(q, v_cache) -> bool:
     """Whether the call runs on attention_decode: one query per sequence, a head dim it takes."""
     head_dim = q.shape[3]
     return q.shape[1] == 1 and head_dim in DECODE_HEAD_DIMS and v_cache.shape[3] == head_dim
-
-
-def _refuse_decode_features(function, window_size, softcap, alibi_slopes, return_softmax_lse):
-    """The features only attention_decode implements (the packed path does not yet)."""
-    only = "only with one query per sequence and head dims 16..256 in powers of two"
-    if tuple(window_size) != NO_WINDOW:
-        _refuse(function, "window_size", window_size, f"(-1, -1) here; windows {only}")
-    for name, value, off in (("softcap", softcap, softcap == 0.0),
-                             ("alibi_slopes", alibi_slopes, alibi_slopes is None),
-                             ("return_softmax_lse", return_softmax_lse, not return_softmax_lse)):
-        if not off:
-            _refuse(function, name, value, only)
 
 
 def _cache_rows(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, block_table):
@@ -364,10 +337,11 @@ def _attend_decode(q, k_cache, v_cache, rows, lengths, scale, identity_rows, fea
     return out.unsqueeze(1), lse.unsqueeze(-1)
 
 
-def _attend_packed(q, k_cache, v_cache, rows, lengths, starts, scale, causal, block_table):
+def _attend_packed(q, k_cache, v_cache, rows, lengths, starts, scale, causal, block_table,
+                   features, return_lse):
     """Each batch element's queries over its visible cache positions ``[starts, lengths)``, as
     one packed attention call: they are gathered into [1, sum(lengths - starts), Hkv, *] (a copy
-    of the visible keys)."""
+    of the visible keys). ``(out [B, Tq, Hq, Dv], lse [B, Hq, Tq] or None)``."""
     batch, queries = q.shape[:2]
     counts = lengths - starts
     total = int(counts.sum())
@@ -381,6 +355,10 @@ def _attend_packed(q, k_cache, v_cache, rows, lengths, starts, scale, causal, bl
     offsets = torch.zeros(batch + 1, dtype=torch.int64, device=q.device)
     offsets[1:] = torch.cumsum(counts, 0)
     query_offsets = torch.arange(batch + 1, device=q.device) * queries
-    out = attention(q.reshape(1, batch * queries, *q.shape[2:]), keys, values, causal=causal,
-                    scale=scale, cu_seqlens=query_offsets, cu_seqlens_k=offsets)
-    return out.reshape(batch, queries, *out.shape[2:])
+    result = attention(q.reshape(1, batch * queries, *q.shape[2:]), keys, values, causal=causal,
+                       scale=scale, cu_seqlens=query_offsets, cu_seqlens_k=offsets,
+                       return_lse=return_lse, **features)
+    out, lse = result if return_lse else (result, None)
+    if lse is not None:  # packed [Hq, B * Tq] -> flash-attn's [B, Hq, Tq]
+        lse = lse.reshape(lse.shape[0], batch, queries).transpose(0, 1)
+    return out.reshape(batch, queries, *out.shape[2:]), lse

@@ -15,8 +15,10 @@ Its mask is flash-attention's (``flash_attention_mask``): None when no token is 
 - a padding mask: the real tokens of each row packed into sequences (``cu_seqlens``,
   ``cu_seqlens_k``), padded query rows output zeros (as flash-attention's).
 
-Unsupported arguments (dropout, sliding windows, logit soft-capping, attention sinks, 4-D masks)
-raise a one-line NotImplementedError naming them.
+A layer's ``sliding_window`` is flash-attention's window ``(sliding_window - 1, sliding_window -
+1)``, as transformers' flash-attention path passes it, and ``softcap`` its logit soft-capping.
+Unsupported arguments (dropout, attention sinks, 4-D masks) raise a one-line
+NotImplementedError naming them.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from seqtune.kernels import attention, attention_decode
 from seqtune.kernels.attention_decode.op import HEAD_DIMS as DECODE_HEAD_DIMS
 
-REFUSED_WHEN_SET = ("sliding_window", "softcap", "s_aux", "sinks")
+REFUSED_WHEN_SET = ("s_aux", "sinks")
 
 
 def seqtune_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -38,17 +40,26 @@ def seqtune_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     _refuse_unsupported(dropout, attention_mask, kwargs)
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, T|S, H, D] views
+    options = _options(causal, scaling, kwargs)
     if attention_mask is not None:
-        return _padded(q, k, v, attention_mask, causal, scaling), None
+        return _padded(q, k, v, attention_mask, options), None
     packed = _packing(kwargs, q.shape[0], q.shape[1], k.shape[1])
     if isinstance(packed, torch.Tensor):
-        return _packed_on_device(q, k, v, packed, causal, scaling), None
+        return _packed_on_device(q, k, v, packed, options), None
     if packed is not None:
-        return _packed(q, k, v, packed, causal, scaling), None
+        return _packed(q, k, v, packed, options), None
     if q.shape[1] == 1 and q.shape[3] == v.shape[3] and q.shape[3] in DECODE_HEAD_DIMS:
         lengths = torch.full((q.shape[0],), k.shape[1], dtype=torch.int32, device=q.device)
-        return attention_decode(q[:, 0], k, v, lengths, scale=scaling)[:, None], None
-    return attention(q, k, v, causal=causal, scale=scaling), None
+        decode_options = {name: value for name, value in options.items() if name != "causal"}
+        return attention_decode(q[:, 0], k, v, lengths, **decode_options)[:, None], None
+    return attention(q, k, v, **options), None
+
+
+def _options(causal: bool, scaling: float | None, kwargs) -> dict:
+    """``attention``'s keyword arguments for this call: the layer's window and soft cap."""
+    window = kwargs.get("sliding_window")
+    return {"causal": causal, "scale": scaling, "softcap": float(kwargs.get("softcap") or 0.0),
+            "window": (-1, -1) if window is None else (window - 1, window - 1)}
 
 
 def _refuse_unsupported(dropout, attention_mask, kwargs) -> None:
@@ -68,7 +79,7 @@ def _offsets(lengths: torch.Tensor) -> torch.Tensor:
     return F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
 
 
-def _padded(q, k, v, mask: torch.Tensor, causal: bool, scale) -> torch.Tensor:
+def _padded(q, k, v, mask: torch.Tensor, options: dict) -> torch.Tensor:
     """Each row's real tokens as one packed sequence; zeros at padded query positions."""
     batch, length = q.shape[:2]
     if mask.shape != (batch, k.shape[1]):
@@ -76,7 +87,7 @@ def _padded(q, k, v, mask: torch.Tensor, causal: bool, scale) -> torch.Tensor:
                          f"expected (batch, keys) = {(batch, k.shape[1])}")
     keys = mask.to(torch.bool)
     queries = keys[:, k.shape[1] - length:]
-    out = attention(q[queries][None], k[keys][None], v[keys][None], causal=causal, scale=scale,
+    out = attention(q[queries][None], k[keys][None], v[keys][None], **options,
                     cu_seqlens=_offsets(queries.sum(1)), cu_seqlens_k=_offsets(keys.sum(1)))
     full = q.new_zeros(batch, length, q.shape[2], v.shape[3])
     full[queries] = out[0]
@@ -105,7 +116,7 @@ def _packing(kwargs, batch: int, length: int, keys: int):
     return offsets, offsets
 
 
-def _packed_on_device(q, k, v, starts: torch.Tensor, causal: bool, scale) -> torch.Tensor:
+def _packed_on_device(q, k, v, starts: torch.Tensor, options: dict) -> torch.Tensor:
     """Under torch.compile: whether ``position_ids`` pack several sequences is a value, so the
     choice is a ``torch.cond`` and the packed branch's offsets have a size known from shapes
     (``B * T + 1``: the sequence starts, then empty sequences up to the end)."""
@@ -115,18 +126,18 @@ def _packed_on_device(q, k, v, starts: torch.Tensor, causal: bool, scale) -> tor
     offsets = torch.cat([begins, begins.new_full((1,), total)]).to(torch.int32)
 
     def packed(q, k, v, offsets):
-        return _packed(q, k, v, (offsets, offsets), causal, scale)
+        return _packed(q, k, v, (offsets, offsets), options)
 
     def whole(q, k, v, offsets):
-        return attention(q, k, v, causal=causal, scale=scale)
+        return attention(q, k, v, **options)
 
     return torch.cond(starts[:, 1:].any(), packed, whole, (q, k, v, offsets))
 
 
-def _packed(q, k, v, offsets, causal: bool, scale) -> torch.Tensor:
+def _packed(q, k, v, offsets, options: dict) -> torch.Tensor:
     """Rows laid end to end and split at ``offsets``; the output back in [B, T, Hq, Dv]."""
     batch, length = q.shape[:2]
     cu_q, cu_k = offsets
     flat = [t.reshape(1, -1, *t.shape[2:]) for t in (q, k, v)]
-    out = attention(*flat, causal=causal, scale=scale, cu_seqlens=cu_q, cu_seqlens_k=cu_k)
+    out = attention(*flat, **options, cu_seqlens=cu_q, cu_seqlens_k=cu_k)
     return out.reshape(batch, length, *out.shape[2:])

@@ -67,8 +67,8 @@ def silu(config: Mapping[str, Any]) -> bool:
 
 def attention_layer(config: Mapping[str, Any], count: int, head_dim: int | None = None,
                value_dim: int | None = None, kv_heads: int | None = None) -> Layer:
-    if "sliding_attention" in layer_types_of(config, ()):
-        raise ValueError("model config: sliding-window attention layers are not supported")
+    # Sliding-window layers run the same attention problems (the window is an argument, not a
+    # tuning field yet): they are listed like full ones.
     heads = count_of(config, "num_attention_heads")
     if kv_heads is None:
         kv_heads = count_of(config, "num_key_value_heads", heads)

@@ -295,14 +295,10 @@ def _patch_attention(model, record: _Patch) -> int:
 
 def _unsupported_attention(config) -> str | None:
     """Why seqtune's attention cannot serve this config's attention layers, or None."""
-    layer_types = getattr(config, "layer_types", None) or ()
-    if "sliding_attention" in layer_types or (
-            getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window",
-                                                                True) and not layer_types):
-        return "sliding-window attention is not supported"
-    for name in ("attn_logit_softcapping", "attention_chunk_size"):
-        if getattr(config, name, None):
-            return f"{name}={getattr(config, name)!r} is not supported"
+    # Sliding windows and logit soft-capping reach seqtune's attention as its arguments;
+    # chunked attention (Llama 4) does not.
+    if getattr(config, "attention_chunk_size", None):
+        return f"attention_chunk_size={config.attention_chunk_size!r} is not supported"
     if getattr(config, "attention_dropout", 0.0):
         return f"attention_dropout={config.attention_dropout!r} is not supported"
     return None
