@@ -260,23 +260,9 @@ def _patch_attention(model, record: _Patch) -> int:
     layers = [module for module in model.modules() if dispatches_attention(type(module))]
     if not layers:
         return 0
-    own_mask = next((type(layer) for layer in layers if reads_its_mask(type(layer))), None)
-    if own_mask is not None:
-        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
-                  f"{own_mask.__name__}.forward reads the attention mask itself (it needs "
-                  f"transformers' 4-D mask, which seqtune's attention does not build)")
-        return 0
-    biased = next((type(layer) for layer in layers if passes_position_bias(type(layer))), None)
-    if biased is not None:
-        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: "
-                  f"{biased.__name__}.forward passes a position_bias (seqtune's attention adds "
-                  f"no bias)")
-        return 0
-    wide = next((layer for layer in layers if isinstance(getattr(layer, "head_dim", None), int)
-                 and layer.head_dim > ATTENTION_HEAD_DIMS[1]), None)
-    if wide is not None:
-        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: head dim "
-                  f"{wide.head_dim} is over the {ATTENTION_HEAD_DIMS[1]} seqtune's attention runs")
+    reason = next(filter(None, map(_layer_refusal, layers)), None)
+    if reason is not None:
+        warn_once(f"seqtune: {type(model).__name__}'s attention is left unpatched: {reason}")
         return 0
     can_set = getattr(model, "_can_set_attn_implementation", None)
     if can_set is None or not can_set():
@@ -291,6 +277,21 @@ def _patch_attention(model, record: _Patch) -> int:
     _own_configs(model, record)
     model.set_attn_implementation(ATTENTION_NAME)
     return len(layers)
+
+
+def _layer_refusal(layer) -> str | None:
+    """Why seqtune's attention cannot serve this attention layer, or None."""
+    cls = type(layer)
+    if reads_its_mask(cls):
+        return (f"{cls.__name__}.forward reads the attention mask itself (it needs "
+                f"transformers' 4-D mask, which seqtune's attention does not build)")
+    if passes_position_bias(cls):
+        return (f"{cls.__name__}.forward passes a position_bias (seqtune's attention adds no "
+                f"bias)")
+    head_dim = getattr(layer, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > ATTENTION_HEAD_DIMS[1]:
+        return f"head dim {head_dim} is over the {ATTENTION_HEAD_DIMS[1]} seqtune's attention runs"
+    return None
 
 
 def _unsupported_attention(config) -> str | None:
