@@ -143,9 +143,6 @@ def test_kvcache_decoding_token_by_token_equals_causal_attention():
 
 @pytest.mark.parametrize("call, argument", [
     (lambda q: flash_attn_func(q, q, q, dropout_p=0.1), "dropout_p"),
-    (lambda q: flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 5]),
-                                      torch.tensor([0, 5]), 5, 5, block_table=torch.zeros(1)),
-     "block_table"),
     (lambda q: flash_attn_with_kvcache(q, q, q, rotary_cos=torch.ones(5, 8)), "rotary_cos"),
 ])
 def test_unsupported_arguments_are_refused_by_name(call, argument):

@@ -10,9 +10,9 @@ float16 and bfloat16, sliding windows (``window_size``), softcapping (``softcap`
 (``alibi_slopes``) and the log-sum-exp (``return_attn_probs=True`` returns ``(out,
 softmax_lse, None)``: the probabilities themselves are not returned;
 ``return_softmax_lse`` in ``flash_attn_with_kvcache``), and in ``flash_attn_with_kvcache`` paged
-(``block_table``) and left-padded (``cache_leftpad``) caches. What seqtune does not implement
-(dropout, rotary embedding, a paged prefix in ``flash_attn_varlen_func``) raises a one-line
-NotImplementedError naming the argument.
+(``block_table``) and left-padded (``cache_leftpad``) caches, and in ``flash_attn_varlen_func``
+a paged key/value prefix (``block_table``, chunked prefill). What seqtune does not implement
+(dropout, rotary embedding) raises a one-line NotImplementedError naming the argument.
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from seqtune import checks
 from seqtune.checks import expect_float, expect_same_dtype, expect_shape, expect_tensor
 from seqtune.kernels import attention, attention_decode
 from seqtune.kernels.attention.op import softcap_value, window_pair
+from seqtune.kernels.attention.varlen import check_offsets
 
 # attention_decode's head dims; other dims decode through the packed attention kernel.
 DECODE_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -91,15 +93,25 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     Returns ``out [total_q, Hq, Dv]``, differentiable in q, k and v, or with
     ``return_attn_probs`` ``(out, softmax_lse [Hq, total_q], None)`` (flash-attn's varlen
     layout; lse and None as in ``flash_attn_func``); ``deterministic`` as in
-    ``flash_attn_func``. Not supported (NotImplementedError): ``dropout_p != 0``,
-    ``block_table`` (paged KV).
+    ``flash_attn_func``. Not supported (NotImplementedError): ``dropout_p != 0``.
+
+    With ``block_table`` (int32 ``[N, max_blocks]``, flash-attn 2.6+) k and v are a paged cache
+    ``[num_blocks, block_size, Hkv, D]`` / ``[.., Dv]``: sequence b's keys are its positions
+    ``0 .. cu_seqlens_k[b + 1] - cu_seqlens_k[b] - 1``, position p at row ``p % block_size`` of
+    block ``block_table[b, p // block_size]`` (unused entries and blocks are never read). q
+    stays packed by ``cu_seqlens_q``, so a chunk of T_q < T_k queries attends to its whole
+    prefix, causal bottom-right aligned (chunked prefill). seqtune takes any block size
+    (flash-attn's kernel wants multiples of 256) and gathers the visible keys into a packed
+    copy (sized by one host read of ``cu_seqlens_k[-1]``); gradients flow to the paged k, v.
     """
     function = "flash_attn_varlen_func"
     _check_common(function, dropout_p=dropout_p, window_size=window_size, softcap=softcap)
-    if block_table is not None:
-        _refuse(function, "block_table", block_table, "no paged KV cache")
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        expect_tensor(name, tensor, 3)
+    expect_tensor("q", q, 3)
+    if block_table is None:
+        expect_tensor("k", k, 3)
+        expect_tensor("v", v, 3)
+    else:
+        k, v = _paged_keys(q, k, v, cu_seqlens_k, block_table)
     out = attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=bool(causal),
                     scale=softmax_scale, cu_seqlens=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                     window=tuple(window_size), softcap=softcap, alibi_slopes=alibi_slopes,
@@ -107,6 +119,44 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     if return_attn_probs:
         return out[0].squeeze(0), out[1], None
     return out.squeeze(0)
+
+
+def _paged_keys(q, k, v, cu_seqlens_k, block_table):
+    """The paged cache's visible keys and values packed by ``cu_seqlens_k`` as
+    ``[total_k, Hkv, *]``: a differentiable gather through ``_slots``, as the kvcache path."""
+    expect_tensor("k", k, 4)
+    expect_tensor("v", v, 4)
+    num_blocks, block_size, kv_heads = k.shape[:3]
+    expect_shape("v", v, (num_blocks, block_size, kv_heads, v.shape[3]))
+    expect_tensor("cu_seqlens_k", cu_seqlens_k, 1)
+    # The total sizes the gather, so it is read even on a GPU; [-1:].sum() is 0 when empty,
+    # leaving check_offsets to name an empty cu_seqlens_k.
+    total = int(cu_seqlens_k[-1:].sum())
+    check_offsets("cu_seqlens_k", cu_seqlens_k, total, "its last entry", q.device)
+    sequences = cu_seqlens_k.numel() - 1
+    capacity = _paged_capacity(block_table, None, sequences, block_size)
+    lengths = cu_seqlens_k.diff().long()
+    if checks.host_reads_allowed(cu_seqlens_k):  # a GPU's gather asserts on out-of-range indices
+        _check_pages(lengths, block_table, block_size, capacity, num_blocks)
+    rows = torch.repeat_interleave(torch.arange(sequences, device=q.device), lengths,
+                                   output_size=total)
+    starts = torch.repeat_interleave(cu_seqlens_k[:-1].long(), lengths, output_size=total)
+    slots = _slots(k, rows, torch.arange(total, device=q.device) - starts, block_table)
+    return k[slots], v[slots]
+
+
+def _check_pages(lengths, block_table, block_size, capacity, num_blocks):
+    """One-line ValueErrors for a sequence longer than its table row, or a block id out of
+    range among the entries that hold keys (the others may be padding)."""
+    longest = int(lengths.max())
+    if longest > capacity:
+        raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table holds "
+                         f"{block_table.shape[1]} blocks of {block_size} = {capacity} positions")
+    holds_keys = (torch.arange(block_table.shape[1]) * block_size)[None, :] < lengths[:, None]
+    used = block_table.cpu()[holds_keys]
+    if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
+        raise ValueError(f"block_table must name blocks in [0, {num_blocks}) where a sequence has "
+                         f"keys, got values in [{int(used.min())}, {int(used.max())}]")
 
 
 def _unpack(function: str, name: str, packed: Any, ndim: int, parts: int) -> tuple:
