@@ -142,7 +142,7 @@ def window_pair(window: Any, name: str = "window") -> tuple[int, int]:
 def softcap_value(softcap: Any, name: str = "softcap") -> float:
     """A valid softcap as a float (finite, >= 0), else a one-line ValueError naming ``name``."""
     if (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
-            or not math.isfinite(softcap) or softcap < 0):
+            or not 0 <= softcap < math.inf):
         raise ValueError(f"{name} must be a finite real >= 0 (0: off), got {softcap!r}")
     return float(softcap)
 

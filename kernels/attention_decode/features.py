@@ -55,7 +55,7 @@ def check_window(window: Any) -> int:
 
 def check_softcap(softcap: Any) -> float:
     if (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
-            or not math.isfinite(softcap) or softcap < 0):
+            or not 0 <= softcap < math.inf):
         raise ValueError(f"softcap must be a finite float >= 0 (0: off), got {softcap!r}")
     return float(softcap)
 
