@@ -3,7 +3,8 @@ before any launch (never a traceback from inside Triton)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+from typing import Any, Sequence
 
 import torch
 
@@ -152,3 +153,22 @@ def expect_state_indices(state_indices: torch.Tensor, rows: int,
         return
     torch._assert_async(~beyond, f"{name} must be < N={rows} (the state pool's rows)")
     torch._assert_async(~repeated.any(), f"{name} has a row more than once")
+
+
+def window_pair(window: Any, name: str = "window") -> tuple[int, int]:
+    """``(left, right)`` of a valid window (two ints >= -1), else a one-line ValueError naming
+    the argument ``name``."""
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(edge, numbers.Integral) and not isinstance(edge, bool)
+                       and edge >= -1 for edge in window)):
+        raise ValueError(f"{name} must be (left, right), two ints >= -1 (-1: unbounded), "
+                         f"got {window!r}")
+    return int(window[0]), int(window[1])
+
+
+def softcap_value(softcap: Any, name: str = "softcap") -> float:
+    """A valid softcap as a float (finite, >= 0), else a one-line ValueError naming ``name``."""
+    if (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+            or not 0 <= softcap < math.inf):
+        raise ValueError(f"{name} must be a finite real >= 0 (0: off), got {softcap!r}")
+    return float(softcap)

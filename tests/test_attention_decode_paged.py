@@ -239,8 +239,9 @@ BAD = {
                 r"cache_leftpad must lie in \[0, cache_seqlens\[b\]\], got 4 for sequence b=1"),
     "seqlens": (_bad(cache_seqlens=torch.tensor([33, 3], dtype=torch.int32)), ValueError,
                 r"cache_seqlens must lie in \[0, S_max=32\]"),
-    "window": (_bad(window=(-2, 0)), ValueError, r"window entries must be >= -1 .*got \(-2, 0\)"),
-    "softcap": (_bad(softcap=-1.0), ValueError, "softcap must be a finite float >= 0.*-1.0"),
+    "window": (_bad(window=(-2, 0)), ValueError, r"window must be \(left, right\), two ints >= -1 "
+               r".*got \(-2, 0\)"),
+    "softcap": (_bad(softcap=-1.0), ValueError, "softcap must be a finite real >= 0.*-1.0"),
     "alibi-shape": (_bad(alibi_slopes=torch.ones(3)), ValueError,
                     r"alibi_slopes must have shape \(6,\) or \(2, 6\), got \(3,\)"),
     "alibi-dtype": (_bad(alibi_slopes=torch.ones(6, dtype=torch.float64)), TypeError,

@@ -3,12 +3,12 @@ differentiable (the backward runs Triton kernels too)."""
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Mapping
 
 import torch
 
-from seqtune.checks import expect_float, expect_same_device, expect_same_dtype, expect_tensor
+from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_tensor,
+                            softcap_value, window_pair)
 from seqtune.kernels.attention.forward import AttentionCall, run_forward
 from seqtune.kernels.attention.varlen import Packing, validate_packing
 from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, int_or_none,
@@ -126,25 +126,6 @@ def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None
                          score=score, sigmoid_bias=sigmoid_bias, packing=packing,
                          problem=problem_of(q, k, v, causal, score, packing), window=window,
                          softcap=softcap, alibi_slopes=alibi_slopes)
-
-
-def window_pair(window: Any, name: str = "window") -> tuple[int, int]:
-    """``(left, right)`` of a valid window (two ints >= -1), else a one-line ValueError naming
-    the argument ``name``."""
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(edge, numbers.Integral) and not isinstance(edge, bool)
-                       and edge >= -1 for edge in window)):
-        raise ValueError(f"{name} must be (left, right), two ints >= -1 (-1: unbounded), "
-                         f"got {window!r}")
-    return int(window[0]), int(window[1])
-
-
-def softcap_value(softcap: Any, name: str = "softcap") -> float:
-    """A valid softcap as a float (finite, >= 0), else a one-line ValueError naming ``name``."""
-    if (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
-            or not 0 <= softcap < math.inf):
-        raise ValueError(f"{name} must be a finite real >= 0 (0: off), got {softcap!r}")
-    return float(softcap)
 
 
 def _validate_softmax_features(score: str, window: tuple[int, int], softcap: float,

@@ -7,13 +7,12 @@ they are checked by device-side asserts, so a decode step can be captured in a C
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from seqtune import checks
-from seqtune.checks import expect_float, expect_shape, expect_tensor
+from seqtune.checks import expect_float, expect_shape, expect_tensor, window_pair
 
 # Paged caches: the block sizes flash-attn 3 and vLLM use (flash-attn 2 takes multiples of 256).
 PAGE_SIZES = (16, 32, 64, 128, 256)
@@ -43,21 +42,9 @@ def check_leftpad(cache_leftpad: torch.Tensor | None, batch: int) -> None:
 
 
 def check_window(window: Any) -> int:
-    """``window=(left, right)`` with entries >= -1 (-1: unbounded); returns ``left`` (the query is
-    the last position of its sequence, so ``right`` never hides a key)."""
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
-        raise ValueError(f"window must be a pair of ints (left, right), got {window!r}")
-    if min(window) < -1:
-        raise ValueError(f"window entries must be >= -1 (-1: unbounded), got {tuple(window)}")
-    return int(window[0])
-
-
-def check_softcap(softcap: Any) -> float:
-    if (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
-            or not 0 <= softcap < math.inf):
-        raise ValueError(f"softcap must be a finite float >= 0 (0: off), got {softcap!r}")
-    return float(softcap)
+    """``window=(left, right)`` (``checks.window_pair``); returns ``left``: the query is the
+    last position of its sequence, so ``right`` never hides a key."""
+    return window_pair(window)[0]
 
 
 def check_alibi(alibi_slopes: torch.Tensor | None, batch: int, num_q_heads: int) -> int:

@@ -10,11 +10,11 @@ import triton
 import triton.language as tl
 
 from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype, expect_shape,
-                            expect_tensor)
+                            expect_tensor, softcap_value)
 from seqtune.custom_ops import encode_config, expect_tensors
 from seqtune.kernels.attention_decode.features import (check_alibi, check_block_table,
-                                                      check_leftpad, check_softcap,
-                                                      check_window, longest_visible)
+                                                      check_leftpad, check_window,
+                                                      longest_visible)
 from seqtune.kernels.attention_decode.kernel import decode_combine_kernel, decode_split_kernel
 from seqtune.launch import backend_options, launch, new_output
 from seqtune.loader import config_for
@@ -88,7 +88,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     o, lse = torch.ops.seqtune.attention_decode(
         q, k_cache, v_cache, cache_seqlens, None if scale is None else float(scale),
         encode_config("config", config), block_table, cache_leftpad, window_left,
-        check_softcap(softcap), alibi_slopes)
+        softcap_value(softcap), alibi_slopes)
     return (o, lse) if return_lse else o
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from seqtune import checks
-from seqtune.checks import expect_float, expect_same_dtype, expect_shape, expect_tensor
+from seqtune.checks import (expect_float, expect_same_dtype, expect_shape, expect_tensor,
+                            softcap_value, window_pair)
 from seqtune.kernels import attention, attention_decode
-from seqtune.kernels.attention.op import softcap_value, window_pair
 from seqtune.kernels.attention.varlen import check_offsets
 
 # attention_decode's head dims; other dims decode through the packed attention kernel.
