@@ -123,7 +123,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
 def _paged_keys(q, k, v, cu_seqlens_k, block_table):
     """The paged cache's visible keys and values packed by ``cu_seqlens_k`` as
-    ``[total_k, Hkv, *]``: a differentiable gather through ``_slots``, as the kvcache path."""
+    ``[total_k, Hkv, *]``: the kvcache path's gather (``_gather_keys``)."""
     expect_tensor("k", k, 4)
     expect_tensor("v", v, 4)
     num_blocks, block_size, kv_heads = k.shape[:3]
@@ -138,11 +138,8 @@ def _paged_keys(q, k, v, cu_seqlens_k, block_table):
     lengths = cu_seqlens_k.diff().long()
     if checks.host_reads_allowed(cu_seqlens_k):  # a GPU's gather asserts on out-of-range indices
         _check_pages(lengths, block_table, block_size, capacity, num_blocks)
-    rows = torch.repeat_interleave(torch.arange(sequences, device=q.device), lengths,
-                                   output_size=total)
-    starts = torch.repeat_interleave(cu_seqlens_k[:-1].long(), lengths, output_size=total)
-    slots = _slots(k, rows, torch.arange(total, device=q.device) - starts, block_table)
-    return k[slots], v[slots]
+    rows = torch.arange(sequences, device=q.device)
+    return _gather_keys(k, v, rows, torch.zeros_like(rows), lengths, total, block_table)
 
 
 def _check_pages(lengths, block_table, block_size, capacity, num_blocks):
@@ -351,6 +348,18 @@ def _slots(k_cache, rows, positions, block_table):
     return blocks, positions % block_size
 
 
+def _gather_keys(k_cache, v_cache, rows, starts, counts, total, block_table):
+    """Cache positions ``[starts[b], starts[b] + counts[b])`` of each sequence b (cache row, or
+    block-table row, ``rows[b]``) laid end to end: ``(keys, values) [total, Hkv, *]``, a
+    differentiable gather (``total`` is ``counts.sum()``, known to the caller)."""
+    row_of_key = torch.repeat_interleave(rows, counts, output_size=total)
+    first_key = torch.cumsum(counts, 0) - counts
+    position_of_key = (torch.arange(total, device=rows.device)
+                       + torch.repeat_interleave(starts - first_key, counts, output_size=total))
+    slots = _slots(k_cache, row_of_key, position_of_key, block_table)
+    return k_cache[slots], v_cache[slots]
+
+
 def _append(k_cache, v_cache, k, v, rows, lengths, block_table):
     """Writes k, v [B, T_new, Hkv, *] into the cache after their cached lengths (in place, into
     the blocks ``block_table`` names for a paged cache); returns the new lengths."""
@@ -395,13 +404,8 @@ def _attend_packed(q, k_cache, v_cache, rows, lengths, starts, scale, causal, bl
     batch, queries = q.shape[:2]
     counts = lengths - starts
     total = int(counts.sum())
-    row_of_key = torch.repeat_interleave(rows, counts, output_size=total)
-    first_key = torch.cumsum(counts, 0) - counts
-    position_of_key = (torch.arange(total, device=q.device)
-                       + torch.repeat_interleave(starts - first_key, counts, output_size=total))
-    slots = _slots(k_cache, row_of_key, position_of_key, block_table)
-    keys = k_cache[slots].unsqueeze(0)
-    values = v_cache[slots].unsqueeze(0)
+    keys, values = (t.unsqueeze(0) for t in _gather_keys(k_cache, v_cache, rows, starts, counts,
+                                                         total, block_table))
     offsets = torch.zeros(batch + 1, dtype=torch.int64, device=q.device)
     offsets[1:] = torch.cumsum(counts, 0)
     query_offsets = torch.arange(batch + 1, device=q.device) * queries
