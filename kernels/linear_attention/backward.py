@@ -386,12 +386,8 @@ def _state_inner(hs, dhs, final, slot, bh, h, H, more, K: tl.constexpr, V: tl.co
     """<S, dH> summed over the whole [K, V] state (scalar decay's term from later steps), S and
     dH as in ``_boundary_grad``. One [BK, BK] accumulator reduced once at the end: reducing
     every block to a scalar inside the loops left an 8 B stack spill on sm_80."""
-    if more:
-        after = hs + ((slot + 1) * H + h) * K * V
-    else:
-        after = final + bh * K * V
+    after, grad = _boundary_states(hs, dhs, final, slot, bh, h, H, more, K, V)
     live = (tl.full([BK], HAS_FINAL, tl.int32) + more.to(tl.int32)) > 0
-    grad = dhs + (slot * H + h) * K * V
     acc = tl.zeros([BK, BK], dtype=tl.float32)
     for k0 in range(0, K, BK):
         d = k0 + tl.arange(0, BK)
@@ -411,14 +407,10 @@ def _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K: tl.conste
     """sum_v S[d, v] dH[d, v], [BK], for the state S after chunk ``slot`` (the next chunk's
     state, or the final one after the last chunk: zero without it, whose gradient is zero too)
     and dH, the chunk's slot of ``dhs``."""
-    if more:
-        after = hs + ((slot + 1) * H + h) * K * V
-    else:
-        after = final + bh * K * V
+    after, grad = _boundary_states(hs, dhs, final, slot, bh, h, H, more, K, V)
     live = d_mask
     if not HAS_FINAL:
         live = d_mask & (tl.full([BV], 1, tl.int32) * more.to(tl.int32) > 0)
-    grad = dhs + (slot * H + h) * K * V
     total = tl.sum(tl.zeros([BV, BV], dtype=tl.float32), axis=1)
     for e0 in range(0, V, BV):
         e = e0 + tl.arange(0, BV)
@@ -427,6 +419,17 @@ def _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K: tl.conste
         total += tl.sum(tl.load(after + block, mask=block_mask, other=0.0)
                         * tl.load(grad + block, mask=block_mask, other=0.0), axis=1)
     return total
+
+
+@triton.jit
+def _boundary_states(hs, dhs, final, slot, bh, h, H, more, K: tl.constexpr, V: tl.constexpr):
+    """Pointers to the [K, V] state S after chunk ``slot`` (the next chunk's state, or the final
+    one after the last chunk) and to dH, the chunk's slot of ``dhs``."""
+    if more:
+        after = hs + ((slot + 1) * H + h) * K * V
+    else:
+        after = final + bh * K * V
+    return after, dhs + (slot * H + h) * K * V
 
 
 @triton.jit
