@@ -222,9 +222,9 @@ class KernelSpec:
         """What runs without tuning: the default config if it is valid for ``problem`` on a
         device with ``limits``, else a valid one close to it (first one knob changed, nearest
         values first; then two knobs; then knobs moved to their smallest values one after
-        another, warps last, since what makes a config invalid is nearly always too large a tile or too many
-        stages). A few hundred checks at most (milliseconds), so a new shape never stalls the
-        launch path. On AMD it carries the backend's knobs at their defaults."""
+        another, warps last, since what makes a config invalid is nearly always too large a
+        tile or too many stages). A few hundred checks at most (milliseconds), so a new shape
+        never stalls the launch path. On AMD it carries the backend's knobs at their defaults."""
         return {**self._default_for(problem, limits), **_knob_defaults(backend_knobs(limits))}
 
     def _default_for(self, problem: Problem, limits: DeviceLimits) -> Config:

@@ -13,7 +13,8 @@ Where it patches, and why there:
   installed), looked up in the module's globals at call time. Each patched layer *instance* gets
   the methods that reach those functions rebuilt from its class's own code with a globals
   mapping in which those names are seqtune's functions (``hf_kernels.HUB_FUNCTIONS``), every
-  other name read live from the modeling module; decorators around them are rebuilt too.
+  other name as the modeling module held it at patch time; decorators around them are rebuilt
+  too.
   Nothing process-wide changes: another model of the same class, patched or not, runs as before.
 - Attention layers that dispatch through transformers' ``AttentionInterface`` get seqtune's
   attention under the name ``"seqtune"`` (``hf_attention.seqtune_attention``, with
@@ -193,13 +194,14 @@ def _rebuilt_methods(cls: type) -> tuple[str, dict[str, Callable]] | None:
     # dict lookups (names a dict subclass supplied lazily were missing to it), and guards a
     # global of a scope that has a ``__name__`` through that module, where the name is the hub
     # wrapper and not seqtune's function; without it, dynamo guards this dict itself.
-    live = {name: value for name, value in module_globals.items() if name != "__name__"}
-    live.update(overrides)
+    patched_globals = {name: value for name, value in module_globals.items()
+                       if name != "__name__"}
+    patched_globals.update(overrides)
     for name, helper in plan.helpers.items():  # module functions reaching a hub function
-        live[name] = _copy_function(helper, live, helper.__closure__)
+        patched_globals[name] = _copy_function(helper, patched_globals, helper.__closure__)
     rebuilt = {}
     for name in plan.methods:
-        method = _rebuild(cls, name, live)
+        method = _rebuild(cls, name, patched_globals)
         if method is None:
             return None
         rebuilt[name] = method
@@ -213,15 +215,15 @@ def _plain_method(cls: type, name: str) -> types.FunctionType:
     return method
 
 
-def _rebuild(cls: type, name: str, live: dict) -> Callable | None:
-    """``cls.<name>`` rebuilt on the ``live`` globals, its decorators (functools.wraps wrappers
+def _rebuild(cls: type, name: str, patched_globals: dict) -> Callable | None:
+    """``cls.<name>`` rebuilt on ``patched_globals``, its decorators (functools.wraps wrappers
     holding the function in their closure) rebuilt around it; None, with a warning, if they
     cannot be."""
     chain = [getattr(cls, name)]
     while hasattr(chain[-1], "__wrapped__"):
         chain.append(chain[-1].__wrapped__)
     original = chain[-1]
-    rebuilt = _copy_function(original, live, original.__closure__)
+    rebuilt = _copy_function(original, patched_globals, original.__closure__)
     for wrapper, inner in zip(reversed(chain[:-1]), reversed(chain[1:])):
         rebuilt = _rewrap(wrapper, inner, rebuilt)
         if rebuilt is None:

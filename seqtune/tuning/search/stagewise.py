@@ -84,7 +84,7 @@ class Stagewise:
         interpreter pins them); then the stage knobs' product, which the caller cuts short."""
         yield config
         free = [p for p in space.params if space.stage_of(p) is not None]
-        nearest = {p: sorted(space.params[p], key=lambda v, c=config[p]: (v != c, value_distance(v, c)))
+        nearest = {p: sorted(space.params[p], key=lambda v, c=config[p]: value_distance(v, c))
                    for p in free}
         for stage in space.stages:
             params = [p for p in free if space.stage_of(p) == stage]
