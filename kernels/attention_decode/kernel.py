@@ -18,6 +18,8 @@ sees no key has only such splits and gets a zero output (and a final lse of +inf
 import triton
 import triton.language as tl
 
+from seqtune.kernels.attention.kernel import tanh
+
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -110,10 +112,7 @@ def decode_split_kernel(
                       mask=key_valid[None, :], other=0.0).to(DOT_DTYPE)
         scores = tl.dot(q, k_t, input_precision="ieee") * scale
         if SOFTCAP:
-            # tanh from exp2 of a non-positive argument: no overflow at any score.
-            decay = tl.exp2(tl.abs(scores) / softcap * (-2.0 * LOG2E))
-            capped = softcap * (1.0 - decay) / (1.0 + decay)
-            scores = tl.where(scores < 0, -capped, capped)
+            scores = softcap * tanh(scores / softcap)  # the prefill kernel's overflow-free tanh
         if ALIBI:
             distance = (seqlen - 1 - positions).to(tl.float32)
             scores -= slopes[:, None] * distance[None, :]
