@@ -14,6 +14,7 @@ from seqtune.kernels.delta_rule.stages import run_forward
 from seqtune.kernels.delta_rule.varlen import (Bounds, check_cu_seqlens, packing,
                                               uniform_bounds)
 from seqtune.launch import new_output
+from seqtune.loader import config_for
 from seqtune.spec import Config, dtype_name
 
 KERNEL = "delta_rule"
@@ -108,11 +109,33 @@ def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_stat
         out = new_output((*q.shape[:2], *v.shape[2:]), q.dtype, q.device)
         final = _unchanged_state(initial_state, state_shape, q.device)
         return out, final if output_final_state else None
-    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-    g = None if g is None else g.contiguous()
-    h0 = None if initial_state is None else initial_state.contiguous()
+    q, k, v, beta, g, h0 = _contiguous(q, k, v, beta, g, initial_state)
     pack = packing(bounds, cfg["BT"], q.device)
-    return run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)
+    return run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)[:2]
+
+
+def delta_rule_chunk_states(q, k, v, beta, g, scale, initial_state, output_final_state,
+                            cu_seqlens, chunk: int):
+    """The forward with fla's chunk boundaries (the tuned config with BT pinned to ``chunk``),
+    also returning the states entering each chunk, which the state stage stores anyway:
+    (o, final state or None, states ``[B, NT, HV, K, V]``, or ``[1, total chunks, HV, K, V]``
+    when packed, in q's dtype). No autograd: fla's ``return_intermediate_states``."""
+    problem, bounds, scale, _ = prepare(q, k, v, beta, g, scale, initial_state, cu_seqlens)
+    cfg = config_for(KERNEL, problem, {**config_for(KERNEL, problem, None), "BT": chunk})
+    q, k, v, beta, g, h0 = _contiguous(q, k, v, beta, g, initial_state)
+    pack = packing(bounds, chunk, q.device)
+    o, final, states = run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack)
+    if cu_seqlens is None:
+        return o, final, states.view(q.shape[0], -1, *states.shape[1:])
+    # packed: the state buffer has spare rows past the real chunks (a bound from the shapes)
+    return o, final, states[:int(pack.chunk_offsets[-1])].unsqueeze(0)
+
+
+def _contiguous(q, k, v, beta, g, initial_state) -> tuple:
+    """The kernels' operands: contiguous, the optional ones None when absent."""
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    return (q, k, v, beta, None if g is None else g.contiguous(),
+            None if initial_state is None else initial_state.contiguous())
 
 
 def _validate(q, k, v, beta, g, initial_state, scale) -> str:

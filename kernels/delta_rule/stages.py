@@ -95,7 +95,8 @@ def output_stage(q, g, terms: ChunkTerms, u, states, scale, cfg, pack):
 
 
 def run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack):
-    """The three stages on contiguous inputs: (o, final state or None)."""
+    """The three stages on contiguous inputs: (o, final state or None, the states entering each
+    chunk, as the state stage stores them)."""
     terms = wy_stage(q, k, v, beta, g, cfg, pack)
     u, states, final = state_stage(q, v, g, terms, h0, output_final_state, cfg, pack)
-    return output_stage(q, g, terms, u, states, scale, cfg, pack), final
+    return output_stage(q, g, terms, u, states, scale, cfg, pack), final, states

@@ -35,10 +35,7 @@ import torch.nn.functional as F
 from seqtune.checks import expect_shape
 from seqtune.kernels import (delta_rule, delta_rule_step, linear_attention,
                              linear_attention_step)
-from seqtune.kernels.delta_rule import op as kernel_op
-from seqtune.kernels.delta_rule.stages import output_stage, state_stage, wy_stage
-from seqtune.kernels.delta_rule.varlen import packing
-from seqtune.loader import config_for
+from seqtune.kernels.delta_rule.op import delta_rule_chunk_states
 
 L2NORM_EPS = 1e-6
 
@@ -243,15 +240,15 @@ def _run_delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_stat
     """The delta rule on the chunkwise op; a fused_recurrent_* call (``recurrent``) whose
     sequences are single tokens and that needs no gradient runs ``delta_rule_step`` instead.
     o is in v's dtype. ``states_chunk``: also the states entering each chunk of that many
-    tokens (``_delta_rule_states``), a third result."""
+    tokens (``delta_rule_chunk_states``), a third result."""
     if use_qk_l2norm_in_kernel:
         q, k = _l2norm(q), _l2norm(k)
     out_dtype = v.dtype if isinstance(v, torch.Tensor) else None
     q, k, v, (beta, g) = _one_dtype(q, k, v, (beta, g))
     initial_state = _state_in(initial_state, state_v_first)
     if states_chunk is not None:
-        o, final, h = _delta_rule_states(q, k, v, beta, g, scale, initial_state,
-                                         output_final_state, cu_seqlens, states_chunk)
+        o, final, h = delta_rule_chunk_states(q, k, v, beta, g, scale, initial_state,
+                                              output_final_state, cu_seqlens, states_chunk)
         return o.to(out_dtype), _state_out(final, state_v_first), _state_out(h, state_v_first)
     if (recurrent and _one_token_each(q, cu_seqlens)
             and not _needs_grad(q, k, v, beta, g, initial_state)):
@@ -374,7 +371,7 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     ``(o, final_state)`` as ``chunk_gated_delta_rule``; with ``return_intermediate_states``
     (inference mode only, as fla) ``(o, final_state, h)``: h the state entering each chunk of
     ``chunk_size`` (default 64) tokens, ``[B, NT, HV, K, V]`` (``[1, total chunks, ...]`` when
-    packed) in q/k/v's dtype, without the final state (``_delta_rule_states``). Not supported:
+    packed) in q/k/v's dtype, without the final state (``delta_rule_chunk_states``). Not supported:
     ``cp_context``.
     """
     function = "chunk_kda"
@@ -405,28 +402,6 @@ def _check_intermediate_states(function: str, disable_recompute: bool) -> None:
     if disable_recompute:
         raise ValueError(f"{function}: return_intermediate_states=True needs "
                          f"disable_recompute=False, as in fla")
-
-
-def _delta_rule_states(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
-                       chunk):
-    """The chunkwise forward with fla's chunk boundaries (BT pinned to ``chunk``), keeping the
-    states its state stage stores anyway: (o, final state or None, h [B, NT, HV, K, V], or
-    [1, total chunks, HV, K, V] when packed, in q's dtype). No autograd (inference mode)."""
-    problem, bounds, scale, _ = kernel_op.prepare(q, k, v, beta, g, scale, initial_state,
-                                                  cu_seqlens)
-    cfg = config_for(kernel_op.KERNEL, problem,
-                     {**config_for(kernel_op.KERNEL, problem, None), "BT": chunk})
-    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-    g = None if g is None else g.contiguous()
-    h0 = None if initial_state is None else initial_state.contiguous()
-    pack = packing(bounds, chunk, q.device)
-    terms = wy_stage(q, k, v, beta, g, cfg, pack)
-    u, states, final = state_stage(q, v, g, terms, h0, output_final_state, cfg, pack)
-    o = output_stage(q, g, terms, u, states, scale, cfg, pack)
-    if cu_seqlens is None:
-        return o, final, states.view(q.shape[0], -1, *states.shape[1:])
-    # packed: the state buffer has spare rows past the real chunks (a bound from the shapes)
-    return o, final, states[:int(pack.chunk_offsets[-1])].unsqueeze(0)
 
 
 def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
