@@ -12,6 +12,7 @@ chunk_simple_gla stands in, fed Mamba-2's q = C, k = B, v = dt x, g = A dt, scal
 Usage:
 
     TRITON_INTERPRET=1 python benchmarks/precision.py [--lengths 64,1000] [--heads 2] [--dim 32]
+        [--ops ssd,gla,kda] [--dtypes bfloat16,float16]
 
 On a CPU the kernels run in the Triton interpreter (exact fp32 dots for bf16 operands under
 the interpreter: the dot operands are still rounded to bf16 first, as on the GPU).
@@ -227,16 +228,22 @@ def main() -> None:
     parser.add_argument("--lengths", default="64,1000")
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--ops", default=",".join(OPS),
+                        help="comma-separated labels or their first words (e.g. ssd,kda)")
+    parser.add_argument("--dtypes", default="bfloat16,float16")
     args = parser.parse_args()
+    chosen = [label for label in OPS
+              if any(label == op or label.split()[0] == op for op in args.ops.split(","))]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fla_ops, fla_line = load_fla()
     print(f"device {device}; errors against float64, max: max |err| / max |ref|, rms: fla's "
           f"RMS ratio; outputs o, final state")
     print(fla_line)
-    for label, (spec_name, fields) in OPS.items():
+    for label in chosen:
+        spec_name, fields = OPS[label]
         spec = get_spec(spec_name)
         for T in (int(t) for t in args.lengths.split(",")):
-            for dtype in ("bfloat16", "float16"):
+            for dtype in args.dtypes.split(","):
                 p = problem(spec_name, fields, T, args.heads, args.dim, dtype)
                 inputs = spec.make_inputs(p, device, 0)
                 reference = spec.reference(inputs)
