@@ -2,7 +2,8 @@
 tiny random Gemma 2 (alternating sliding and full layers, soft-capped logits) and Mistral
 (a sliding window on every layer) give their unpatched logits (transformers' eager path) and
 identical cached greedy tokens, also with a left-padded batch; the windows are shorter than
-the prompts, so they matter."""
+the prompts, so they matter. A hybrid with sliding layers, LFM3 (a short convolution, a sliding
+and a full attention layer), does too with all three layers patched."""
 from __future__ import annotations
 
 import pytest
@@ -39,6 +40,17 @@ def build(name: str):
             layer.self_attn.q_proj.weight.mul_(SHARPEN)
             layer.self_attn.k_proj.weight.mul_(SHARPEN)
     return model
+
+
+def build_lfm3():
+    """Tiny LFM3: its q/k norms make the scores independent of the projections' scale, so it
+    is not sharpened; the window (5 of 23 tokens) still changes the output (see below)."""
+    config = transformers.AutoConfig.for_model(
+        "lfm3", **{**SIZES, "num_hidden_layers": 3, "tie_word_embeddings": False,
+                   "layer_types": ["conv", "sliding_attention", "full_attention"]},
+        attn_implementation="eager")
+    torch.manual_seed(0)
+    return transformers.Lfm3ForCausalLM(config).eval()
 
 
 def tokens(shape, seed=0):
@@ -80,6 +92,24 @@ def test_left_padded_windowed_generation_matches():
             got_sequences, got_step_logits = generate(model, prompt, mask)
     assert torch.equal(got_sequences, sequences)
     torch.testing.assert_close(got_step_logits, step_logits, **TOLERANCE)
+
+
+def test_a_hybrid_with_sliding_layers_matches_the_unpatched_model():
+    model = build_lfm3()
+    batch = tokens((2, LENGTH))
+    with torch.no_grad():
+        logits = model(batch).logits
+        sequences, step_logits = generate(model, batch[:, :PROMPT])
+        with patched(model) as counts:
+            assert counts == {"short_conv": 1, "attention": 2}
+            torch.testing.assert_close(model(batch).logits, logits, **TOLERANCE)
+            got_sequences, got_step_logits = generate(model, batch[:, :PROMPT])
+        assert torch.equal(got_sequences, sequences)
+        torch.testing.assert_close(got_step_logits, step_logits, **TOLERANCE)
+        # Not vacuous: the same weights with a full layer in place of the sliding one differ.
+        assert model.model.layers[1].self_attn.sliding_window == WINDOW
+        model.config.layer_types[1] = "full_attention"
+        assert not torch.allclose(model(batch, use_cache=False).logits, logits, atol=1e-2)
 
 
 def test_the_window_changes_the_output():
