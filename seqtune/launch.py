@@ -4,6 +4,7 @@ knowing a kernel's internals.
 - ``launch(kernel, grid, *args, **kwargs)``: every Triton launch goes through it. Normally it is
   ``kernel[grid](*args, **kwargs)``; under ``capture_launches()`` it records the launch instead
   of running it (``seqtune check`` compiles the recorded launches for GPU targets).
+  Interpreted launches round float32 to bfloat16 as GPUs do (``seqtune.interpreter_rounding``).
 - ``new_output(shape, dtype, device)``: every output a kernel writes is allocated through it.
   Under ``poisoned_outputs()`` it is NaN-filled, so a config that leaves part of an output
   unwritten fails its correctness check instead of passing on leftover memory.
@@ -41,13 +42,18 @@ def launch(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     if recorded is not None:
         recorded.append(Launch(kernel, grid, args, kwargs))
         return
-    _expect_runnable_here(kernel, args)
-    kernel[grid](*args, **kwargs)
+    if not _expect_runnable_here(kernel, args):
+        kernel[grid](*args, **kwargs)
+        return
+    from seqtune.interpreter_rounding import gpu_rounding
+
+    with gpu_rounding():
+        kernel[grid](*args, **kwargs)
 
 
-def _expect_runnable_here(kernel: Any, args: tuple[Any, ...]) -> None:
-    """CPU tensors run only in the Triton interpreter; a compiled kernel given them would fail
-    deep inside Triton ("0 active drivers"). Say so in one line instead."""
+def _expect_runnable_here(kernel: Any, args: tuple[Any, ...]) -> bool:
+    """Whether ``kernel`` runs in the Triton interpreter. CPU tensors run only there; a compiled
+    kernel given them would fail deep inside Triton ("0 active drivers"): say so in one line."""
     interpreted = type(kernel).__name__ == "InterpretedFunction"
     if not interpreted and any(isinstance(a, torch.Tensor) and a.device.type == "cpu"
                                for a in args):
@@ -55,6 +61,7 @@ def _expect_runnable_here(kernel: Any, args: tuple[Any, ...]) -> None:
         raise RuntimeError(f"{name}: CPU tensors need the Triton interpreter: set "
                            "TRITON_INTERPRET=1 before triton is first imported (or pass CUDA "
                            "tensors)")
+    return interpreted
 
 
 def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
