@@ -17,7 +17,8 @@ ROOT = Path(seqtune.__file__).parent
 MAX_LINES = 600
 # Lowest first: a module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    ("seqtune.errors", "seqtune.events", "seqtune.spec", "seqtune.launch", "seqtune.checks",
+    ("seqtune.errors", "seqtune.events", "seqtune.spec", "seqtune.launch",
+     "seqtune.interpreter_rounding", "seqtune.checks",
      "seqtune.baselines"),
     ("seqtune.device", "seqtune.registry", "seqtune.agreement", "seqtune.store",
      "seqtune.workload"),
