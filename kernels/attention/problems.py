@@ -172,8 +172,7 @@ PRESETS = {
         problem(1, 4096, 4096, 16, 4, 128, True, "bfloat16", N=8, varlen=True),
     ),
     # Realistic LLM prefill: B*Hq from 32 to 256, T from 1k to 16k, GQA, bf16; packed training
-    # batches; head dims 80/96 (Phi, older GPTs) and MLA's 192/128; Mistral's sliding window of
-    # 4096 keys at 16k.
+    # batches; head dims 80/96 (Phi, older GPTs) and MLA's 192/128.
     "default": (
         problem(16, 1024, 1024, 16, 16, 64, False, "bfloat16"),
         problem(8, 2048, 2048, 32, 8, 128, True, "bfloat16"),
@@ -185,11 +184,12 @@ PRESETS = {
         problem(1, 16384, 16384, 32, 8, 128, True, "bfloat16", N=16, varlen=True),
         problem(4, 4096, 4096, 32, 32, 80, True, "bfloat16"),
         problem(4, 4096, 4096, 16, 16, 192, True, "bfloat16", Dv=128),
-        problem(1, 16384, 16384, 32, 8, 128, True, "bfloat16", window=4096),
     ),
 }
 PRESETS["full"] = PRESETS["default"] + (
-    # Gemma 2's and Gemma 3's local layers: windows of 4096 and 1024 keys, head dim 256.
+    # Sliding windows: Mistral's 4096 keys at 16k, Gemma 2's 4096 (head dim 256) and Gemma 3's
+    # 1024 local layers.
+    problem(1, 16384, 16384, 32, 8, 128, True, "bfloat16", window=4096),
     problem(2, 8192, 8192, 16, 8, 256, True, "bfloat16", window=4096),
     problem(2, 8192, 8192, 32, 16, 128, True, "bfloat16", window=1024),
     problem(4, 4096, 4096, 32, 8, 128, False, "bfloat16"),
