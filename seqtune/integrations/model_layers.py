@@ -68,7 +68,8 @@ def silu(config: Mapping[str, Any]) -> bool:
 
 def attention_layer(config: Mapping[str, Any], count: int, head_dim: int | None = None,
                value_dim: int | None = None, kv_heads: int | None = None) -> Layer:
-    """Full attention layers; ``attention_layers`` gives a model's sliding ones their window."""
+    """Attention layers without a window (``attention_layers`` gives an attention model's
+    sliding layers theirs)."""
     heads = count_of(config, "num_attention_heads")
     if kv_heads is None:
         kv_heads = count_of(config, "num_key_value_heads", heads)
