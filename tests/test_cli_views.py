@@ -400,8 +400,9 @@ def test_the_loader_log_names_the_field_that_kept_an_entry_from_matching(tmp_pat
     import seqtune.loader
 
     monkeypatch.setenv("SEQTUNE_LOG", "1")
-    entry = seqtune.loader.Entry(problem={**get_spec("attention").presets["tiny"][0], "D": 64},
-                                 config={}, stale_reason=None, origin="test")
+    spec = get_spec("attention")  # the entry as the loader reads it: defaults filled in
+    entry = seqtune.loader.Entry(problem={**spec.problem_defaults, **spec.presets["tiny"][0],
+                                          "D": 64}, config={}, stale_reason=None, origin="test")
     profile = seqtune.loader.Profile({"attention": [entry]}, [])
     profile.best_config("attention", {**entry.problem, "D": 128})
     assert "entries differ in D (64; here 128), which must match exactly" in \

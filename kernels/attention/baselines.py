@@ -8,7 +8,7 @@ by other means.
   the second matmul. Queries go in blocks so long sequences fit in memory.
 
 Forward baselines take the spec's inputs (``q [B, T, Hq, D]``, ``k [B, S, Hkv, D]``,
-``v [B, S, Hkv, Dv]``, ``causal``, ``score``, optional ``sigmoid_bias``) and return
+``v [B, S, Hkv, Dv]``, ``causal``, ``score``, optional ``sigmoid_bias`` and ``window``) and return
 ``(o [B, T, Hq, Dv],)`` like ``spec.run``. The backward's (``BACKWARD_BASELINES``) run the same
 forward and its autograd backward and return ``(dq, dk, dv)``: the training step's attention
 cost, since neither can run its backward alone. Packed inputs (``cu_seqlens``) are refused:
@@ -29,12 +29,20 @@ from seqtune.spec import Inputs, Outputs
 SCORE_BLOCK_ELEMENTS = 1 << 28
 
 
-def visible_keys(queries: int, keys: int, causal: bool, device: torch.device) -> torch.Tensor:
+def visible_keys(queries: int, keys: int, causal: bool, device: torch.device,
+                 window: tuple[int, int] = (-1, -1)) -> torch.Tensor:
     """``[T, S]`` bool: query i sees key j (causal attention is bottom-right aligned: j <= i +
-    S - T, as the kernel defines it)."""
-    if not causal:
-        return torch.ones(queries, keys, dtype=torch.bool, device=device)
-    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    S - T, as the kernel defines it; a window ``(left, right)``, -1 unbounded, keeps
+    ``i + S - T - left <= j <= i + S - T + right``)."""
+    visible = torch.ones(queries, keys, dtype=torch.bool, device=device)
+    left, right = window
+    if causal:
+        right = 0
+    if right >= 0:
+        visible = visible.tril(keys - queries + right)
+    if left >= 0:
+        visible = visible.triu(keys - queries - left)
+    return visible
 
 
 def _dense_only(inputs: Inputs) -> None:
@@ -50,15 +58,15 @@ def sdpa_attention(inputs: Inputs) -> Outputs:
     q, k, v = (inputs[name].transpose(1, 2) for name in ("q", "k", "v"))
     queries, keys = q.shape[2], k.shape[2]
     grouped = q.shape[1] != k.shape[1]
-    if inputs["causal"] and queries == keys:
+    window = tuple(inputs.get("window", (-1, -1)))
+    if inputs["causal"] and queries == keys and window[0] < 0:
         # Top-left and bottom-right alignment agree here; is_causal keeps the flash backend.
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
     else:
-        mask = visible_keys(queries, keys, inputs["causal"], q.device)
+        mask = visible_keys(queries, keys, inputs["causal"], q.device, window)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
-        if inputs["causal"] and queries > keys:
-            # The first T - S queries see no key: SDPA gives NaN there, the op defines 0.
-            out[:, :, :queries - keys] = 0
+        # Queries that see no key (causal T > S): SDPA gives NaN there, the op defines 0.
+        out = out.masked_fill(~mask.any(dim=1)[:, None], 0)
     return (out.transpose(1, 2),)
 
 
@@ -72,7 +80,8 @@ def plain_attention(inputs: Inputs) -> Outputs:
     q = q.transpose(1, 2)  # [B, Hq, T, D]
     k_t = k.repeat_interleave(group, dim=2).permute(0, 2, 3, 1)  # [B, Hq, D, S]
     v = v.repeat_interleave(group, dim=2).transpose(1, 2)  # [B, Hq, S, D]
-    visible = visible_keys(queries, keys, inputs["causal"], q.device)
+    visible = visible_keys(queries, keys, inputs["causal"], q.device,
+                           tuple(inputs.get("window", (-1, -1))))
     bias = inputs.get("sigmoid_bias")
     bias = -math.log(max(keys, 1)) if bias is None else float(bias)
     out = torch.empty(batch, heads, queries, v.shape[3], dtype=q.dtype, device=q.device)
@@ -98,6 +107,11 @@ def forward_backward(forward: Callable[[Inputs], Outputs]) -> Callable[[Inputs],
     """A backward baseline: ``forward`` on q, k, v that require grad, then autograd with the
     inputs' upstream gradient ``do``; returns ``(dq, dk, dv)``."""
     def run(inputs: Inputs) -> Outputs:
+        if tuple(inputs.get("window", (-1, -1))) != (-1, -1):
+            # attention_bwd's spec does not pass the window to its run and reference yet
+            # (bwd_spec.FORWARD_ARGUMENTS): a windowed baseline would compute another thing.
+            raise ValueError(f"window={tuple(inputs['window'])}: the backward baselines take "
+                             f"no window (attention_bwd's run and reference have none yet)")
         leaves = {name: inputs[name].detach().requires_grad_() for name in ("q", "k", "v")}
         with torch.enable_grad():
             (out,) = forward({**inputs, **leaves})
@@ -106,9 +120,12 @@ def forward_backward(forward: Callable[[Inputs], Outputs]) -> Callable[[Inputs],
 
 
 def sdpa_training(inputs: Inputs) -> Outputs:
-    """SDPA forward and backward; refuses causal T > S, where SDPA's rows that see no key are
-    NaN and would poison the key gradients (the op defines them as zero)."""
-    if inputs["causal"] and inputs["q"].shape[1] > inputs["k"].shape[1]:
+    """SDPA forward and backward; refuses causal T > S (or a window) that leaves a query no
+    key, where SDPA's rows are NaN and would poison the key gradients (the op defines them as
+    zero)."""
+    visible = visible_keys(inputs["q"].shape[1], inputs["k"].shape[1], inputs["causal"],
+                           inputs["q"].device, tuple(inputs.get("window", (-1, -1))))
+    if not bool(visible.any(dim=1).all()):
         raise ValueError("SDPA's backward gives NaN for causal T > S (query rows with no key)")
     return forward_backward(sdpa_attention)(inputs)
 

@@ -11,6 +11,7 @@ from seqtune.checks import (expect_float, expect_same_device, expect_same_dtype,
                             softcap_value, window_pair)
 from seqtune.kernels.attention.forward import AttentionCall, run_forward
 from seqtune.kernels.attention.varlen import Packing, validate_packing
+from seqtune.kernels.attention.window import NO_WINDOW_FIELD, window_field
 from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, int_or_none,
                                 real_or_none)
 from seqtune.spec import Problem, dtype_name
@@ -124,8 +125,8 @@ def prepare(q: Any, k: Any, v: Any, *, causal: bool = False, scale: float | None
     return AttentionCall(causal=bool(causal),
                          scale=head_dim ** -0.5 if scale is None else float(scale),
                          score=score, sigmoid_bias=sigmoid_bias, packing=packing,
-                         problem=problem_of(q, k, v, causal, score, packing), window=window,
-                         softcap=softcap, alibi_slopes=alibi_slopes)
+                         problem=problem_of(q, k, v, causal, score, packing, window),
+                         window=window, softcap=softcap, alibi_slopes=alibi_slopes)
 
 
 def _validate_softmax_features(score: str, window: tuple[int, int], softcap: float,
@@ -155,10 +156,13 @@ def _validate_slopes(slopes: Any, q: torch.Tensor, sequences: int) -> None:
 
 
 def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, score: str,
-               packing: Packing | None = None) -> Problem:
+               packing: Packing | None = None, window: tuple[int, int] = NO_WINDOW) -> Problem:
     """The tuning problem (profile ``problem`` mapping) of a call. ``Dv`` appears only when the
-    value head dim differs from D, so problems with Dv == D still match the entries of older
-    profiles (which the spec's problem_defaults complete with ``N: 1, varlen: False``)."""
+    value head dim differs from D, and ``window`` (the bucketed band, ``window.window_field``)
+    only when the window hides a key, so dense problems with Dv == D still match the entries of
+    older profiles (which the spec's problem_defaults complete with ``N: 1, varlen: False,
+    window: 0``). The soft cap is no field: one tanh per score changes neither the tiles that
+    run nor what they keep, so a capped call takes the uncapped call's entries."""
     batch, queries, heads, head_dim = q.shape
     problem = {"B": batch, "T": queries, "S": k.shape[1], "Hq": heads, "Hkv": k.shape[2],
                "D": head_dim}
@@ -167,6 +171,9 @@ def problem_of(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     problem.update({"causal": bool(causal), "dtype": dtype_name(q.dtype), "score": score,
                     "N": packing.count if packing is not None else 1,
                     "varlen": packing is not None})
+    band = window_field(window, bool(causal), queries, k.shape[1])
+    if band != NO_WINDOW_FIELD:
+        problem["window"] = band
     return problem
 
 

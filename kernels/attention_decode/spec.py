@@ -7,6 +7,10 @@ anyway for its range check); ``block_size`` is the page size of a paged cache, 0
 for a contiguous one. Inputs built from a problem have a cache of capacity ``S`` (paged: in
 shuffled blocks, the last one partial) and lengths spread evenly from ``S`` down to 1, so a batch
 always holds the full length and a length-1 sequence, and FLOPs and bytes follow exactly.
+
+A sliding window reaches the problem through ``S``, with no field of its own (unlike the
+prefill's ``window``): the one query sees at most ``window[0] + 1`` keys, its splits cut only
+those, so a windowed step does the work of a cache of that length and takes its entries.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Gated DeltaNet, KDA, Mamba, Mamba-2 and short-convolution layers of every family
 ``seqtune.integrations.transformers.patch`` patches, each with the short convolution in front of
 it). ``problems_for_model`` turns them into the problems of the kernels that the patch makes
 those layers launch, field for field as the ops key them (so the tuned entries are the ones
-the patched model reads):
+the patched model reads; a sliding layer's problems carry its ``window``, as its calls'):
 
 - prefill: every batch size x length (no initial state, one sequence per row);
 - ``decode``: one token per row at every batch size (attention against a cache of every
@@ -71,14 +71,34 @@ def _conv_step(dims, batch: int, dtype: str) -> tuple[str, Problem]:
                                   "dtype": dims.get("dtype", dtype)}
 
 
+def _flash_window(dims) -> tuple[int, int]:
+    """The window the patched layer passes (``hf_attention``: transformers' flash-attention
+    window ``(sliding_window - 1, sliding_window - 1)``), ``(-1, -1)`` for a full layer."""
+    window = dims.get("window")
+    return (-1, -1) if window is None else (window - 1, window - 1)
+
+
 def _attention_problem(dims, batch: int, queries: int, keys: int, dtype: str) -> Problem:
+    # seqtune.kernels imports torch; problems_for_model, the only caller, does already.
+    from seqtune.kernels.attention.window import NO_WINDOW_FIELD, window_field
+
     problem = {"B": batch, "T": queries, "S": keys, "Hq": dims["Hq"], "Hkv": dims["Hkv"],
                "D": dims["D"]}
     if dims["Dv"] != dims["D"]:
         problem["Dv"] = dims["Dv"]
     problem.update({"causal": True, "dtype": dtype, "score": "softmax", "N": 1,
                     "varlen": False})
+    band = window_field(_flash_window(dims), True, queries, keys)
+    if band != NO_WINDOW_FIELD:  # as op.problem_of: only a window that hides a key
+        problem["window"] = band
     return problem
+
+
+def _decode_keys(dims, length: int) -> int:
+    """``attention_decode``'s S for a cache of ``length``: the keys its query sees, at most the
+    window's (``features.longest_visible``: the window's left extent plus the query itself)."""
+    left = _flash_window(dims)[0]
+    return length if left < 0 else min(length, left + 1)
 
 
 def _prefill(layer: Layer, batch: int, length: int, dtype: str) -> list[tuple[str, Problem]]:
@@ -109,7 +129,8 @@ def _decode(layer: Layer, batch: int, lengths: Sequence[int], dtype: str
     if layer.kind == "attention":
         if dims["D"] == dims["Dv"] and dims["D"] in DECODE_HEAD_DIMS:
             return [("attention_decode", {"B": batch, "Hq": dims["Hq"], "Hkv": dims["Hkv"],
-                                          "D": dims["D"], "S": length, "dtype": dtype})
+                                          "D": dims["D"], "S": _decode_keys(dims, length),
+                                          "dtype": dtype})
                     for length in lengths]
         return [("attention", _attention_problem(dims, batch, 1, length, dtype))
                 for length in lengths]
@@ -244,8 +265,10 @@ def model_coverage(problems: Mapping[str, Sequence[Problem]], profile=None
             normal = spec.bucket(problem)  # defaults filled, dtype by name
             normal.update({field: problem[field] for field in spec.size_fields
                            if field in problem})
+            # Entries the loader read have their defaults; one built by hand may not.
             scored = [(distance, entry) for entry in entries
-                      if (distance := problem_distance(spec, entry.problem, normal)) is not None]
+                      if (distance := problem_distance(
+                          spec, {**spec.problem_defaults, **entry.problem}, normal)) is not None]
             best = min(scored, key=lambda pair: pair[0], default=None)
             own = [entry for _, entry in scored
                    if spec.bucket(entry.problem) == spec.bucket(problem)]

@@ -28,6 +28,7 @@ from seqtune.integrations.model_layers import (
     Layer,
     as_config,
     attention_layer,
+    attention_layers,
     by_type,
     gated_delta_net_layers,
     kda_layers,
@@ -52,7 +53,7 @@ def model_layers(config: str | os.PathLike | Mapping[str, Any]) -> list[Layer]:
     if reader is not None:
         return reader(config)
     if "num_attention_heads" in config:
-        return [attention_layer(config, count_of(config, "num_hidden_layers"))]
+        return attention_layers(config, count_of(config, "num_hidden_layers"))
     raise ValueError(f"model config of type {shown(model_type)}: no attention or recurrent "
                      f"layers seqtune knows (supported: {', '.join(sorted(FAMILIES))}, and "
                      f"attention models with num_attention_heads)")

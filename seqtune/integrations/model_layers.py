@@ -18,6 +18,7 @@ from seqtune.integrations.config_file import (
     CONV_WIDTHS,
     DELTA_RULE_HEAD_DIMS,
     MAX_COUNT,
+    MAX_LENGTH,
     MAX_WIDTH,
     SSD_HEAD_DIMS,
     count_of,
@@ -67,8 +68,8 @@ def silu(config: Mapping[str, Any]) -> bool:
 
 def attention_layer(config: Mapping[str, Any], count: int, head_dim: int | None = None,
                value_dim: int | None = None, kv_heads: int | None = None) -> Layer:
-    # Sliding-window layers run the same attention problems (the window is an argument, not a
-    # tuning field yet): they are listed like full ones.
+    """Attention layers without a window (``attention_layers`` gives an attention model's
+    sliding layers theirs)."""
     heads = count_of(config, "num_attention_heads")
     if kv_heads is None:
         kv_heads = count_of(config, "num_key_value_heads", heads)
@@ -83,6 +84,51 @@ def attention_layer(config: Mapping[str, Any], count: int, head_dim: int | None 
                          f"num_key_value_heads={kv_heads}")
     return Layer("attention", count, {"Hq": heads, "Hkv": kv_heads, "D": head_dim,
                                       "Dv": value_dim or head_dim})
+
+
+# transformers' name of a layer whose attention has the config's ``sliding_window``
+SLIDING_TYPE = "sliding_attention"
+# Families whose configs may leave ``layer_types`` out and slide only some layers: Gemma 2
+# alternates (sliding first), Gemma 3 slides all but every ``sliding_window_pattern``-th layer.
+SLIDING_PERIODS = {"gemma2": 2, "gemma3": 6}
+
+
+def sliding_window(config: Mapping[str, Any]) -> int | None:
+    """The keys a sliding layer's query sees (itself included): ``sliding_window``, None when
+    absent, null or switched off (Qwen 2's ``use_sliding_window: false``)."""
+    if config.get("sliding_window") is None or config.get("use_sliding_window", True) is False:
+        return None
+    return positive(config, "sliding_window", None, (1, MAX_LENGTH))
+
+
+def sliding_layers(config: Mapping[str, Any], total: int) -> list[bool]:
+    """Per layer, whether it slides (when the config has a window), as transformers decides:
+    ``layer_types`` where given, else the family's period, else Qwen 2's ``max_window_layers``
+    (the layers from it on slide) with ``use_sliding_window``, else every layer (Mistral)."""
+    if config.get("layer_types"):
+        return [kind == SLIDING_TYPE for kind in layer_types_of(config, None)]
+    family = str(config.get("model_type", "")).removesuffix("_text")
+    if family in SLIDING_PERIODS:
+        period = count_of(config, "sliding_window_pattern", SLIDING_PERIODS[family])
+        return [(index + 1) % period != 0 for index in range(total)]
+    if config.get("use_sliding_window") is True:
+        first = positive(config, "max_window_layers", total, (0, MAX_COUNT))
+        return [index >= first for index in range(total)]
+    return [True] * total
+
+
+def attention_layers(config: Mapping[str, Any], total: int) -> list[Layer]:
+    """The ``total`` attention layers of an attention model: the full ones, then the sliding
+    ones with ``dims["window"]``, the config's ``sliding_window`` (what the patched layer's
+    call gets as flash-attn's window ``(window - 1, window - 1)``). The logit soft cap
+    (``attn_logit_softcapping``) is no dimension: it changes no tuning problem."""
+    layer = attention_layer(config, total)
+    window = sliding_window(config)
+    pattern = [False] * total if window is None else sliding_layers(config, total)
+    sliding = sum(pattern)
+    full = len(pattern) - sliding
+    return ([dataclasses.replace(layer, count=full)] if full else []) + (
+        [Layer("attention", sliding, {**layer.dims, "window": window})] if sliding else [])
 
 
 def layer_types_of(config: Mapping[str, Any], default: Any) -> Sequence[str]:
