@@ -205,11 +205,13 @@ def test_tuned_problems_are_what_the_patched_model_reads(monkeypatch, caplog):
 
 
 def test_short_convolution_families_give_their_layers_and_problems():
-    """LFM3: width-7 gated convolutions, its sliding-window attention not listed (patch leaves
-    it); Inkling: a convolution per channel count, each in float32 in a bfloat16 model."""
+    """LFM3: width-7 gated convolutions, full attention layers and sliding ones with their
+    window; Inkling: a convolution per channel count, each in float32 in a bfloat16 model."""
     conv = {"width": 7, "conv_bias": False, "silu": False}
+    heads = {"Hq": 16, "Hkv": 4, "D": 128, "Dv": 128}
     assert model_layers(MODELS / "lfm3-default.json") == [
-        Layer("short_conv", 13, {"conv_dim": 2048, **conv})]
+        Layer("short_conv", 13, {"conv_dim": 2048, **conv}), Layer("attention", 6, heads),
+        Layer("attention", 5, {**heads, "window": 256})]
     fp32 = {"width": 4, "conv_bias": False, "silu": False, "dtype": "float32"}
     assert model_layers(MODELS / "inkling2-default.json") == [
         Layer("short_conv", 96, {"conv_dim": 4608, **fp32}),

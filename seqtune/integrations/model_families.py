@@ -25,11 +25,13 @@ from seqtune.integrations.config_file import (
 )
 from seqtune.integrations.model_layers import (
     ATTENTION_TYPES,
+    SLIDING_TYPE,
     Layer,
     as_config,
     attention_layer,
     attention_layers,
     by_type,
+    sliding_window,
     gated_delta_net_layers,
     kda_layers,
     layer_types_of,
@@ -232,8 +234,8 @@ def _zamba(config: Mapping[str, Any]) -> list[Layer]:
 
 def _lfm2(config: Mapping[str, Any], default_width: int = 3) -> list[Layer]:
     """LFM2 and LFM3: gated short convolutions (no activation) of width ``conv_L_cache`` over
-    the hidden size, and attention. With sliding-window layers (LFM3's default) no attention is
-    listed: patch leaves such a model's attention on transformers' path."""
+    the hidden size, and attention: full layers, and sliding ones (LFM3's) with the config's
+    ``sliding_window`` as their ``window``."""
     total = count_of(config, "num_hidden_layers")
     if config.get("layer_types"):
         types = list(layer_types_of(config, None))
@@ -248,9 +250,14 @@ def _lfm2(config: Mapping[str, Any], default_width: int = 3) -> list[Layer]:
         "conv_dim": positive(config, "hidden_size"),
         "width": positive(config, "conv_L_cache", default_width, CONV_WIDTHS),
         "conv_bias": bool(config.get("conv_bias", False)), "silu": False})
-    sliding = "sliding_attention" in types
-    mapping = by_type(conv, None if sliding else _attention_if(config, types), "conv")
-    return split(types, mapping | {"sliding_attention": []})
+    attention = _attention_if(config, [kind for kind in types if kind != SLIDING_TYPE])
+    if SLIDING_TYPE in types:
+        attention = attention or attention_layer(config, 0)
+    window = sliding_window(config)  # None: the "sliding" layers attend to every key
+    sliding = [] if attention is None else [
+        attention if window is None else Layer("attention", 0, {**attention.dims,
+                                                                "window": window})]
+    return split(types, by_type(conv, attention, "conv") | {SLIDING_TYPE: sliding})
 
 
 def _lfm3(config: Mapping[str, Any]) -> list[Layer]:

@@ -143,8 +143,9 @@ def layer_types_of(config: Mapping[str, Any], default: Any) -> Sequence[str]:
 
 def split(layer_types: Sequence[str], by_type: Mapping[str, Sequence[Layer]]) -> list[Layer]:
     """The layers of ``layer_types`` (one name per layer; ``by_type`` maps a name to the layers
-    seqtune runs in it: none for an MLP, two for a hybrid block), each kind with its count, in
-    the order each first appears."""
+    seqtune runs in it: none for an MLP, two for a hybrid block), each distinct layer (kind and
+    dims: a sliding attention layer is not a full one) with its count, in the order each first
+    appears."""
     unknown = [kind for kind in layer_types if kind not in by_type]
     if unknown:
         raise ValueError(f"model config: unknown layer type {shown(unknown[0])} in layer types")
@@ -152,9 +153,10 @@ def split(layer_types: Sequence[str], by_type: Mapping[str, Sequence[Layer]]) ->
     layers: dict[str, Layer] = {}
     for name in layer_types:
         for layer in by_type[name]:
-            counts[layer.kind] = counts.get(layer.kind, 0) + 1
-            layers.setdefault(layer.kind, layer)
-    return [dataclasses.replace(layer, count=counts[kind]) for kind, layer in layers.items()]
+            key = f"{layer.kind} {sorted(layer.dims.items())}"
+            counts[key] = counts.get(key, 0) + 1
+            layers.setdefault(key, layer)
+    return [dataclasses.replace(layer, count=counts[key]) for key, layer in layers.items()]
 
 
 # transformers' layer type names: attention a seqtune attention runs, and layers it leaves (MLPs,
