@@ -41,7 +41,7 @@ def _tile_configs(problem: dict) -> list[dict]:
 @pytest.mark.parametrize("tiles", [None, SMALL_TILES], ids=["default", "16x16"])
 @pytest.mark.parametrize("problem", SPEC.verify_cases, ids=_case_id)
 def test_verify_cases_agree_with_reference(problem, tiles):
-    config = dict(SPEC.default_config, **(tiles or {}))
+    config = dict(SPEC.default_for(problem, INTERPRETER_LIMITS), **(tiles or {}))
     agreement = check_case(SPEC, problem, config)
     assert agreement.ok, agreement.detail
 
@@ -192,14 +192,17 @@ def test_check_rejects_what_cannot_run():
     assert shared_memory_estimate(biggest, problem) > H100.shared_memory_per_block
     assert "shared memory" in SPEC.check(biggest, problem, H100)
     assert "BLOCK_N=128 exceeds S=40" in SPEC.check(biggest, {**problem, "S": 40}, H100)
-    assert "head dim D=300" in SPEC.check(biggest, {**problem, "D": 300}, H100)
+    assert "head dim D=600" in SPEC.check(biggest, {**problem, "D": 600}, H100)
     assert "head dim Dv=0" in SPEC.check(biggest, {**problem, "Dv": 0}, H100)
 
 
 def test_presets_and_verify_cases_accept_the_default():
+    """The default itself up to head dims of 256; over them, the one ``default_for`` picks."""
     for problem in [*SPEC.verify_cases, *(p for ps in SPEC.presets.values() for p in ps)]:
         for limits in (A100, H100):
-            assert SPEC.check(dict(SPEC.default_config), problem, limits) is None, problem
+            wide = max(problem["D"], problem.get("Dv", 0)) > 256
+            config = SPEC.default_for(problem, limits) if wide else dict(SPEC.default_config)
+            assert SPEC.check(config, problem, limits) is None, problem
 
 
 @pytest.mark.parametrize("T, S", [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1)])

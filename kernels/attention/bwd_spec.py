@@ -12,7 +12,8 @@ import torch
 
 from seqtune.kernels.attention.autograd import run_backward
 from seqtune.kernels.attention.baselines import BACKWARD_BASELINES
-from seqtune.kernels.attention.forward import head_tile
+from seqtune.kernels.attention.forward import (BACKWARD_REGISTER_WORDS, head_tile,
+                                               register_words, registers_fit)
 from seqtune.kernels.attention.op import prepare
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
@@ -43,7 +44,9 @@ SPACE = {
 # columns (D=192) next to the streamed q and dO tiles, so 16 keys against 32 queries at four
 # warps (ptxas holds these kernels to ~168 registers: 32-key tiles spilled for packed D=128 on
 # sm_90, eight warps spilled at D=192, 16 x 16 tiles left a stack frame at D=64 on sm_90); the
-# dQ program keeps three (q, dO, dQ), 64 queries with eight warps.
+# dQ program keeps three (q, dO, dQ), 64 queries with eight warps. Head dims over 256 hold
+# twice the registers: the register budget in ``check`` makes ``default_for`` take eight warps
+# for dK/dV and 32 queries for dQ there.
 DEFAULT_CONFIG = {"dkdv.BLOCK_M": 32, "dkdv.BLOCK_N": 16, "dkdv.num_warps": 4,
                   "dkdv.num_stages": 1, "dq.BLOCK_M": 64, "dq.BLOCK_N": 32, "dq.num_warps": 8,
                   "dq.num_stages": 1}
@@ -55,20 +58,44 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     for stage, rows, keys in (("dkdv", "BLOCK_M", "BLOCK_N"), ("dq", "BLOCK_M", "BLOCK_N")):
         reason = (reason or tile_fits(f"{stage}.{rows}", config[f"{stage}.{rows}"], "T", problem)
                   or tile_fits(f"{stage}.{keys}", config[f"{stage}.{keys}"], "S", problem))
+    for stage, words in register_estimates(config, problem).items():
+        reason = reason or registers_fit(f"attention_bwd {stage}", words,
+                                         BACKWARD_REGISTER_WORDS, problem["D"],
+                                         value_dim(problem))
     return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+
+
+def register_estimates(config: Config, problem: Problem) -> dict[str, float]:
+    """Registers a thread holds, per kernel: dK/dV its float32 dk and dv, the k and v tiles it
+    keeps and the q and dO tiles it streams; dQ its float32 dq and the q and dO tiles it
+    keeps (its streamed k and v tiles go to shared memory without staying live)."""
+    element = DTYPES[problem["dtype"]].itemsize
+    head_dim = head_tile(problem["D"])
+    width = head_dim + head_tile(value_dim(problem))
+    keys, streamed = config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"]
+    rows = config["dq.BLOCK_M"]
+    return {"dkdv": register_words(keys * width, (keys + streamed) * width, element,
+                                   config["dkdv.num_warps"]),
+            "dq": register_words(rows * head_dim, rows * width, element, config["dq.num_warps"])}
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:
     """Bytes of shared memory of the larger of the two kernels: the tiles a program keeps
     (dK/dV: k and v; dQ: q and dO) plus, per pipeline stage, the tiles it streams (dK/dV: q and
-    dO; dQ: k and v), head dims padded to their tiles."""
+    dO; dQ: k and v), head dims padded to their tiles. One-stage dK/dV builds also hold a
+    second copy of the query tile (one for the scores' dot, one for dK's), as cuobjdump shows
+    on sm_80 and sm_90 (pipelined builds share one)."""
     element = DTYPES[problem["dtype"]].itemsize
-    width = head_tile(problem["D"]) + head_tile(value_dim(problem))
+    head_dim = head_tile(problem["D"])
+    width = head_dim + head_tile(value_dim(problem))
 
     def kernel(kept_rows: int, streamed_rows: int, stages: int) -> int:
         return (kept_rows + stages * streamed_rows) * width * element + RESERVED_SHARED_BYTES
 
-    return max(kernel(config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"], config["dkdv.num_stages"]),
+    query_copy = (config["dkdv.BLOCK_M"] * head_dim * element
+                  if config["dkdv.num_stages"] == 1 else 0)
+    return max(kernel(config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"], config["dkdv.num_stages"])
+               + query_copy,
                kernel(config["dq.BLOCK_M"], config["dq.BLOCK_N"], config["dq.num_stages"]))
 
 
