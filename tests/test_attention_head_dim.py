@@ -10,6 +10,7 @@ from seqtune.agreement import compare
 from seqtune.kernels.attention.op import MAX_HEAD_DIM, attention
 from seqtune.kernels.attention.reference import attention_math
 from seqtune.kernels.attention.varlen import offsets_of, sequence_lengths
+from seqtune.launch import capture_launches
 from seqtune.registry import get_spec
 from seqtune.spec import DeviceLimits, Tolerance
 
@@ -81,6 +82,33 @@ def test_wide_heads_get_the_measured_spill_free_configs(D, Dv, dtype, limits):
     assert forward == {**FORWARD.default_config, "BLOCK_M": 32}
     assert backward == {**BACKWARD.default_config, "dkdv.num_warps": 8, "dq.BLOCK_M": 32}
     assert BACKWARD.check(backward, problem, limits) is None
+
+
+@pytest.mark.parametrize("limits", [A100, H100], ids=["sm80", "sm90"])
+@pytest.mark.parametrize("D, Dv", [(512, 512), (320, 512), (512, 256)])
+def test_wide_float32_backward_takes_the_least_register_tiles(D, Dv, limits):
+    """No config near the default fits float32 at these head dims; the smallest tiles with
+    eight warps (and dK apart from dV) compiled without spills on sm_80 and sm_90."""
+    problem = {"B": 2, "T": 2048, "S": 2048, "Hq": 8, "Hkv": 8, "D": D, "Dv": Dv,
+               "causal": True, "dtype": "float32", "score": "softmax"}
+    assert BACKWARD.check(dict(BACKWARD.default_config), problem, limits) is not None
+    backward = BACKWARD.default_for(problem, limits)
+    assert all(backward[f"{stage}.{knob}"] == 16 for stage in ("dkdv", "dq")
+               for knob in ("BLOCK_M", "BLOCK_N"))
+    assert backward["dkdv.num_warps"] == backward["dq.num_warps"] == 8
+    assert BACKWARD.check(backward, problem, limits) is None
+
+
+@pytest.mark.parametrize("dtype, launches", [(torch.float32, 2), (torch.bfloat16, 1)],
+                         ids=["fp32", "bf16"])
+def test_wide_float32_computes_dk_and_dv_in_launches_of_their_own(dtype, launches):
+    leaves, do, kwargs = _inputs(CASES["d512-causal-T<S"], dtype)
+    out = attention(*leaves, **kwargs)
+    with capture_launches() as captured:
+        out.backward(do)
+    flags = [(launch.kwargs["GRAD_K"], launch.kwargs["GRAD_V"]) for launch in captured
+             if launch.kernel.__name__ == "attention_bwd_dkdv_kernel"]
+    assert flags == ([(True, False), (False, True)] if launches == 2 else [(True, True)])
 
 
 @pytest.mark.parametrize("D", [64, 128, 256])

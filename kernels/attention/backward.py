@@ -101,11 +101,13 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
                        stride_dod, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                        PAD_D: tl.constexpr, PAD_DV: tl.constexpr, CAUSAL: tl.constexpr,
                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                       SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+                       SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr, GRAD_K: tl.constexpr,
+                       GRAD_V: tl.constexpr):
     """Fold the query blocks of ``[first_lo, first_hi)`` then ``[second_lo, second_hi)`` (each
     bound a multiple of BLOCK_M but the last) of one query head into the key tile's (dk, dv):
     one loop for two ranges keeps a single copy of the body. Without MASKED every row is in the
-    sequence and sees every key of the tile (keys past the sequence are computed, not stored)."""
+    sequence and sees every key of the tile (keys past the sequence are computed, not stored).
+    Only GRAD_K accumulates dk (and forms dP from v), only GRAD_V dv."""
     first_blocks = tl.cdiv(first_hi - first_lo, BLOCK_M)
     blocks = first_blocks + tl.cdiv(second_hi - second_lo, BLOCK_M)
     for block in range(0, blocks):
@@ -124,13 +126,18 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
         scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
         visible = visible_keys(keys_ok[:, None] & rows_ok[None, :], queries[None, :],
                                offs_n[:, None], lo_shift, hi_shift, CAUSAL, WINDOW)
-        dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+        if GRAD_K:
+            dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+        else:
+            dp_t = scores_t  # dV needs no dP: the gradient computed from it goes unused
         weights_t, grad_t = _score_gradient(
             scores_t, visible, queries[None, :], offs_n[:, None], lse[None, :], delta[None, :],
             dp_t, shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
             SIGMOID, MASKED)
-        dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
-        dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
+        if GRAD_V:
+            dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
+        if GRAD_K:
+            dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
     return dk, dv
 
 
@@ -213,12 +220,14 @@ def attention_bwd_dkdv_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
-        UPCAST_BF16: tl.constexpr):
+        UPCAST_BF16: tl.constexpr, GRAD_K: tl.constexpr, GRAD_V: tl.constexpr):
     """Grid ``(cdiv(S, BLOCK_N), Hkv, B)``, or packed ``(rows of the key tile table, Hkv, 1)``.
     Score tiles are kept transposed (keys as rows: ``s^T = K Q^T``), so dK and dV accumulate
     without transposing them; every tile is loaded row-major (transposed loads through pointers
     cost twice the registers). ``lse`` and ``delta`` are ``[B, Hq, T]`` with unit row stride and
-    share strides. Scores, window and slopes as in ``attention_fwd_kernel``."""
+    share strides. Scores, window and slopes as in ``attention_fwd_kernel``. GRAD_K computes
+    and stores dK, GRAD_V dV: wide heads may run one launch of each, so that a program holds
+    half the float32 accumulators."""
     seq, tile_n = locate_tile(tiles_ptr, VARLEN, False)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
     start_n = tile_n * BLOCK_N
@@ -269,21 +278,24 @@ def attention_bwd_dkdv_kernel(
             offs_d, offs_dv, d_ok, dv_ok, keys_ok, query_lo, unmasked_lo, unmasked_hi,
             query_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
             slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, True, pad_d,
-            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16, GRAD_K, GRAD_V)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
             offs_d, offs_dv, d_ok, dv_ok, keys_ok, unmasked_lo, unmasked_hi, unmasked_hi,
             unmasked_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
             slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, False, pad_d,
-            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16, GRAD_K, GRAD_V)
 
-    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
-               + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
-    tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty),
-             mask=keys_ok[:, None] & d_ok[None, :])
-    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh
-               + key_rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd)
-    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=keys_ok[:, None] & dv_ok[None, :])
+    if GRAD_K:
+        dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
+                   + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
+        tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty),
+                 mask=keys_ok[:, None] & d_ok[None, :])
+    if GRAD_V:
+        dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh
+                   + key_rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd)
+        tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty),
+                 mask=keys_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from seqtune.kernels.attention.autograd import run_backward
+from seqtune.kernels.attention.autograd import (LEAST_REGISTERS_DKDV, dkdv_launches,
+                                               dkdv_registers, run_backward)
 from seqtune.kernels.attention.baselines import BACKWARD_BASELINES
 from seqtune.kernels.attention.forward import (BACKWARD_REGISTER_WORDS, head_tile,
                                                register_words, registers_fit)
@@ -66,17 +67,17 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
 
 
 def register_estimates(config: Config, problem: Problem) -> dict[str, float]:
-    """Registers a thread holds, per kernel: dK/dV its float32 dk and dv, the k and v tiles it
-    keeps and the q and dO tiles it streams; dQ its float32 dq and the q and dO tiles it
-    keeps (its streamed k and v tiles go to shared memory without staying live)."""
+    """Registers a thread holds, per kernel: dK/dV (the larger of its launches, see
+    ``autograd.dkdv_registers``), and dQ: its float32 dq and the q and dO tiles it keeps (its
+    streamed k and v tiles go to shared memory without staying live)."""
     element = DTYPES[problem["dtype"]].itemsize
-    head_dim = head_tile(problem["D"])
-    width = head_dim + head_tile(value_dim(problem))
-    keys, streamed = config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"]
+    head_dim, dim_v = problem["D"], value_dim(problem)
+    width = head_tile(head_dim) + head_tile(dim_v)
     rows = config["dq.BLOCK_M"]
-    return {"dkdv": register_words(keys * width, (keys + streamed) * width, element,
-                                   config["dkdv.num_warps"]),
-            "dq": register_words(rows * head_dim, rows * width, element, config["dq.num_warps"])}
+    dkdv = max(dkdv_registers(config, head_dim, dim_v, element, grads)
+               for grads in dkdv_launches(head_dim, dim_v, element))
+    return {"dkdv": dkdv, "dq": register_words(rows * head_tile(head_dim), rows * width,
+                                               element, config["dq.num_warps"])}
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:
@@ -173,7 +174,26 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
 }
 
-BACKWARD_SPEC = KernelSpec(
+# What ``default_for`` falls back to when no config near the default is valid: the smallest
+# tiles with eight warps hold the fewest registers a thread. Float32 at head dims over 256 needs
+# it (three knobs away from the default, one more than the search near the default moves).
+LEAST_REGISTERS_CONFIG = {**LEAST_REGISTERS_DKDV, "dkdv.num_stages": 1, "dq.BLOCK_M": 16,
+                          "dq.BLOCK_N": 16, "dq.num_warps": 8, "dq.num_stages": 1}
+
+
+class BackwardSpec(KernelSpec):
+    """attention_bwd's spec: ``default_for`` as any spec's, then LEAST_REGISTERS_CONFIG where
+    that finds no valid config and it is valid."""
+
+    def _default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
+        config = super()._default_for(problem, limits)
+        if (not self._is_valid(config, problem, limits)
+                and self._is_valid(LEAST_REGISTERS_CONFIG, problem, limits)):
+            return dict(LEAST_REGISTERS_CONFIG)
+        return config
+
+
+BACKWARD_SPEC = BackwardSpec(
     name="attention_bwd",
     family="attention",
     description="attention backward (FlashAttention-2 style): delta, dK/dV summed over the "
