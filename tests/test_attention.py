@@ -143,9 +143,9 @@ def _bad_arguments():
     return {
         "Hq % Hkv": ((q[:, :, :3], k, v), {}, ValueError, "multiple of key/value heads"),
         "D zero": ((q[..., :0], k[..., :0], v), {}, ValueError, "head dim D=0"),
-        "D above 256": ((*_qkv(T=1, S=1, D=512),), {}, ValueError, "head dim D=512"),
-        "Dv above 256": ((q[:, :, :, :16], k[..., :16], torch.zeros(1, 53, 2, 300)), {},
-                         ValueError, "head dim Dv=300"),
+        "D above 512": ((*_qkv(T=1, S=1, D=520),), {}, ValueError, "head dim D=520"),
+        "Dv above 512": ((q[:, :, :, :16], k[..., :16], torch.zeros(1, 53, 2, 600)), {},
+                         ValueError, "head dim Dv=600"),
         "B mismatch": ((q, k[:1].repeat(2, 1, 1, 1), v[:1].repeat(2, 1, 1, 1)), {}, ValueError,
                        r"k must have shape \[B=1"),
         "D mismatch": ((q, k[..., :16], v[..., :16]), {}, ValueError, "D=32"),
