@@ -41,7 +41,7 @@ def _tile_configs(problem: dict) -> list[dict]:
 @pytest.mark.parametrize("tiles", [None, SMALL_TILES], ids=["default", "16x16"])
 @pytest.mark.parametrize("problem", SPEC.verify_cases, ids=_case_id)
 def test_verify_cases_agree_with_reference(problem, tiles):
-    config = dict(SPEC.default_config, **(tiles or {}))
+    config = dict(SPEC.default_for(problem, INTERPRETER_LIMITS), **(tiles or {}))
     agreement = check_case(SPEC, problem, config)
     assert agreement.ok, agreement.detail
 
@@ -143,9 +143,9 @@ def _bad_arguments():
     return {
         "Hq % Hkv": ((q[:, :, :3], k, v), {}, ValueError, "multiple of key/value heads"),
         "D zero": ((q[..., :0], k[..., :0], v), {}, ValueError, "head dim D=0"),
-        "D above 256": ((*_qkv(T=1, S=1, D=512),), {}, ValueError, "head dim D=512"),
-        "Dv above 256": ((q[:, :, :, :16], k[..., :16], torch.zeros(1, 53, 2, 300)), {},
-                         ValueError, "head dim Dv=300"),
+        "D above 512": ((*_qkv(T=1, S=1, D=520),), {}, ValueError, "head dim D=520"),
+        "Dv above 512": ((q[:, :, :, :16], k[..., :16], torch.zeros(1, 53, 2, 600)), {},
+                         ValueError, "head dim Dv=600"),
         "B mismatch": ((q, k[:1].repeat(2, 1, 1, 1), v[:1].repeat(2, 1, 1, 1)), {}, ValueError,
                        r"k must have shape \[B=1"),
         "D mismatch": ((q, k[..., :16], v[..., :16]), {}, ValueError, "D=32"),
@@ -192,14 +192,17 @@ def test_check_rejects_what_cannot_run():
     assert shared_memory_estimate(biggest, problem) > H100.shared_memory_per_block
     assert "shared memory" in SPEC.check(biggest, problem, H100)
     assert "BLOCK_N=128 exceeds S=40" in SPEC.check(biggest, {**problem, "S": 40}, H100)
-    assert "head dim D=300" in SPEC.check(biggest, {**problem, "D": 300}, H100)
+    assert "head dim D=600" in SPEC.check(biggest, {**problem, "D": 600}, H100)
     assert "head dim Dv=0" in SPEC.check(biggest, {**problem, "Dv": 0}, H100)
 
 
 def test_presets_and_verify_cases_accept_the_default():
+    """The default itself up to head dims of 256; over them, the one ``default_for`` picks."""
     for problem in [*SPEC.verify_cases, *(p for ps in SPEC.presets.values() for p in ps)]:
         for limits in (A100, H100):
-            assert SPEC.check(dict(SPEC.default_config), problem, limits) is None, problem
+            wide = max(problem["D"], problem.get("Dv", 0)) > 256
+            config = SPEC.default_for(problem, limits) if wide else dict(SPEC.default_config)
+            assert SPEC.check(config, problem, limits) is None, problem
 
 
 @pytest.mark.parametrize("T, S", [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1)])

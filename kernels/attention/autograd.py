@@ -12,7 +12,7 @@ import triton
 from seqtune.kernels.attention.backward import (attention_bwd_delta_kernel,
                                                 attention_bwd_dkdv_kernel, attention_bwd_dq_kernel)
 from seqtune.kernels.attention.forward import (AttentionCall, head_tile, kernel_flags, offsets,
-                                               tile_grid)
+                                               register_words, registers_fit, tile_grid)
 from seqtune.launch import backend_options, launch, new_output
 
 # Elements of O (and of dO) one program of the delta kernel reads: 32 a thread at 4 warps.
@@ -78,16 +78,49 @@ def _shared_arguments(q, k, v, grad_out, lse, delta, call) -> dict[str, Any]:
             "flags": kernel_flags(call, q, v)}
 
 
+def dkdv_registers(cfg: Mapping[str, Any], head_dim: int, value_dim: int, element_bytes: int,
+                   grads: tuple[bool, bool] = (True, True)) -> float:
+    """Registers a thread of a dK/dV program holds (``grads``: whether it computes dk, dv):
+    its float32 accumulators, the k tile it keeps (and v, for dK's dP) and the q and dO tiles
+    it streams (``forward.register_words``)."""
+    head, value = head_tile(head_dim), head_tile(value_dim)
+    keys, streamed = cfg["dkdv.BLOCK_N"], cfg["dkdv.BLOCK_M"]
+    accumulators = keys * (head * grads[0] + value * grads[1])
+    kept = keys * (head + value * grads[0])
+    return register_words(accumulators, kept + streamed * (head + value), element_bytes,
+                          cfg["dkdv.num_warps"])
+
+
+# The dK/dV tiles of the space holding the fewest registers a thread: the smallest, eight warps.
+LEAST_REGISTERS_DKDV = {"dkdv.BLOCK_M": 16, "dkdv.BLOCK_N": 16, "dkdv.num_warps": 8}
+# dK and dV run as two launches where one program for both would hold more than this even with
+# LEAST_REGISTERS_DKDV (float32 at head dims over 256): fitted to `seqtune check`, where such a
+# program at D=512, Dv=256 (144 words) spilled 48 B on sm_90 and bfloat16 at D=512 (128) none.
+SPLIT_DKDV_REGISTER_WORDS = 128
+
+
+def dkdv_launches(head_dim: int, value_dim: int,
+                  element_bytes: int) -> tuple[tuple[bool, bool], ...]:
+    """``(dk, dv)`` flags of each dK/dV launch: one for both, or one for dK and one for dV
+    (each recomputes the scores: about 1.25x the dK/dV work, against spills) where the least
+    registers one program for both can hold is over SPLIT_DKDV_REGISTER_WORDS."""
+    joint = dkdv_registers(LEAST_REGISTERS_DKDV, head_dim, value_dim, element_bytes)
+    if registers_fit("dkdv", joint, SPLIT_DKDV_REGISTER_WORDS, head_dim, value_dim) is None:
+        return ((True, True),)
+    return ((True, False), (False, True))
+
+
 def _launch_dkdv(shared: dict, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tensor,
                  k: torch.Tensor, call: AttentionCall, cfg: Mapping[str, Any]) -> None:
     block_n = cfg["dkdv.BLOCK_N"]
     grid, tiles = tile_grid(call, block_n, k.shape[0], k.shape[1], k.shape[2], keys=True)
-    launch(attention_bwd_dkdv_kernel, grid, *shared["inputs"], *shared["rows"], dk, dv,
-           *shared["offsets"], tiles, shared["alibi"], *shared["strides"],
-           *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
-           BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
-           num_warps=cfg["dkdv.num_warps"], num_stages=cfg["dkdv.num_stages"],
-           **backend_options(cfg))
+    for grad_k, grad_v in dkdv_launches(q.shape[3], dv.shape[3], q.element_size()):
+        launch(attention_bwd_dkdv_kernel, grid, *shared["inputs"], *shared["rows"], dk, dv,
+               *shared["offsets"], tiles, shared["alibi"], *shared["strides"],
+               *dk.stride(), *dv.stride(), *shared["row_strides"], *shared["scalars"],
+               BLOCK_M=cfg["dkdv.BLOCK_M"], BLOCK_N=block_n, **shared["flags"],
+               GRAD_K=grad_k, GRAD_V=grad_v, num_warps=cfg["dkdv.num_warps"],
+               num_stages=cfg["dkdv.num_stages"], **backend_options(cfg))
 
 
 def _launch_dq(shared: dict, dq: torch.Tensor, q: torch.Tensor, call: AttentionCall,

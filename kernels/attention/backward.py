@@ -101,11 +101,13 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
                        stride_dod, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                        PAD_D: tl.constexpr, PAD_DV: tl.constexpr, CAUSAL: tl.constexpr,
                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                       SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+                       SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr, GRAD_K: tl.constexpr,
+                       GRAD_V: tl.constexpr):
     """Fold the query blocks of ``[first_lo, first_hi)`` then ``[second_lo, second_hi)`` (each
     bound a multiple of BLOCK_M but the last) of one query head into the key tile's (dk, dv):
     one loop for two ranges keeps a single copy of the body. Without MASKED every row is in the
-    sequence and sees every key of the tile (keys past the sequence are computed, not stored)."""
+    sequence and sees every key of the tile (keys past the sequence are computed, not stored).
+    Only GRAD_K accumulates dk (and forms dP from v), only GRAD_V dv."""
     first_blocks = tl.cdiv(first_hi - first_lo, BLOCK_M)
     blocks = first_blocks + tl.cdiv(second_hi - second_lo, BLOCK_M)
     for block in range(0, blocks):
@@ -124,45 +126,79 @@ def _dkdv_query_blocks(dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_he
         scores_t = dot(k, tl.trans(q), None, UPCAST_BF16)
         visible = visible_keys(keys_ok[:, None] & rows_ok[None, :], queries[None, :],
                                offs_n[:, None], lo_shift, hi_shift, CAUSAL, WINDOW)
-        dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+        if GRAD_K:
+            dp_t = dot(v, tl.trans(do), None, UPCAST_BF16)
+        else:
+            dp_t = scores_t  # dV needs no dP: the gradient computed from it goes unused
         weights_t, grad_t = _score_gradient(
             scores_t, visible, queries[None, :], offs_n[:, None], lse[None, :], delta[None, :],
             dp_t, shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
             SIGMOID, MASKED)
-        dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
-        dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
+        if GRAD_V:
+            dv = dot(weights_t.to(do.dtype), do, dv, UPCAST_BF16)
+        if GRAD_K:
+            dk = dot(grad_t.to(q.dtype), q, dk, UPCAST_BF16)
     return dk, dv
 
 
 @triton.jit
-def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv, d_ok,
-                  dv_ok, rows_ok, key_lo, key_hi, k_len, shift, lo_shift, hi_shift, qk_scale,
+def _dq_key_block(dq, q, do, lse, delta, k_head, v_head, start_n, offs_m, offs_n, offs_d,
+                  offs_dv, d_ok, dv_ok, rows_ok, k_len, shift, lo_shift, hi_shift, qk_scale,
                   sigmoid_bias, softcap_in, slope_log2, stride_kn, stride_kd, stride_vn,
-                  stride_vd, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PAD_D: tl.constexpr,
-                  PAD_DV: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SIGMOID: tl.constexpr,
-                  UPCAST_BF16: tl.constexpr):
-    """Fold the key blocks from ``key_lo`` up to ``key_hi`` into dq. Without MASKED every key
-    is in the sequence and visible to every row of the tile (rows past the sequence have
-    q = dO = 0 and lse = +inf: they add nothing and are not stored)."""
-    for start_n in range(key_lo, key_hi, BLOCK_N):
-        keys = start_n + offs_n
-        keys_ok = keys < k_len
-        k = load_tile(k_head + keys.to(tl.int64)[:, None] * stride_kn
-                      + offs_d[None, :] * stride_kd, keys_ok[:, None], d_ok[None, :],
-                      MASKED, PAD_D)
-        v = load_tile(v_head + keys.to(tl.int64)[:, None] * stride_vn
-                      + offs_dv[None, :] * stride_vd, keys_ok[:, None], dv_ok[None, :],
-                      MASKED, PAD_DV)
-        scores = dot(q, tl.trans(k), None, UPCAST_BF16)
-        visible = visible_keys(rows_ok[:, None] & keys_ok[None, :], offs_m[:, None],
-                               keys[None, :], lo_shift, hi_shift, CAUSAL, WINDOW)
-        dp = dot(do, tl.trans(v), None, UPCAST_BF16)
-        _, grad = _score_gradient(scores, visible, offs_m[:, None], keys[None, :],
-                                  lse[:, None], delta[:, None], dp, shift, qk_scale,
-                                  sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
-                                  SIGMOID, MASKED)
-        dq = dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
+                  stride_vd, MASKED: tl.constexpr, PAD_D: tl.constexpr, PAD_DV: tl.constexpr,
+                  CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                  ALIBI: tl.constexpr, SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr):
+    """dq plus the key block at ``start_n``'s share."""
+    keys = start_n + offs_n
+    keys_ok = keys < k_len
+    k = load_tile(k_head + keys.to(tl.int64)[:, None] * stride_kn
+                  + offs_d[None, :] * stride_kd, keys_ok[:, None], d_ok[None, :],
+                  MASKED, PAD_D)
+    v = load_tile(v_head + keys.to(tl.int64)[:, None] * stride_vn
+                  + offs_dv[None, :] * stride_vd, keys_ok[:, None], dv_ok[None, :],
+                  MASKED, PAD_DV)
+    scores = dot(q, tl.trans(k), None, UPCAST_BF16)
+    visible = visible_keys(rows_ok[:, None] & keys_ok[None, :], offs_m[:, None],
+                           keys[None, :], lo_shift, hi_shift, CAUSAL, WINDOW)
+    dp = dot(do, tl.trans(v), None, UPCAST_BF16)
+    _, grad = _score_gradient(scores, visible, offs_m[:, None], keys[None, :],
+                              lse[:, None], delta[:, None], dp, shift, qk_scale,
+                              sigmoid_bias, softcap_in, slope_log2, SOFTCAP, ALIBI,
+                              SIGMOID, MASKED)
+    return dot(grad.to(k.dtype), k, dq, UPCAST_BF16)
+
+
+@triton.jit
+def _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv, d_ok,
+                  dv_ok, rows_ok, key_lo, key_hi, second_lo, second_hi, k_len, shift, lo_shift,
+                  hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, stride_kn,
+                  stride_kd, stride_vn, stride_vd, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                  PAD_D: tl.constexpr, PAD_DV: tl.constexpr, CAUSAL: tl.constexpr,
+                  WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                  SIGMOID: tl.constexpr, UPCAST_BF16: tl.constexpr, TWO_RANGES: tl.constexpr):
+    """Fold the key blocks from ``key_lo`` up to ``key_hi`` into dq, then with TWO_RANGES
+    those of ``[second_lo, second_hi)`` in the same loop (one copy of the body: a sliding
+    window's third copy spilled on sm_90). Without MASKED every key is in the sequence and
+    visible to every row of the tile (rows past the sequence have q = dO = 0 and lse = +inf:
+    they add nothing and are not stored)."""
+    if TWO_RANGES:
+        first_blocks = tl.cdiv(key_hi - key_lo, BLOCK_N)
+        blocks = first_blocks + tl.cdiv(second_hi - second_lo, BLOCK_N)
+        for block in range(0, blocks):
+            start_n = tl.where(block < first_blocks, key_lo + block * BLOCK_N,
+                               second_lo + (block - first_blocks) * BLOCK_N)
+            dq = _dq_key_block(dq, q, do, lse, delta, k_head, v_head, start_n, offs_m, offs_n,
+                               offs_d, offs_dv, d_ok, dv_ok, rows_ok, k_len, shift, lo_shift,
+                               hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2,
+                               stride_kn, stride_kd, stride_vn, stride_vd, MASKED, PAD_D, PAD_DV,
+                               CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+    else:
+        for start_n in range(key_lo, key_hi, BLOCK_N):
+            dq = _dq_key_block(dq, q, do, lse, delta, k_head, v_head, start_n, offs_m, offs_n,
+                               offs_d, offs_dv, d_ok, dv_ok, rows_ok, k_len, shift, lo_shift,
+                               hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2,
+                               stride_kn, stride_kd, stride_vn, stride_vd, MASKED, PAD_D, PAD_DV,
+                               CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
     return dq
 
 
@@ -213,12 +249,14 @@ def attention_bwd_dkdv_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
         SIGMOID: tl.constexpr, DEFAULT_BIAS: tl.constexpr, VARLEN: tl.constexpr,
-        UPCAST_BF16: tl.constexpr):
+        UPCAST_BF16: tl.constexpr, GRAD_K: tl.constexpr, GRAD_V: tl.constexpr):
     """Grid ``(cdiv(S, BLOCK_N), Hkv, B)``, or packed ``(rows of the key tile table, Hkv, 1)``.
     Score tiles are kept transposed (keys as rows: ``s^T = K Q^T``), so dK and dV accumulate
     without transposing them; every tile is loaded row-major (transposed loads through pointers
     cost twice the registers). ``lse`` and ``delta`` are ``[B, Hq, T]`` with unit row stride and
-    share strides. Scores, window and slopes as in ``attention_fwd_kernel``."""
+    share strides. Scores, window and slopes as in ``attention_fwd_kernel``. GRAD_K computes
+    and stores dK, GRAD_V dV: wide heads may run one launch of each, so that a program holds
+    half the float32 accumulators."""
     seq, tile_n = locate_tile(tiles_ptr, VARLEN, False)
     q_start, q_len, k_start, k_len = locate_sequence(cu_q_ptr, cu_k_ptr, seq, T, S, VARLEN)
     start_n = tile_n * BLOCK_N
@@ -269,21 +307,24 @@ def attention_bwd_dkdv_kernel(
             offs_d, offs_dv, d_ok, dv_ok, keys_ok, query_lo, unmasked_lo, unmasked_hi,
             query_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
             slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, True, pad_d,
-            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16, GRAD_K, GRAD_V)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_head, do_head, lse_ptr, delta_ptr, row_head, offs_m, offs_n,
             offs_d, offs_dv, d_ok, dv_ok, keys_ok, unmasked_lo, unmasked_hi, unmasked_hi,
             unmasked_hi, q_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
             slope_log2, stride_qt, stride_qd, stride_dot, stride_dod, BLOCK_M, False, pad_d,
-            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+            pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16, GRAD_K, GRAD_V)
 
-    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
-               + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
-    tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty),
-             mask=keys_ok[:, None] & d_ok[None, :])
-    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh
-               + key_rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd)
-    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=keys_ok[:, None] & dv_ok[None, :])
+    if GRAD_K:
+        dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh
+                   + key_rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd)
+        tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty),
+                 mask=keys_ok[:, None] & d_ok[None, :])
+    if GRAD_V:
+        dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh
+                   + key_rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd)
+        tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty),
+                 mask=keys_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
@@ -345,22 +386,30 @@ def attention_bwd_dq_kernel(
     pad_d: tl.constexpr = BLOCK_D != D
     pad_dv: tl.constexpr = BLOCK_DV != DV
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # The unmasked blocks, then the masked ones: the causal diagonal (or the window's upper
+    # edge) and the ragged end, and with a window its lower edge in the same loop. With a
+    # window both loops take the two-range form: a third loop, or two loops of different
+    # forms, spilled on sm_90 (64 and 8 B at D=192/Dv=128; 96 and 24 B with softcap, ALiBi).
+    dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
+                       d_ok, dv_ok, rows_ok, unmasked_lo, unmasked_hi, unmasked_hi, unmasked_hi,
+                       k_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
+                       slope_log2, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, False,
+                       pad_d, pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16,
+                       WINDOW)
     if WINDOW:
         dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d,
-                           offs_dv, d_ok, dv_ok, rows_ok, key_lo, unmasked_lo, k_len, shift,
-                           lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2,
-                           stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, True, pad_d,
-                           pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
-    dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
-                       d_ok, dv_ok, rows_ok, unmasked_lo, unmasked_hi, k_len, shift, lo_shift,
-                       hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, stride_kn,
-                       stride_kd, stride_vn, stride_vd, BLOCK_N, False, pad_d, pad_dv, CAUSAL,
-                       WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
-    dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d, offs_dv,
-                       d_ok, dv_ok, rows_ok, unmasked_hi, key_hi, k_len, shift, lo_shift,
-                       hi_shift, qk_scale, sigmoid_bias, softcap_in, slope_log2, stride_kn,
-                       stride_kd, stride_vn, stride_vd, BLOCK_N, True, pad_d, pad_dv, CAUSAL,
-                       WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16)
+                           offs_dv, d_ok, dv_ok, rows_ok, key_lo, unmasked_lo, unmasked_hi,
+                           key_hi, k_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias,
+                           softcap_in, slope_log2, stride_kn, stride_kd, stride_vn, stride_vd,
+                           BLOCK_N, True, pad_d, pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI,
+                           SIGMOID, UPCAST_BF16, True)
+    else:
+        dq = _dq_key_range(dq, q, do, lse, delta, k_head, v_head, offs_m, offs_n, offs_d,
+                           offs_dv, d_ok, dv_ok, rows_ok, unmasked_hi, key_hi, key_hi, key_hi,
+                           k_len, shift, lo_shift, hi_shift, qk_scale, sigmoid_bias, softcap_in,
+                           slope_log2, stride_kn, stride_kd, stride_vn, stride_vd, BLOCK_N, True,
+                           pad_d, pad_dv, CAUSAL, WINDOW, SOFTCAP, ALIBI, SIGMOID, UPCAST_BF16,
+                           False)
 
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + query_rows[:, None] * stride_dqt
                + offs_d[None, :] * stride_dqd)

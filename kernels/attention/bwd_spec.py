@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from seqtune.kernels.attention.autograd import run_backward
+from seqtune.kernels.attention.autograd import (LEAST_REGISTERS_DKDV, dkdv_launches,
+                                               dkdv_registers, run_backward)
 from seqtune.kernels.attention.baselines import BACKWARD_BASELINES
-from seqtune.kernels.attention.forward import head_tile
+from seqtune.kernels.attention.forward import (BACKWARD_REGISTER_WORDS, head_tile,
+                                               register_words, registers_fit)
 from seqtune.kernels.attention.op import prepare
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
@@ -43,7 +45,9 @@ SPACE = {
 # columns (D=192) next to the streamed q and dO tiles, so 16 keys against 32 queries at four
 # warps (ptxas holds these kernels to ~168 registers: 32-key tiles spilled for packed D=128 on
 # sm_90, eight warps spilled at D=192, 16 x 16 tiles left a stack frame at D=64 on sm_90); the
-# dQ program keeps three (q, dO, dQ), 64 queries with eight warps.
+# dQ program keeps three (q, dO, dQ), 64 queries with eight warps. Head dims over 256 hold
+# twice the registers: the register budget in ``check`` makes ``default_for`` take eight warps
+# for dK/dV and 32 queries for dQ there.
 DEFAULT_CONFIG = {"dkdv.BLOCK_M": 32, "dkdv.BLOCK_N": 16, "dkdv.num_warps": 4,
                   "dkdv.num_stages": 1, "dq.BLOCK_M": 64, "dq.BLOCK_N": 32, "dq.num_warps": 8,
                   "dq.num_stages": 1}
@@ -55,20 +59,44 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     for stage, rows, keys in (("dkdv", "BLOCK_M", "BLOCK_N"), ("dq", "BLOCK_M", "BLOCK_N")):
         reason = (reason or tile_fits(f"{stage}.{rows}", config[f"{stage}.{rows}"], "T", problem)
                   or tile_fits(f"{stage}.{keys}", config[f"{stage}.{keys}"], "S", problem))
+    for stage, words in register_estimates(config, problem).items():
+        reason = reason or registers_fit(f"attention_bwd {stage}", words,
+                                         BACKWARD_REGISTER_WORDS, problem["D"],
+                                         value_dim(problem))
     return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+
+
+def register_estimates(config: Config, problem: Problem) -> dict[str, float]:
+    """Registers a thread holds, per kernel: dK/dV (the larger of its launches, see
+    ``autograd.dkdv_registers``), and dQ: its float32 dq and the q and dO tiles it keeps (its
+    streamed k and v tiles go to shared memory without staying live)."""
+    element = DTYPES[problem["dtype"]].itemsize
+    head_dim, dim_v = problem["D"], value_dim(problem)
+    width = head_tile(head_dim) + head_tile(dim_v)
+    rows = config["dq.BLOCK_M"]
+    dkdv = max(dkdv_registers(config, head_dim, dim_v, element, grads)
+               for grads in dkdv_launches(head_dim, dim_v, element))
+    return {"dkdv": dkdv, "dq": register_words(rows * head_tile(head_dim), rows * width,
+                                               element, config["dq.num_warps"])}
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:
     """Bytes of shared memory of the larger of the two kernels: the tiles a program keeps
     (dK/dV: k and v; dQ: q and dO) plus, per pipeline stage, the tiles it streams (dK/dV: q and
-    dO; dQ: k and v), head dims padded to their tiles."""
+    dO; dQ: k and v), head dims padded to their tiles. One-stage dK/dV builds also hold a
+    second copy of the query tile (one for the scores' dot, one for dK's), as cuobjdump shows
+    on sm_80 and sm_90 (pipelined builds share one)."""
     element = DTYPES[problem["dtype"]].itemsize
-    width = head_tile(problem["D"]) + head_tile(value_dim(problem))
+    head_dim = head_tile(problem["D"])
+    width = head_dim + head_tile(value_dim(problem))
 
     def kernel(kept_rows: int, streamed_rows: int, stages: int) -> int:
         return (kept_rows + stages * streamed_rows) * width * element + RESERVED_SHARED_BYTES
 
-    return max(kernel(config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"], config["dkdv.num_stages"]),
+    query_copy = (config["dkdv.BLOCK_M"] * head_dim * element
+                  if config["dkdv.num_stages"] == 1 else 0)
+    return max(kernel(config["dkdv.BLOCK_N"], config["dkdv.BLOCK_M"], config["dkdv.num_stages"])
+               + query_copy,
                kernel(config["dq.BLOCK_M"], config["dq.BLOCK_N"], config["dq.num_stages"]))
 
 
@@ -146,7 +174,26 @@ TOLERANCES = {
     "bfloat16": Tolerance(atol=6e-2, rtol=6e-2),
 }
 
-BACKWARD_SPEC = KernelSpec(
+# What ``default_for`` falls back to when no config near the default is valid: the smallest
+# tiles with eight warps hold the fewest registers a thread. Float32 at head dims over 256 needs
+# it (three knobs away from the default, one more than the search near the default moves).
+LEAST_REGISTERS_CONFIG = {**LEAST_REGISTERS_DKDV, "dkdv.num_stages": 1, "dq.BLOCK_M": 16,
+                          "dq.BLOCK_N": 16, "dq.num_warps": 8, "dq.num_stages": 1}
+
+
+class BackwardSpec(KernelSpec):
+    """attention_bwd's spec: ``default_for`` as any spec's, then LEAST_REGISTERS_CONFIG where
+    that finds no valid config and it is valid."""
+
+    def _default_for(self, problem: Problem, limits: DeviceLimits) -> Config:
+        config = super()._default_for(problem, limits)
+        if (not self._is_valid(config, problem, limits)
+                and self._is_valid(LEAST_REGISTERS_CONFIG, problem, limits)):
+            return dict(LEAST_REGISTERS_CONFIG)
+        return config
+
+
+BACKWARD_SPEC = BackwardSpec(
     name="attention_bwd",
     family="attention",
     description="attention backward (FlashAttention-2 style): delta, dK/dV summed over the "

@@ -15,6 +15,16 @@ from seqtune.spec import Problem, next_power_of_2
 
 # tl.dot's smallest tile edge: head dims are padded to a power of two at least this large.
 MIN_HEAD_TILE = 16
+# Head tiles up to this wide run every config of the spaces as they were measured; wider ones
+# (head dims 257..512) are held to the register budget below.
+WIDE_HEAD_TILE = 256
+# 32-bit registers a thread may spend on the tiles a program holds in registers at once (its
+# float32 accumulators and the operand tiles ptxas keeps live next to them), per kernel. Fitted
+# to `seqtune check` at head tiles of 512 (and 512/256) on sm_80 and sm_90, bfloat16 and
+# float32: configs at or under these compiled without spills; over them, all spilled but the
+# float32 forward's 32 x 16 and 32 x 32 (D=512/Dv=256) tiles, which the budget gives up.
+FORWARD_REGISTER_WORDS = 128
+BACKWARD_REGISTER_WORDS = 160
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,22 @@ class AttentionCall:
 def head_tile(dim: int) -> int:
     """The power-of-two tile a head dim is padded to."""
     return max(MIN_HEAD_TILE, next_power_of_2(dim))
+
+
+def register_words(accumulator: int, operands: int, element_bytes: int, num_warps: int) -> float:
+    """32-bit registers per thread for ``accumulator`` float32 elements and ``operands``
+    elements of ``element_bytes`` each, spread over the program's ``num_warps`` warps."""
+    return (accumulator + operands * element_bytes / 4) / (32 * num_warps)
+
+
+def registers_fit(kernel: str, words: float, budget: int, head_dim: int,
+                  value_dim: int) -> str | None:
+    """Why a program holding ``words`` registers a thread would spill at these head dims (over
+    ``budget``), or None; always None when both head tiles are at most WIDE_HEAD_TILE."""
+    if max(head_tile(head_dim), head_tile(value_dim)) <= WIDE_HEAD_TILE or words <= budget:
+        return None
+    return (f"{kernel} holds ~{words:.0f} registers a thread of tiles at D={head_dim}, "
+            f"Dv={value_dim}, over the {budget} that compile without spills")
 
 
 def tile_grid(call: AttentionCall, block: int, batch: int, rows: int, heads: int,

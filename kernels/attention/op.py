@@ -17,7 +17,7 @@ from seqtune.custom_ops import (encode_config, expect_tensors, forward_config, i
 from seqtune.spec import Problem, dtype_name
 
 SCORES = ("softmax", "sigmoid")
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = 512
 NO_WINDOW = (-1, -1)
 
 
@@ -32,10 +32,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     """Attention: ``o[b, i, h] = sum_j w(i, j) v[b, j, h // (Hq // Hkv)]``.
 
     Args:
-        q: ``[B, T, Hq, D]`` queries, D in 1..256; float32, float16 or bfloat16.
+        q: ``[B, T, Hq, D]`` queries, D in 1..512; float32, float16 or bfloat16.
         k: ``[B, S, Hkv, D]`` keys, same dtype and device as q; ``Hq % Hkv == 0`` (grouped-query
             and multi-query attention share one key/value head among ``Hq // Hkv`` query heads).
-        v: ``[B, S, Hkv, Dv]`` values, Dv in 1..256 (may differ from D, as in MLA).
+        v: ``[B, S, Hkv, Dv]`` values, Dv in 1..512 (may differ from D, as in MLA). Head dims
+            over 256 (Gemma-4 class) run smaller tiles by default (see ``spec.py``).
         causal: query ``i`` sees keys ``j <= i + S - T`` (bottom-right aligned when T != S, per
             sequence when packed). A query row that sees no key outputs zero.
         scale: multiplies ``q . k``; defaults to ``D ** -0.5``.

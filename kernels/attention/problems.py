@@ -200,6 +200,9 @@ PRESETS["full"] = PRESETS["default"] + (
     problem(1, 16384, 16384, 32, 8, 128, True, "bfloat16", "sigmoid"),
     problem(1, 32768, 32768, 32, 8, 128, True, "bfloat16", N=64, varlen=True),
     problem(4, 4096, 4096, 32, 8, 96, True, "bfloat16"),
+    problem(2, 2048, 2048, 8, 8, 512, True, "bfloat16"),  # Gemma-4 class head dims
+    problem(2, 2048, 2048, 16, 8, 320, False, "bfloat16"),
+    problem(2, 2048, 2048, 8, 4, 512, True, "bfloat16", Dv=256),
 )
 
 # Odd shapes: T and S not multiples of any block, causal with T < S and T > S (first rows see no
@@ -225,4 +228,6 @@ VERIFY_CASES = (
     problem(1, 37, 45, 2, 1, 80, False, "bfloat16", Dv=96),
     problem(1, 45, 37, 4, 2, 96, True, "float32", Dv=64, N=5, varlen=True),
     problem(1, 45, 45, 2, 1, 192, True, "bfloat16", Dv=128),
+    problem(1, 37, 53, 4, 2, 320, True, "bfloat16"),
+    problem(1, 45, 37, 2, 1, 512, False, "float16", Dv=320),
 )

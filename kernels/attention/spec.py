@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from seqtune.kernels.attention.baselines import BASELINES
 from seqtune.kernels.attention.bwd_spec import BACKWARD_SPEC
-from seqtune.kernels.attention.forward import head_tile
+from seqtune.kernels.attention.forward import (FORWARD_REGISTER_WORDS, head_tile, register_words,
+                                               registers_fit)
 from seqtune.kernels.attention.op import attention
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
@@ -20,17 +21,32 @@ SPACE = {
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3, 4),
 }
-# Fits every head dim and dtype on sm_80 and sm_90 (D=256 float32 is the largest: ~129 KB).
+# Fits every head dim up to 256 and dtype on sm_80 and sm_90 (D=256 float32 is the largest:
+# ~129 KB).
 # One stage: float32 D=256 with two stages of 64 x 32 tiles needs ~193 KB, over sm_80's 163 KB.
 # Eight warps: with four, the 64 x 256 float32 accumulator alone takes 128 registers a thread
 # and D=256 builds spill on sm_80.
+# Head dims over 256 hold twice the registers and spill with it: the register budget in
+# ``check`` makes ``default_for`` take 32 query rows instead (16 for float32).
 DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1}
+
 
 def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     """None if ``config`` can run ``problem`` on a device with ``limits``, else why not."""
     reason = (check_shape(problem) or tile_fits("BLOCK_M", config["BLOCK_M"], "T", problem)
-              or tile_fits("BLOCK_N", config["BLOCK_N"], "S", problem))
+              or tile_fits("BLOCK_N", config["BLOCK_N"], "S", problem)
+              or registers_fit("attention", register_estimate(config, problem),
+                               FORWARD_REGISTER_WORDS, problem["D"], value_dim(problem)))
     return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+
+
+def register_estimate(config: Config, problem: Problem) -> float:
+    """Registers a thread of the forward holds: the float32 output accumulator, the query tile
+    and one key tile (loaded through registers on its way to shared memory)."""
+    head_dim, value_tile = head_tile(problem["D"]), head_tile(value_dim(problem))
+    rows, keys = config["BLOCK_M"], config["BLOCK_N"]
+    return register_words(rows * value_tile, (rows + keys) * head_dim,
+                          DTYPES[problem["dtype"]].itemsize, config["num_warps"])
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:
