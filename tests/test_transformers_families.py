@@ -243,7 +243,7 @@ SHIPPED = {  # benchmarks/models/<family>-default.json: transformers 5.23's defa
     "granitemoehybrid": {"mamba2": 32},
     "nemotron_h": {"mamba2": 1, "attention": 1},
     "glm5_next": {"kda": 34},
-    "zamba": {"mamba": 76},  # its 464-wide attention heads stay on transformers' path
+    "zamba": {"mamba": 76, "attention": 13},  # 464-wide attention heads
     "lfm3": {"short_conv": 13, "attention": 11},  # 5 of the 11 attention layers slide
     "inkling": {"short_conv": 264},  # 4 per layer; the biased attention stays unpatched
     "inkling2": {"short_conv": 176},  # 4 per sliding layer, 2 per full one

@@ -83,6 +83,21 @@ def test_windowed_presets_and_verify_cases_give_their_own_problem_back():
     assert sum("window" in p for p in PRESETS["full"]) == 2
 
 
+def test_attention_bwd_runs_and_checks_windowed_problems_with_their_window():
+    """attention_bwd's inputs (lse), run and float64 reference all take the problem's window:
+    its kernels agree with its reference, which differs from the windowless gradients."""
+    spec = get_spec("attention_bwd")
+    for problem in [p for p in VERIFY_CASES if "window" in p]:
+        inputs = spec.make_inputs(problem, "cpu", 0)
+        got, want = spec.run(inputs, spec.default_config), spec.reference(inputs)
+        tolerance = spec.tolerances[problem["dtype"]]
+        for out, ref in zip(got, want):
+            torch.testing.assert_close(out.double(), ref, atol=tolerance.atol,
+                                       rtol=tolerance.rtol)
+        windowless = spec.reference({k: v for k, v in inputs.items() if k != "window"})
+        assert not torch.allclose(windowless[0], want[0], atol=1e-3)
+
+
 def test_windowed_work_counts_the_band():
     """FLOPs count the pairs inside the window: checked against counting every pair."""
     for problem in [p for p in VERIFY_CASES if "window" in p and not p["varlen"]]:

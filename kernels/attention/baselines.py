@@ -107,11 +107,6 @@ def forward_backward(forward: Callable[[Inputs], Outputs]) -> Callable[[Inputs],
     """A backward baseline: ``forward`` on q, k, v that require grad, then autograd with the
     inputs' upstream gradient ``do``; returns ``(dq, dk, dv)``."""
     def run(inputs: Inputs) -> Outputs:
-        if tuple(inputs.get("window", (-1, -1))) != (-1, -1):
-            # attention_bwd's spec does not pass the window to its run and reference yet
-            # (bwd_spec.FORWARD_ARGUMENTS): a windowed baseline would compute another thing.
-            raise ValueError(f"window={tuple(inputs['window'])}: the backward baselines take "
-                             f"no window (attention_bwd's run and reference have none yet)")
         leaves = {name: inputs[name].detach().requires_grad_() for name in ("q", "k", "v")}
         with torch.enable_grad():
             (out,) = forward({**inputs, **leaves})

@@ -20,7 +20,7 @@ from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
                                                 check_shape, forward_flops, make_inputs,
                                                 tensor_bytes, tile_fits, value_dim)
-from seqtune.kernels.attention.reference import (attention_math, attention_reference,
+from seqtune.kernels.attention.reference import (NO_WINDOW, attention_math, attention_reference,
                                                  row_log_sum_exp)
 from seqtune.loader import config_for
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
@@ -28,7 +28,7 @@ from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outp
 
 # Forward arguments among the inputs (the rest are the backward's: o, lse, do).
 FORWARD_ARGUMENTS = ("q", "k", "v", "causal", "score", "sigmoid_bias", "cu_seqlens",
-                     "cu_seqlens_k")
+                     "cu_seqlens_k", "window")
 
 SPACE = {
     "dkdv.BLOCK_M": (16, 32, 64),
@@ -116,7 +116,8 @@ def make_backward_inputs(problem: Problem, device: str, seed: int) -> Inputs:
         q, k = (inputs[name].to("cpu", torch.float64) for name in ("q", "k"))
         lse = row_log_sum_exp(q, k, causal=inputs["causal"], scale=None,
                               cu_seqlens=inputs.get("cu_seqlens"),
-                              cu_seqlens_k=inputs.get("cu_seqlens_k"))
+                              cu_seqlens_k=inputs.get("cu_seqlens_k"),
+                              window=inputs.get("window", NO_WINDOW))
         inputs["lse"] = lse.to(device, torch.float32)
     return inputs
 

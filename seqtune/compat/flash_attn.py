@@ -5,7 +5,7 @@
 order, defaults, layouts and return values.
 
 Supported: softmax attention, causal (bottom-right aligned when the query and key lengths differ,
-as flash-attn does), MQA/GQA, head dims 1..256 (also a value head dim that differs), float32,
+as flash-attn does), MQA/GQA, head dims 1..512 (also a value head dim that differs), float32,
 float16 and bfloat16, sliding windows (``window_size``), softcapping (``softcap``), ALiBi
 (``alibi_slopes``) and the log-sum-exp (``return_attn_probs=True`` returns ``(out,
 softmax_lse, None)``: the probabilities themselves are not returned;

@@ -22,7 +22,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_DEPTH = 32  # transformers' configs nest 3-4 levels (text_config.rope_parameters....)
 
 # What the kernels take (each kernel's op checks the same at run time):
-ATTENTION_HEAD_DIMS = (1, 256)        # attention.op.MAX_HEAD_DIM
+ATTENTION_HEAD_DIMS = (1, 512)        # attention.op.MAX_HEAD_DIM
 DELTA_RULE_HEAD_DIMS = (16, 256)      # delta_rule.op.MIN_HEAD_DIM, MAX_HEAD_DIM
 SSD_HEAD_DIMS = (1, 512)              # linear_attention.op.MAX_HEAD_DIM (ssd's n and p)
 SELECTIVE_SCAN_STATES = (1, 256)      # selective_scan.op.MAX_BWD_STATE_DIM

@@ -179,8 +179,8 @@ def _nemotron_h(config: Mapping[str, Any]) -> list[Layer]:
 
 def _zamba_attention(config: Mapping[str, Any], count: int) -> list[Layer]:
     """Zamba's shared attention (in ``count`` layers) reads the concatenated embeddings
-    (2 x hidden). Heads wider than seqtune's attention runs (Zamba-7B's 464) list none: patch
-    leaves such attention on transformers' path."""
+    (2 x hidden). Heads wider than seqtune's attention runs (over 512) list none: patch leaves
+    such attention on transformers' path."""
     if not count:
         return []
     heads = count_of(config, "num_attention_heads")
