@@ -18,8 +18,8 @@ def run_backward(q, k, v, beta, g, scale, h0, do, dht, cfg, pack, need_dh0=True)
     """Gradients of contiguous inputs for upstream ``do`` [B, T, HV, V] and ``dht``
     [N, HV, K, V] (or None): (dq, dk, dv, dbeta, dg or None, dh0 or None), each in its input's
     dtype (dh0 in float32 when there is no initial state to take the dtype of)."""
-    terms = wy_stage(q, k, v, beta, g, cfg, pack, decayed_queries=True)
-    u, states, _ = state_stage(q, v, g, terms, h0, False, cfg, pack)
+    terms = wy_stage(q, k, v, beta, g, cfg, pack, backward=True)
+    u, states, _ = state_stage(q, k, v, g, terms, h0, False, cfg, pack)
     dstates, du, dh0 = _dstate_stage(q, g, terms, do, dht, scale, cfg, pack, need_dh0)
     dq, dk, dv, dbeta, dg = _dchunk_stage(q, k, v, beta, g, u, states, dstates, do, du, scale,
                                           cfg, pack)

@@ -21,8 +21,9 @@ q-k products as one matrix: ``_grams`` decays both sides of a pair to a boundary
 only the pairs inside a 4-row block elementwise. The triangular solve is blocked the same way.
 
 Stages: ``wy_kernel`` (per chunk: both grams, the solve, W, U0, the scores P, and for gated
-decays the keys decayed to the chunk's end and exp(gam_last)), ``state_kernel`` (sequential over
-chunks: U and the state entering every chunk), ``output_kernel`` (per chunk and V tile: O).
+decays exp(gam_last) and, per channel, the keys decayed to the chunk's end), ``state_kernel``
+(sequential over chunks: U and the state entering every chunk; a scalar decay to the chunk's end
+goes on U there instead of on the keys), ``output_kernel`` (per chunk and V tile: O).
 
 Layouts, all token-major and packed (a [B, T] batch is B sequences of length T laid end to end;
 ``cu_seqlens`` [N + 1] marks where each sequence starts): q, k [tokens, H, K]; g (channel), w,
@@ -305,14 +306,13 @@ def sequence_chunk(chunk_table, cu_seqlens, index):
 
 @triton.jit
 def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table, cu_seqlens,
-              H, HV, K, V, GATE: tl.constexpr, STORE_QG: tl.constexpr, BT: tl.constexpr,
-              BK: tl.constexpr, BV: tl.constexpr):
+              H, HV, K, V, GATE: tl.constexpr, STORE_KD: tl.constexpr, STORE_QG: tl.constexpr,
+              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """One chunk and value head: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
-    U0 = (I + A)^-1 diag(beta) V and, gated, the keys decayed to the chunk's end
-    K * exp(gam_last - gam) and exp(gam_last), so the sequential state kernel does no decay
-    arithmetic of its own; with STORE_QG (the backward's recompute, per-channel gate) also the
-    decayed queries Q * exp(gam) for the reverse recurrence. q and k are read at the value
-    head's key head.
+    U0 = (I + A)^-1 diag(beta) V and, gated, exp(gam_last); with STORE_KD (per-channel gate,
+    or the backward's recompute) the keys decayed to the chunk's end K * exp(gam_last - gam);
+    with STORE_QG (the backward's recompute, per-channel gate) also the decayed queries
+    Q * exp(gam) for the reverse recurrence. q and k are read at the value head's key head.
 
     Grid (chunks, HV)."""
     chunk, hv = tl.program_id(0), tl.program_id(1)
@@ -342,8 +342,9 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
                     _load_rows(g, bos, rows, hv, HV, K, cols, T).to(tl.float32), axis=0)
             # padded rows have g = 0, so the last row holds the chunk's total decay
             gam_last = tl.sum(tl.where(idx[:, None] == BT - 1, gam_tile, 0.0), axis=0)
-            _store_rows(kd, keys * tl.exp(gam_last[None, :] - gam_tile), bos, rows, hv, HV, K,
-                        cols, T)
+            if STORE_KD:
+                _store_rows(kd, keys * tl.exp(gam_last[None, :] - gam_tile), bos, rows, hv, HV,
+                            K, cols, T)
             tl.store(chunk_decay + decay_base + cols, tl.exp(gam_last), mask=cols < K)
             keys *= tl.exp(gam_tile)
             if STORE_QG:
@@ -359,13 +360,17 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
 
 
 @triton.jit
-def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_offsets, HK, HV,
-                 K, V, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+def state_kernel(keys, g, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_offsets, HK,
+                 HV, K, V, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                  BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr):
     """The recurrence over one sequence's chunks for one [K, BV] slice of a value head's state
     (all of K in registers): stores each chunk's entering state S and its pseudo-values
-    U = U0 - W S, then S <- diag(chunk_decay) S + keys^T U (keys already decayed to the chunk's
-    end if GATED; ``keys`` has HK heads: HV when decayed per value head, else k's).
+    U = U0 - W S, then S <- diag(chunk_decay) S + keys^T (U * decay) (``keys`` has HK heads).
+
+    Per-channel gate: ``keys`` are decayed to the chunk's end (HK = HV) and decay = 1. Scalar
+    gate: ``keys`` is k itself (exact in the input dtype) and decay = exp(gam_last - gam) is
+    applied to U in fp32, so the state's increment takes one rounding to the input dtype (of
+    U * decay) instead of two (of U and of the decayed keys).
 
     Grid (sequences * HV, V tiles)."""
     seq_head, v_tile = tl.program_id(0), tl.program_id(1)
@@ -374,6 +379,7 @@ def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_
     bos = tl.load(cu_seqlens + seq).to(tl.int64)
     T = (tl.load(cu_seqlens + seq + 1).to(tl.int64) - bos).to(tl.int32)
     first_chunk = tl.load(chunk_offsets + seq).to(tl.int64)
+    idx = tl.arange(0, BT)
     kdim = tl.arange(0, KP)
     vcols = v_tile * BV + tl.arange(0, BV)
     state_mask = (kdim < K)[:, None] & (vcols < V)[None, :]
@@ -383,7 +389,7 @@ def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_
     if HAS_H0:
         state += tl.load(h0 + own_state + state_offsets, mask=state_mask, other=0.0).to(tl.float32)
     for local in range(tl.cdiv(T, BT)):
-        rows = local * BT + tl.arange(0, BT)
+        rows = local * BT + idx
         chunk_base = (first_chunk + local) * HV + hv
         tl.store(states + chunk_base * K * V + state_offsets, state.to(states.dtype.element_ty),
                  mask=state_mask)
@@ -392,8 +398,13 @@ def state_kernel(keys, chunk_decay, w, u0, u, states, h0, ht, cu_seqlens, chunk_
         u_c -= _mma_split(w_c, state)
         _store_rows(u, u_c, bos, rows, hv, HV, V, vcols, T)
         k_c = _load_rows(keys, bos, rows, key_head, HK, K, kdim, T)
-        if GATED:
+        if GATE != GATE_NONE:
             state *= tl.load(chunk_decay + chunk_base * K + kdim, mask=kdim < K, other=0.0)[:, None]
+        if GATE == GATE_SCALAR:
+            gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
+            # padded rows have g = 0 (and U = 0), so the last row holds the chunk's total decay
+            gam_last = tl.sum(tl.where(idx == BT - 1, gam, 0.0), axis=0)
+            u_c *= tl.exp(gam_last - gam)[:, None]
         state += _mma(tl.trans(k_c), u_c.to(k_c.dtype))
     if STORE_HT:
         tl.store(ht + own_state + state_offsets, state, mask=state_mask)

@@ -61,11 +61,14 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     Returns:
         (o [B, T, HV, V] in q's dtype, final state [N, HV, K, V] float32 or None).
 
-    Precision against float64 (``benchmarks/precision.py``: max |err| / max |ref|, the spec's
-    inputs, H=2, K=V=32, T=64 and 1000, every gate): o bf16 <= 1.3e-2, fp16 <= 6.1e-4; the
-    final state from bf16 inputs <= 1.05e-2, fp16 <= 5.8e-4; fp32 ~3e-7. The UT transform's
-    inverse and the state enter the tensor cores in two parts (~16 bits); W, U and the scores
-    are rounded to the input dtype as operands.
+    Precision against float64 (``benchmarks/precision.py`` in the Triton interpreter on a CPU:
+    max |err| / max |ref|, the spec's inputs, H=2, K=V=32, T=64 and 1000, every gate): o bf16
+    <= 1.3e-2, fp16 <= 6.1e-4; the final state from bf16 inputs <= 1.05e-2 (Gated DeltaNet
+    <= 7.4e-3), fp16 <= 5.8e-4 (Gated DeltaNet <= 4.8e-4); fp32 ~3e-7
+    (``benchmarks/results/precision_delta_rule.md``). The UT transform's inverse and the state
+    enter the tensor cores in two parts (~16 bits); W, U and the scores are rounded to the
+    input dtype as operands; a scalar decay to the chunk's end multiplies U in fp32 before that
+    rounding (the keys stay exact), a per-channel one the keys.
     """
     expect_tensors({"q": q, "k": k, "v": v, "beta": beta},
                    {"g": g, "initial_state": initial_state, "cu_seqlens": cu_seqlens})

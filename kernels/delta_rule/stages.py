@@ -28,57 +28,62 @@ class ChunkTerms:
 
     w: torch.Tensor  # [tokens, HV, K]
     u0: torch.Tensor  # [tokens, HV, V]
-    keys: torch.Tensor  # keys decayed to the chunk's end [tokens, HV, K], or k when ungated
+    # keys decayed to the chunk's end [tokens, HV, K] (per-channel gate, or any gate for the
+    # backward); else k, which the state kernel multiplies (a scalar decay goes on U there)
+    keys: torch.Tensor
     chunk_decay: torch.Tensor  # [chunks, HV, K] fp32 (a placeholder when ungated)
     scores: torch.Tensor  # [tokens, HV, BT]
     queries: torch.Tensor | None  # decayed queries Q * exp(gam) [tokens, HV, K] when asked
 
 
-def wy_stage(q, k, v, beta, g, cfg, pack, decayed_queries=False) -> ChunkTerms:
-    """``decayed_queries``: also Q * exp(gam) (for a per-channel gate only)."""
+def wy_stage(q, k, v, beta, g, cfg, pack, backward=False) -> ChunkTerms:
+    """``backward``: also what the reverse recurrence reads: the decayed keys for a scalar gate
+    and Q * exp(gam) for a per-channel one."""
     batch, length, heads, key_dim = q.shape
     value_heads, value_dim = v.shape[2:]
     chunk, chunks = cfg["BT"], pack.chunks
     device, dtype, tokens = q.device, q.dtype, batch * length
     gated = g is not None
+    store_keys = gate_code(g) == GATE_CHANNEL or (backward and gated)
     w = new_output((tokens, value_heads, key_dim), dtype, device)
-    u0 = new_output((tokens, value_heads, value_dim), torch.float32, device)  # an addend, not an operand
-    if gated:
-        keys = new_output((tokens, value_heads, key_dim), dtype, device)
-        chunk_decay = new_output((chunks, value_heads, key_dim), torch.float32, device)
-    else:
-        keys, chunk_decay = k, w
+    # fp32: U0 is only ever added to, never a tensor-core operand
+    u0 = new_output((tokens, value_heads, value_dim), torch.float32, device)
+    keys = new_output((tokens, value_heads, key_dim), dtype, device) if store_keys else k
+    chunk_decay = (new_output((chunks, value_heads, key_dim), torch.float32, device) if gated
+                   else w)
     scores = new_output((tokens, value_heads, chunk), dtype, device)
-    store_queries = decayed_queries and gate_code(g) == GATE_CHANNEL
+    store_queries = backward and gate_code(g) == GATE_CHANNEL
     queries = (new_output((tokens, value_heads, key_dim), dtype, device) if store_queries
                else None)
     # absent optional tensors: any pointer does, the constexpr flags keep them unread
     launch(wy_kernel, (chunks, value_heads), q, k, v, beta, g if gated else beta, w, u0, keys,
            chunk_decay, scores, w if queries is None else queries, pack.chunk_table,
            pack.cu_seqlens, heads, value_heads, key_dim, value_dim, GATE=gate_code(g),
-           STORE_QG=store_queries, BT=chunk, BK=cfg["wy.BK"], BV=cfg["wy.BV"],
+           STORE_KD=store_keys, STORE_QG=store_queries, BT=chunk, BK=cfg["wy.BK"], BV=cfg["wy.BV"],
            num_warps=cfg["wy.num_warps"], num_stages=cfg["wy.num_stages"], **backend_options(cfg))
     return ChunkTerms(w, u0, keys, chunk_decay, scores, queries)
 
 
-def state_stage(q, v, g, terms: ChunkTerms, h0, output_final_state, cfg, pack):
+def state_stage(q, k, v, g, terms: ChunkTerms, h0, output_final_state, cfg, pack):
     """(U [tokens, HV, V], chunk states [chunks, HV, K, V], final state fp32 or None)."""
     heads, key_dim = q.shape[2:]
     value_heads, value_dim = v.shape[2:]
     device, dtype, tokens = q.device, q.dtype, q.shape[0] * q.shape[1]
-    gated = g is not None
+    per_channel = gate_code(g) == GATE_CHANNEL
     u = new_output((tokens, value_heads, value_dim), dtype, device)
     states = new_output((pack.chunks, value_heads, key_dim, value_dim), dtype, device)
     final = (new_output((pack.sequences, value_heads, key_dim, value_dim), torch.float32, device)
              if output_final_state else None)
     w = terms.w
+    # the decayed keys only per channel; else k (its key heads), the scalar decay going on U
+    keys = terms.keys if per_channel else k
     launch(state_kernel, (pack.sequences * value_heads, triton.cdiv(value_dim, cfg["h.BV"])),
-           terms.keys, terms.chunk_decay, w, terms.u0, u, states, w if h0 is None else h0,
-           w if final is None else final, pack.cu_seqlens, pack.chunk_offsets,
-           value_heads if gated else heads, value_heads, key_dim, value_dim, GATED=gated,
-           HAS_H0=h0 is not None, STORE_HT=final is not None, BT=cfg["BT"],
-           KP=next_power_of_2(key_dim), BV=cfg["h.BV"], num_warps=cfg["h.num_warps"],
-           num_stages=cfg["h.num_stages"], **backend_options(cfg))
+           keys, w if g is None else g, terms.chunk_decay, w, terms.u0, u, states,
+           w if h0 is None else h0, w if final is None else final, pack.cu_seqlens,
+           pack.chunk_offsets, value_heads if per_channel else heads, value_heads, key_dim,
+           value_dim, GATE=gate_code(g), HAS_H0=h0 is not None, STORE_HT=final is not None,
+           BT=cfg["BT"], KP=next_power_of_2(key_dim), BV=cfg["h.BV"],
+           num_warps=cfg["h.num_warps"], num_stages=cfg["h.num_stages"], **backend_options(cfg))
     return u, states, final
 
 
@@ -98,5 +103,5 @@ def run_forward(q, k, v, beta, g, scale, h0, output_final_state, cfg, pack):
     """The three stages on contiguous inputs: (o, final state or None, the states entering each
     chunk, as the state stage stores them)."""
     terms = wy_stage(q, k, v, beta, g, cfg, pack)
-    u, states, final = state_stage(q, v, g, terms, h0, output_final_state, cfg, pack)
+    u, states, final = state_stage(q, k, v, g, terms, h0, output_final_state, cfg, pack)
     return output_stage(q, g, terms, u, states, scale, cfg, pack), final, states
