@@ -269,3 +269,19 @@ def test_a_shipped_family_config_reads_as_transformers_builds_it(family):
     unpatch(model)
     assert {k: v for k, v in counts.items() if k != "attention"} == {
         k: v for k, v in SHIPPED[family].items() if k != "attention"}
+
+
+def test_zamba_attention_464_wide_is_patched(monkeypatch):
+    """Zamba-7B's shared attention has 464-wide heads (seqtune's attention runs up to 512):
+    patched, its logits and greedy tokens are the model's own."""
+    name, fields, _, _ = FAMILIES["zamba"]
+    wide = dict(fields, hidden_size=232, num_attention_heads=1, num_key_value_heads=1,
+                attention_head_dim=464, attention_hidden_size=464)
+    monkeypatch.setitem(FAMILIES, "zamba", (name, wide, None, None))
+    model = build("zamba")
+    tokens = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    expected, expected_tokens = run(model, tokens)
+    assert patch(model) == {"mamba": 2, "attention": 1}
+    logits, generated = run(model, tokens)
+    torch.testing.assert_close(logits, expected, **TOLERANCE)
+    assert torch.equal(generated, expected_tokens)
