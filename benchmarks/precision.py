@@ -12,7 +12,7 @@ chunk_simple_gla stands in, fed Mamba-2's q = C, k = B, v = dt x, g = A dt, scal
 Usage:
 
     TRITON_INTERPRET=1 python benchmarks/precision.py [--lengths 64,1000] [--heads 2] [--dim 32]
-        [--ops ssd,gla,kda] [--dtypes bfloat16,float16] [--gpu-rounding]
+        [--ops ssd,gla,kda] [--dtypes bfloat16,float16] [--gpu-rounding] [--seed 0]
 
 On a CPU the kernels run in the Triton interpreter (exact fp32 dots for bf16 operands under
 the interpreter: the dot operands are still rounded to bf16 first, as on the GPU). Two of the
@@ -276,6 +276,7 @@ def main() -> None:
     parser.add_argument("--ops", default=",".join(OPS),
                         help="comma-separated labels or their first words (e.g. ssd,kda)")
     parser.add_argument("--dtypes", default="bfloat16,float16")
+    parser.add_argument("--seed", type=int, default=0, help="the spec's input seed")
     parser.add_argument("--gpu-rounding", action="store_true",
                         help="interpreter only: round fp32 -> bf16 to nearest and tf32 dot "
                              "operands to 10 bits, as a GPU does (patch_gpu_rounding)")
@@ -295,7 +296,7 @@ def main() -> None:
         for T in (int(t) for t in args.lengths.split(",")):
             for dtype in args.dtypes.split(","):
                 p = problem(spec_name, fields, T, args.heads, args.dim, dtype)
-                inputs = spec.make_inputs(p, device, 0)
+                inputs = spec.make_inputs(p, device, args.seed)
                 reference = spec.reference(inputs)
                 torch_dtype = getattr(torch, dtype)
                 lines = [row("seqtune", spec.run(inputs, dict(spec.default_config)), reference,
