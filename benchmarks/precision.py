@@ -12,10 +12,15 @@ chunk_simple_gla stands in, fed Mamba-2's q = C, k = B, v = dt x, g = A dt, scal
 Usage:
 
     TRITON_INTERPRET=1 python benchmarks/precision.py [--lengths 64,1000] [--heads 2] [--dim 32]
-        [--ops ssd,gla,kda] [--dtypes bfloat16,float16]
+        [--ops ssd,gla,kda] [--dtypes bfloat16,float16] [--gpu-rounding] [--seed 0]
 
 On a CPU the kernels run in the Triton interpreter (exact fp32 dots for bf16 operands under
-the interpreter: the dot operands are still rounded to bf16 first, as on the GPU).
+the interpreter: the dot operands are still rounded to bf16 first, as on the GPU). Two of the
+interpreter's roundings are not a GPU's: fp32 -> bf16 casts truncate (a GPU rounds to nearest
+even; fp16 casts do round to nearest), and fp32 dots are exact where a GPU rounds "tf32" dots'
+operands (Triton's default, fla's fp32 dots, e.g. chunk_gla's intra-chunk A) to 10 bits.
+``--gpu-rounding`` patches both to round as a GPU does (``patch_gpu_rounding``), for seqtune's
+kernels and fla's alike; without it the bf16 figures of both carry the truncation's bias.
 """
 from __future__ import annotations
 
@@ -89,6 +94,46 @@ def _patch_bf16_arithmetic(builder) -> None:
                 return op(self, lhs, rhs)
             return self.cast_impl(op(self, widen(self, lhs), widen(self, rhs)), tl.bfloat16)
         setattr(builder, name, elementwise)
+
+
+def _tf32(data):
+    """fp32 values rounded to tf32's 10-bit mantissa, to nearest with ties away from zero (the
+    GPU's cvt.rna.tf32.f32): add half a tf32 unit to the magnitude's bits, drop the 13 low."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def patch_gpu_rounding() -> None:
+    """Make the interpreter round where a GPU rounds (``--gpu-rounding``): its fp32 -> bf16 casts
+    truncate (a GPU rounds to nearest even) and its fp32 dots are exact whatever the precision
+    asked (a GPU rounds tf32 dots' operands, Triton's default for fp32 dots and what fla's fp32
+    dots get, to 10 mantissa bits). Applies to every kernel of the process, seqtune's and fla's;
+    seqtune's own dots ask for "ieee" and are left exact."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    cast = InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
+            bits = rounded.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            return TensorHandle(bits.reshape(np.shape(src.data)), dst_type.scalar)
+        return cast(self, src, dst_type)
+
+    dot = InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, *rest):
+        if getattr(input_precision, "name", str(input_precision)) == "TF32":
+            a = TensorHandle(_tf32(a.data), a.dtype.scalar) if a.dtype.scalar == tl.float32 else a
+            b = TensorHandle(_tf32(b.data), b.dtype.scalar) if b.dtype.scalar == tl.float32 else b
+        return dot(self, a, b, d, input_precision, *rest)
+
+    InterpreterBuilder.cast_impl = cast_impl
+    InterpreterBuilder.create_dot = create_dot
 
 
 def _patch_fla_for_interpreter() -> None:
@@ -231,7 +276,13 @@ def main() -> None:
     parser.add_argument("--ops", default=",".join(OPS),
                         help="comma-separated labels or their first words (e.g. ssd,kda)")
     parser.add_argument("--dtypes", default="bfloat16,float16")
+    parser.add_argument("--seed", type=int, default=0, help="the spec's input seed")
+    parser.add_argument("--gpu-rounding", action="store_true",
+                        help="interpreter only: round fp32 -> bf16 to nearest and tf32 dot "
+                             "operands to 10 bits, as a GPU does (patch_gpu_rounding)")
     args = parser.parse_args()
+    if args.gpu_rounding:
+        patch_gpu_rounding()
     chosen = [label for label in OPS
               if any(label == op or label.split()[0] == op for op in args.ops.split(","))]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -245,7 +296,7 @@ def main() -> None:
         for T in (int(t) for t in args.lengths.split(",")):
             for dtype in args.dtypes.split(","):
                 p = problem(spec_name, fields, T, args.heads, args.dim, dtype)
-                inputs = spec.make_inputs(p, device, 0)
+                inputs = spec.make_inputs(p, device, args.seed)
                 reference = spec.reference(inputs)
                 torch_dtype = getattr(torch, dtype)
                 lines = [row("seqtune", spec.run(inputs, dict(spec.default_config)), reference,

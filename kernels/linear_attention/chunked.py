@@ -62,22 +62,27 @@ class Recurrence:
 
 
 def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict) -> torch.Tensor:
-    """A of every chunk, [B, H, T, BT] in the input dtype (decays included, scale not)."""
+    """A of every chunk, [B, H, T, BT] in the input dtype (decays and v_scale included, scale
+    not)."""
     B, T, _, K = r.q.shape
     H, BT, dtype = r.heads, config["BT"], r.v.dtype
     intra = new_output((B, H, T, BT), dtype, r.v.device)
     cu, chunk_list = r.varlen_args(layout)
     common = (r.q, r.k, r.gate_or_any(), intra, cu, chunk_list, T, H, r.group, layout.grid,
               *r.q.stride(), *r.k.stride())
+    vs = r.v_scale if r.v_scale is not None else intra
     tuning = {"num_warps": config["intra.num_warps"], "num_stages": config["intra.num_stages"],
               **backend_options(config)}
     if r.gate == "channel":
+        if r.v_scale is not None:
+            raise ValueError("v_scale goes with no or scalar decay only (SSD's dt)")
         launch(_intra_channel_kernel, (layout.grid * (BT // SUB), B * H), *common,
                *r.gate_strides(), K=K, BT=BT, BK=config["intra.BK"], SUB=SUB, DIAG_BK=DIAG_BK,
                VARLEN=r.sequences.packed, DOT=dot_type(dtype), **tuning)
     else:
-        launch(_intra_kernel, (layout.grid, B * H), *common, *r.gate_strides()[:3], K=K,
-               GATE=GATES[r.gate], BT=BT, BK=config["intra.BK"], VARLEN=r.sequences.packed,
+        launch(_intra_kernel, (layout.grid, B * H), *common[:3], vs, *common[3:],
+               *r.gate_strides()[:3], K=K, GATE=GATES[r.gate], VSCALE=r.v_scale is not None,
+               BT=BT, BK=config["intra.BK"], VARLEN=r.sequences.packed,
                DOT=dot_type(dtype), **tuning)
     return intra
 
@@ -116,12 +121,11 @@ def launch_output(r: Recurrence, layout: ChunkLayout, config: dict, intra: torch
     bv = config["o.BV"]
     cu, chunk_list = r.varlen_args(layout)
     launch(_output_kernel, (triton.cdiv(V, bv), layout.grid, B * H),
-           r.q, r.v, r.gate_or_any(), r.v_scale if r.v_scale is not None else states,
-           r.D if r.D is not None else states, states, intra, out, cu, chunk_list,
-           T, H, r.group, layout.grid, float(r.scale), *r.q.stride(), *r.v.stride(),
+           r.q, r.v, r.gate_or_any(), r.D if r.D is not None else states, states, intra, out,
+           cu, chunk_list, T, H, r.group, layout.grid, float(r.scale), *r.q.stride(), *r.v.stride(),
            *r.gate_strides(), *out.stride(), K=K, V=V, GATE=GATES[r.gate],
-           VSCALE=r.v_scale is not None, HAS_D=r.D is not None, VARLEN=r.sequences.packed,
-           BT=config["BT"], BK=config["o.BK"], BV=bv, DOT=dot_type(dtype),
+           HAS_D=r.D is not None, VARLEN=r.sequences.packed, BT=config["BT"],
+           BK=config["o.BK"], BV=bv, DOT=dot_type(dtype),
            num_warps=config["o.num_warps"], num_stages=config["o.num_stages"],
            **backend_options(config))
     return out

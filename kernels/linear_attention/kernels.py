@@ -26,9 +26,12 @@ chunks' slots in the per-chunk state buffer at ``chunk_offsets[n]``. Without ``V
 is batch row n, of length T. The per-chunk buffers are laid out [chunks of all sequences, H, ...].
 
 Gates: ``GATE`` is 0 (none), 1 (scalar per step and head) or 2 (per key channel). The q/k head
-of value head ``h`` is ``h // QK_GROUP`` (grouped B/C in SSD). ``VSCALE`` multiplies v by a
-per-step, per-head factor (SSD's dt) as it is loaded; ``HAS_D`` adds ``D[h] * v`` (unscaled) to
-the output (SSD's skip term).
+of value head ``h`` is ``h // QK_GROUP`` (grouped B/C in SSD). ``VSCALE`` (no or scalar decay
+only) scales v by a per-step, per-head fp32 factor (SSD's dt): the factor of step s is multiplied
+into the fp32 column s of A and into the fp32 k_s of the state update, never into v itself, so v
+(SSD's x) reaches the dots exactly as loaded and dt x is never rounded to the input dtype (fla's
+SSD-as-simple-GLA rounds v = dt x once more). ``HAS_D`` adds ``D[h] * v`` (unscaled) to the output
+(SSD's skip term).
 
 The states before each chunk are stored in the input dtype (the output kernel's dot takes them
 in it anyway); the running state and the final state are fp32. Batch*head program ids are
@@ -92,11 +95,12 @@ def chunk_slots(n, chunk_offsets, NT, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _intra_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
+def _intra_kernel(q, k, g, vs, A, cu, chunk_list, T, H, QK_GROUP, NT,
                   sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh,
-                  K: tl.constexpr, GATE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  VARLEN: tl.constexpr, DOT: tl.constexpr):
-    """A of one chunk for no or scalar decay: tril(q k^T) * exp(b_t - b_s). Grid (chunks, B*H)."""
+                  K: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, VARLEN: tl.constexpr, DOT: tl.constexpr):
+    """A of one chunk for no or scalar decay: tril(q k^T) * exp(b_t - b_s), times the value
+    factor of column s with VSCALE. Grid (chunks, B*H)."""
     bh = tl.program_id(1).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(0), bh, cu, chunk_list, T, H, NT, VARLEN)
     if c * BT >= eos - bos:
@@ -118,7 +122,16 @@ def _intra_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
         decay = tl.load(g + b * sgb + t * sgt + h * sgh, mask=t_mask, other=0.0).to(tl.float32)
         cum = tl.cumsum(decay, axis=0)
         acc *= tl.exp(tl.minimum(cum[:, None] - cum[None, :], 0.0))
-    acc = tl.where(causal, acc, 0.0)
+    if VSCALE:
+        # SSD's dt_s joins A here in fp32, so that the output kernel's dot takes x as loaded:
+        # one rounding (of A) instead of two (of A and of dt x). Offsets from the chunk's
+        # first step in 32 bits and the product inside the causal select: on sm_90 per-step
+        # 64-bit offsets and a separate multiply took up to 115 registers, this up to 93.
+        column = tl.load(vs + ((b * T + bos + c * BT) * H + h) + pos * H, mask=t_mask,
+                         other=0.0)
+        acc = tl.where(causal, acc * column[None, :], 0.0)
+    else:
+        acc = tl.where(causal, acc, 0.0)
     a_rows = A + (bh * T + t[:, None]) * BT + pos[None, :]
     tl.store(a_rows, acc.to(A.dtype.element_ty), mask=t_mask[:, None])
 
@@ -226,8 +239,11 @@ def _state_kernel(k, v, g, vs, h0, hs, hT, cu, chunk_offsets, T, H, QK_GROUP, NT
         v_tile = tl.load(v_ptr + t[:, None] * svt, mask=t_mask[:, None] & e_mask[None, :],
                          other=0.0)
         if VSCALE:
+            # SSD's dt_s scales k_s in fp32 with the decay, not x_s: the dot's k operand is
+            # rounded once and x goes in as loaded (dt x rounded to the dtype would be a second
+            # rounding of every term of the state).
             factor = tl.load(vs + (b * T + t) * H + h, mask=t_mask, other=0.0)
-            v_tile = (v_tile.to(tl.float32) * factor[:, None]).to(k_tile.dtype)
+            k_tile = k_tile.to(tl.float32) * factor[:, None]
         if GATE == 1:
             decay = tl.load(g_base + t * sgt, mask=t_mask, other=0.0).to(tl.float32)
             # log decay from step s to the chunk end: the sum over the steps strictly after s
@@ -247,11 +263,11 @@ def _state_kernel(k, v, g, vs, h0, hs, hT, cu, chunk_offsets, T, H, QK_GROUP, NT
 
 
 @triton.jit
-def _output_kernel(q, v, g, vs, D, hs, A, o, cu, chunk_list, T, H, QK_GROUP, NT, scale,
+def _output_kernel(q, v, g, D, hs, A, o, cu, chunk_list, T, H, QK_GROUP, NT, scale,
                    sqb, sqt, sqh, sqd, svb, svt, svh, svd, sgb, sgt, sgh, sgd,
                    sob, sot, soh, sod,
-                   K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VSCALE: tl.constexpr,
-                   HAS_D: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr,
+                   K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, HAS_D: tl.constexpr,
+                   VARLEN: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr):
     """A [BT, BV] block of the output of one chunk. Grid (V/BV, chunks, B*H)."""
     pid_v, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
@@ -284,16 +300,13 @@ def _output_kernel(q, v, g, vs, D, hs, A, o, cu, chunk_list, T, H, QK_GROUP, NT,
         acc *= tl.exp(tl.cumsum(decay, axis=0))[:, None]
     a_tile = tl.load(A + (bh * T + t[:, None]) * BT + pos[None, :], mask=t_mask[:, None],
                      other=0.0)
-    v_raw = tl.load(v + b * svb + h * svh + t[:, None] * svt + e[None, :] * svd,
-                    mask=t_mask[:, None] & e_mask[None, :], other=0.0)
-    v_tile = v_raw
-    if VSCALE:
-        factor = tl.load(vs + (b * T + t) * H + h, mask=t_mask, other=0.0)
-        v_tile = (v_raw.to(tl.float32) * factor[:, None]).to(v_raw.dtype)
+    # v as loaded: SSD's dt is already in A's columns and in the states (``_intra_kernel``)
+    v_tile = tl.load(v + b * svb + h * svh + t[:, None] * svt + e[None, :] * svd,
+                     mask=t_mask[:, None] & e_mask[None, :], other=0.0)
     acc = tl.dot(a_tile.to(v_tile.dtype).to(DOT), v_tile.to(DOT), acc, input_precision="ieee")
     acc *= scale
     if HAS_D:
-        acc += tl.load(D + h).to(tl.float32) * v_raw.to(tl.float32)
+        acc += tl.load(D + h).to(tl.float32) * v_tile.to(tl.float32)
     tl.store(o + b * sob + h * soh + t[:, None] * sot + e[None, :] * sod,
              acc.to(o.dtype.element_ty), mask=t_mask[:, None] & e_mask[None, :])
 
