@@ -111,13 +111,21 @@ def test_wide_float32_computes_dk_and_dv_in_launches_of_their_own(dtype, launche
     assert flags == ([(True, False), (False, True)] if launches == 2 else [(True, True)])
 
 
-@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("D", [64, 128, 192, 256])
 def test_head_dims_up_to_256_keep_the_default(D):
+    """bf16 keeps the defaults but where they spilled on sm_90, at head tiles of 256 (D=192 is
+    padded to 256): dQ's 64 query rows (168 B), and with a window the forward's (32 B, Gemma 2)."""
     problem = {"B": 2, "T": 2048, "S": 2048, "Hq": 8, "Hkv": 8, "D": D, "causal": True,
                "dtype": "bfloat16", "score": "softmax"}
-    for spec in (FORWARD, BACKWARD):
-        for limits in (A100, H100):
-            assert spec.default_for(problem, limits) == dict(spec.default_config)
+    for windowed in (False, True):
+        problem = {**problem, "window": 1024} if windowed else problem
+        for spec in (FORWARD, BACKWARD):
+            spilled = D >= 192 and (windowed or spec is BACKWARD)
+            expected = {**spec.default_config,
+                        **({"dq.BLOCK_M": 32} if spec is BACKWARD else {"BLOCK_M": 32})}
+            for limits in (A100, H100):
+                assert spec.default_for(problem, limits) == (
+                    expected if spilled else dict(spec.default_config)), (D, windowed)
 
 
 def test_head_dims_over_512_are_refused_in_one_line():

@@ -80,7 +80,7 @@ def test_windowed_presets_and_verify_cases_give_their_own_problem_back():
         if "window" in problem:
             left = problem["window"]
             assert window_field((left, left), True, problem["T"], problem["S"]) == left
-    assert sum("window" in p for p in PRESETS["full"]) == 2
+    assert sum("window" in p for p in PRESETS["full"]) == 3
 
 
 def test_attention_bwd_runs_and_checks_windowed_problems_with_their_window():

@@ -96,7 +96,7 @@ LEAST_REGISTERS_DKDV = {"dkdv.BLOCK_M": 16, "dkdv.BLOCK_N": 16, "dkdv.num_warps"
 # dK and dV run as two launches where one program for both would hold more than this even with
 # LEAST_REGISTERS_DKDV (float32 at head dims over 256): fitted to `seqtune check`, where such a
 # program at D=512, Dv=256 (144 words) spilled 48 B on sm_90 and bfloat16 at D=512 (128) none.
-SPLIT_DKDV_REGISTER_WORDS = 128
+SPLIT_DKDV_REGISTER_WORDS = {512: 128}
 
 
 def dkdv_launches(head_dim: int, value_dim: int,

@@ -13,8 +13,9 @@ import torch
 from seqtune.kernels.attention.autograd import (LEAST_REGISTERS_DKDV, dkdv_launches,
                                                dkdv_registers, run_backward)
 from seqtune.kernels.attention.baselines import BACKWARD_BASELINES
-from seqtune.kernels.attention.forward import (BACKWARD_REGISTER_WORDS, head_tile,
-                                               register_words, registers_fit)
+from seqtune.kernels.attention.forward import (BACKWARD_REGISTER_WORDS, DQ_REGISTER_WORDS,
+                                               WINDOW_WORDS, head_tile, register_words,
+                                               registers_fit)
 from seqtune.kernels.attention.op import prepare
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
@@ -22,6 +23,7 @@ from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 tensor_bytes, tile_fits, value_dim)
 from seqtune.kernels.attention.reference import (NO_WINDOW, attention_math, attention_reference,
                                                  row_log_sum_exp)
+from seqtune.kernels.attention.window import windowed
 from seqtune.loader import config_for
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, shared_memory_fits)
@@ -59,25 +61,27 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     for stage, rows, keys in (("dkdv", "BLOCK_M", "BLOCK_N"), ("dq", "BLOCK_M", "BLOCK_N")):
         reason = (reason or tile_fits(f"{stage}.{rows}", config[f"{stage}.{rows}"], "T", problem)
                   or tile_fits(f"{stage}.{keys}", config[f"{stage}.{keys}"], "S", problem))
+    budgets = {"dkdv": BACKWARD_REGISTER_WORDS, "dq": DQ_REGISTER_WORDS}
     for stage, words in register_estimates(config, problem).items():
-        reason = reason or registers_fit(f"attention_bwd {stage}", words,
-                                         BACKWARD_REGISTER_WORDS, problem["D"],
-                                         value_dim(problem))
+        reason = reason or registers_fit(f"attention_bwd {stage}", words, budgets[stage],
+                                         problem["D"], value_dim(problem))
     return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
 
 
 def register_estimates(config: Config, problem: Problem) -> dict[str, float]:
     """Registers a thread holds, per kernel: dK/dV (the larger of its launches, see
     ``autograd.dkdv_registers``), and dQ: its float32 dq and the q and dO tiles it keeps (its
-    streamed k and v tiles go to shared memory without staying live)."""
+    streamed k and v tiles go to shared memory without staying live), plus a window's band
+    (the dK/dV program's window arithmetic compiled within its budget on Gemma 2's D=256)."""
     element = DTYPES[problem["dtype"]].itemsize
     head_dim, dim_v = problem["D"], value_dim(problem)
     width = head_tile(head_dim) + head_tile(dim_v)
     rows = config["dq.BLOCK_M"]
     dkdv = max(dkdv_registers(config, head_dim, dim_v, element, grads)
                for grads in dkdv_launches(head_dim, dim_v, element))
-    return {"dkdv": dkdv, "dq": register_words(rows * head_tile(head_dim), rows * width,
-                                               element, config["dq.num_warps"])}
+    dq = register_words(rows * head_tile(head_dim), rows * width, element,
+                        config["dq.num_warps"])
+    return {"dkdv": dkdv, "dq": dq + WINDOW_WORDS * windowed(problem)}
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:

@@ -15,16 +15,23 @@ from seqtune.spec import Problem, next_power_of_2
 
 # tl.dot's smallest tile edge: head dims are padded to a power of two at least this large.
 MIN_HEAD_TILE = 16
-# Head tiles up to this wide run every config of the spaces as they were measured; wider ones
-# (head dims 257..512) are held to the register budget below.
-WIDE_HEAD_TILE = 256
 # 32-bit registers a thread may spend on the tiles a program holds in registers at once (its
-# float32 accumulators and the operand tiles ptxas keeps live next to them), per kernel. Fitted
-# to `seqtune check` at head tiles of 512 (and 512/256) on sm_80 and sm_90, bfloat16 and
-# float32: configs at or under these compiled without spills; over them, all spilled but the
-# float32 forward's 32 x 16 and 32 x 32 (D=512/Dv=256) tiles, which the budget gives up.
-FORWARD_REGISTER_WORDS = 128
-BACKWARD_REGISTER_WORDS = 160
+# float32 accumulators and the operand tiles ptxas keeps live next to them), per kernel and by
+# the widest head tile; where none is set, every config of the spaces compiled as measured.
+# Fitted to `seqtune check` on sm_80 and sm_90, bfloat16 and float32:
+# - tiles of 512 (and 512/256): configs at or under these compiled without spills; over them,
+#   all spilled but the float32 forward's 32 x 16 and 32 x 32 (D=512/Dv=256) tiles, which the
+#   budget gives up;
+# - tiles of 256 (Gemma 2's D=256 with its 4096 window, and D=192/Dv=128): the forward's 64 x 32
+#   tiles (112 words) compiled clean without a window and spilled 32 B with it on sm_90, 32 x 32
+#   (64) clean; dQ's 64 query rows (128 words) spilled 168 B on sm_90, 32 rows (64) clean, and
+#   D=192/Dv=128's 64 rows (112) clean. A window's band bounds and masks take WINDOW_WORDS more;
+# - tiles of 128: float32 dQ's 64 query rows (96 words) spilled 40 B on sm_90, bfloat16's (64,
+#   80 with a window) none.
+FORWARD_REGISTER_WORDS = {256: 120, 512: 128}
+BACKWARD_REGISTER_WORDS = {256: 160, 512: 160}  # dK/dV
+DQ_REGISTER_WORDS = {128: 80, 256: 120, 512: 160}
+WINDOW_WORDS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +100,12 @@ def register_words(accumulator: int, operands: int, element_bytes: int, num_warp
     return (accumulator + operands * element_bytes / 4) / (32 * num_warps)
 
 
-def registers_fit(kernel: str, words: float, budget: int, head_dim: int,
+def registers_fit(kernel: str, words: float, budgets: Mapping[int, int], head_dim: int,
                   value_dim: int) -> str | None:
     """Why a program holding ``words`` registers a thread would spill at these head dims (over
-    ``budget``), or None; always None when both head tiles are at most WIDE_HEAD_TILE."""
-    if max(head_tile(head_dim), head_tile(value_dim)) <= WIDE_HEAD_TILE or words <= budget:
+    ``budgets`` of their widest head tile), or None; None too where no budget is set."""
+    budget = budgets.get(max(head_tile(head_dim), head_tile(value_dim)))
+    if budget is None or words <= budget:
         return None
     return (f"{kernel} holds ~{words:.0f} registers a thread of tiles at D={head_dim}, "
             f"Dv={value_dim}, over the {budget} that compile without spills")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from seqtune.kernels.attention.baselines import BASELINES
 from seqtune.kernels.attention.bwd_spec import BACKWARD_SPEC
-from seqtune.kernels.attention.forward import (FORWARD_REGISTER_WORDS, head_tile, register_words,
-                                               registers_fit)
+from seqtune.kernels.attention.forward import (FORWARD_REGISTER_WORDS, WINDOW_WORDS, head_tile,
+                                               register_words, registers_fit)
 from seqtune.kernels.attention.op import attention
 from seqtune.kernels.attention.problems import (PRESETS, PROBLEM_DEFAULTS,
                                                 RESERVED_SHARED_BYTES, SIZE_FIELDS, VERIFY_CASES,
                                                 check_shape, forward_flops, make_inputs,
                                                 tensor_bytes, tile_fits, value_dim)
 from seqtune.kernels.attention.reference import attention_reference
+from seqtune.kernels.attention.window import windowed
 from seqtune.spec import (DTYPES, Config, DeviceLimits, Inputs, KernelSpec, Outputs, Problem,
                           Tolerance, shared_memory_fits)
 
@@ -42,11 +43,13 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
 
 def register_estimate(config: Config, problem: Problem) -> float:
     """Registers a thread of the forward holds: the float32 output accumulator, the query tile
-    and one key tile (loaded through registers on its way to shared memory)."""
+    and one key tile (loaded through registers on its way to shared memory), and a window's
+    band."""
     head_dim, value_tile = head_tile(problem["D"]), head_tile(value_dim(problem))
     rows, keys = config["BLOCK_M"], config["BLOCK_N"]
     return register_words(rows * value_tile, (rows + keys) * head_dim,
-                          DTYPES[problem["dtype"]].itemsize, config["num_warps"])
+                          DTYPES[problem["dtype"]].itemsize,
+                          config["num_warps"]) + WINDOW_WORDS * windowed(problem)
 
 
 def shared_memory_estimate(config: Config, problem: Problem) -> int:

@@ -49,3 +49,8 @@ def window_of_field(field: int, causal: bool) -> tuple[int, int]:
     if causal:
         return (field, 0)
     return (field - field // 2, field // 2)
+
+
+def windowed(problem: dict) -> bool:
+    """Whether a problem (old entries' defaults filled in or not) has a window that hides keys."""
+    return problem.get("window", NO_WINDOW_FIELD) != NO_WINDOW_FIELD
