@@ -18,9 +18,10 @@ On a CPU the kernels run in the Triton interpreter (exact fp32 dots for bf16 ope
 the interpreter: the dot operands are still rounded to bf16 first, as on the GPU). Two of the
 interpreter's roundings are not a GPU's: fp32 -> bf16 casts truncate (a GPU rounds to nearest
 even; fp16 casts do round to nearest), and fp32 dots are exact where a GPU rounds "tf32" dots'
-operands (Triton's default, fla's fp32 dots, e.g. chunk_gla's intra-chunk A) to 10 bits.
-``--gpu-rounding`` patches both to round as a GPU does (``patch_gpu_rounding``), for seqtune's
-kernels and fla's alike; without it the bf16 figures of both carry the truncation's bias.
+operands (Triton's default, fla's fp32 dots, e.g. chunk_gla's intra-chunk A) to 10 bits. The
+casts round as a GPU's for the whole run, seqtune's kernels and fla's alike
+(``seqtune.interpreter_rounding``: seqtune's launches do so anyway); ``--gpu-rounding`` also
+rounds tf32 dots' operands (``patch_tf32_dots``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from seqtune.interpreter_rounding import gpu_rounding
 from seqtune.registry import get_spec
 
 OPS = {  # label -> (spec, problem fields besides the sizes and dtype)
@@ -105,24 +107,13 @@ def _tf32(data):
     return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-def patch_gpu_rounding() -> None:
-    """Make the interpreter round where a GPU rounds (``--gpu-rounding``): its fp32 -> bf16 casts
-    truncate (a GPU rounds to nearest even) and its fp32 dots are exact whatever the precision
-    asked (a GPU rounds tf32 dots' operands, Triton's default for fp32 dots and what fla's fp32
-    dots get, to 10 mantissa bits). Applies to every kernel of the process, seqtune's and fla's;
-    seqtune's own dots ask for "ieee" and are left exact."""
-    import numpy as np
+def patch_tf32_dots() -> None:
+    """Make the interpreter round tf32 dots' operands to 10 mantissa bits, as a GPU does
+    (``--gpu-rounding``; Triton's default precision for fp32 dots and what fla's fp32 dots get;
+    the interpreter computes them exactly). Applies to every kernel of the process; seqtune's
+    own dots ask for "ieee" and are left exact."""
     import triton.language as tl
     from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
-
-    cast = InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            rounded = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
-            bits = rounded.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-            return TensorHandle(bits.reshape(np.shape(src.data)), dst_type.scalar)
-        return cast(self, src, dst_type)
 
     dot = InterpreterBuilder.create_dot
 
@@ -132,7 +123,6 @@ def patch_gpu_rounding() -> None:
             b = TensorHandle(_tf32(b.data), b.dtype.scalar) if b.dtype.scalar == tl.float32 else b
         return dot(self, a, b, d, input_precision, *rest)
 
-    InterpreterBuilder.cast_impl = cast_impl
     InterpreterBuilder.create_dot = create_dot
 
 
@@ -278,11 +268,16 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float16")
     parser.add_argument("--seed", type=int, default=0, help="the spec's input seed")
     parser.add_argument("--gpu-rounding", action="store_true",
-                        help="interpreter only: round fp32 -> bf16 to nearest and tf32 dot "
-                             "operands to 10 bits, as a GPU does (patch_gpu_rounding)")
+                        help="interpreter only: also round tf32 dot operands to 10 bits, as a "
+                             "GPU does (patch_tf32_dots)")
     args = parser.parse_args()
     if args.gpu_rounding:
-        patch_gpu_rounding()
+        patch_tf32_dots()
+    with gpu_rounding():  # every kernel's fp32 -> bf16 casts, fla's too, as a GPU rounds them
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
     chosen = [label for label in OPS
               if any(label == op or label.split()[0] == op for op in args.ops.split(","))]
     device = "cuda" if torch.cuda.is_available() else "cpu"

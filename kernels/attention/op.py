@@ -72,6 +72,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     Returns:
         ``[B, T, Hq, Dv]`` in q's dtype, or ``(o, lse)`` with return_lse; o is differentiable
         in q, k and v. Inputs may be non-contiguous.
+
+    Precision against float64 (``benchmarks/attention_precision.py``: max |err| / max |ref|,
+    causal, GQA, D=64, T=64 and 1000): o bf16 <= 4.3e-3, fp16 <= 6.7e-4, equal to PyTorch's own
+    attention in the dtype (o is rounded once from a float32 accumulator); dq, dk, dv bf16
+    <= 6.9e-3, fp16 <= 6.1e-4, at most 1.74x PyTorch's (flash-attn's tests allow 2x).
     """
     expect_tensors({"q": q, "k": k, "v": v})
     if not all(t is None or isinstance(t, torch.Tensor) for t in (cu_seqlens, cu_seqlens_k)):
