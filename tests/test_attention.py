@@ -197,10 +197,11 @@ def test_check_rejects_what_cannot_run():
 
 
 def test_presets_and_verify_cases_accept_the_default():
-    """The default itself up to head dims of 256; over them, the one ``default_for`` picks."""
+    """The default itself up to head dims of 128; over them (where register budgets apply), the
+    one ``default_for`` picks."""
     for problem in [*SPEC.verify_cases, *(p for ps in SPEC.presets.values() for p in ps)]:
         for limits in (A100, H100):
-            wide = max(problem["D"], problem.get("Dv", 0)) > 256
+            wide = max(problem["D"], problem.get("Dv", 0)) > 128
             config = SPEC.default_for(problem, limits) if wide else dict(SPEC.default_config)
             assert SPEC.check(config, problem, limits) is None, problem
 

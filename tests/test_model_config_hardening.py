@@ -30,7 +30,7 @@ BAD_FIELDS = {
     "float head dim": ({**LLAMA, "head_dim": 16.5}, "head_dim", "16.5"),
     "string head dim": ({**LLAMA, "head_dim": "abc"}, "head_dim", "'abc'"),
     "list head dim": ({**LLAMA, "head_dim": [16]}, "head_dim", "[16]"),
-    "head dim over 256": ({**LLAMA, "head_dim": 512}, "head_dim", "512"),
+    "head dim over 512": ({**LLAMA, "head_dim": 520}, "head_dim", "520"),
     "delta head dim under 16": ({**QWEN, "linear_key_head_dim": 8}, "linear_key_head_dim", "8"),
     "conv width 9": ({**MAMBA, "conv_kernel": 9}, "conv_kernel", "9"),
     "conv width 1": ({**MAMBA2, "conv_kernel": 1}, "conv_kernel", "1"),

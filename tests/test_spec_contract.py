@@ -1,4 +1,5 @@
 """Every kernel spec honours the contract the tool relies on."""
+import itertools
 import math
 
 import pytest
@@ -43,14 +44,25 @@ def test_bucket_keys_round_sizes_up_to_powers_of_two(spec):
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_the_untuned_config_is_valid_everywhere_it_must_run(spec):
     """What runs without tuning (the default, repaired per target where it does not fit) is
-    valid for every preset and verify problem on every known target."""
+    valid for every preset and verify problem on every known target where any config of the
+    space is (attention_bwd at head dims over 256 needs more than the 64 KB of shared memory of
+    gfx90a/gfx942: none fits there)."""
     problems = [p for ps in spec.presets.values() for p in ps] + list(spec.verify_cases)
     for limits in [INTERPRETER_LIMITS] + [t.limits for t in TARGETS.values()]:
         for problem in problems:
             problem = {**spec.problem_defaults, **problem}
             config = spec.default_for(problem, limits)
             reason = spec.check(config, problem, limits)
+            if reason is not None and not _any_config_fits(spec, problem, limits):
+                assert spec.name == "attention_bwd" and limits.shared_memory_per_block <= 65536
+                continue
             assert reason is None, f"{spec.name} {config} on {problem} ({limits}): {reason}"
+
+
+def _any_config_fits(spec, problem, limits) -> bool:
+    return any(spec.check({**spec.default_config, **dict(zip(spec.space, values))}, problem,
+                          limits) is None
+               for values in itertools.product(*spec.space.values()))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)

@@ -96,7 +96,7 @@ LEAST_REGISTERS_DKDV = {"dkdv.BLOCK_M": 16, "dkdv.BLOCK_N": 16, "dkdv.num_warps"
 # dK and dV run as two launches where one program for both would hold more than this even with
 # LEAST_REGISTERS_DKDV (float32 at head dims over 256): fitted to `seqtune check`, where such a
 # program at D=512, Dv=256 (144 words) spilled 48 B on sm_90 and bfloat16 at D=512 (128) none.
-SPLIT_DKDV_REGISTER_WORDS = {512: 128}
+SPLIT_DKDV_REGISTER_WORDS = {(512, 2): 128, (512, 4): 128}
 
 
 def dkdv_launches(head_dim: int, value_dim: int,
@@ -105,7 +105,8 @@ def dkdv_launches(head_dim: int, value_dim: int,
     (each recomputes the scores: about 1.25x the dK/dV work, against spills) where the least
     registers one program for both can hold is over SPLIT_DKDV_REGISTER_WORDS."""
     joint = dkdv_registers(LEAST_REGISTERS_DKDV, head_dim, value_dim, element_bytes)
-    if registers_fit("dkdv", joint, SPLIT_DKDV_REGISTER_WORDS, head_dim, value_dim) is None:
+    if registers_fit("dkdv", joint, SPLIT_DKDV_REGISTER_WORDS, head_dim, value_dim,
+                     element_bytes) is None:
         return ((True, True),)
     return ((True, False), (False, True))
 

@@ -61,11 +61,15 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     for stage, rows, keys in (("dkdv", "BLOCK_M", "BLOCK_N"), ("dq", "BLOCK_M", "BLOCK_N")):
         reason = (reason or tile_fits(f"{stage}.{rows}", config[f"{stage}.{rows}"], "T", problem)
                   or tile_fits(f"{stage}.{keys}", config[f"{stage}.{keys}"], "S", problem))
+    reason = reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+    if reason or limits.backend == "interpreter":
+        return reason
     budgets = {"dkdv": BACKWARD_REGISTER_WORDS, "dq": DQ_REGISTER_WORDS}
     for stage, words in register_estimates(config, problem).items():
         reason = reason or registers_fit(f"attention_bwd {stage}", words, budgets[stage],
-                                         problem["D"], value_dim(problem))
-    return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+                                         problem["D"], value_dim(problem),
+                                         DTYPES[problem["dtype"]].itemsize)
+    return reason
 
 
 def register_estimates(config: Config, problem: Problem) -> dict[str, float]:

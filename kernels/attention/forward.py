@@ -28,9 +28,12 @@ MIN_HEAD_TILE = 16
 #   D=192/Dv=128's 64 rows (112) clean. A window's band bounds and masks take WINDOW_WORDS more;
 # - tiles of 128: float32 dQ's 64 query rows (96 words) spilled 40 B on sm_90, bfloat16's (64,
 #   80 with a window) none.
-FORWARD_REGISTER_WORDS = {256: 120, 512: 128}
-BACKWARD_REGISTER_WORDS = {256: 160, 512: 160}  # dK/dV
-DQ_REGISTER_WORDS = {128: 80, 256: 120, 512: 160}
+# Keys are (widest head tile, element bytes): the budgets of tiles of 256 and 128 hold for the
+# dtypes they were measured on (float32's default forward, 160 words at D=256, compiles clean).
+# The interpreter has no registers: it takes no budget.
+FORWARD_REGISTER_WORDS = {(256, 2): 120, (512, 2): 128, (512, 4): 128}
+BACKWARD_REGISTER_WORDS = {(512, 2): 160, (512, 4): 160}  # dK/dV
+DQ_REGISTER_WORDS = {(128, 4): 80, (256, 2): 120, (512, 2): 160, (512, 4): 160}
 WINDOW_WORDS = 16
 
 
@@ -100,11 +103,12 @@ def register_words(accumulator: int, operands: int, element_bytes: int, num_warp
     return (accumulator + operands * element_bytes / 4) / (32 * num_warps)
 
 
-def registers_fit(kernel: str, words: float, budgets: Mapping[int, int], head_dim: int,
-                  value_dim: int) -> str | None:
+def registers_fit(kernel: str, words: float, budgets: Mapping[tuple[int, int], int],
+                  head_dim: int, value_dim: int, element_bytes: int) -> str | None:
     """Why a program holding ``words`` registers a thread would spill at these head dims (over
-    ``budgets`` of their widest head tile), or None; None too where no budget is set."""
-    budget = budgets.get(max(head_tile(head_dim), head_tile(value_dim)))
+    ``budgets`` of their widest head tile and element size), or None; None too where no budget
+    is set."""
+    budget = budgets.get((max(head_tile(head_dim), head_tile(value_dim)), element_bytes))
     if budget is None or words <= budget:
         return None
     return (f"{kernel} holds ~{words:.0f} registers a thread of tiles at D={head_dim}, "

@@ -36,9 +36,11 @@ def check(config: Config, problem: Problem, limits: DeviceLimits) -> str | None:
     """None if ``config`` can run ``problem`` on a device with ``limits``, else why not."""
     reason = (check_shape(problem) or tile_fits("BLOCK_M", config["BLOCK_M"], "T", problem)
               or tile_fits("BLOCK_N", config["BLOCK_N"], "S", problem)
-              or registers_fit("attention", register_estimate(config, problem),
-                               FORWARD_REGISTER_WORDS, problem["D"], value_dim(problem)))
-    return reason or shared_memory_fits(shared_memory_estimate(config, problem), limits)
+              or shared_memory_fits(shared_memory_estimate(config, problem), limits))
+    if reason or limits.backend == "interpreter":
+        return reason
+    return registers_fit("attention", register_estimate(config, problem), FORWARD_REGISTER_WORDS,
+                         problem["D"], value_dim(problem), DTYPES[problem["dtype"]].itemsize)
 
 
 def register_estimate(config: Config, problem: Problem) -> float:
