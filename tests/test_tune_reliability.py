@@ -98,8 +98,16 @@ def test_two_concurrent_tunes_end_with_one_profile_holding_both(tmp_path):
     assert len(runs) == 2  # both journals in one file, no line torn by the other
 
 
+def _interruptible():
+    """Ctrl-C at its default in the child, as in a terminal: a test runner that ignores SIGINT
+    (xdist workers of newer pytest do) would hand the child an ignored SIGINT, which Python keeps
+    ignoring, and the tune would run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
-    process = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate")
+    process = seqtune("tune", "linear_scan", "--forward-only", "--profile-dir", str(tmp_path), "--no-isolate",
+                      preexec_fn=_interruptible)
     wait_for_records(tmp_path, 2, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
