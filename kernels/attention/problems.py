@@ -20,7 +20,7 @@ import torch
 
 from seqtune.kernels.attention.op import MAX_HEAD_DIM
 from seqtune.kernels.attention.varlen import key_lengths, offsets_of, sequence_lengths
-from seqtune.kernels.attention.window import NO_WINDOW_FIELD, window_of_field
+from seqtune.kernels.attention.window import NO_WINDOW_FIELD, window_of_field, windowed
 from seqtune.spec import DTYPES, Inputs, Problem, next_power_of_2
 
 # tl.dot's smallest tile edge on NVIDIA GPUs; tiles this small are always allowed.
@@ -98,7 +98,7 @@ def make_inputs(problem: Problem, device: str, seed: int) -> Inputs:
               "causal": problem["causal"], "score": problem.get("score", "softmax")}
     if "sigmoid_bias" in problem:
         inputs["sigmoid_bias"] = problem["sigmoid_bias"]
-    if problem.get("window", NO_WINDOW_FIELD) != NO_WINDOW_FIELD:
+    if windowed(problem):
         inputs["window"] = window_pair(problem)
     if problem.get("varlen", False):
         pairs = sequence_pairs(problem)
