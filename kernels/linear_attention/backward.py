@@ -29,7 +29,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from seqtune.kernels.linear_attention.kernels import chunk_at, chunk_slots, sequence_span
+from seqtune.kernels.linear_attention.kernels import (chunk_at, chunk_slots, dot_fp32_operands,
+                                                      sequence_span)
 
 
 @triton.jit
@@ -304,18 +305,20 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
         to_ref = tl.cumsum(g_earlier, axis=0, reverse=True) - g_earlier  # b_r - b_s
         k_chunk = tl.load(k_base + t_chunk[:, None] * skt,
                           mask=(earlier & chunk_mask)[:, None] & d_mask[None, :], other=0.0)
-        k_decayed = (k_chunk.to(tl.float32) * tl.exp(tl.minimum(to_ref, 0.0))).to(k_chunk.dtype)
-        scores = tl.where(earlier[None, :], rows_by_chunk, 0.0).to(k_chunk.dtype)
-        from_ref = tl.dot(scores.to(DOT), k_decayed.to(DOT), input_precision="ieee")
+        k_decayed = k_chunk.to(tl.float32) * tl.exp(tl.minimum(to_ref, 0.0))
+        scores = tl.where(earlier[None, :], rows_by_chunk, 0.0)
+        from_ref = dot_fp32_operands(scores, k_decayed, tl.zeros([SUB, BK], dtype=tl.float32),
+                                     k_chunk.dtype == tl.float32)
         dq_tile += from_ref * tl.exp(cum_rows)
     if row0 + SUB < BT:
         g_later = tl.where(later[:, None], g_chunk, 0.0)
         from_last = tl.cumsum(g_later, axis=0)  # b_t - b_r'
         q_chunk = tl.load(q_base + t_chunk[:, None] * sqt, mask=later[:, None] & d_mask[None, :],
                           other=0.0)
-        q_decayed = (q_chunk.to(tl.float32) * tl.exp(tl.minimum(from_last, 0.0))).to(q_chunk.dtype)
-        scores = tl.where(later[None, :], chunk_by_rows, 0.0).to(q_chunk.dtype)
-        to_last = tl.dot(scores.to(DOT), q_decayed.to(DOT), input_precision="ieee")
+        q_decayed = q_chunk.to(tl.float32) * tl.exp(tl.minimum(from_last, 0.0))
+        scores = tl.where(later[None, :], chunk_by_rows, 0.0)
+        to_last = dot_fp32_operands(scores, q_decayed, tl.zeros([SUB, BK], dtype=tl.float32),
+                                    q_chunk.dtype == tl.float32)
         dk_tile += to_last * tl.exp(tl.minimum(to_last_row, 0.0))
     # the diagonal block: scores of the sub-chunk's rows against its own rows, elementwise
     diag_q = tl.zeros([SUB, SUB], dtype=tl.float32)

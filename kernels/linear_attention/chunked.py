@@ -78,7 +78,7 @@ def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict) -> torch.Tens
             raise ValueError("v_scale goes with no or scalar decay only (SSD's dt)")
         launch(_intra_channel_kernel, (layout.grid * (BT // SUB), B * H), *common,
                *r.gate_strides(), K=K, BT=BT, BK=config["intra.BK"], SUB=SUB, DIAG_BK=DIAG_BK,
-               VARLEN=r.sequences.packed, DOT=dot_type(dtype), **tuning)
+               VARLEN=r.sequences.packed, **tuning)
     else:
         launch(_intra_kernel, (layout.grid, B * H), *common[:3], vs, *common[3:],
                *r.gate_strides()[:3], K=K, GATE=GATES[r.gate], VSCALE=r.v_scale is not None,

@@ -94,6 +94,32 @@ def chunk_slots(n, chunk_offsets, NT, VARLEN: tl.constexpr):
         return n * NT
 
 
+def three_bf16(_semantic=None):
+    """Triton's bf16x3 precision where the target has it (NVIDIA and AMD builds), else IEEE:
+    the interpreter's dots take no bf16x3 and compute fp32 operands exactly. A Triton builtin
+    (it reads the compile options, as ``tl.dot`` does)."""
+    if _semantic is None:
+        return tl.constexpr("ieee")
+    allowed = _semantic.builder.options.allowed_dot_input_precisions
+    return tl.constexpr("bf16x3" if "bf16x3" in allowed else "ieee")
+
+
+three_bf16.__triton_builtin__ = True
+
+
+@triton.jit
+def dot_fp32_operands(a, b, acc, EXACT: tl.constexpr):
+    """acc + a @ b for fp32 ``a`` and ``b`` (decayed q and k, dA's scores): exact for fp32
+    problems, else as three bf16 products (hi hi + hi lo + lo hi, ~16 bits; exact in the
+    interpreter). Rounding each operand to the input dtype kept 8 bits in bf16, 3 fewer than
+    the tf32 dots of fla's chunk_gla (issue 28). On sm_80/sm_90/gfx942 bf16x3 takes no more
+    registers than the rounded dot did (``seqtune check``)."""
+    if EXACT:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=three_bf16())
+
+
 @triton.jit
 def _intra_kernel(q, k, g, vs, A, cu, chunk_list, T, H, QK_GROUP, NT,
                   sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh,
@@ -140,8 +166,7 @@ def _intra_kernel(q, k, g, vs, A, cu, chunk_list, T, H, QK_GROUP, NT,
 def _intra_channel_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
                           sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh, sgd,
                           K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          SUB: tl.constexpr, DIAG_BK: tl.constexpr, VARLEN: tl.constexpr,
-                          DOT: tl.constexpr):
+                          SUB: tl.constexpr, DIAG_BK: tl.constexpr, VARLEN: tl.constexpr):
     """SUB rows of A of one chunk for per-channel decay. Grid (chunks * BT/SUB, B*H).
 
     exp(b_t - b_s) does not factor into exp(b_t) * exp(-b_s) safely (exp(-b_s) overflows for
@@ -182,10 +207,8 @@ def _intra_channel_kernel(q, k, g, A, cu, chunk_list, T, H, QK_GROUP, NT,
             g_tile = tl.load(g_rows + d[None, :] * sgd, mask=rows_2d, other=0.0).to(tl.float32)
             q_tile = tl.load(q_rows + d[None, :] * sqd, mask=rows_2d, other=0.0)
             q_decayed = q_tile.to(tl.float32) * tl.exp(tl.cumsum(g_tile, axis=0))
-            # operands rounded to the input dtype, as the GPU's tensor cores take them
-            acc = tl.dot(q_decayed.to(k_tile.dtype).to(DOT),
-                         tl.trans(k_decayed.to(k_tile.dtype).to(DOT)), acc,
-                         input_precision="ieee")
+            acc = dot_fp32_operands(q_decayed, tl.trans(k_decayed), acc,
+                                    k_tile.dtype == tl.float32)
     diag = tl.zeros([SUB, SUB], dtype=tl.float32)
     for k0 in range(0, K, DIAG_BK):
         d = k0 + tl.arange(0, DIAG_BK)
