@@ -81,3 +81,33 @@ def test_gla_bf16_gradients_against_float64():
     ratios = {name: _ratio(a, b) for name, a, b in zip(("dq", "dk", "dv", "dg"), got, want)}
     bounds = {"dq": 1.95e-3, "dk": 1.95e-3, "dv": 2.7e-3, "dg": 2.5e-3}
     assert all(ratios[name] < bound for name, bound in bounds.items()), ratios
+
+
+# (bf16, fp16) bounds on dg's RMS ratio: one chunk (the state before it is the exact initial
+# state) and two (the second's is recomputed from rounded operands). With <S, dH> read from the
+# recomputed state after each chunk: 1.9e-3-4.3e-3 (bf16) and 1.5e-4-4.6e-4 (fp16); with the
+# state before it decayed through the chunk plus the chunk's own terms: 2e-6, 5e-4 and 5e-5.
+DG_BOUNDS = {64: (1e-4, 1e-4), 100: (1e-3, 1e-4)}
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T", sorted(DG_BOUNDS))
+def test_gate_gradient_takes_the_chunks_own_terms_from_exact_keys(gate, dtype, T):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, T, 2, 32, generator=gen).to(dtype) for _ in range(3))
+    g = F.logsigmoid(torch.randn(*((1, T, 2) if gate == "scalar" else (1, T, 2, 32)),
+                                 generator=gen)) / 8
+    h0 = torch.randn(1, 2, 32, 32, generator=gen)
+    do = torch.randn(1, T, 2, 32, generator=gen).to(dtype)
+    dht = torch.randn(1, 2, 32, 32, generator=gen)
+    leaves = [t.requires_grad_() for t in (q, k, v, g, h0)]
+    out, final = linear_attention(*leaves[:4], initial_state=leaves[4], output_final_state=True)
+    loss = (out.double() * do.double()).sum() + (final.double() * dht.double()).sum()
+    dg = torch.autograd.grad(loss, leaves[3])[0]
+    exact = [t.detach().double().requires_grad_() for t in leaves]
+    ref, ref_final = varlen_linear_attention_reference(*exact[:4], initial_state=exact[4])
+    want = torch.autograd.grad((ref * do.double()).sum() + (ref_final * dht.double()).sum(),
+                               exact[3])[0]
+    bound = DG_BOUNDS[T][dtype == torch.float16]
+    assert _ratio(dg, want) < bound, _ratio(dg, want)

@@ -19,10 +19,12 @@ With b_t the cumulative log decay since the chunk start, S_prev the state before
   sequence start) and the final state as exp(B_T) (...), so dL/dB_t = q_t dq_t - k_t dk_t
   (+ sum_v dS_T S_T at the last step) and dg_t = sum_{t' >= t} dL/dB_t'. The part of that sum
   past t's chunk is <S, dH> for the state S after the chunk and its gradient dH (shifting every
-  later B by one amount only scales S), so dg sums within a chunk (as fla does) and reads the
-  rest from the fp32 states and state gradients: no exponential, and no rounding error gathered
-  over the whole sequence. The backward keeps the recomputed states and dH in fp32 (as fla's
-  does); they are rounded to the input dtype only as tensor-core operands.
+  later B by one amount only scales S), so dg sums within a chunk (as fla does) and adds that
+  inner product: no exponential, and no rounding error gathered over the whole sequence. As in
+  fla, S enters as the state before the chunk decayed through it plus the chunk's own terms,
+  sum_s k_s . (exp(b_last - b_s) dH v_s) from exact keys (the dqk kernels' ``carries``). The
+  backward keeps the recomputed states and dH in fp32 (as fla's does); they are rounded to the
+  input dtype only as tensor-core operands.
 """
 from __future__ import annotations
 
@@ -130,7 +132,8 @@ def _dv_kernel(k, g, do, A, dhs, dv, cu, chunk_list, T, H, QK_GROUP, NT, scale,
 
 
 @triton.jit
-def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, QK_GROUP, NT,
+def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, carries, cu, chunk_list, T, H,
+                QK_GROUP, NT,
                 scale,
                 sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd,
                 sgb, sgt, sgh, sdb, sdt, sdh, sdd,
@@ -144,7 +147,8 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, Q
     gradient, fp32 [B, T, H, K/BK]): its intra-chunk part as fla computes it, row sums minus
     column sums of dA * (q k^T) in fp32, so that the terms of each pair (t, s), which cancel in
     dg's reverse sum from t down to s, cancel exactly instead of leaving the rounding of dq's
-    and dk's bf16 dot operands behind."""
+    and dk's bf16 dot operands behind; and into ``carries`` (same shape) k_t . (exp(b_last -
+    b_t) dH v_t), the chunk's share of <S, dH> after it (``_dg_kernel``)."""
     pid_k, bh = tl.program_id(0), tl.program_id(2).to(tl.int64)
     b, h, bos, eos, c, slot = chunk_at(tl.program_id(1), bh, cu, chunk_list, T, H, NT, VARLEN)
     if c * BT >= eos - bos:
@@ -198,8 +202,9 @@ def _dqk_kernel(q, k, v, g, do, hs, dhs, dq, dk, points, cu, chunk_list, T, H, Q
         q32, k32 = q_tile.to(tl.float32), k_tile.to(tl.float32)
         point = (tl.sum(pairs, axis=1) - tl.sum(pairs, axis=0)
                  + tl.sum(q32 * q_inter - k32 * k_inter, axis=1))
-        tl.store(points + ((b * T + t) * H + h) * tl.num_programs(0) + pid_k, point,
-                 mask=t_mask)
+        at = ((b * T + t) * H + h) * tl.num_programs(0) + pid_k
+        tl.store(points + at, point, mask=t_mask)
+        tl.store(carries + at, tl.sum(k32 * k_inter, axis=1), mask=t_mask)
     out = (b * T + t[:, None]) * H * K + h * K + d[None, :]
     tl.store(dq + out, dq_tile, mask=tile_mask)
     tl.store(dk + out, dk_tile, mask=tile_mask)
@@ -221,14 +226,16 @@ def _dot_state(rows, state, acc, SPLIT: tl.constexpr, DOT: tl.constexpr):
 
 
 @triton.jit
-def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, QK_GROUP, NT,
+def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, carries, cu, chunk_list, T, H,
+                        QK_GROUP, NT,
                         scale, sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd,
                         sgb, sgt, sgh, sgd, sdb, sdt, sdh, sdd,
                         K: tl.constexpr, V: tl.constexpr, VARLEN: tl.constexpr,
                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                         SUB: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr):
     """[SUB, BK] blocks of dq and dk (per value head, fp32) of SUB rows of a chunk, for
-    per-channel decay. Grid (K/BK, chunks * BT/SUB, B*H).
+    per-channel decay, and of k_s * (exp(b_last - b_s) dH v_s) into ``carries`` (as dk; see
+    ``_dg_kernel``). Grid (K/BK, chunks * BT/SUB, B*H).
 
     Against the earlier rows s of the chunk, dq of row t goes through the reference step
     r = row0 - 1: exp(b_t - b_s) = exp(b_t - b_r) exp(b_r - b_s), both <= 1; against the later
@@ -298,6 +305,9 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
                      other=0.0).to(tl.float32)
     earlier = pos < row0
     later = (pos >= row0 + SUB) & chunk_mask
+    out = (b * T + t_rows[:, None]) * H * K + h * K + d[None, :]
+    tile_mask = rows_mask[:, None] & d_mask[None, :]
+    tl.store(carries + out, k_rows * k_inter, mask=tile_mask)
     dq_tile = q_inter
     dk_tile = k_inter
     if row0 > 0:
@@ -337,31 +347,30 @@ def _dqk_channel_kernel(q, k, v, g, do, hs, dhs, dq, dk, cu, chunk_list, T, H, Q
     gap = tl.exp(tl.minimum(cum_rows[:, None, :] - cum_rows[None, :, :], 0.0))  # [t, s, k]
     dq_tile += tl.sum(diag_q[:, :, None] * gap * k_rows[None, :, :], axis=1)
     dk_tile += tl.sum(diag_k[:, :, None] * tl.permute(gap, (1, 0, 2)) * q_rows[None, :, :], axis=1)
-    out = (b * T + t_rows[:, None]) * H * K + h * K + d[None, :]
-    tile_mask = rows_mask[:, None] & d_mask[None, :]
     tl.store(dq + out, dq_tile, mask=tile_mask)
     tl.store(dk + out, dk_tile, mask=tile_mask)
 
 
 @triton.jit
-def _dg_kernel(q, k, dq, dk, points, hs, dhs, final, dg, cu, chunk_offsets, T, H, QK_GROUP, NT,
-               NK, sqb, sqt, sqh, sqd, skb, skt, skh, skd,
-               K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, HAS_FINAL: tl.constexpr,
-               VARLEN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+def _dg_kernel(q, k, g, dq, dk, points, carries, hs, dhs, dg, cu, chunk_offsets, T, H, QK_GROUP,
+               NT, NK, sqb, sqt, sqh, sqd, skb, skt, skh, skd, sgb, sgt, sgh, sgd,
+               K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr, VARLEN: tl.constexpr,
+               BT: tl.constexpr, BK: tl.constexpr):
     """dg of one sequence and value head (and BK channels for per-channel decay), chunk by
     chunk: the reverse cumulative sum of the point gradients within the chunk, plus what all
-    later steps add, <S, dH> for the state S after the chunk and its gradient dH (fp32 both).
-    Summing only within a chunk keeps dg's rounding error to that of one chunk's terms, not of
-    every later step's. Grid (K/BK or 1, N*H)."""
+    later steps add, <S, dH> for the state S after the chunk and its gradient dH. As fla does,
+    S is taken as its two parts: the state before the chunk decayed through it (fp32, its
+    rounding damped by the decay) and the chunk's own k_s v_s^T terms, whose share
+    sum_s k_s . (exp(b_last - b_s) dH v_s) the dqk kernel leaves in ``carries`` from exact keys
+    (the recomputed S after the chunk holds them rounded as the state dot's operands: its error
+    went into every step's dg). Grid (K/BK or 1, N*H)."""
     pid_k, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n, h = bh // H, bh % H
     b, bos, eos = sequence_span(n, cu, T, VARLEN)
     first_slot = chunk_slots(n, chunk_offsets, NT, VARLEN)
     qk_head = h // QK_GROUP
-    n_chunks = tl.cdiv(eos - bos, BT)
-    for c in range(n_chunks):
+    for c in range(tl.cdiv(eos - bos, BT)):
         slot = first_slot + c
-        more = c < n_chunks - 1  # a later chunk of the sequence follows
         t = bos + c * BT + tl.arange(0, BT)
         t_mask = t < eos
         if GATE == 2:
@@ -370,69 +379,67 @@ def _dg_kernel(q, k, dq, dk, points, hs, dhs, final, dg, cu, chunk_offsets, T, H
             mask = t_mask[:, None] & d_mask[None, :]
             point = _point_grad(q, k, dq, dk, b, t, d, mask, qk_head, h, T, H, K,
                                 sqb, sqt, sqh, sqd, skb, skt, skh, skd)
-            later = _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K, V,
-                                   HAS_FINAL, BK)
-            tl.store(dg + (b * T + t[:, None]) * H * K + h * K + d[None, :],
-                     tl.cumsum(point, axis=0, reverse=True) + later[None, :], mask=mask)
+            rows = (b * T + t[:, None]) * H * K + h * K + d[None, :]
+            decay = tl.load(g + b * sgb + h * sgh + t[:, None] * sgt + d[None, :] * sgd,
+                            mask=mask, other=0.0).to(tl.float32)
+            later = (tl.exp(tl.sum(decay, axis=0)) * _boundary_grad(hs, dhs, slot, h, H, d,
+                                                                    d_mask, K, V, BK)
+                     + tl.sum(tl.load(carries + rows, mask=mask, other=0.0), axis=0))
+            tl.store(dg + rows, tl.cumsum(point, axis=0, reverse=True) + later[None, :],
+                     mask=mask)
         else:
             point = tl.zeros([BT], dtype=tl.float32)
+            carried = tl.zeros([BT], dtype=tl.float32)
             for j in range(NK):
-                point += tl.load(points + ((b * T + t) * H + h) * NK + j, mask=t_mask, other=0.0)
-            later = _state_inner(hs, dhs, final, slot, bh, h, H, more, K, V, HAS_FINAL, BK)
+                at = ((b * T + t) * H + h) * NK + j
+                point += tl.load(points + at, mask=t_mask, other=0.0)
+                carried += tl.load(carries + at, mask=t_mask, other=0.0)
+            decay = tl.load(g + b * sgb + h * sgh + t * sgt, mask=t_mask, other=0.0)
+            later = (tl.exp(tl.sum(decay.to(tl.float32), axis=0))
+                     * _state_inner(hs, dhs, slot, h, H, K, V, BK) + tl.sum(carried, axis=0))
             tl.store(dg + (b * T + t) * H + h, tl.cumsum(point, axis=0, reverse=True) + later,
                      mask=t_mask)
 
 
 @triton.jit
-def _state_inner(hs, dhs, final, slot, bh, h, H, more, K: tl.constexpr, V: tl.constexpr,
-                 HAS_FINAL: tl.constexpr, BK: tl.constexpr):
+def _state_inner(hs, dhs, slot, h, H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr):
     """<S, dH> summed over the whole [K, V] state (scalar decay's term from later steps), S and
     dH as in ``_boundary_grad``. One [BK, BK] accumulator reduced once at the end: reducing
     every block to a scalar inside the loops left an 8 B stack spill on sm_80."""
-    after, grad = _boundary_states(hs, dhs, final, slot, bh, h, H, more, K, V)
-    live = (tl.full([BK], HAS_FINAL, tl.int32) + more.to(tl.int32)) > 0
+    before, grad = _boundary_states(hs, dhs, slot, h, H, K, V)
     acc = tl.zeros([BK, BK], dtype=tl.float32)
     for k0 in range(0, K, BK):
         d = k0 + tl.arange(0, BK)
-        rows = live & (d < K)
         for e0 in range(0, V, BK):
             e = e0 + tl.arange(0, BK)
             block = d[:, None] * V + e[None, :]
-            mask = rows[:, None] & (e < V)[None, :]
-            acc += (tl.load(after + block, mask=mask, other=0.0)
+            mask = (d < K)[:, None] & (e < V)[None, :]
+            acc += (tl.load(before + block, mask=mask, other=0.0)
                     * tl.load(grad + block, mask=mask, other=0.0))
     return tl.sum(tl.sum(acc, axis=1), axis=0)
 
 
 @triton.jit
-def _boundary_grad(hs, dhs, final, slot, bh, h, H, more, d, d_mask, K: tl.constexpr,
-                   V: tl.constexpr, HAS_FINAL: tl.constexpr, BV: tl.constexpr):
-    """sum_v S[d, v] dH[d, v], [BK], for the state S after chunk ``slot`` (the next chunk's
-    state, or the final one after the last chunk: zero without it, whose gradient is zero too)
-    and dH, the chunk's slot of ``dhs``."""
-    after, grad = _boundary_states(hs, dhs, final, slot, bh, h, H, more, K, V)
-    live = d_mask
-    if not HAS_FINAL:
-        live = d_mask & (tl.full([BV], 1, tl.int32) * more.to(tl.int32) > 0)
+def _boundary_grad(hs, dhs, slot, h, H, d, d_mask, K: tl.constexpr, V: tl.constexpr,
+                   BV: tl.constexpr):
+    """sum_v S[d, v] dH[d, v], [BK], for the state S before chunk ``slot`` and dH, the gradient
+    of the state after it (zero after a sequence's last chunk without a final state's)."""
+    before, grad = _boundary_states(hs, dhs, slot, h, H, K, V)
     total = tl.sum(tl.zeros([BV, BV], dtype=tl.float32), axis=1)
     for e0 in range(0, V, BV):
         e = e0 + tl.arange(0, BV)
         block = d[:, None] * V + e[None, :]
-        block_mask = live[:, None] & (e < V)[None, :]
-        total += tl.sum(tl.load(after + block, mask=block_mask, other=0.0)
+        block_mask = d_mask[:, None] & (e < V)[None, :]
+        total += tl.sum(tl.load(before + block, mask=block_mask, other=0.0)
                         * tl.load(grad + block, mask=block_mask, other=0.0), axis=1)
     return total
 
 
 @triton.jit
-def _boundary_states(hs, dhs, final, slot, bh, h, H, more, K: tl.constexpr, V: tl.constexpr):
-    """Pointers to the [K, V] state S after chunk ``slot`` (the next chunk's state, or the final
-    one after the last chunk) and to dH, the chunk's slot of ``dhs``."""
-    if more:
-        after = hs + ((slot + 1) * H + h) * K * V
-    else:
-        after = final + bh * K * V
-    return after, dhs + (slot * H + h) * K * V
+def _boundary_states(hs, dhs, slot, h, H, K: tl.constexpr, V: tl.constexpr):
+    """Pointers to the [K, V] state before chunk ``slot`` and to the gradient of the state
+    after it (the chunk's slots of ``hs`` and ``dhs``)."""
+    return hs + (slot * H + h) * K * V, dhs + (slot * H + h) * K * V
 
 
 @triton.jit

@@ -71,16 +71,21 @@ def _value_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Ten
 
 def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tensor,
                states: torch.Tensor, dhs: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """dq and dk per value head, fp32 [B, T, H, K]; with scalar decay also the point gradients
-    of dg per K block, fp32 [B, T, H, K/dqk.BK] (else None)."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """dq and dk per value head, fp32 [B, T, H, K]; with a decay the carries of dg (fp32, as dk
+    per channel, else per K block) and with scalar decay its point gradients per K block, fp32
+    [B, T, H, K/dqk.BK] (else None)."""
     B, T, _, K = r.q.shape
     H, V, BT = r.heads, r.v.shape[3], config["BT"]
     dq = new_output((B, T, H, K), torch.float32, r.q.device)
     dk = new_output((B, T, H, K), torch.float32, r.q.device)
     bk = config["dqk.BK"]
-    points = (new_output((B, T, H, triton.cdiv(K, bk)), torch.float32, r.q.device)
-              if r.gate == "scalar" else None)
+    points = carries = None
+    if r.gate == "scalar":
+        points, carries = (new_output((B, T, H, triton.cdiv(K, bk)), torch.float32, r.q.device)
+                           for _ in range(2))
+    elif r.gate == "channel":
+        carries = new_output((B, T, H, K), torch.float32, r.q.device)
     cu, chunk_list = r.varlen_args(layout)
     common = (r.q, r.k, r.v, r.gate_or_any(), do, states, dhs, dq, dk, cu, chunk_list, T, H,
               r.group, layout.grid, float(r.scale), *r.q.stride(), *r.k.stride(),
@@ -92,20 +97,20 @@ def _key_grads(r: Recurrence, layout: ChunkLayout, config: dict, do: torch.Tenso
               **backend_options(config)}
     if r.gate == "channel":
         launch(_dqk_channel_kernel, (triton.cdiv(K, bk), layout.grid * (BT // SUB), B * H),
-               *common, *r.gate_strides(), *do.stride(), SUB=SUB, **tuning)
+               *common[:9], carries, *common[9:], *r.gate_strides(), *do.stride(), SUB=SUB,
+               **tuning)
     else:
         launch(_dqk_kernel, (triton.cdiv(K, bk), layout.grid, B * H), *common[:9],
-               points if points is not None else dq, *common[9:], *r.gate_strides()[:3],
-               *do.stride(), GATE=GATES[r.gate], **tuning)
-    return dq, dk, points
+               *((points, carries) if points is not None else (dq, dq)), *common[9:],
+               *r.gate_strides()[:3], *do.stride(), GATE=GATES[r.gate], **tuning)
+    return dq, dk, points, carries
 
 
 def _gate_grads(r: Recurrence, layout: ChunkLayout, config: dict, dq: torch.Tensor,
-                dk: torch.Tensor, points: torch.Tensor | None, states: torch.Tensor,
-                dhs: torch.Tensor, final: torch.Tensor | None) -> torch.Tensor:
+                dk: torch.Tensor, points: torch.Tensor | None, carries: torch.Tensor,
+                states: torch.Tensor, dhs: torch.Tensor) -> torch.Tensor:
     """dg, fp32 contiguous in g's shape, from the point gradients (``points`` for scalar
-    decay, else q dq - k dk) and the fp32 states, state gradients and final state (None: the
-    final state's gradient is zero)."""
+    decay, else q dq - k dk), the carries and the fp32 states and state gradients."""
     T, K, V, H = r.q.shape[1], r.q.shape[3], r.v.shape[3], r.heads
     dg = new_output(r.g.shape, torch.float32, r.q.device)
     bk = config["dg.BK"]
@@ -113,10 +118,10 @@ def _gate_grads(r: Recurrence, layout: ChunkLayout, config: dict, dq: torch.Tens
     cu = r.sequences.cu if r.sequences.packed else dg
     offsets = layout.chunk_offsets if layout.chunk_offsets is not None else dg
     launch(_dg_kernel, (triton.cdiv(K, bk) if channel else 1, r.sequences.count * H),
-           r.q, r.k, dq, dk, points if points is not None else dq, states, dhs,
-           final if final is not None else states, dg, cu, offsets, T, H, r.group, layout.grid,
-           1 if points is None else points.shape[3], *r.q.stride(), *r.k.stride(), K=K, V=V,
-           GATE=GATES[r.gate], HAS_FINAL=final is not None, VARLEN=r.sequences.packed,
+           r.q, r.k, r.g, dq, dk, points if points is not None else dq, carries, states, dhs,
+           dg, cu, offsets, T, H, r.group, layout.grid,
+           1 if points is None else points.shape[3], *r.q.stride(), *r.k.stride(),
+           *r.gate_strides(), K=K, V=V, GATE=GATES[r.gate], VARLEN=r.sequences.packed,
            BT=config["BT"], BK=bk, num_warps=config["dg.num_warps"],
            **backend_options(config))
     return dg
@@ -135,14 +140,13 @@ def run_backward(r: Recurrence, config: dict, do: torch.Tensor,
     layout = r.sequences.chunk_layout(config["BT"])
     dht = None if dht is None else dht.to(torch.float32).contiguous()
     intra = launch_intra(r, layout, config)
-    states, final = launch_states(r, layout, config, dht is not None and r.g is not None,
-                                  torch.float32)
+    states, _ = launch_states(r, layout, config, False, torch.float32)
     dhs, dh0 = _state_grads(r, layout, config, do, dht)
     dv = _value_grads(r, layout, config, do, intra, dhs)
-    dq, dk, points = _key_grads(r, layout, config, do, states, dhs)
+    dq, dk, points, carries = _key_grads(r, layout, config, do, states, dhs)
     dg = None
     if r.g is not None:
-        dg = _gate_grads(r, layout, config, dq, dk, points, states, dhs, final)
+        dg = _gate_grads(r, layout, config, dq, dk, points, carries, states, dhs)
     heads = r.q.shape[2]
     return Gradients(_per_key_head(dq, heads, r.q.dtype), _per_key_head(dk, heads, r.k.dtype),
                      dv, dg, dh0)
