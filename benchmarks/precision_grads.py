@@ -144,16 +144,22 @@ def fla_row(run, inputs: dict, do, dht, reference: dict) -> str:
                 f"{str(error).splitlines()[0][:100] if str(error) else ''}")
 
 
-def measure(label: str, T: int, dtype: str, args: argparse.Namespace, fla_ops) -> list[str]:
-    """seqtune's row and fla's chunk row (or why not) for one op, length and dtype."""
+def case(label: str, T: int, dtype: str, heads: int, dim: int, seed: int):
+    """(spec name, inputs, do, dht, float64 truth's gradients) of one op, length and dtype."""
     spec_name, fields = OPS[label]
-    p = problem(spec_name, fields, T, args.heads, args.dim, dtype)
-    inputs = get_spec(spec_name).make_inputs(p, "cuda" if torch.cuda.is_available() else "cpu",
-                                             args.seed)
+    p = problem(spec_name, fields, T, heads, dim, dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = get_spec(spec_name).make_inputs(p, device, seed)
     with torch.no_grad():  # the outputs' shapes, for the cotangents
         outputs = reference_run(spec_name)(leaves(inputs, float64=True))
-    do, dht = cotangents(outputs, getattr(torch, dtype), args.seed)
-    reference = truth(spec_name, inputs, do, dht)
+    do, dht = cotangents(outputs, getattr(torch, dtype), seed)
+    return spec_name, inputs, do, dht, truth(spec_name, inputs, do, dht)
+
+
+def measure(label: str, T: int, dtype: str, args: argparse.Namespace, fla_ops) -> list[str]:
+    """seqtune's row and fla's chunk row (or why not) for one op, length and dtype."""
+    spec_name, inputs, do, dht, reference = case(label, T, dtype, args.heads, args.dim,
+                                                 args.seed)
     lines = [row("seqtune", gradient_errors(
         gradients(seqtune_run(spec_name), inputs, do, dht), reference))]
     if spec_name == "ssd":
