@@ -32,26 +32,24 @@ from precision import OPS, errors, load_fla, patch_tf32_dots, problem  # noqa: E
 from seqtune.interpreter_rounding import gpu_rounding  # noqa: E402
 from seqtune.registry import get_spec  # noqa: E402
 
-# Gate and step inputs the specs make as non-tensors or integer offsets: never leaves.
-NOT_LEAVES = ("cu_seqlens", "dt_softplus")
 SSD_NO_FLA = "fla has no SSD op to differentiate on the same inputs: seqtune's figures only"
+
+
+def leaf_names(inputs: dict) -> list[str]:
+    """Every float tensor input (not cu_seqlens, an integer tensor, nor flags)."""
+    return [name for name, value in inputs.items()
+            if torch.is_tensor(value) and value.is_floating_point()]
 
 
 def leaves(inputs: dict, float64: bool = False) -> dict:
     """The inputs with every float tensor a fresh leaf requiring grad (float64 CPU copies for
     the truth: a ``.to`` inside the reference would round the truth's gradient to the dtype)."""
     out = dict(inputs)
-    for name, value in inputs.items():
-        if name in NOT_LEAVES or not torch.is_tensor(value) or not value.is_floating_point():
-            continue
-        value = value.detach().to("cpu", torch.float64) if float64 else value.detach().clone()
+    for name in leaf_names(inputs):
+        value = inputs[name].detach()
+        value = value.to("cpu", torch.float64) if float64 else value.clone()
         out[name] = value.requires_grad_()
     return out
-
-
-def leaf_names(inputs: dict) -> list[str]:
-    return [name for name, value in leaves(inputs).items()
-            if torch.is_tensor(value) and value.requires_grad]
 
 
 def cotangents(outputs, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
