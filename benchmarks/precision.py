@@ -80,12 +80,22 @@ def _counters(*args: int):
 
 def _patch_bf16_arithmetic(builder) -> None:
     """The interpreter keeps bf16 as raw uint16 bits and its dots and float arithmetic work on
-    those bits (fla multiplies and dots bf16 tiles as loaded; seqtune widens them first): widen
-    bf16 operands to fp32 and round elementwise results back to bf16, as a GPU computes them."""
+    those bits (fla multiplies and dots bf16 tiles as loaded, and negates them in its backward,
+    e.g. ``-b_dw``; seqtune widens them first): widen bf16 operands to fp32 and round elementwise
+    and unary (negation, exp, ...) results back to bf16, as a GPU computes them."""
     import triton.language as tl
 
     def widen(self, x):
         return self.cast_impl(x, tl.float32) if x.dtype.scalar == tl.bfloat16 else x
+
+    unary = builder.unary_op
+
+    def unary_op(self, arg, op):  # np.negative on the raw bits would negate an integer
+        if arg.dtype.scalar != tl.bfloat16:
+            return unary(self, arg, op)
+        return self.cast_impl(unary(self, widen(self, arg), op), tl.bfloat16)
+
+    builder.unary_op = unary_op
 
     dot = builder.create_dot
     builder.create_dot = lambda self, a, b, d, *rest: dot(self, widen(self, a), widen(self, b),
@@ -96,6 +106,38 @@ def _patch_bf16_arithmetic(builder) -> None:
                 return op(self, lhs, rhs)
             return self.cast_impl(op(self, widen(self, lhs), widen(self, rhs)), tl.bfloat16)
         setattr(builder, name, elementwise)
+
+
+def _patch_bf16_reductions() -> None:
+    """The interpreter sums (``tl.sum``, ``tl.cumsum``) bf16 tiles as their raw uint16 bits too
+    (fla's backward sums bf16 products, e.g. ``tl.sum(b_h * b_dh)``): sum their fp32 values and
+    round the result to bf16 once (a GPU rounds along its reduction tree: at most a few bf16
+    units apart)."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import ReduceOps, ScanOps, TensorHandle
+
+    def wide(x):
+        bits = np.ascontiguousarray(x.handle.data).view(np.int16)
+        values = torch.from_numpy(bits).view(torch.bfloat16).float().numpy()
+        return tl.core.tensor(TensorHandle(values, tl.float32),
+                              tl.block_type(tl.float32, list(values.shape)))
+
+    def narrow(ops, x):
+        values = torch.from_numpy(np.array(x.handle.data, dtype=np.float32))
+        bits = values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        return ops.to_tensor(bits if x.type.is_block() else bits.item(), tl.bfloat16)
+
+    def in_fp32(reduce, listed):
+        def run(self, x):
+            if x.dtype.scalar != tl.bfloat16:
+                return reduce(self, x)
+            out = reduce(self, wide(x))
+            return [narrow(self, out[0])] if listed else narrow(self, out)
+        return run
+
+    ReduceOps.sum = in_fp32(ReduceOps.sum, listed=False)
+    ScanOps.cumsum = in_fp32(ScanOps.cumsum, listed=True)
 
 
 def _tf32(data):
@@ -129,12 +171,14 @@ def patch_tf32_dots() -> None:
 def _patch_fla_for_interpreter() -> None:
     """Let fla's kernels run in the Triton interpreter: its autotuner times configs through a GPU
     driver (there is none: every config ties and the first is taken), its loop counters need
-    ``.to`` (``_Counter``) and its bf16 arithmetic needs widening (``_patch_bf16_arithmetic``)."""
+    ``.to`` (``_Counter``) and its bf16 arithmetic and sums need widening
+    (``_patch_bf16_arithmetic``, ``_patch_bf16_reductions``)."""
     import triton.runtime.autotuner as autotuner
     from triton.runtime.interpreter import InterpreterBuilder
 
     autotuner.Autotuner._bench = lambda self, *args, config, **kwargs: [0.0, 0.0, 0.0]
     _patch_bf16_arithmetic(InterpreterBuilder)
+    _patch_bf16_reductions()
     for name, module in list(sys.modules.items()):
         if name.startswith("fla.ops") and module is not None:
             vars(module)["range"] = _counters
