@@ -103,7 +103,10 @@ def _dv_kernel(k, g, do, A, dhs, dv, cu, chunk_list, T, H, QK_GROUP, NT, scale,
                       mask=t_mask[:, None] & e_mask[None, :], other=0.0)
     a_tile = tl.load(A + (bh * T + t[:, None]) * BT + pos[None, :], mask=t_mask[:, None],
                      other=0.0)
-    acc = tl.dot(tl.trans(a_tile).to(DOT), do_tile.to(DOT), input_precision="ieee") * scale
+    # A in fp32, as fla keeps it for this dot (rounded to bf16, GLA's dv had 1.2-1.4x fla's error)
+    acc = dot_fp32_operands(tl.trans(a_tile), do_tile.to(tl.float32),
+                            tl.zeros([BT, BV], dtype=tl.float32),
+                            do_tile.dtype == tl.float32) * scale
     k_base = k + b * skb + (h // QK_GROUP) * skh + t[:, None] * skt
     g_base = g + b * sgb + h * sgh + t * sgt
     if GATE == 1:

@@ -61,12 +61,13 @@ class Recurrence:
                 layout.chunk_list if layout.chunk_list is not None else self.q)
 
 
-def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict) -> torch.Tensor:
-    """A of every chunk, [B, H, T, BT] in the input dtype (decays and v_scale included, scale
-    not)."""
+def launch_intra(r: Recurrence, layout: ChunkLayout, config: dict,
+                 a_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A of every chunk, [B, H, T, BT] in ``a_dtype``, by default the input dtype (decays and
+    v_scale included, scale not)."""
     B, T, _, K = r.q.shape
     H, BT, dtype = r.heads, config["BT"], r.v.dtype
-    intra = new_output((B, H, T, BT), dtype, r.v.device)
+    intra = new_output((B, H, T, BT), a_dtype or dtype, r.v.device)
     cu, chunk_list = r.varlen_args(layout)
     common = (r.q, r.k, r.gate_or_any(), intra, cu, chunk_list, T, H, r.group, layout.grid,
               *r.q.stride(), *r.k.stride())

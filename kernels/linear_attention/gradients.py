@@ -139,7 +139,7 @@ def run_backward(r: Recurrence, config: dict, do: torch.Tensor,
     (None: the final state is not used), with a full, checked ``*_bwd`` config."""
     layout = r.sequences.chunk_layout(config["BT"])
     dht = None if dht is None else dht.to(torch.float32).contiguous()
-    intra = launch_intra(r, layout, config)
+    intra = launch_intra(r, layout, config, torch.float32)  # dv's dot takes it unrounded
     states, _ = launch_states(r, layout, config, False, torch.float32)
     dhs, dh0 = _state_grads(r, layout, config, do, dht)
     dv = _value_grads(r, layout, config, do, intra, dhs)
