@@ -61,8 +61,9 @@ def _ratio(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def test_gla_bf16_gradients_against_float64():
     # Two 64-step chunks; the loss takes the output and the final state. One rounding of the
-    # intra dots' operands: dq 2.2e-3, dk 2.1e-3, dv 2.8e-3, dg 3.1e-3; two parts: 1.7e-3,
-    # 1.7e-3, 2.5e-3, 2.1e-3 (seeds 0-2 alike).
+    # intra dots' operands: dq 2.2e-3, dk 2.1e-3, dv 2.8e-3, dg 3.1e-3; bf16x3: 1.7e-3, 1.7e-3,
+    # 2.5e-3, 2.1e-3; with dv's A in fp32 and dg's later terms split as fla does: dv 2.1e-3,
+    # dg 5.9e-4 (seeds 0-2 alike).
     gen = torch.Generator().manual_seed(0)
     T = 128
     q, k, v = (torch.randn(1, T, 2, 32, generator=gen).to(torch.bfloat16) for _ in range(3))
@@ -79,7 +80,7 @@ def test_gla_bf16_gradients_against_float64():
     want = torch.autograd.grad((ref * do.double()).sum() + (ref_final * dht.double()).sum(),
                                exact[:4])
     ratios = {name: _ratio(a, b) for name, a, b in zip(("dq", "dk", "dv", "dg"), got, want)}
-    bounds = {"dq": 1.95e-3, "dk": 1.95e-3, "dv": 2.7e-3, "dg": 2.5e-3}
+    bounds = {"dq": 1.95e-3, "dk": 1.95e-3, "dv": 2.35e-3, "dg": 1e-3}
     assert all(ratios[name] < bound for name, bound in bounds.items()), ratios
 
 
