@@ -303,14 +303,20 @@ def fla_rows(runs, inputs: dict, reference, dtype: torch.dtype) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    run(report, __doc__.splitlines()[0], "the spec's input seed")
+
+
+def run(report_of, description: str, seed_help: str) -> None:
+    """Parse this script's options (precision_grads.py takes the same) and call ``report_of``
+    with them, every kernel's fp32 -> bf16 casts rounded as a GPU rounds them."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--lengths", default="64,1000")
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--ops", default=",".join(OPS),
                         help="comma-separated labels or their first words (e.g. ssd,kda)")
     parser.add_argument("--dtypes", default="bfloat16,float16")
-    parser.add_argument("--seed", type=int, default=0, help="the spec's input seed")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--gpu-rounding", action="store_true",
                         help="interpreter only: also round tf32 dot operands to 10 bits, as a "
                              "GPU does (patch_tf32_dots)")
@@ -318,7 +324,7 @@ def main() -> None:
     if args.gpu_rounding:
         patch_tf32_dots()
     with gpu_rounding():  # every kernel's fp32 -> bf16 casts, fla's too, as a GPU rounds them
-        report(args)
+        report_of(args)
 
 
 def report(args: argparse.Namespace) -> None:

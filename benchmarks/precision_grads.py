@@ -27,9 +27,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # precision.py, run from anywhere
-from precision import OPS, errors, load_fla, patch_tf32_dots, problem  # noqa: E402
+from precision import OPS, errors, load_fla, problem, run  # noqa: E402
 
-from seqtune.interpreter_rounding import gpu_rounding  # noqa: E402
 from seqtune.registry import get_spec  # noqa: E402
 
 SSD_NO_FLA = "fla has no SSD op to differentiate on the same inputs: seqtune's figures only"
@@ -183,22 +182,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="64,1000")
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--ops", default=",".join(OPS),
-                        help="comma-separated labels or their first words (e.g. ssd,kda)")
-    parser.add_argument("--dtypes", default="bfloat16,float16")
-    parser.add_argument("--seed", type=int, default=0, help="the inputs' and cotangents' seed")
-    parser.add_argument("--gpu-rounding", action="store_true",
-                        help="interpreter only: also round tf32 dot operands to 10 bits, as a "
-                             "GPU does (patch_tf32_dots)")
-    args = parser.parse_args()
-    if args.gpu_rounding:
-        patch_tf32_dots()
-    with gpu_rounding():  # every kernel's fp32 -> bf16 casts, fla's too, as a GPU rounds them
-        report(args)
+    run(report, __doc__.splitlines()[0], "the inputs' and cotangents' seed")
 
 
 if __name__ == "__main__":

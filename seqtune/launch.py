@@ -111,3 +111,20 @@ def backend_options(config: Mapping[str, Any]) -> dict[str, Any]:
     of its kernels: ``launch(..., num_warps=cfg["num_warps"], **backend_options(cfg))``. Empty
     off AMD, where a config never has them (``KernelSpec.check`` refuses them there)."""
     return {key: config[key] for key in HIP_KNOBS if key in config}
+
+
+def dot_precision(wanted, fallback, _semantic=None):
+    """``wanted`` as a ``tl.dot`` input precision where the target being compiled allows it,
+    else ``fallback`` (e.g. "tf32x3" on NVIDIA, "ieee" on AMD, whose backend has none). A
+    Triton builtin: it reads the compile options as ``tl.dot`` does, so a build for gfx942 on
+    any machine gets AMD's answer; the interpreter (no compile options) gets ``fallback``."""
+    import triton.language as tl
+
+    wanted, fallback = (tl.core._unwrap_if_constexpr(value) for value in (wanted, fallback))
+    if _semantic is None:
+        return tl.constexpr(fallback)
+    allowed = _semantic.builder.options.allowed_dot_input_precisions
+    return tl.constexpr(wanted if wanted in allowed else fallback)
+
+
+dot_precision.__triton_builtin__ = True

@@ -42,6 +42,8 @@ import os
 import triton
 import triton.language as tl
 
+from seqtune.launch import dot_precision
+
 GATE_NONE = tl.constexpr(0)
 GATE_SCALAR = tl.constexpr(1)
 GATE_CHANNEL = tl.constexpr(2)
@@ -53,21 +55,6 @@ SUB = tl.constexpr(4)
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
-def exact_fp32(_semantic=None):
-    """The input precision of an fp32-accurate dot on the target being compiled: 3xTF32 on
-    NVIDIA; IEEE on AMD, whose Triton backend has no 3xTF32 but exact fp32 matrix cores. A
-    Triton builtin (it reads the compile options, as ``tl.dot`` itself does), so a build for
-    gfx942 on any machine gets AMD's precision; the interpreter (no compile options) gets
-    NVIDIA's."""
-    if _semantic is None:
-        return tl.constexpr("tf32x3")
-    allowed = _semantic.builder.options.allowed_dot_input_precisions
-    return tl.constexpr("tf32x3" if "tf32x3" in allowed else "ieee")
-
-
-exact_fp32.__triton_builtin__ = True
-
-
 @triton.jit
 def _mma(a, b):
     """a @ b with fp32 accumulation, operands in the input dtype. fp32 operands go through
@@ -77,7 +64,7 @@ def _mma(a, b):
     if INTERPRETED:
         return tl.dot(a.to(tl.float32), b.to(tl.float32))
     elif a.dtype == tl.float32:
-        return tl.dot(a, b, input_precision=exact_fp32())
+        return tl.dot(a, b, input_precision=dot_precision("tf32x3", "ieee"))
     else:
         return tl.dot(a, b)
 
@@ -112,7 +99,7 @@ def _mm_f32(a, b, EXACT: tl.constexpr):
     """a @ b of fp32 operands: 3xTF32 when EXACT (fp32 problems), else Triton's default, TF32
     on NVIDIA (the result is rounded to 16 bits anyway; AMD's gfx90a/gfx950 have no TF32)."""
     if EXACT:
-        return tl.dot(a, b, input_precision=exact_fp32())
+        return tl.dot(a, b, input_precision=dot_precision("tf32x3", "ieee"))
     else:
         return tl.dot(a, b)
 

@@ -48,6 +48,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from seqtune.launch import dot_precision
+
 
 GATES = {"none": 0, "scalar": 1, "channel": 2}
 # Rows of the sub-chunks that per-channel decay is computed in: the smallest tl.dot M.
@@ -94,30 +96,17 @@ def chunk_slots(n, chunk_offsets, NT, VARLEN: tl.constexpr):
         return n * NT
 
 
-def three_bf16(_semantic=None):
-    """Triton's bf16x3 precision where the target has it (NVIDIA and AMD builds), else IEEE:
-    the interpreter's dots take no bf16x3 and compute fp32 operands exactly. A Triton builtin
-    (it reads the compile options, as ``tl.dot`` does)."""
-    if _semantic is None:
-        return tl.constexpr("ieee")
-    allowed = _semantic.builder.options.allowed_dot_input_precisions
-    return tl.constexpr("bf16x3" if "bf16x3" in allowed else "ieee")
-
-
-three_bf16.__triton_builtin__ = True
-
-
 @triton.jit
 def dot_fp32_operands(a, b, acc, EXACT: tl.constexpr):
-    """acc + a @ b for fp32 ``a`` and ``b`` (decayed q and k, dA's scores): exact for fp32
+    """acc + a @ b for fp32 ``a`` and ``b`` (decayed q and k, dA's scores, A): exact for fp32
     problems, else as three bf16 products (hi hi + hi lo + lo hi, ~16 bits; exact in the
     interpreter). Rounding each operand to the input dtype kept 8 bits in bf16, 3 fewer than
-    the tf32 dots of fla's chunk_gla (issue 28). On sm_80/sm_90/gfx942 bf16x3 takes no more
-    registers than the rounded dot did (``seqtune check``)."""
+    the tf32 dots of fla's chunk_gla (issue 28); what it costs in registers and shared memory
+    is in benchmarks/results/precision_grads.md."""
     if EXACT:
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
-        return tl.dot(a, b, acc, input_precision=three_bf16())
+        return tl.dot(a, b, acc, input_precision=dot_precision("bf16x3", "ieee"))
 
 
 @triton.jit
