@@ -28,7 +28,7 @@ import triton.language as tl
 
 from seqtune.kernels.delta_rule.kernels import (BLOCK, GATE_CHANNEL, GATE_NONE, GATE_SCALAR,
                                                 _grams, _load_per_token, _load_rows, _mm_f32,
-                                                _mma, _pair_decay, _store_rows,
+                                                _mma, _mma_split, _pair_decay, _store_rows,
                                                 _unit_lower_inverse, sequence_chunk)
 
 
@@ -78,13 +78,17 @@ def dstate_kernel(q, g, keys, chunk_decay, w, scores, do, du, dstates, dht, dh0,
         else:
             q_c = _load_rows(q, bos, rows, head, H, K, kdim, T)
         if GATE == GATE_SCALAR:
+            # dO decayed to the chunk's start stays fp32, a dot operand in two parts: rounded
+            # to the input dtype it was most of bf16 dh0's error (fla keeps Q exp(gam) fp32)
             gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
-            do_c = (do_c.to(tl.float32) * tl.exp(gam)[:, None]).to(do_c.dtype)
+            from_queries = _mma_split(tl.trans(q_c), do_c.to(tl.float32) * tl.exp(gam)[:, None])
+        else:
+            from_queries = _mma(tl.trans(q_c), do_c)
         if GATE != GATE_NONE:
             decay = tl.load(chunk_decay + chunk_base * K + kdim, mask=kdim < K, other=0.0)
             dstate *= decay[:, None]
         w_c = _load_rows(w, bos, rows, hv, HV, K, kdim, T)
-        dstate += scale * _mma(tl.trans(q_c), do_c)
+        dstate += scale * from_queries
         dstate -= _mm_f32(tl.trans(w_c.to(tl.float32)), du_c, EXACT)
     if STORE_DH0:
         tl.store(dh0 + own_state + state_offsets, dstate, mask=state_mask)
