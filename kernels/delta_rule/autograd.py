@@ -9,7 +9,7 @@ import torch
 import triton
 
 from seqtune.kernels.delta_rule.backward import dchunk_kernel, dstate_kernel
-from seqtune.kernels.delta_rule.stages import gate_code, state_stage, wy_stage
+from seqtune.kernels.delta_rule.stages import GATE_CHANNEL, gate_code, state_stage, wy_stage
 from seqtune.launch import backend_options, launch, new_output
 from seqtune.spec import next_power_of_2
 
@@ -44,11 +44,12 @@ def _dstate_stage(q, g, terms, do, dht, scale, cfg, pack, need_dh0):
     dh0 = (new_output((pack.sequences, value_heads, key_dim, value_dim), torch.float32, device)
            if need_dh0 else None)
     keys, queries = terms.keys, q if terms.queries is None else terms.queries
+    key_heads = value_heads if gate_code(g) == GATE_CHANNEL else heads  # of keys
     launch(dstate_kernel, (pack.sequences * value_heads, triton.cdiv(value_dim, cfg["dh.BV"])),
            queries, terms.scores if g is None else g, keys, terms.chunk_decay, terms.w,
            terms.scores, do, du, dstates, du if dht is None else dht,
            du if dh0 is None else dh0, pack.cu_seqlens, pack.chunk_offsets, scale, heads,
-           heads if g is None else value_heads, value_heads, key_dim, value_dim,
+           key_heads, value_heads, key_dim, value_dim,
            GATE=gate_code(g), HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
            EXACT=dtype == torch.float32, BT=cfg["BT"],
            KP=next_power_of_2(key_dim), BV=cfg["dh.BV"], num_warps=cfg["dh.num_warps"],

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from seqtune.kernels.delta_rule.kernels import (BLOCK, GATE_CHANNEL, GATE_NONE, GATE_SCALAR,
                                                 _grams, _load_per_token, _load_rows, _mm_f32,
-                                                _mma, _pair_decay, _store_rows,
+                                                _mma, _mma_split, _pair_decay, _store_rows,
                                                 _unit_lower_inverse, sequence_chunk)
 
 
@@ -39,8 +39,9 @@ def dstate_kernel(q, g, keys, chunk_decay, w, scores, do, du, dstates, dht, dh0,
                   BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr):
     """The reverse recurrence over one sequence's chunks for a [K, BV] slice of a value head's
     state gradient (all of K in registers): stores the gradient reaching each chunk's leaving
-    state and each chunk's dU, then steps dS back through the chunk. ``keys``: decayed keys
-    (HK = HV heads) when gated, else k; ``q``: with a per-channel gate the decayed queries
+    state and each chunk's dU, then steps dS back through the chunk. ``keys``: with a
+    per-channel gate the decayed keys (HK = HV heads), else k (a scalar decay goes on the
+    product); ``q``: with a per-channel gate the decayed queries
     Q * exp(gam) (HV heads, from the recomputed wy stage), else q.
 
     Grid (sequences * HV, V tiles)."""
@@ -71,20 +72,31 @@ def dstate_kernel(q, g, keys, chunk_decay, w, scores, do, du, dstates, dht, dh0,
         k_c = _load_rows(keys, bos, rows, key_head, HK, K, kdim, T)
         # products with the (fp32) state gradient stay in fp32: the gradients of the keys sum
         # many such terms that largely cancel
-        du_c = scale * _mma(tl.trans(p), do_c) + _mm_f32(k_c.to(tl.float32), dstate, EXACT)
+        from_keys = _mm_f32(k_c.to(tl.float32), dstate, EXACT)
+        if GATE == GATE_SCALAR:
+            # k itself (exact in the input dtype), the decay to the chunk's end on the product,
+            # as the forward's state kernel does it (no keys decayed and rounded)
+            gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
+            # padded rows have g = 0, so the last row holds the chunk's total decay
+            gam_last = tl.sum(tl.where(idx == BT - 1, gam, 0.0), axis=0)
+            from_keys *= tl.exp(gam_last - gam)[:, None]
+        du_c = scale * _mma(tl.trans(p), do_c) + from_keys
         _store_rows(du, du_c, bos, rows, hv, HV, V, vcols, T)
         if GATE == GATE_CHANNEL:
             q_c = _load_rows(q, bos, rows, hv, HV, K, kdim, T)
         else:
             q_c = _load_rows(q, bos, rows, head, H, K, kdim, T)
         if GATE == GATE_SCALAR:
-            gam = tl.cumsum(_load_per_token(g, bos, rows, hv, HV, T), axis=0)
-            do_c = (do_c.to(tl.float32) * tl.exp(gam)[:, None]).to(do_c.dtype)
+            # dO decayed to the chunk's start stays fp32, a dot operand in two parts: rounded
+            # to the input dtype it was most of bf16 dh0's error (fla keeps Q exp(gam) fp32)
+            from_queries = _mma_split(tl.trans(q_c), do_c.to(tl.float32) * tl.exp(gam)[:, None])
+        else:
+            from_queries = _mma(tl.trans(q_c), do_c)
         if GATE != GATE_NONE:
             decay = tl.load(chunk_decay + chunk_base * K + kdim, mask=kdim < K, other=0.0)
             dstate *= decay[:, None]
         w_c = _load_rows(w, bos, rows, hv, HV, K, kdim, T)
-        dstate += scale * _mma(tl.trans(q_c), do_c)
+        dstate += scale * from_queries
         dstate -= _mm_f32(tl.trans(w_c.to(tl.float32)), du_c, EXACT)
     if STORE_DH0:
         tl.store(dh0 + own_state + state_offsets, dstate, mask=state_mask)

@@ -296,8 +296,8 @@ def wy_kernel(q, k, v, beta, g, w, u0, kd, chunk_decay, scores, qg, chunk_table,
               H, HV, K, V, GATE: tl.constexpr, STORE_KD: tl.constexpr, STORE_QG: tl.constexpr,
               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """One chunk and value head: the scores P, W = (I + A)^-1 diag(beta) (K * exp(gam)),
-    U0 = (I + A)^-1 diag(beta) V and, gated, exp(gam_last); with STORE_KD (per-channel gate,
-    or the backward's recompute) the keys decayed to the chunk's end K * exp(gam_last - gam);
+    U0 = (I + A)^-1 diag(beta) V and, gated, exp(gam_last); with STORE_KD (per-channel gate)
+    the keys decayed to the chunk's end K * exp(gam_last - gam);
     with STORE_QG (the backward's recompute, per-channel gate) also the decayed queries
     Q * exp(gam) for the reverse recurrence. q and k are read at the value head's key head.
 

@@ -28,8 +28,8 @@ class ChunkTerms:
 
     w: torch.Tensor  # [tokens, HV, K]
     u0: torch.Tensor  # [tokens, HV, V]
-    # keys decayed to the chunk's end [tokens, HV, K] (per-channel gate, or any gate for the
-    # backward); else k, which the state kernel multiplies (a scalar decay goes on U there)
+    # keys decayed to the chunk's end [tokens, HV, K] (per-channel gate); else k, which the
+    # state kernels multiply (a scalar decay goes on U, or on the product with dS, there)
     keys: torch.Tensor
     chunk_decay: torch.Tensor  # [chunks, HV, K] fp32 (a placeholder when ungated)
     scores: torch.Tensor  # [tokens, HV, BT]
@@ -37,14 +37,14 @@ class ChunkTerms:
 
 
 def wy_stage(q, k, v, beta, g, cfg, pack, backward=False) -> ChunkTerms:
-    """``backward``: also what the reverse recurrence reads: the decayed keys for a scalar gate
-    and Q * exp(gam) for a per-channel one."""
+    """``backward``: also what the reverse recurrence reads with a per-channel gate,
+    Q * exp(gam)."""
     batch, length, heads, key_dim = q.shape
     value_heads, value_dim = v.shape[2:]
     chunk, chunks = cfg["BT"], pack.chunks
     device, dtype, tokens = q.device, q.dtype, batch * length
     gated = g is not None
-    store_keys = gate_code(g) == GATE_CHANNEL or (backward and gated)
+    store_keys = gate_code(g) == GATE_CHANNEL
     w = new_output((tokens, value_heads, key_dim), dtype, device)
     # fp32: U0 is only ever added to, never a tensor-core operand
     u0 = new_output((tokens, value_heads, value_dim), torch.float32, device)
