@@ -61,14 +61,16 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     Returns:
         (o [B, T, HV, V] in q's dtype, final state [N, HV, K, V] float32 or None).
 
-    Precision against float64 (``benchmarks/precision.py`` in the Triton interpreter on a CPU:
-    max |err| / max |ref|, the spec's inputs, H=2, K=V=32, T=64 and 1000, every gate): o bf16
-    <= 1.3e-2, fp16 <= 6.1e-4; the final state from bf16 inputs <= 1.05e-2 (Gated DeltaNet
-    <= 7.4e-3), fp16 <= 5.8e-4 (Gated DeltaNet <= 4.8e-4); fp32 ~3e-7
-    (``benchmarks/results/precision_delta_rule.md``). The UT transform's inverse and the state
-    enter the tensor cores in two parts (~16 bits); W, U and the scores are rounded to the
-    input dtype as operands; a scalar decay to the chunk's end multiplies U in fp32 before that
-    rounding (the keys stay exact), a per-channel one the keys.
+    Precision against float64 (``benchmarks/precision.py`` and ``precision_grads.py`` in the
+    Triton interpreter with a GPU's roundings; the spec's inputs, H=2, K=V=32, every gate,
+    T=64 and 1000, gradients T=64 and 256; RMS error over RMS reference, fla's metric): o bf16
+    <= 4.1e-3, fp16 <= 5.2e-4; the final state from bf16 inputs <= 3.1e-3, fp16 <= 4.1e-4;
+    fp32 ~3e-7; gradients bf16 <= 3.9e-3, fp16 <= 6.4e-4. That is at most 1.04x the error of
+    fla 0.6's chunk kernels on the same inputs, and below it on most figures
+    (``benchmarks/results/precision*.md``). The UT transform's inverse and the state enter the
+    tensor cores in two parts (~16 bits); W, U and the scores are rounded to the input dtype as
+    operands; a scalar decay to the chunk's end multiplies U in fp32 before that rounding (the
+    keys stay exact), a per-channel one the keys.
     """
     expect_tensors({"q": q, "k": k, "v": v, "beta": beta},
                    {"g": g, "initial_state": initial_state, "cu_seqlens": cu_seqlens})

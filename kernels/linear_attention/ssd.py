@@ -108,12 +108,13 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     Returns:
         (y [b, T, h, p] in x's dtype, final_state or None).
 
-    Precision against float64 (``benchmarks/precision.py``: max |err| / max |ref|, the spec's
-    inputs, h=2, n=p=32, T=64 and 1000, CPU interpreter): y bf16 <= 7.9e-3, fp16 <= 4.7e-4;
-    the fp32 final state from bf16 inputs <= 3.6e-3, fp16 <= 2.7e-4. dt scales B and A's
-    columns in fp32, so x reaches the dots unrounded (dt x is never rounded to the dtype).
-    With ``--gpu-rounding`` (bf16 casts to nearest, as on a GPU; the interpreter truncates):
-    y bf16 <= 3.5e-3, final state bf16 <= 2.9e-3 (fla's simple-GLA form of SSD: 4.2e-3, 3.1e-3).
+    Precision against float64 (``benchmarks/precision.py`` and ``precision_grads.py`` in the
+    Triton interpreter with a GPU's roundings; the spec's inputs, h=2, n=p=32, T=64 and 1000,
+    gradients T=64 and 256; RMS error over RMS reference): y bf16 <= 2.4e-3, fp16 <= 2.8e-4;
+    the fp32 final state from bf16 inputs <= 1.9e-3, fp16 <= 2.3e-4 (fla's simple-GLA form of
+    SSD: y 2.9e-3 / 3.6e-4, state 2.2e-3 / 2.5e-4); gradients bf16 <= 2.9e-3 (dB), fp16
+    <= 4e-4. dt scales B and A's columns in fp32, so x reaches the dots unrounded (dt x is
+    never rounded to the dtype).
     """
     expect_tensors({"x": x, "dt": dt, "A": A, "B": B, "C": C},
                    {"D": D, "dt_bias": dt_bias, "initial_state": initial_state,
